@@ -1,0 +1,12 @@
+//! Generates the tonic code of the protobuf files listed here (explicitly: a new file is a
+//! decision, not an accident).
+
+const PROTOS: &[&str] = &["proto/backroom/common.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for p in PROTOS {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_prost_build::configure().compile_protos(PROTOS, &["proto"])?;
+    Ok(())
+}

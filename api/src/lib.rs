@@ -1,0 +1,11 @@
+//! Backroom's wire APIs: the protobuf files in `api/proto/` and their generated tonic code.
+//!
+//! Owns the messages and services between nodes and central, operators and central, and
+//! nodeagent and the local daemons. It holds no logic: conversions to and from the domain types
+//! live beside those types.
+
+#![allow(clippy::all, missing_docs)]
+
+pub mod common {
+    tonic::include_proto!("backroom.common.v1");
+}
