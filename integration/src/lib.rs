@@ -1,2 +1,6 @@
 //! Integration tests that start real components together, the fleet simulator, and the
-//! benchmarks. Today: the profile-engine benchmark (`make bench`) and its fleet generator.
+//! benchmarks (`make bench`).
+//!
+//! Today it holds the generator of synthetic fleets used by the profile-engine benchmark.
+
+pub mod genfleet;

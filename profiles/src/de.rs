@@ -90,7 +90,10 @@ fn describe(unexp: de::Unexpected<'_>) -> String {
 }
 
 /// Deserializes `T` from `node`, ignoring the map keys named in `skip` at the top level.
-pub fn from_node<'a, T: de::Deserialize<'a>>(node: &'a Node, skip: &'a [&'a str]) -> Result<T, DeError> {
+pub fn from_node<'a, T: de::Deserialize<'a>>(
+    node: &'a Node,
+    skip: &'a [&'a str],
+) -> Result<T, DeError> {
     T::deserialize(NodeDe { node, skip })
 }
 
@@ -116,7 +119,9 @@ impl<'a> NodeDe<'a> {
 
     fn parse<T: std::str::FromStr>(&self, expected: &str) -> Result<T, DeError> {
         let text = self.text(expected)?;
-        text.trim().parse().map_err(|_| de::Error::custom(format_args!("expected {expected}, found `{text}`")))
+        text.trim()
+            .parse()
+            .map_err(|_| de::Error::custom(format_args!("expected {expected}, found `{text}`")))
     }
 }
 
@@ -165,8 +170,10 @@ impl<'a> de::Deserializer<'a> for NodeDe<'a> {
             "true" => true,
             "false" => false,
             other => {
-                return Err(DeError::custom(format_args!("expected true or false, found `{other}`"))
-                    .at(node));
+                return Err(DeError::custom(format_args!(
+                    "expected true or false, found `{other}`"
+                ))
+                .at(node));
             }
         };
         visitor.visit_bool(b).map_err(|e: DeError| e.at(node))
@@ -256,7 +263,11 @@ impl<'a> de::Deserializer<'a> for NodeDe<'a> {
         visitor.visit_seq(SeqAccess { items: items.iter() }).map_err(|e: DeError| e.at(node))
     }
 
-    fn deserialize_tuple<V: Visitor<'a>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_tuple<V: Visitor<'a>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_seq(visitor)
     }
 
@@ -333,9 +344,14 @@ struct SeqAccess<'a> {
 impl<'a> de::SeqAccess<'a> for SeqAccess<'a> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'a>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'a>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
         match self.items.next() {
-            Some(node) => seed.deserialize(NodeDe::new(node)).map(Some).map_err(|e: DeError| e.at(node)),
+            Some(node) => {
+                seed.deserialize(NodeDe::new(node)).map(Some).map_err(|e: DeError| e.at(node))
+            }
             None => Ok(None),
         }
     }
@@ -354,7 +370,10 @@ struct MapAccess<'a> {
 impl<'a> de::MapAccess<'a> for MapAccess<'a> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'a>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'a>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         for (k, v) in self.entries.by_ref() {
             if k.as_str().is_some_and(|key| self.skip.contains(&key)) {
                 continue;
@@ -382,7 +401,10 @@ impl<'a> de::EnumAccess<'a> for EnumAccess<'a> {
     type Error = DeError;
     type Variant = VariantAccess<'a>;
 
-    fn variant_seed<T: DeserializeSeed<'a>>(self, seed: T) -> Result<(T::Value, Self::Variant), DeError> {
+    fn variant_seed<T: DeserializeSeed<'a>>(
+        self,
+        seed: T,
+    ) -> Result<(T::Value, Self::Variant), DeError> {
         let tag = self.tag;
         let v = seed.deserialize(NodeDe::new(tag)).map_err(|e: DeError| e.at(tag))?;
         Ok((v, VariantAccess { tag, content: self.content }))

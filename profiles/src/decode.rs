@@ -41,7 +41,10 @@ impl Decoder {
             _ => {
                 self.diags.push(Diagnostic::error(
                     node.pos.clone(),
-                    format!("`{what}` is a list (lines starting with `- `), not {}", node.kind_name()),
+                    format!(
+                        "`{what}` is a list (lines starting with `- `), not {}",
+                        node.kind_name()
+                    ),
                 ));
                 Vec::new()
             }
@@ -80,7 +83,9 @@ impl Decoder {
     fn workload(&mut self, node: &Node) -> Option<Workload> {
         let kind = node.get("kind");
         match kind.and_then(Node::as_str) {
-            Some("container") => self.item::<ContainerSpec>(node, &["kind"]).map(Workload::Container),
+            Some("container") => {
+                self.item::<ContainerSpec>(node, &["kind"]).map(Workload::Container)
+            }
             Some("vm") => self.item::<VmSpec>(node, &["kind"]).map(Workload::Vm),
             Some(other) => {
                 let pos = kind.map_or(node.pos.clone(), |k| k.pos.clone());
@@ -101,8 +106,17 @@ impl Decoder {
     }
 }
 
-const TOP: [&str; 9] =
-    ["apiVersion", "kind", "metadata", "extends", "values", "node", "network", "workloads", "runbooks"];
+const TOP: [&str; 9] = [
+    "apiVersion",
+    "kind",
+    "metadata",
+    "extends",
+    "values",
+    "node",
+    "network",
+    "workloads",
+    "runbooks",
+];
 
 /// Reads the typed profile from a merged, substituted tree. Returns `None` with diagnostics
 /// when anything is malformed.
@@ -131,7 +145,10 @@ pub fn decode(root: &Node) -> Result<Profile, Vec<Diagnostic>> {
     let metadata = match root.get("metadata") {
         Some(n) => d.item::<Metadata>(n, &[]),
         None => {
-            d.diags.push(Diagnostic::error(root.pos.clone(), "the document has no `metadata` (it needs at least `metadata.name`)"));
+            d.diags.push(Diagnostic::error(
+                root.pos.clone(),
+                "the document has no `metadata` (it needs at least `metadata.name`)",
+            ));
             None
         }
     };
@@ -168,13 +185,15 @@ pub fn decode(root: &Node) -> Result<Profile, Vec<Diagnostic>> {
     }
 
     let mut workloads = Vec::new();
-    match root.get("workloads") {
-        Some(n) => match &n.value {
+    if let Some(n) = root.get("workloads") {
+        match &n.value {
             Value::Seq(items) => workloads = items.iter().filter_map(|i| d.workload(i)).collect(),
             Value::Null => {}
-            _ => d.diags.push(Diagnostic::error(n.pos.clone(), "`workloads` is a list (lines starting with `- `)")),
-        },
-        None => {}
+            _ => d.diags.push(Diagnostic::error(
+                n.pos.clone(),
+                "`workloads` is a list (lines starting with `- `)",
+            )),
+        }
     }
     let runbooks: Vec<Runbook> = d.list(root.get("runbooks"), "runbooks");
 

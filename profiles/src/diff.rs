@@ -67,15 +67,28 @@ pub fn diff(old: &Profile, new: &Profile) -> ProfileDiff {
     single("metadata", json(&old.metadata), json(&new.metadata));
     single("node", json(&old.node), json(&new.node));
     single("uplink", json(&old.network.uplink), json(&new.network.uplink));
-    single("firewall default", json(&old.network.firewall.default), json(&new.network.firewall.default));
+    single(
+        "firewall default",
+        json(&old.network.firewall.default),
+        json(&new.network.firewall.default),
+    );
 
     let named = |items: Vec<(String, Value, String)>| items;
     let seg = |p: &Profile| {
-        named(p.network.segments.iter().map(|s| (s.name.to_string(), json(s), segment_summary(s))).collect())
+        named(
+            p.network
+                .segments
+                .iter()
+                .map(|s| (s.name.to_string(), json(s), segment_summary(s)))
+                .collect(),
+        )
     };
     let rules = |p: &Profile| {
         named(
-            p.network.firewall.allow.iter()
+            p.network
+                .firewall
+                .allow
+                .iter()
                 .map(|r| {
                     let ports = if r.ports.is_empty() {
                         "any port".to_string()
@@ -88,11 +101,17 @@ pub fn diff(old: &Profile, new: &Profile) -> ProfileDiff {
         )
     };
     let wls = |p: &Profile| {
-        named(p.workloads.iter().map(|w| (w.name().to_string(), json(w), workload_summary(w))).collect())
+        named(
+            p.workloads
+                .iter()
+                .map(|w| (w.name().to_string(), json(w), workload_summary(w)))
+                .collect(),
+        )
     };
     let rbs = |p: &Profile| {
         named(
-            p.runbooks.iter()
+            p.runbooks
+                .iter()
                 .map(|r| (r.name.to_string(), json(r), format!("{} steps", r.steps.len())))
                 .collect(),
         )
@@ -108,7 +127,16 @@ pub fn diff(old: &Profile, new: &Profile) -> ProfileDiff {
         }
     }
     // Keep the operator's reading order: network first, then what runs on it.
-    let order = ["metadata", "node", "uplink", "segments", "firewall default", "firewall rules", "workloads", "runbooks"];
+    let order = [
+        "metadata",
+        "node",
+        "uplink",
+        "segments",
+        "firewall default",
+        "firewall rules",
+        "workloads",
+        "runbooks",
+    ];
     sections.sort_by_key(|s| order.iter().position(|o| *o == s.section));
     ProfileDiff { sections }
 }
@@ -150,12 +178,17 @@ fn list_section(
     old: Vec<(String, Value, String)>,
     new: Vec<(String, Value, String)>,
 ) -> Option<SectionDiff> {
-    let old_map: BTreeMap<&str, (&Value, &str)> = old.iter().map(|(n, v, s)| (n.as_str(), (v, s.as_str()))).collect();
-    let new_map: BTreeMap<&str, (&Value, &str)> = new.iter().map(|(n, v, s)| (n.as_str(), (v, s.as_str()))).collect();
-    let mut d = SectionDiff { section, added: Vec::new(), removed: Vec::new(), changed: Vec::new() };
+    let old_map: BTreeMap<&str, (&Value, &str)> =
+        old.iter().map(|(n, v, s)| (n.as_str(), (v, s.as_str()))).collect();
+    let new_map: BTreeMap<&str, (&Value, &str)> =
+        new.iter().map(|(n, v, s)| (n.as_str(), (v, s.as_str()))).collect();
+    let mut d =
+        SectionDiff { section, added: Vec::new(), removed: Vec::new(), changed: Vec::new() };
     for (name, (v, summary)) in &new_map {
         match old_map.get(name) {
-            None => d.added.push(ItemSummary { name: name.to_string(), summary: summary.to_string() }),
+            None => {
+                d.added.push(ItemSummary { name: name.to_string(), summary: summary.to_string() })
+            }
             Some((ov, _)) => {
                 let fields = compare(&flatten(ov), &flatten(v));
                 if !fields.is_empty() {
@@ -189,7 +222,11 @@ fn walk(v: &Value, path: String, out: &mut Vec<(String, String)>) {
         }
         Value::Array(items) if items.iter().all(Value::is_object) && !items.is_empty() => {
             for (i, x) in items.iter().enumerate() {
-                let key = x.get("name").or_else(|| x.get("segment")).and_then(Value::as_str).map_or_else(|| i.to_string(), str::to_string);
+                let key = x
+                    .get("name")
+                    .or_else(|| x.get("segment"))
+                    .and_then(Value::as_str)
+                    .map_or_else(|| i.to_string(), str::to_string);
                 walk(x, format!("{path}[{key}]"), out);
             }
         }
@@ -217,7 +254,11 @@ fn compare(a: &[(String, String)], b: &[(String, String)]) -> Vec<FieldChange> {
     for (k, v) in b {
         match am.get(k.as_str()) {
             Some(old) if old == v => {}
-            old => out.push(FieldChange { field: k.clone(), old: old.map(|s| s.to_string()), new: Some(v.clone()) }),
+            old => out.push(FieldChange {
+                field: k.clone(),
+                old: old.map(|s| s.to_string()),
+                new: Some(v.clone()),
+            }),
         }
     }
     for (k, v) in a {

@@ -123,14 +123,17 @@ fn is_plain_safe(s: &str) -> bool {
     if !(first.is_ascii_alphanumeric() || first == '/') {
         return false;
     }
-    if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '@' | ':' | '+' | '-' | '=')) {
+    if !s.chars().all(|c| {
+        c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '@' | ':' | '+' | '-' | '=')
+    }) {
         return false;
     }
     if s.ends_with(':') {
         return false;
     }
     let lower = s.to_ascii_lowercase();
-    if matches!(lower.as_str(), "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n") {
+    if matches!(lower.as_str(), "true" | "false" | "null" | "yes" | "no" | "on" | "off" | "y" | "n")
+    {
         return false;
     }
     // Anything a YAML reader could take for a number stays quoted.
@@ -138,7 +141,9 @@ fn is_plain_safe(s: &str) -> bool {
         || s.starts_with("0x")
         || s.starts_with("0o")
         || (s.starts_with(|c: char| c.is_ascii_digit())
-            && s.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | '_' | ':' | '-' | '+' | 'e' | 'E')));
+            && s.chars().all(|c| {
+                c.is_ascii_digit() || matches!(c, '.' | '_' | ':' | '-' | '+' | 'e' | 'E')
+            }));
     !looks_numeric
 }
 
@@ -151,7 +156,10 @@ mod tests {
     fn writes_block_yaml() {
         let v = json!({"a": 1, "b": {"c": "x y", "d": [1, 2]}, "e": [{"name": "p", "v": "42"}], "f": "l1\nl2\n"});
         let y = to_yaml(&v);
-        assert_eq!(y, "a: 1\nb:\n  c: \"x y\"\n  d: [1, 2]\ne:\n  - name: p\n    v: \"42\"\nf: |\n  l1\n  l2\n");
+        assert_eq!(
+            y,
+            "a: 1\nb:\n  c: \"x y\"\n  d: [1, 2]\ne:\n  - name: p\n    v: \"42\"\nf: |\n  l1\n  l2\n"
+        );
     }
 
     #[test]

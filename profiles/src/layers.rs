@@ -67,7 +67,8 @@ pub fn normalize(path: &Path) -> PathBuf {
         match c {
             Component::CurDir => {}
             Component::ParentDir => {
-                let last_is_normal = matches!(out.components().next_back(), Some(Component::Normal(_)));
+                let last_is_normal =
+                    matches!(out.components().next_back(), Some(Component::Normal(_)));
                 if last_is_normal {
                     out.pop();
                 } else if !matches!(out.components().next_back(), Some(Component::RootDir)) {
@@ -100,8 +101,11 @@ impl<S: Source> Loader<S> {
     /// The document at `path` merged over its `extends:` chain, with `${...}` substituted.
     pub fn load(&mut self, path: &Path) -> Result<Node, Vec<Diagnostic>> {
         let path = normalize(path);
-        let merged = self.resolve(&path, &mut Vec::new(), None)?;
-        let mut node = Arc::unwrap_or_clone(merged);
+        let merged = self.resolve(&path, &mut Vec::new(), None);
+        // Layers are cached for the documents that share them; the document itself is not, so
+        // its tree is taken over rather than copied.
+        self.resolved.remove(&path);
+        let mut node = Arc::unwrap_or_clone(merged?);
         let mut diags = Vec::new();
         substitute(&mut node, &mut diags);
         if diags.is_empty() { Ok(node) } else { Err(diags) }
@@ -110,8 +114,11 @@ impl<S: Source> Loader<S> {
     fn resolve(&mut self, path: &Path, stack: &mut Vec<PathBuf>, from: Option<&Node>) -> Layer {
         let name: Arc<str> = Arc::from(path.display().to_string());
         if let Some(i) = stack.iter().position(|p| p == path) {
-            let chain: Vec<String> =
-                stack[i..].iter().chain([&path.to_path_buf()]).map(|p| p.display().to_string()).collect();
+            let chain: Vec<String> = stack[i..]
+                .iter()
+                .chain([&path.to_path_buf()])
+                .map(|p| p.display().to_string())
+                .collect();
             let pos = from.map_or_else(|| Pos::start_of(&name), |n| n.pos.clone());
             return Err(vec![Diagnostic::error(
                 pos,
@@ -125,7 +132,10 @@ impl<S: Source> Loader<S> {
             Ok(t) => t,
             Err(e) => {
                 let (pos, what) = match from {
-                    Some(n) => (n.pos.clone(), format!("cannot read `{}`, named in `extends`", path.display())),
+                    Some(n) => (
+                        n.pos.clone(),
+                        format!("cannot read `{}`, named in `extends`", path.display()),
+                    ),
                     None => (Pos::start_of(&name), "cannot read this file".to_string()),
                 };
                 // Not cached: a missing file is reported where each document names it.
@@ -139,12 +149,21 @@ impl<S: Source> Loader<S> {
         result
     }
 
-    fn resolve_text(&mut self, path: &Path, name: &Arc<str>, text: &str, stack: &mut Vec<PathBuf>) -> Layer {
+    fn resolve_text(
+        &mut self,
+        path: &Path,
+        name: &Arc<str>,
+        text: &str,
+        stack: &mut Vec<PathBuf>,
+    ) -> Layer {
         let mut root = yaml::parse(name, text).map_err(|d| vec![d])?;
         let Value::Map(entries) = &mut root.value else {
             return Err(vec![Diagnostic::error(
                 root.pos.clone(),
-                format!("a store profile is a map of `key: value` lines; this file holds {}", root.kind_name()),
+                format!(
+                    "a store profile is a map of `key: value` lines; this file holds {}",
+                    root.kind_name()
+                ),
             )]);
         };
         let extends = entries
@@ -168,7 +187,10 @@ impl<S: Source> Loader<S> {
             let dir = path.parent().unwrap_or(Path::new(""));
             for item in &items {
                 let Some(rel) = item.as_str() else {
-                    diags.push(Diagnostic::error(item.pos.clone(), "an `extends` entry is a path, relative to this file"));
+                    diags.push(Diagnostic::error(
+                        item.pos.clone(),
+                        "an `extends` entry is a path, relative to this file",
+                    ));
                     continue;
                 };
                 let target = normalize(&dir.join(rel));
@@ -203,7 +225,8 @@ fn merge(base: Option<Node>, over: Node, key: Option<&str>, diags: &mut Vec<Diag
                 let name = k.as_str().unwrap_or_default().to_string();
                 match out.iter().position(|(bk, _)| bk.as_str() == Some(name.as_str())) {
                     Some(i) => {
-                        let old = std::mem::replace(&mut out[i].1, Node::new(pos.clone(), Value::Null));
+                        let old =
+                            std::mem::replace(&mut out[i].1, Node::new(pos.clone(), Value::Null));
                         out[i] = (k, merge(Some(old), v, Some(&name), diags));
                     }
                     None => out.push((k, merge(None, v, Some(&name), diags))),
@@ -241,16 +264,19 @@ fn merge_named(
         let id = item.get(id_key).and_then(Node::as_str).map(str::to_string);
         let Some(id) = id else {
             if remove {
-                diags.push(Diagnostic::error(item.pos.clone(), format!("`remove: true` needs the `{id_key}` of the item to remove")));
+                diags.push(Diagnostic::error(
+                    item.pos.clone(),
+                    format!("`remove: true` needs the `{id_key}` of the item to remove"),
+                ));
             } else {
                 out.push(Some(merge(None, item, None, diags)));
             }
             continue;
         };
         let first_in_layer = seen.insert(id.clone());
-        let found = out[..inherited_len]
-            .iter()
-            .position(|n| n.as_ref().and_then(|n| n.get(id_key)).and_then(Node::as_str) == Some(id.as_str()));
+        let found = out[..inherited_len].iter().position(|n| {
+            n.as_ref().and_then(|n| n.get(id_key)).and_then(Node::as_str) == Some(id.as_str())
+        });
         match (first_in_layer, found, remove) {
             (true, Some(i), true) => out[i] = None,
             (true, Some(i), false) => out[i] = Some(merge(out[i].take(), item, None, diags)),
@@ -301,13 +327,18 @@ fn substitute(root: &mut Node, diags: &mut Vec<Diagnostic>) {
                         }
                         _ => diags.push(Diagnostic::error(
                             val.pos.clone(),
-                            format!("values.{name} must be a single value, not {}", val.kind_name()),
+                            format!(
+                                "values.{name} must be a single value, not {}",
+                                val.kind_name()
+                            ),
                         )),
                     }
                 }
             }
             Value::Null => {}
-            _ => diags.push(Diagnostic::error(v.pos.clone(), "`values` is a map of names to values")),
+            _ => {
+                diags.push(Diagnostic::error(v.pos.clone(), "`values` is a map of names to values"))
+            }
         }
     }
     if let Value::Map(entries) = &mut root.value {
@@ -319,7 +350,11 @@ fn substitute(root: &mut Node, diags: &mut Vec<Diagnostic>) {
     }
 }
 
-fn substitute_node(node: &mut Node, values: &HashMap<String, (String, Pos)>, diags: &mut Vec<Diagnostic>) {
+fn substitute_node(
+    node: &mut Node,
+    values: &HashMap<String, (String, Pos)>,
+    diags: &mut Vec<Diagnostic>,
+) {
     match &mut node.value {
         Value::Scalar(Scalar { text, .. }) => {
             if !text.contains('$') {
@@ -334,7 +369,9 @@ fn substitute_node(node: &mut Node, values: &HashMap<String, (String, Pos)>, dia
             }
         }
         Value::Seq(items) => items.iter_mut().for_each(|n| substitute_node(n, values, diags)),
-        Value::Map(entries) => entries.iter_mut().for_each(|(_, v)| substitute_node(v, values, diags)),
+        Value::Map(entries) => {
+            entries.iter_mut().for_each(|(_, v)| substitute_node(v, values, diags))
+        }
         Value::Null => {}
     }
 }
@@ -352,14 +389,20 @@ fn expand(text: &str, values: &HashMap<String, (String, Pos)>) -> Result<Expande
             out.push_str("${");
             rest = r;
         } else if let Some(r) = after.strip_prefix("${") {
-            let end = r.find('}').ok_or_else(|| format!("`${{` without a closing `}}` in `{text}` (write `$${{` for a literal `${{`)"))?;
+            let end = r.find('}').ok_or_else(|| {
+                format!(
+                    "`${{` without a closing `}}` in `{text}` (write `$${{` for a literal `${{`)"
+                )
+            })?;
             let name = &r[..end];
             match values.get(name) {
                 Some((v, pos)) => {
                     out.push_str(v);
                     used.push((name.to_string(), pos.clone()));
                 }
-                None if name.is_empty() => return Err(format!("`${{}}` in `{text}` names no value")),
+                None if name.is_empty() => {
+                    return Err(format!("`${{}}` in `{text}` names no value"));
+                }
                 None => {
                     return Err(format!(
                         "`${{{name}}}` is not defined: no layer sets `values.{name}`"
@@ -390,7 +433,10 @@ mod tests {
 
     #[test]
     fn normalize_resolves_dots() {
-        assert_eq!(normalize(Path::new("fleet/stores/../base/./a.yaml")), PathBuf::from("fleet/base/a.yaml"));
+        assert_eq!(
+            normalize(Path::new("fleet/stores/../base/./a.yaml")),
+            PathBuf::from("fleet/base/a.yaml")
+        );
         assert_eq!(normalize(Path::new("../a.yaml")), PathBuf::from("../a.yaml"));
         assert_eq!(normalize(Path::new("/../a")), PathBuf::from("/a"));
     }
@@ -398,8 +444,14 @@ mod tests {
     #[test]
     fn later_layers_win_and_lists_merge_by_name() {
         let mut l = loader(&[
-            ("base.yaml", "a: 1\nsegments:\n  - {name: pos, vlan: 10}\n  - {name: iot, vlan: 30}\nlist: [1, 2]\n"),
-            ("store.yaml", "extends: [base.yaml]\nsegments:\n  - {name: pos, vlan: 11}\n  - {name: iot, remove: true}\n  - {name: guest, vlan: 40}\nlist: [3]\n"),
+            (
+                "base.yaml",
+                "a: 1\nsegments:\n  - {name: pos, vlan: 10}\n  - {name: iot, vlan: 30}\nlist: [1, 2]\n",
+            ),
+            (
+                "store.yaml",
+                "extends: [base.yaml]\nsegments:\n  - {name: pos, vlan: 11}\n  - {name: iot, remove: true}\n  - {name: guest, vlan: 40}\nlist: [3]\n",
+            ),
         ]);
         let n = l.load(Path::new("store.yaml")).unwrap();
         let segs = n.get("segments").unwrap().as_seq().unwrap();

@@ -113,5 +113,10 @@ pub fn render_with<S: Source>(loader: &mut Loader<S>, path: &Path) -> Result<Ren
     }
     let profile = render::canonicalize(profile);
     let revision = render::revision(&profile);
-    Ok(Rendered { source: normalize(path).display().to_string(), profile, revision, warnings: diags })
+    Ok(Rendered {
+        source: normalize(path).display().to_string(),
+        profile,
+        revision,
+        warnings: diags,
+    })
 }

@@ -103,7 +103,8 @@ fn check_name(s: &str, what: &str, max: usize, first_letter: bool) -> Result<(),
         None => false,
     };
     if s.is_empty() || s.len() > max || !ok_chars || !first_ok || s.ends_with('-') {
-        let start = if first_letter { "a lower-case letter" } else { "a lower-case letter or digit" };
+        let start =
+            if first_letter { "a lower-case letter" } else { "a lower-case letter or digit" };
         return Err(format!(
             "`{s}` is not a valid {what}: use 1 to {max} lower-case letters, digits and dashes, \
              starting with {start} and not ending with a dash"
@@ -196,7 +197,9 @@ impl FromStr for Vlan {
         }
         match s.trim().parse::<u64>() {
             Ok(v) => VlanId::from_u64(v).map(Vlan::Id),
-            Err(_) => Err(format!("`{s}` is not a VLAN: use `untagged` or a number from 1 to 4094")),
+            Err(_) => {
+                Err(format!("`{s}` is not a VLAN: use `untagged` or a number from 1 to 4094"))
+            }
         }
     }
 }
@@ -229,7 +232,8 @@ impl<'de> Deserialize<'de> for VlanId {
     }
 }
 
-const UNITS: [(&str, u64); 4] = [("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
+const UNITS: [(&str, u64); 4] =
+    [("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)];
 
 /// A size in bytes, written as a plain number of bytes or with `Ki`, `Mi`, `Gi`, `Ti`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -271,7 +275,7 @@ impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0 != 0 {
             for (unit, mult) in UNITS {
-                if self.0 % mult == 0 {
+                if self.0.is_multiple_of(mult) {
                     return write!(f, "{}{unit}", self.0 / mult);
                 }
             }
@@ -301,7 +305,9 @@ impl FromStr for Cpus {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         let bad = || {
-            format!("`{s}` is not a number of cpus: write a decimal number of cores, e.g. 2 or 0.25")
+            format!(
+                "`{s}` is not a number of cpus: write a decimal number of cores, e.g. 2 or 0.25"
+            )
         };
         let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
         if whole.is_empty() && frac.is_empty() {
@@ -339,7 +345,7 @@ impl fmt::Display for Cpus {
 
 impl Serialize for Cpus {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             s.serialize_u32(self.0 / 1000)
         } else {
             s.serialize_f64(f64::from(self.0) / 1000.0)
@@ -373,7 +379,9 @@ impl FromStr for Duration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
-        let bad = || format!("`{s}` is not a duration: write a whole number with ms, s, m or h, e.g. 10s");
+        let bad = || {
+            format!("`{s}` is not a duration: write a whole number with ms, s, m or h, e.g. 10s")
+        };
         let (digits, mult) = if let Some(d) = t.strip_suffix("ms") {
             (d, 1)
         } else if let Some(d) = t.strip_suffix('s') {
@@ -399,7 +407,7 @@ impl fmt::Display for Duration {
             return f.write_str("0s");
         }
         for (unit, mult) in TIME_UNITS {
-            if self.0 % mult == 0 {
+            if self.0.is_multiple_of(mult) {
                 return write!(f, "{}{unit}", self.0 / mult);
             }
         }
@@ -422,7 +430,11 @@ impl Percent {
 impl FromStr for Percent {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not a percentage: write a whole number from 0 to 100 and `%`, e.g. 10%");
+        let bad = || {
+            format!(
+                "`{s}` is not a percentage: write a whole number from 0 to 100 and `%`, e.g. 10%"
+            )
+        };
         let d = s.trim().strip_suffix('%').ok_or_else(bad)?;
         match d.trim().parse::<u8>() {
             Ok(v) if v <= 100 => Ok(Percent(v)),
@@ -469,7 +481,9 @@ impl FromStr for PortSpec {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         let bad = || {
-            format!("`{s}` is not a port: write tcp/PORT, udp/PORT, tcp/LOW-HIGH, udp/LOW-HIGH or icmp")
+            format!(
+                "`{s}` is not a port: write tcp/PORT, udp/PORT, tcp/LOW-HIGH, udp/LOW-HIGH or icmp"
+            )
         };
         if t == "icmp" {
             return Ok(PortSpec { proto: Proto::Icmp, ports: None });
@@ -585,7 +599,9 @@ impl FromStr for Subnet {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let net: IpNet = s.trim().parse().map_err(|_| {
-            format!("`{s}` is not a subnet: write a network and prefix length such as 10.42.10.0/24")
+            format!(
+                "`{s}` is not a subnet: write a network and prefix length such as 10.42.10.0/24"
+            )
         })?;
         if net.trunc() != net {
             return Err(format!(
@@ -620,15 +636,21 @@ impl FromStr for ImageRef {
     fn from_str(s: &str) -> Result<Self, String> {
         let t = s.trim();
         if t.is_empty() || t.contains(char::is_whitespace) {
-            return Err(format!("`{s}` is not an image reference: write registry/name:tag@sha256:<digest>"));
+            return Err(format!(
+                "`{s}` is not an image reference: write registry/name:tag@sha256:<digest>"
+            ));
         }
         let (rest, digest) = match t.split_once('@') {
             Some((r, d)) => {
-                let hex = d.strip_prefix("sha256:").ok_or_else(|| {
-                    format!("image digest `{d}` must be sha256:<64 hex digits>")
-                })?;
-                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-                    return Err(format!("image digest `{d}` must be sha256: followed by 64 lower-case hex digits"));
+                let hex = d
+                    .strip_prefix("sha256:")
+                    .ok_or_else(|| format!("image digest `{d}` must be sha256:<64 hex digits>"))?;
+                if hex.len() != 64
+                    || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                {
+                    return Err(format!(
+                        "image digest `{d}` must be sha256: followed by 64 lower-case hex digits"
+                    ));
                 }
                 (r, Some(d.to_string()))
             }
@@ -640,7 +662,9 @@ impl FromStr for ImageRef {
             None => (rest, None),
         };
         if repository.is_empty() || tag.as_deref() == Some("") {
-            return Err(format!("`{s}` is not an image reference: write registry/name:tag@sha256:<digest>"));
+            return Err(format!(
+                "`{s}` is not an image reference: write registry/name:tag@sha256:<digest>"
+            ));
         }
         let repo_ok = repository
             .bytes()
@@ -756,7 +780,8 @@ mod tests {
     #[test]
     fn image_refs() {
         let d = "a".repeat(64);
-        let r: ImageRef = format!("registry.example:5000/retail/orders:3.2.0@sha256:{d}").parse().unwrap();
+        let r: ImageRef =
+            format!("registry.example:5000/retail/orders:3.2.0@sha256:{d}").parse().unwrap();
         assert_eq!(r.repository, "registry.example:5000/retail/orders");
         assert_eq!(r.tag.as_deref(), Some("3.2.0"));
         assert!(r.digest.is_some());

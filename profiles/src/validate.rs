@@ -83,7 +83,9 @@ const WL: P<'static> = K("workloads");
 
 fn is_edge_address(addr: IpAddr, net: IpNet) -> bool {
     match net {
-        IpNet::V4(n) if n.prefix_len() < 31 => addr == IpAddr::V4(n.network()) || addr == IpAddr::V4(n.broadcast()),
+        IpNet::V4(n) if n.prefix_len() < 31 => {
+            addr == IpAddr::V4(n.network()) || addr == IpAddr::V4(n.broadcast())
+        }
         IpNet::V6(n) => addr == IpAddr::V6(n.network()),
         _ => false,
     }
@@ -103,7 +105,10 @@ fn segments(c: &mut Checker<'_>, p: &Profile) {
             && ifname.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if !valid {
             c.error(&[NET, K("uplink"), K("interface")], format!("`{ifname}` is not a network interface name (1 to 15 letters, digits, `-`, `_`, `.`)"));
-        } else if ifname != "auto" && ifname.len() > 10 && segs.iter().any(|s| matches!(s.vlan, Some(Vlan::Id(_)))) {
+        } else if ifname != "auto"
+            && ifname.len() > 10
+            && segs.iter().any(|s| matches!(s.vlan, Some(Vlan::Id(_))))
+        {
             c.error(
                 &[NET, K("uplink"), K("interface")],
                 format!("uplink `{ifname}` is too long a name for VLANs: `{ifname}.4094` would pass the kernel's 15-character limit"),
@@ -118,10 +123,16 @@ fn segments(c: &mut Checker<'_>, p: &Profile) {
         let name = s.name.as_str();
         if let Some(first) = names.insert(name, i) {
             let first_pos = c.pos_of(&[NET, SEG, I(first), K("name")]);
-            c.error(&at("name"), format!("segment name `{name}` is used twice (first at {first_pos})"));
+            c.error(
+                &at("name"),
+                format!("segment name `{name}` is used twice (first at {first_pos})"),
+            );
         }
         if name == HOST || name == INTERNET {
-            c.error(&at("name"), format!("`{name}` is reserved for firewall rules; give the segment another name"));
+            c.error(
+                &at("name"),
+                format!("`{name}` is reserved for firewall rules; give the segment another name"),
+            );
         }
         if workload_names.contains(name) {
             c.error(&at("name"), format!("`{name}` names both a segment and a workload: a firewall rule could not tell them apart"));
@@ -160,16 +171,28 @@ fn segments(c: &mut Checker<'_>, p: &Profile) {
         }
         if let Some(gw) = s.gateway {
             if s.internal {
-                c.error(&at("gateway"), format!("segment `{name}` is internal: there is no store router on it"));
+                c.error(
+                    &at("gateway"),
+                    format!("segment `{name}` is internal: there is no store router on it"),
+                );
             }
             match s.subnet {
-                None => c.error(&at("gateway"), format!("segment `{name}` has a gateway but no subnet: add `subnet:`")),
-                Some(net) if !net.0.contains(&gw) => c.error(&at("gateway"), format!("gateway {gw} is outside the segment's subnet {net}")),
+                None => c.error(
+                    &at("gateway"),
+                    format!("segment `{name}` has a gateway but no subnet: add `subnet:`"),
+                ),
+                Some(net) if !net.0.contains(&gw) => c.error(
+                    &at("gateway"),
+                    format!("gateway {gw} is outside the segment's subnet {net}"),
+                ),
                 Some(_) => {
                     if let HostAddress::Static(a) = s.address
                         && a.addr() == gw
                     {
-                        c.error(&at("gateway"), format!("gateway {gw} is the host's own address on this segment"));
+                        c.error(
+                            &at("gateway"),
+                            format!("gateway {gw} is the host's own address on this segment"),
+                        );
                     }
                 }
             }
@@ -178,7 +201,13 @@ fn segments(c: &mut Checker<'_>, p: &Profile) {
             if let (Some(a), Some(b)) = (s.subnet, other.subnet)
                 && (a.0.contains(&b.0.network()) || b.0.contains(&a.0.network()))
             {
-                c.error(&at("subnet"), format!("subnet {a} of segment `{name}` overlaps subnet {b} of segment `{}`", other.name));
+                c.error(
+                    &at("subnet"),
+                    format!(
+                        "subnet {a} of segment `{name}` overlaps subnet {b} of segment `{}`",
+                        other.name
+                    ),
+                );
             }
         }
     }
@@ -204,7 +233,10 @@ fn workloads(c: &mut Checker<'_>, p: &Profile) {
             c.error(&at("name"), format!("workload name `{name}` is used twice (first at {first_pos}); names are unique across containers and VMs"));
         }
         if name == HOST || name == INTERNET {
-            c.error(&at("name"), format!("`{name}` is reserved for firewall rules; give the workload another name"));
+            c.error(
+                &at("name"),
+                format!("`{name}` is reserved for firewall rules; give the workload another name"),
+            );
         }
         match w {
             Workload::Container(ct) => {
@@ -220,14 +252,23 @@ fn workloads(c: &mut Checker<'_>, p: &Profile) {
                 for (j, v) in ct.volumes.iter().enumerate() {
                     let vat = [WL, I(i), K("volumes"), I(j)];
                     if vols.insert(v.name.as_str(), j).is_some() {
-                        c.error(&[vat[0], vat[1], vat[2], vat[3], K("name")], format!("volume `{}` is listed twice in `{name}`", v.name));
+                        c.error(
+                            &[vat[0], vat[1], vat[2], vat[3], K("name")],
+                            format!("volume `{}` is listed twice in `{name}`", v.name),
+                        );
                     }
                     if !v.path.starts_with('/') {
-                        c.error(&[vat[0], vat[1], vat[2], vat[3], K("path")], format!("volume path `{}` must be absolute (start with /)", v.path));
+                        c.error(
+                            &[vat[0], vat[1], vat[2], vat[3], K("path")],
+                            format!("volume path `{}` must be absolute (start with /)", v.path),
+                        );
                     }
                 }
                 if ct.resources.is_some_and(|r| r.memory.is_some_and(|m| m.bytes() < 4 << 20)) {
-                    c.error(&[WL, I(i), K("resources"), K("memory")], "a container memory limit below 4Mi cannot start a process");
+                    c.error(
+                        &[WL, I(i), K("resources"), K("memory")],
+                        "a container memory limit below 4Mi cannot start a process",
+                    );
                 }
             }
             Workload::Vm(vm) => {
@@ -258,15 +299,27 @@ fn workloads(c: &mut Checker<'_>, p: &Profile) {
                     c.error(&at("cpus"), format!("VM `{name}` asks for {} cpus: a VM gets a whole number of cpus, at least 1", vm.cpus));
                 }
                 if vm.memory.bytes() < 64 << 20 {
-                    c.error(&at("memory"), format!("VM `{name}` asks for {} of memory: give it at least 64Mi", vm.memory));
+                    c.error(
+                        &at("memory"),
+                        format!(
+                            "VM `{name}` asks for {} of memory: give it at least 64Mi",
+                            vm.memory
+                        ),
+                    );
                 }
                 let mut disks = HashMap::new();
                 for (j, d) in vm.disks.iter().enumerate() {
                     if disks.insert(d.name.as_str(), j).is_some() {
-                        c.error(&[WL, I(i), K("disks"), I(j), K("name")], format!("disk `{}` is listed twice in `{name}`", d.name));
+                        c.error(
+                            &[WL, I(i), K("disks"), I(j), K("name")],
+                            format!("disk `{}` is listed twice in `{name}`", d.name),
+                        );
                     }
                     if d.size.bytes() == 0 {
-                        c.error(&[WL, I(i), K("disks"), I(j), K("size")], "a disk needs a size above zero");
+                        c.error(
+                            &[WL, I(i), K("disks"), I(j), K("size")],
+                            "a disk needs a size above zero",
+                        );
                     }
                 }
             }
@@ -276,7 +329,10 @@ fn workloads(c: &mut Checker<'_>, p: &Profile) {
             let nat = |f: &'static str| [WL, I(i), K("networks"), I(j), K(f)];
             let seg_name = n.segment.as_str();
             if !segs_seen.insert(seg_name) {
-                c.error(&nat("segment"), format!("`{name}` is attached to segment `{seg_name}` twice"));
+                c.error(
+                    &nat("segment"),
+                    format!("`{name}` is attached to segment `{seg_name}` twice"),
+                );
             }
             let Some(seg) = p.segment(seg_name) else {
                 c.error(&nat("segment"), format!("workload `{name}` is attached to segment `{seg_name}`, which is not defined"));
@@ -298,7 +354,9 @@ fn workloads(c: &mut Checker<'_>, p: &Profile) {
             }
         }
         if let Some(h) = w.health() {
-            let count = usize::from(h.http.is_some()) + usize::from(h.tcp.is_some()) + usize::from(h.exec.is_some());
+            let count = usize::from(h.http.is_some())
+                + usize::from(h.tcp.is_some())
+                + usize::from(h.exec.is_some());
             if count != 1 {
                 c.error(&at("health"), format!("the health check of `{name}` needs exactly one of `http`, `tcp` or `exec` (it has {count})"));
             }
@@ -306,10 +364,16 @@ fn workloads(c: &mut Checker<'_>, p: &Profile) {
                 c.error(&[WL, I(i), K("health"), K("exec")], "`exec` needs a command to run");
             }
             if h.failure_threshold == 0 {
-                c.error(&[WL, I(i), K("health"), K("failure_threshold")], "`failure_threshold` is at least 1");
+                c.error(
+                    &[WL, I(i), K("health"), K("failure_threshold")],
+                    "`failure_threshold` is at least 1",
+                );
             }
             if h.interval.millis() == 0 || h.timeout.millis() == 0 {
-                c.error(&[WL, I(i), K("health")], "health `interval` and `timeout` must be above zero");
+                c.error(
+                    &[WL, I(i), K("health")],
+                    "health `interval` and `timeout` must be above zero",
+                );
             }
             let port = h.http.as_ref().map(|x| x.port).or(h.tcp.as_ref().map(|x| x.port));
             if port == Some(0) {
@@ -320,7 +384,10 @@ fn workloads(c: &mut Checker<'_>, p: &Profile) {
         }
         for (j, dep) in w.depends_on().iter().enumerate() {
             if p.workload(dep.as_str()).is_none() {
-                c.error(&[WL, I(i), K("depends_on"), I(j)], format!("`{name}` depends on `{dep}`, which is not a workload of this profile"));
+                c.error(
+                    &[WL, I(i), K("depends_on"), I(j)],
+                    format!("`{name}` depends on `{dep}`, which is not a workload of this profile"),
+                );
             }
         }
     }
@@ -328,7 +395,8 @@ fn workloads(c: &mut Checker<'_>, p: &Profile) {
 }
 
 fn dependency_cycles(c: &mut Checker<'_>, p: &Profile) {
-    let index: HashMap<&str, usize> = p.workloads.iter().enumerate().map(|(i, w)| (w.name().as_str(), i)).collect();
+    let index: HashMap<&str, usize> =
+        p.workloads.iter().enumerate().map(|(i, w)| (w.name().as_str(), i)).collect();
     // 0 = unvisited, 1 = on the current path, 2 = done.
     let mut state = vec![0u8; p.workloads.len()];
     let mut reported = HashSet::new();
@@ -371,7 +439,10 @@ fn dependency_cycles(c: &mut Checker<'_>, p: &Profile) {
         let mut names: Vec<&str> = cycle.iter().map(|&k| p.workloads[k].name().as_str()).collect();
         names.push(names[0]);
         let last = *cycle.last().unwrap_or(&0);
-        c.error(&[WL, I(last), K("depends_on")], format!("dependency cycle: {}: none of them could ever start", names.join(" → ")));
+        c.error(
+            &[WL, I(last), K("depends_on")],
+            format!("dependency cycle: {}: none of them could ever start", names.join(" → ")),
+        );
     }
 }
 
@@ -381,25 +452,41 @@ fn firewall(c: &mut Checker<'_>, p: &Profile) {
         let at = |f: &'static str| [NET, K("firewall"), K("allow"), I(i), K(f)];
         if let Some(first) = names.insert(r.name.as_str(), i) {
             let first_pos = c.pos_of(&[NET, K("firewall"), K("allow"), I(first), K("name")]);
-            c.error(&at("name"), format!("rule name `{}` is used twice (first at {first_pos})", r.name));
+            c.error(
+                &at("name"),
+                format!("rule name `{}` is used twice (first at {first_pos})", r.name),
+            );
         }
         for (field, end) in [("from", &r.from), ("to", &r.to)] {
-            let known = end == HOST || end == INTERNET || p.segment(end).is_some() || p.workload(end).is_some();
+            let known = end == HOST
+                || end == INTERNET
+                || p.segment(end).is_some()
+                || p.workload(end).is_some();
             if !known {
                 c.error(&at(field), format!("rule `{}` names `{end}` in `{field}`, which is neither a segment, a workload, `host` nor `internet`", r.name));
             }
         }
         if r.from == r.to && (r.from == HOST || r.from == INTERNET) {
-            c.error(&at("to"), format!("rule `{}` goes from `{}` to itself, which the firewall never sees", r.name, r.from));
+            c.error(
+                &at("to"),
+                format!(
+                    "rule `{}` goes from `{}` to itself, which the firewall never sees",
+                    r.name, r.from
+                ),
+            );
         }
     }
     // A segment no workload and no rule uses is probably a leftover.
     for (i, s) in p.network.segments.iter().enumerate() {
         let name = s.name.as_str();
-        let used = p.workloads.iter().any(|w| w.networks().iter().any(|n| n.segment.as_str() == name))
-            || p.network.firewall.allow.iter().any(|r| r.from == name || r.to == name);
+        let used =
+            p.workloads.iter().any(|w| w.networks().iter().any(|n| n.segment.as_str() == name))
+                || p.network.firewall.allow.iter().any(|r| r.from == name || r.to == name);
         if !used {
-            c.warn(&[NET, SEG, I(i), K("name")], format!("segment `{name}` is used by no workload and no firewall rule"));
+            c.warn(
+                &[NET, SEG, I(i), K("name")],
+                format!("segment `{name}` is used by no workload and no firewall rule"),
+            );
         }
     }
 }
@@ -410,26 +497,43 @@ fn runbooks(c: &mut Checker<'_>, p: &Profile) {
         let at = |f: &'static str| [K("runbooks"), I(i), K(f)];
         if let Some(first) = names.insert(rb.name.as_str(), i) {
             let first_pos = c.pos_of(&[K("runbooks"), I(first), K("name")]);
-            c.error(&at("name"), format!("runbook name `{}` is used twice (first at {first_pos})", rb.name));
+            c.error(
+                &at("name"),
+                format!("runbook name `{}` is used twice (first at {first_pos})", rb.name),
+            );
         }
         let w = &rb.when;
-        let kinds = usize::from(w.unhealthy.is_some()) + usize::from(w.drift.is_some()) + usize::from(w.disk_free_below.is_some());
+        let kinds = usize::from(w.unhealthy.is_some())
+            + usize::from(w.drift.is_some())
+            + usize::from(w.disk_free_below.is_some());
         if kinds != 1 {
             c.error(&at("when"), format!("runbook `{}` needs exactly one trigger in `when`: unhealthy, drift or disk_free_below", rb.name));
         }
         if w.for_.is_some() && w.unhealthy.is_none() {
-            c.error(&[K("runbooks"), I(i), K("when"), K("for")], "`for` goes with `unhealthy` only");
+            c.error(
+                &[K("runbooks"), I(i), K("when"), K("for")],
+                "`for` goes with `unhealthy` only",
+            );
         }
         if let Some(wl) = &w.unhealthy
             && p.workload(wl.as_str()).is_none()
         {
-            c.error(&[K("runbooks"), I(i), K("when"), K("unhealthy")], format!("runbook `{}` watches `{wl}`, which is not a workload of this profile", rb.name));
+            c.error(
+                &[K("runbooks"), I(i), K("when"), K("unhealthy")],
+                format!(
+                    "runbook `{}` watches `{wl}`, which is not a workload of this profile",
+                    rb.name
+                ),
+            );
         }
         if rb.steps.is_empty() {
             c.error(&at("steps"), format!("runbook `{}` has no steps", rb.name));
         }
         if rb.max_per_hour == 0 {
-            c.error(&at("max_per_hour"), "`max_per_hour` is at least 1 (remove the runbook to turn it off)");
+            c.error(
+                &at("max_per_hour"),
+                "`max_per_hour` is at least 1 (remove the runbook to turn it off)",
+            );
         }
     }
 }
@@ -438,10 +542,13 @@ fn admission(c: &mut Checker<'_>, p: &Profile) {
     let Some(cap) = p.node.capacity else { return };
     let reserved = p.node.reserved;
     if reserved.cpus > cap.cpus || reserved.memory > cap.memory {
-        c.error(&[K("node"), K("reserved")], format!(
-            "the node reserves {} cpus and {} but its capacity is {} cpus and {}",
-            reserved.cpus, reserved.memory, cap.cpus, cap.memory
-        ));
+        c.error(
+            &[K("node"), K("reserved")],
+            format!(
+                "the node reserves {} cpus and {} but its capacity is {} cpus and {}",
+                reserved.cpus, reserved.memory, cap.cpus, cap.memory
+            ),
+        );
         return;
     }
     let cpus: u32 = p.workloads.iter().map(|w| w.cpus().millis()).sum();

@@ -166,7 +166,9 @@ impl Builder<'_> {
                         } else {
                             return Err(Diagnostic::error(
                                 pos,
-                                format!("YAML tags such as `{tag}` are not part of the profile format"),
+                                format!(
+                                    "YAML tags such as `{tag}` are not part of the profile format"
+                                ),
                             ));
                         }
                     }

@@ -1,6 +1,8 @@
 //! The sample fleet renders; every bad fixture is refused with exactly the errors its
 //! `# expect: [FILE:]LINE:COLUMN MESSAGE-FRAGMENT` lines name.
 
+#![allow(clippy::unwrap_used)] // test helpers fail loudly on broken fixtures
+
 use std::path::{Path, PathBuf};
 
 use backroom_profiles::{Severity, render_file, render_fleet};
@@ -44,14 +46,20 @@ fn expectations(path: &Path) -> Vec<Expect> {
     text.lines()
         .filter_map(|l| l.strip_prefix("# expect: "))
         .map(|rest| {
-            let (loc, fragment) = rest.split_once(' ').expect("expect line has a position and a message");
+            let (loc, fragment) =
+                rest.split_once(' ').expect("expect line has a position and a message");
             let parts: Vec<&str> = loc.split(':').collect();
             let (file, line, column) = match parts.as_slice() {
                 [l, c] => (own.clone(), l, c),
                 [f, l, c] => (f.to_string(), l, c),
                 _ => panic!("bad expect position {loc} in {}", path.display()),
             };
-            Expect { file, line: line.parse().unwrap(), column: column.parse().unwrap(), fragment: fragment.to_string() }
+            Expect {
+                file,
+                line: line.parse().unwrap(),
+                column: column.parse().unwrap(),
+                fragment: fragment.to_string(),
+            }
         })
         .collect()
 }
@@ -72,12 +80,14 @@ fn every_bad_fixture_is_refused_with_its_position_and_reason() {
         assert!(!expects.is_empty(), "{} has no `# expect:` line", path.display());
         let invalid = match render_file(&path) {
             Ok(_) => {
-                failures.push(format!("{}: rendered, but should have been refused", path.display()));
+                failures
+                    .push(format!("{}: rendered, but should have been refused", path.display()));
                 continue;
             }
             Err(e) => e,
         };
-        let errors: Vec<_> = invalid.diagnostics.iter().filter(|d| d.severity == Severity::Error).collect();
+        let errors: Vec<_> =
+            invalid.diagnostics.iter().filter(|d| d.severity == Severity::Error).collect();
         for d in &errors {
             assert!(d.pos.line >= 1 && d.pos.column >= 1 && !d.pos.file.is_empty(), "{d}");
         }

@@ -100,7 +100,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 });
                 println!("{}", serde_json::to_string_pretty(&v).context("encoding the diff")?);
             } else {
-                println!("{} (rev {}) → {} (rev {})", a.source, a.revision.short(), b.source, b.revision.short());
+                println!(
+                    "{} (rev {}) → {} (rev {})",
+                    a.source,
+                    a.revision.short(),
+                    b.source,
+                    b.revision.short()
+                );
                 print!("{d}");
             }
             Ok(ExitCode::SUCCESS)
@@ -150,19 +156,16 @@ fn validate(paths: &[PathBuf], summary: bool, quiet: bool) -> anyhow::Result<Exi
     };
     for path in paths {
         if path.is_dir() {
-            for store in render_fleet(path).with_context(|| format!("reading fleet {}", path.display()))? {
+            for store in
+                render_fleet(path).with_context(|| format!("reading fleet {}", path.display()))?
+            {
                 show(&store.path.display().to_string(), &store.result);
             }
         } else {
             show(&path.display().to_string(), &render_file(path));
         }
     }
-    println!(
-        "{} valid, {} invalid, {} warnings",
-        plural(ok, "profile"),
-        bad,
-        warnings
-    );
+    println!("{} valid, {} invalid, {} warnings", plural(ok, "profile"), bad, warnings);
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
