@@ -24,7 +24,10 @@ fn validate_a_fleet_folder_prints_every_store_and_exits_zero() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
     for store in ["store-0042", "store-0117", "store-2001", "store-2002"] {
-        assert!(t.lines().any(|l| l.starts_with("ok ") && l.contains(store) && l.contains("rev ")), "{store}: {t}");
+        assert!(
+            t.lines().any(|l| l.starts_with("ok ") && l.contains(store) && l.contains("rev ")),
+            "{store}: {t}"
+        );
     }
     assert!(t.contains("4 profiles valid, 0 invalid"), "{t}");
 }
@@ -36,7 +39,8 @@ fn validate_reports_file_line_column_and_exits_one() {
     let o = centralctl(&["profile", "validate", good.to_str().unwrap(), bad.to_str().unwrap()]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
-    let line = t.lines().find(|l| l.contains("VLAN 10 is used twice")).unwrap_or_else(|| panic!("{t}"));
+    let line =
+        t.lines().find(|l| l.contains("VLAN 10 is used twice")).unwrap_or_else(|| panic!("{t}"));
     assert!(line.contains("vlan-twice.yaml:5:27: error: "), "{line}");
     assert!(t.contains("1 profile valid, 1 invalid"), "{t}");
 }
@@ -53,7 +57,12 @@ fn validate_shows_warnings_without_failing() {
     let o = centralctl(&["profile", "validate", f.to_str().unwrap()]);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
-    assert!(t.contains("tagged.yaml:7:12: warning: image `registry.example/web:1.0` is given without a digest"), "{t}");
+    assert!(
+        t.contains(
+            "tagged.yaml:7:12: warning: image `registry.example/web:1.0` is given without a digest"
+        ),
+        "{t}"
+    );
     assert!(t.contains("tagged.yaml:5:11: warning: workload `web` has no health check"), "{t}");
 }
 

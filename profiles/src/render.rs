@@ -3,7 +3,8 @@
 //! Canonical: defaults filled in, sizes and durations in one spelling, lists of named items sorted
 //! by name (a workload's `networks` keep their order: it decides `eth0`, `eth1`…). The revision id
 //! is the sha256 of the canonical JSON, so the same meaning gives the same id whatever the key
-//! order, comments or layering that produced it.
+//! order, comments or layering that produced it. Literal `${` is written `$${` in the canonical
+//! text (as in a source document), so a rendering reads back to itself.
 
 use std::fmt;
 
@@ -66,15 +67,33 @@ pub fn canonicalize(mut p: Profile) -> Profile {
     p
 }
 
-/// The canonical JSON of an already canonical profile (compact, fixed field order).
-pub fn to_json(p: &Profile) -> String {
+/// The canonical profile as a JSON value in which every literal `${` is written `$${`, so that
+/// the text it prints reads back (as YAML or JSON) to the same profile.
+fn document(p: &Profile) -> serde_json::Value {
+    fn escape(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) if s.contains("${") => *s = s.replace("${", "$${"),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(escape),
+            serde_json::Value::Object(m) => m.values_mut().for_each(escape),
+            _ => {}
+        }
+    }
     // Serializing plain data with string keys cannot fail.
-    serde_json::to_string(p).unwrap_or_default()
+    let mut v = serde_json::to_value(p).unwrap_or_default();
+    escape(&mut v);
+    v
+}
+
+/// The canonical JSON of an already canonical profile (compact, fixed field order): the text
+/// the revision id is the sha256 of.
+pub fn to_json(p: &Profile) -> String {
+    let plain = serde_json::to_string(p).unwrap_or_default();
+    // `$` has no meaning in JSON syntax, so without `${` in the text there is nothing to escape.
+    if plain.contains("${") { document(p).to_string() } else { plain }
 }
 
 pub fn to_yaml(p: &Profile) -> String {
-    let v = serde_json::to_value(p).unwrap_or_default();
-    emit::to_yaml(&v)
+    emit::to_yaml(&document(p))
 }
 
 pub fn revision(canonical: &Profile) -> RevisionId {

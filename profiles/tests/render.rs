@@ -148,3 +148,16 @@ fn diff_groups_changes_the_way_an_operator_reads_them() {
     assert!(text.contains("subnet: 10.42.10.0/24 → 10.117.10.0/24"), "{text}");
     assert!(diff(&a.profile, &a.profile).is_empty());
 }
+
+#[test]
+fn a_literal_dollar_brace_survives_rendering() {
+    let doc = "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {name: d}\nvalues: {v: \"${X\"}\n\
+               workloads:\n  - {name: web, kind: container, image: r.example/w:1, env: {A: \"${v}\", B: \"$${y}\"}}\n";
+    let r = render_str("d.yaml", doc).unwrap();
+    let Some(Workload::Container(c)) = r.profile.workload("web") else { panic!() };
+    assert_eq!(c.env["A"], "${X");
+    assert_eq!(c.env["B"], "${y}");
+    let again = render_str("again.yaml", &r.to_yaml()).unwrap();
+    assert_eq!(again.profile, r.profile);
+    assert_eq!(render_str("again.json", &r.to_json()).unwrap().revision, r.revision);
+}
