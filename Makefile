@@ -2,20 +2,23 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test deps build lint bench
+.PHONY: run test deps services build lint bench
 
 ## make run: build, then validate and render the sample fleet and print a summary per store.
 run: deps build
 	./target/debug/centralctl profile validate --summary profiles/fleet
 
 ## make test: install what the tests need (idempotent), then run every test and lint.
-test: deps
+test: deps services
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
 
 deps:
 	scripts/install-deps
+
+services:
+	scripts/start-services
 
 build:
 	$(CARGO) build --workspace

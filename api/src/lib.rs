@@ -9,3 +9,4 @@
 pub mod common {
     tonic::include_proto!("backroom.common.v1");
 }
+
