@@ -9,4 +9,3 @@
 pub mod common {
     tonic::include_proto!("backroom.common.v1");
 }
-

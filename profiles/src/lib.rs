@@ -22,6 +22,7 @@ mod emit;
 mod fleet;
 mod layers;
 mod model;
+pub mod naming;
 mod pos;
 mod render;
 mod types;

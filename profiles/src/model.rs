@@ -139,7 +139,7 @@ pub struct Segment {
 impl Segment {
     /// The bridge that carries this segment on the host.
     pub fn bridge(&self) -> String {
-        format!("br-{}", self.name)
+        crate::naming::bridge(self.name.as_str())
     }
 }
 
