@@ -9,3 +9,13 @@
 pub mod common {
     tonic::include_proto!("backroom.common.v1");
 }
+
+/// netd's local API (issue 3).
+pub mod netd {
+    tonic::include_proto!("backroom.netd.v1");
+}
+
+/// vmd's local API (issue 4).
+pub mod vmd {
+    tonic::include_proto!("backroom.vmd.v1");
+}
