@@ -19,3 +19,13 @@ pub mod netd {
 pub mod vmd {
     tonic::include_proto!("backroom.vmd.v1");
 }
+
+/// Node ↔ central (issue 6).
+pub mod node {
+    tonic::include_proto!("backroom.node.v1");
+}
+
+/// Operators ↔ central (issue 6).
+pub mod operator {
+    tonic::include_proto!("backroom.operator.v1");
+}

@@ -1,8 +1,23 @@
 //! central: the HQ plane that stores report to, and `centralctl`, its operator CLI.
 //!
-//! Today it holds the operator's profile tooling: `centralctl profile validate|render|diff`,
-//! which work on fleet folders through the profiles crate and need no server. The central
-//! server itself (enrollment, sessions, fleet push, alerts) is not built yet (issue 6); the
-//! `central` binary says so.
+//! It owns the fleet's durable record (stores, profile revisions, enrollment, certificates,
+//! events, commands, alerts, operator tokens, audit) in SQLite or PostgreSQL, its own CA, the
+//! node-facing gRPC service (enrollment, one mTLS session per store) and the operator-facing
+//! one. It never reaches into a store: nodes open every connection.
+//!
+//! `centralctl profile …` works on fleet folders locally through the profiles crate; every
+//! other `centralctl` command talks to the operator service.
 
+pub mod alerts;
+pub mod app;
+pub mod ca;
+pub mod client;
+pub mod clock;
+pub mod ctl_report;
+pub mod db;
+pub mod hub;
+pub mod ingest;
+pub mod node_service;
+pub mod operator_service;
 pub mod profile_report;
+pub mod server;

@@ -1,19 +1,51 @@
 //! centralctl: the operator's command line for Backroom's central plane.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Context;
-use backroom_central::profile_report;
+use anyhow::{Context, bail};
+use backroom_api::operator::{
+    CreateApiTokenRequest, CreateEnrollTokenRequest, FleetPushRequest, FleetStatusRequest,
+    GetCommandRequest, GetStoreRequest, ListAlertsRequest, ListStoresRequest, SendCommandRequest,
+    StoreProfile,
+};
+use backroom_central::{client, ctl_report, profile_report};
 use backroom_profiles::{Diagnostic, Invalid, Rendered, Severity, render_file, render_fleet};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Backroom's operator CLI.
+///
+/// `profile` commands work on files and need no server. Every other command talks to central's
+/// operator API: give --server, --token (or --token-file) and --ca, or set BACKROOM_SERVER,
+/// BACKROOM_TOKEN (or BACKROOM_TOKEN_FILE) and BACKROOM_CA, or write them as `key = value`
+/// lines (server, token, token_file, ca) in ~/.config/backroom/centralctl.conf.
 #[derive(Parser)]
-#[command(name = "centralctl", version, about, long_about = None)]
+#[command(name = "centralctl", version, about)]
 struct Cli {
+    #[command(flatten)]
+    conn: Conn,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Args, Clone, Default)]
+struct Conn {
+    /// central's operator API, e.g. https://central.example:7444.
+    #[arg(long, global = true, env = "BACKROOM_SERVER")]
+    server: Option<String>,
+    /// An API token.
+    #[arg(long, global = true, env = "BACKROOM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the API token (e.g. central's DATA/admin.token).
+    #[arg(long, global = true, env = "BACKROOM_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// central's CA certificate (central's DATA/ca.crt).
+    #[arg(long, global = true, env = "BACKROOM_CA")]
+    ca: Option<PathBuf>,
+    /// Print JSON instead of tables (where it applies).
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -21,6 +53,34 @@ enum Command {
     /// Work with store profiles and fleet folders (no server needed).
     #[command(subcommand)]
     Profile(ProfileCommand),
+    #[command(flatten)]
+    Remote(Remote),
+}
+
+/// Commands that talk to central.
+#[derive(Subcommand)]
+enum Remote {
+    /// Push a fleet folder to central, or see what a push would change.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+    /// Enrollment tokens for new (or replacement) store servers.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Look at stores and send them commands.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// A command's state and result.
+    #[command(subcommand)]
+    Command(CommandCommand),
+    /// The short list of things to act on, grouped by kind with the stores they hit.
+    Alerts {
+        /// Include resolved alerts.
+        #[arg(long)]
+        all: bool,
+    },
+    /// API tokens for operators and tools (admin only).
+    #[command(subcommand, name = "api-token")]
+    ApiToken(ApiTokenCommand),
 }
 
 #[derive(Subcommand)]
@@ -30,7 +90,6 @@ enum ProfileCommand {
     /// Prints every error and warning as FILE:LINE:COLUMN: SEVERITY: MESSAGE and one line per
     /// valid store. Exits 0 when all are valid, 1 when any is not.
     Validate {
-        /// Store profile files or fleet folders.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         /// Show a few lines per valid store (segments, workloads) instead of one.
@@ -40,29 +99,114 @@ enum ProfileCommand {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Print the rendered profile (layers merged, values substituted, canonical) and its
-    /// revision id.
+    /// Print the rendered profile (layers merged, values substituted, canonical) and its revision.
     Render {
         file: PathBuf,
-        /// Print JSON (the exact text the revision id is the sha256 of) instead of YAML.
+        /// Print the canonical JSON (what the revision id is the sha256 of) instead of YAML.
         #[arg(long)]
         json: bool,
     },
     /// Show what would change in a store going from OLD to NEW (both rendered first).
     ///
     /// Exits 0 whether or not they differ; 1 when either does not validate.
-    Diff {
-        old: PathBuf,
-        new: PathBuf,
-        /// Print the diff as JSON.
+    Diff { old: PathBuf, new: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Validate every store of a fleet folder and record a revision per store whose rendered
+    /// profile changed. Nothing is recorded if any store is invalid. Online stores get the new
+    /// revision at once; the others when they reconnect.
+    Push { dir: PathBuf },
+    /// What a push of this folder would change, store by store.
+    Diff { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a one-time enrollment token for a store (printed on stdout).
+    Create {
         #[arg(long)]
-        json: bool,
+        store: String,
+        #[arg(long, default_value = "")]
+        region: String,
+        /// How long the token stays usable.
+        #[arg(long, default_value = "24h")]
+        ttl: backroom_profiles::Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Every store: online or not, last seen, desired and applied revision, health, agent version.
+    List,
+    /// One store: the list line, every workload's state, recent events and commands.
+    Get {
+        id: String,
+        /// How many recent events.
+        #[arg(long, default_value_t = 20)]
+        events: u32,
+    },
+    /// Restart a workload (queued if the store is offline).
+    Restart {
+        id: String,
+        workload: String,
+        #[command(flatten)]
+        opts: CommandOpts,
+    },
+    /// Make the store reconcile now.
+    Reconcile {
+        id: String,
+        #[command(flatten)]
+        opts: CommandOpts,
+    },
+    /// Make the store go back to its last-known-good revision.
+    Rollback {
+        id: String,
+        #[command(flatten)]
+        opts: CommandOpts,
+    },
+}
+
+#[derive(Args, Clone)]
+struct CommandOpts {
+    /// How long the command waits for an offline store before it expires.
+    #[arg(long, default_value = "1h")]
+    ttl: backroom_profiles::Duration,
+    /// Wait this long for the result (0s: do not wait).
+    #[arg(long, default_value = "30s")]
+    wait: backroom_profiles::Duration,
+}
+
+#[derive(Subcommand)]
+enum CommandCommand {
+    Get { id: String },
+}
+
+#[derive(Subcommand)]
+enum ApiTokenCommand {
+    Create {
+        /// Who or what uses it.
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = match cli.command {
+        Command::Profile(p) => profile(p),
+        Command::Remote(remote) => {
+            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(run_remote(cli.conn, remote)),
+                Err(e) => Err(e.into()),
+            }
+        }
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("centralctl: {e:#}");
@@ -71,14 +215,277 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Profile(ProfileCommand::Validate { paths, summary, quiet }) => {
-            validate(&paths, summary, quiet)
+/// `key = value` lines of ~/.config/backroom/centralctl.conf fill what flags and environment
+/// leave out.
+fn with_config_file(mut c: Conn) -> Conn {
+    let Some(home) = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+    else {
+        return c;
+    };
+    let Ok(text) = std::fs::read_to_string(home.join("backroom/centralctl.conf")) else { return c };
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else { continue };
+        let v = v.trim().to_string();
+        match k.trim() {
+            "server" if c.server.is_none() => c.server = Some(v),
+            "token" if c.token.is_none() => c.token = Some(v),
+            "token_file" if c.token_file.is_none() => c.token_file = Some(v.into()),
+            "ca" if c.ca.is_none() => c.ca = Some(v.into()),
+            _ => {}
         }
-        Command::Profile(ProfileCommand::Render { file, json }) => {
+    }
+    c
+}
+
+async fn connect(conn: &Conn) -> anyhow::Result<client::Client> {
+    let conn = with_config_file(conn.clone());
+    let server =
+        conn.server.context("no server: pass --server https://HOST:7444 or set BACKROOM_SERVER")?;
+    let token = match (conn.token, conn.token_file) {
+        (Some(t), _) => t,
+        (None, Some(f)) => std::fs::read_to_string(&f)
+            .with_context(|| format!("reading the token file {}", f.display()))?,
+        (None, None) => bail!("no API token: pass --token or --token-file, or set BACKROOM_TOKEN"),
+    };
+    let ca_path = conn
+        .ca
+        .context("no CA certificate: pass --ca (central's DATA/ca.crt) or set BACKROOM_CA")?;
+    let ca = std::fs::read_to_string(&ca_path)
+        .with_context(|| format!("reading the CA certificate {}", ca_path.display()))?;
+    Ok(client::connect(&server, &ca, &token).await?)
+}
+
+fn now_ms() -> i64 {
+    backroom_session::now_ms()
+}
+
+/// A gRPC error as a sentence.
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("central says: {}", s.message())
+}
+
+async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
+    let mut c = connect(&conn).await?;
+    match command {
+        Remote::Fleet(FleetCommand::Push { dir }) => {
+            let Some(stores) = render_fleet_or_report(&dir)? else { return Ok(ExitCode::FAILURE) };
+            let req = FleetPushRequest {
+                stores: stores
+                    .iter()
+                    .map(|(id, r)| StoreProfile {
+                        store_id: id.clone(),
+                        revision: r.revision.to_string(),
+                        profile_yaml: r.to_yaml(),
+                        source: r.source.clone(),
+                    })
+                    .collect(),
+            };
+            let reply = c.fleet_push(req).await.map_err(status)?.into_inner();
+            let mut changed = 0;
+            for o in &reply.stores {
+                if o.changed {
+                    changed += 1;
+                    let was = if o.previous_revision.is_empty() {
+                        "-"
+                    } else {
+                        &o.previous_revision[..12.min(o.previous_revision.len())]
+                    };
+                    println!("{}  rev {}  new revision (was {was})", o.store_id, &o.revision[..12]);
+                } else {
+                    println!("{}  rev {}  unchanged", o.store_id, &o.revision[..12]);
+                }
+            }
+            println!("{} stores pushed, {changed} new revisions", reply.stores.len());
+        }
+        Remote::Fleet(FleetCommand::Diff { dir }) => {
+            let Some(stores) = render_fleet_or_report(&dir)? else { return Ok(ExitCode::FAILURE) };
+            let current =
+                c.fleet_status(FleetStatusRequest {}).await.map_err(status)?.into_inner().stores;
+            for (id, r) in &stores {
+                match current.iter().find(|s| &s.store_id == id) {
+                    None => println!("== {id}: new store (rev {})\n", r.revision.short()),
+                    Some(s) if s.revision == r.revision.as_str() => {
+                        println!("== {id}: unchanged (rev {})\n", r.revision.short())
+                    }
+                    Some(s) => {
+                        let old = backroom_profiles::render_str(
+                            &format!("central:{id}"),
+                            &s.profile_yaml,
+                        )
+                        .map_err(|e| {
+                            anyhow::anyhow!("central's copy of {id} does not render: {e}")
+                        })?;
+                        println!("== {id}: rev {} → {}", old.revision.short(), r.revision.short());
+                        println!("{}", backroom_profiles::diff(&old.profile, &r.profile));
+                    }
+                }
+            }
+        }
+        Remote::Token(TokenCommand::Create { store, region, ttl }) => {
+            let r = c
+                .create_enroll_token(CreateEnrollTokenRequest {
+                    store_id: store.clone(),
+                    region,
+                    ttl_seconds: ttl.millis() / 1000,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("{}", r.token);
+            eprintln!(
+                "one-time enrollment token for {store}; usable until {} ms (in {})",
+                r.expires_unix_ms, ttl
+            );
+        }
+        Remote::Store(StoreCommand::List) => {
+            let r = c.list_stores(ListStoresRequest {}).await.map_err(status)?.into_inner();
+            if conn.json {
+                println!("{}", serde_json::to_string_pretty(&stores_json(&r.stores))?);
+            } else {
+                print!("{}", ctl_report::stores(&r.stores, now_ms()));
+            }
+        }
+        Remote::Store(StoreCommand::Get { id, events }) => {
+            let r = c
+                .get_store(GetStoreRequest { store_id: id, events })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if conn.json {
+                let v = serde_json::json!({
+                    "summary": r.summary.as_ref().map(|s| stores_json(std::slice::from_ref(s))),
+                    "workloads": r.workloads.iter().map(|w| serde_json::json!({
+                        "name": w.name, "kind": w.kind, "state": w.state, "healthy": w.healthy,
+                        "since_unix_ms": w.since_unix_ms, "restarts": w.restarts, "reason": w.reason, "addresses": w.addresses,
+                    })).collect::<Vec<_>>(),
+                    "events": r.events.iter().map(|e| serde_json::json!({
+                        "seq": e.seq, "at_unix_ms": e.at_unix_ms, "kind": e.kind, "workload": e.workload, "message": e.message,
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", ctl_report::store(&r, now_ms()));
+            }
+        }
+        Remote::Store(StoreCommand::Restart { id, workload, opts }) => {
+            return send(&mut c, id, "restart", workload, opts).await;
+        }
+        Remote::Store(StoreCommand::Reconcile { id, opts }) => {
+            return send(&mut c, id, "reconcile", String::new(), opts).await;
+        }
+        Remote::Store(StoreCommand::Rollback { id, opts }) => {
+            return send(&mut c, id, "rollback", String::new(), opts).await;
+        }
+        Remote::Command(CommandCommand::Get { id }) => {
+            let r = c.get_command(GetCommandRequest { id }).await.map_err(status)?.into_inner();
+            print!("{}", ctl_report::command(&r, now_ms()));
+        }
+        Remote::Alerts { all } => {
+            let r = c
+                .list_alerts(ListAlertsRequest { include_resolved: all })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print!("{}", ctl_report::alerts(&r, now_ms()));
+        }
+        Remote::ApiToken(ApiTokenCommand::Create { name, role }) => {
+            let r = c
+                .create_api_token(CreateApiTokenRequest { name, role })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("{}", r.token);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stores_json(list: &[backroom_api::operator::StoreSummary]) -> Vec<serde_json::Value> {
+    list.iter()
+        .map(|s| {
+            serde_json::json!({
+                "store": s.store_id, "region": s.region, "online": s.online, "enrolled": s.enrolled,
+                "last_seen_unix_ms": s.last_seen_unix_ms, "desired_revision": s.desired_revision,
+                "applied_revision": s.applied_revision, "workloads_healthy": s.workloads_healthy,
+                "workloads_total": s.workloads_total, "agent_version": s.agent_version,
+                "last_apply_error": s.last_apply_error,
+            })
+        })
+        .collect()
+}
+
+async fn send(
+    c: &mut client::Client,
+    store: String,
+    kind: &str,
+    workload: String,
+    opts: CommandOpts,
+) -> anyhow::Result<ExitCode> {
+    let info = c
+        .send_command(SendCommandRequest {
+            store_id: store,
+            kind: kind.into(),
+            workload,
+            ttl_seconds: opts.ttl.millis() / 1000,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    if info.state == "queued" {
+        println!("{}: the store is offline; the command waits up to {} for it", info.id, opts.ttl);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = tokio::time::Instant::now() + opts.wait.to_std();
+    let mut last = info;
+    while (last.state == "sent" || last.state == "queued") && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        last = c
+            .get_command(GetCommandRequest { id: last.id.clone() })
+            .await
+            .map_err(status)?
+            .into_inner();
+    }
+    print!("{}", ctl_report::command(&last, now_ms()));
+    Ok(if last.state == "failed" || last.state == "expired" {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Renders every store of a fleet folder; prints the findings and returns None if any is invalid.
+fn render_fleet_or_report(dir: &Path) -> anyhow::Result<Option<Vec<(String, Rendered)>>> {
+    let stores = render_fleet(dir).with_context(|| format!("reading fleet {}", dir.display()))?;
+    let mut ok = Vec::new();
+    let mut bad = 0;
+    for s in stores {
+        match s.result {
+            Ok(r) => {
+                eprint!("{}", profile_report::diagnostics(&r.warnings));
+                ok.push((s.id, r));
+            }
+            Err(Invalid { diagnostics }) => {
+                bad += 1;
+                eprint!("{}", profile_report::diagnostics(&diagnostics));
+            }
+        }
+    }
+    if bad > 0 {
+        eprintln!("{bad} stores are invalid: nothing was sent");
+        return Ok(None);
+    }
+    Ok(Some(ok))
+}
+
+fn profile(cmd: ProfileCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ProfileCommand::Validate { paths, summary, quiet } => validate(&paths, summary, quiet),
+        ProfileCommand::Render { file, json } => {
             let Some(r) = render_or_report(&file) else { return Ok(ExitCode::FAILURE) };
-            print_warnings_to_stderr(&r.warnings);
+            eprint!("{}", profile_report::diagnostics(&r.warnings));
             if json {
                 println!("{}", r.to_json());
             } else {
@@ -87,34 +494,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Profile(ProfileCommand::Diff { old, new, json }) => {
+        ProfileCommand::Diff { old, new } => {
             let (Some(a), Some(b)) = (render_or_report(&old), render_or_report(&new)) else {
                 return Ok(ExitCode::FAILURE);
             };
             let d = backroom_profiles::diff(&a.profile, &b.profile);
-            if json {
-                let v = serde_json::json!({
-                    "old": {"file": a.source, "revision": a.revision},
-                    "new": {"file": b.source, "revision": b.revision},
-                    "diff": d,
-                });
-                println!("{}", serde_json::to_string_pretty(&v).context("encoding the diff")?);
-            } else {
-                println!(
-                    "{} (rev {}) → {} (rev {})",
-                    a.source,
-                    a.revision.short(),
-                    b.source,
-                    b.revision.short()
-                );
-                print!("{d}");
-            }
+            println!(
+                "{} (rev {}) → {} (rev {})",
+                a.source,
+                a.revision.short(),
+                b.source,
+                b.revision.short()
+            );
+            print!("{d}");
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn render_or_report(path: &std::path::Path) -> Option<Rendered> {
+fn render_or_report(path: &Path) -> Option<Rendered> {
     match render_file(path) {
         Ok(r) => Some(r),
         Err(Invalid { diagnostics }) => {
@@ -122,10 +520,6 @@ fn render_or_report(path: &std::path::Path) -> Option<Rendered> {
             None
         }
     }
-}
-
-fn print_warnings_to_stderr(w: &[Diagnostic]) {
-    eprint!("{}", profile_report::diagnostics(w));
 }
 
 fn validate(paths: &[PathBuf], summary: bool, quiet: bool) -> anyhow::Result<ExitCode> {
@@ -165,10 +559,7 @@ fn validate(paths: &[PathBuf], summary: bool, quiet: bool) -> anyhow::Result<Exi
             show(&path.display().to_string(), &render_file(path));
         }
     }
-    println!("{} valid, {} invalid, {} warnings", plural(ok, "profile"), bad, warnings);
+    let plural = |n: usize| if n == 1 { "1 profile".to_string() } else { format!("{n} profiles") };
+    println!("{} valid, {bad} invalid, {warnings} warnings", plural(ok));
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-fn plural(n: usize, what: &str) -> String {
-    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
 }

@@ -1,0 +1,145 @@
+//! What every part of central shares: the database, the CA, the clock, the open sessions, the
+//! event writer, and the settings.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ca::Ca;
+use crate::clock::Clock;
+use crate::db::{Db, NewEvent};
+use crate::hub::Hub;
+use crate::ingest::Ingest;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often nodes send a heartbeat.
+    pub heartbeat_seconds: u32,
+    /// A session that has said nothing for this long is closed (the store goes offline).
+    pub session_timeout_ms: i64,
+    /// A store offline for longer than this raises an alert.
+    pub offline_alert_ms: i64,
+    /// A workload unhealthy for longer than this raises an alert.
+    pub unhealthy_alert_ms: i64,
+    /// Node certificates are valid this long (nodes renew at two thirds).
+    pub node_cert_days: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            heartbeat_seconds: 10,
+            session_timeout_ms: 35_000,
+            offline_alert_ms: 5 * 60_000,
+            unhealthy_alert_ms: 5 * 60_000,
+            node_cert_days: 30,
+        }
+    }
+}
+
+pub struct App {
+    pub db: Db,
+    pub ca: Ca,
+    pub clock: Arc<dyn Clock>,
+    pub hub: Hub,
+    pub ingest: Ingest,
+    pub settings: Settings,
+    /// Set when central stops: session readers end, so their streams close.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl App {
+    pub fn new(db: Db, ca: Ca, clock: Arc<dyn Clock>, settings: Settings) -> Arc<App> {
+        let ingest_db = db.clone();
+        let ingest_clock = Arc::clone(&clock);
+        // Crash-loop alerts come straight from events; the other alerts from periodic checks.
+        let alert_db = db.clone();
+        let ingest = Ingest::start(
+            ingest_db,
+            move || ingest_clock.now_ms(),
+            move |events: &[NewEvent]| {
+                let interesting: Vec<NewEvent> = events
+                    .iter()
+                    .filter(|e| e.kind == "crash_loop" || e.kind == "workload_recovered")
+                    .cloned()
+                    .collect();
+                if !interesting.is_empty() {
+                    let db = alert_db.clone();
+                    tokio::spawn(
+                        async move { crate::alerts::from_events(&db, &interesting).await },
+                    );
+                }
+            },
+        );
+        Arc::new(App {
+            db,
+            ca,
+            clock,
+            hub: Hub::default(),
+            ingest,
+            settings,
+            stopping: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub async fn audit(&self, actor: &str, action: &str, detail: &str) {
+        let id = format!("{:032x}", rand::random::<u128>());
+        if let Err(e) = self.db.audit(&id, actor, action, detail, self.now_ms()).await {
+            tracing::error!(error = %e, action, "could not write the audit trail");
+        }
+    }
+}
+
+/// A store's last status report as kept in the database.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusJson {
+    pub desired_revision: String,
+    pub last_apply_revision: String,
+    pub rolled_back_to: String,
+    pub workloads: Vec<WorkloadJson>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadJson {
+    pub name: String,
+    pub kind: String,
+    pub state: String,
+    pub healthy: bool,
+    pub since_ms: i64,
+    pub restarts: u32,
+    pub reason: String,
+    pub addresses: Vec<String>,
+}
+
+impl StatusJson {
+    pub fn parse(s: &str) -> StatusJson {
+        serde_json::from_str(s).unwrap_or_default()
+    }
+
+    pub fn from_proto(s: &backroom_api::node::Status) -> StatusJson {
+        let last = s.last_apply.clone().unwrap_or_default();
+        StatusJson {
+            desired_revision: s.desired_revision.clone(),
+            last_apply_revision: last.revision,
+            rolled_back_to: last.rolled_back_to,
+            workloads: s
+                .workloads
+                .iter()
+                .map(|w| WorkloadJson {
+                    name: w.name.clone(),
+                    kind: w.kind.clone(),
+                    state: w.state.clone(),
+                    healthy: w.healthy,
+                    since_ms: w.since_unix_ms,
+                    restarts: w.restarts,
+                    reason: w.reason.clone(),
+                    addresses: w.addresses.clone(),
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! How `centralctl` shows what central says: plain tables a person reads at a glance.
+
+use std::fmt::Write as _;
+
+use backroom_api::operator::{CommandInfo, GetStoreReply, ListAlertsReply, StoreSummary};
+
+/// "3m ago", "2h ago", "never".
+pub fn ago(now_ms: i64, then_ms: i64) -> String {
+    if then_ms <= 0 {
+        return "never".into();
+    }
+    let s = (now_ms - then_ms).max(0) / 1000;
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn short(rev: &str) -> &str {
+    if rev.is_empty() { "-" } else { &rev[..12.min(rev.len())] }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r.get(c).map_or(0, |x| x.chars().count())).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> =
+            r.iter().enumerate().map(|(i, x)| format!("{x:<w$}", w = widths[i])).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+pub fn stores(list: &[StoreSummary], now_ms: i64) -> String {
+    let mut rows = vec![vec![
+        "STORE".into(),
+        "REGION".into(),
+        "STATE".into(),
+        "LAST SEEN".into(),
+        "DESIRED".into(),
+        "APPLIED".into(),
+        "HEALTHY".into(),
+        "AGENT".into(),
+    ]];
+    for s in list {
+        let state = match (s.enrolled, s.online) {
+            (false, _) => "not enrolled",
+            (true, true) => "online",
+            (true, false) => "offline",
+        };
+        let applied = if !s.last_apply_error.is_empty() {
+            format!("{} (last apply failed)", short(&s.applied_revision))
+        } else if s.applied_revision != s.desired_revision && !s.desired_revision.is_empty() {
+            format!("{} (behind)", short(&s.applied_revision))
+        } else {
+            short(&s.applied_revision).to_string()
+        };
+        rows.push(vec![
+            s.store_id.clone(),
+            if s.region.is_empty() { "-".into() } else { s.region.clone() },
+            state.into(),
+            ago(now_ms, s.last_seen_unix_ms),
+            short(&s.desired_revision).into(),
+            applied,
+            format!("{}/{}", s.workloads_healthy, s.workloads_total),
+            if s.agent_version.is_empty() { "-".into() } else { s.agent_version.clone() },
+        ]);
+    }
+    table(&rows)
+}
+
+pub fn store(r: &GetStoreReply, now_ms: i64) -> String {
+    let mut out = String::new();
+    if let Some(s) = &r.summary {
+        out.push_str(&stores(std::slice::from_ref(s), now_ms));
+        if !s.last_apply_error.is_empty() {
+            let _ = writeln!(out, "last apply failed: {}", s.last_apply_error);
+        }
+    }
+    let _ = writeln!(out, "\nworkloads:");
+    let mut rows = vec![vec![
+        "NAME".into(),
+        "KIND".into(),
+        "STATE".into(),
+        "HEALTH".into(),
+        "SINCE".into(),
+        "RESTARTS".into(),
+        "ADDRESS".into(),
+        "REASON".into(),
+    ]];
+    for w in &r.workloads {
+        rows.push(vec![
+            w.name.clone(),
+            w.kind.clone(),
+            w.state.clone(),
+            if w.healthy { "healthy".into() } else { "unhealthy".into() },
+            ago(now_ms, w.since_unix_ms),
+            w.restarts.to_string(),
+            w.addresses.join(","),
+            w.reason.clone(),
+        ]);
+    }
+    out.push_str(&indent(&table(&rows)));
+    let _ = writeln!(out, "\nrecent events:");
+    for e in &r.events {
+        let wl = if e.workload.is_empty() { String::new() } else { format!(" {}", e.workload) };
+        let _ = writeln!(
+            out,
+            "  #{:<6} {:>9}  {}{}: {}",
+            e.seq,
+            ago(now_ms, e.at_unix_ms),
+            e.kind,
+            wl,
+            e.message
+        );
+    }
+    if !r.commands.is_empty() {
+        let _ = writeln!(out, "\ncommands:");
+        for c in &r.commands {
+            out.push_str(&indent(&command(c, now_ms)));
+        }
+    }
+    out
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+pub fn command(c: &CommandInfo, now_ms: i64) -> String {
+    let target = if c.workload.is_empty() { String::new() } else { format!(" {}", c.workload) };
+    let result = if c.result.is_empty() { String::new() } else { format!(": {}", c.result) };
+    format!(
+        "{}  {} {}{}  {} ({}){}\n",
+        c.id,
+        c.kind,
+        c.store_id,
+        target,
+        c.state,
+        ago(now_ms, c.created_unix_ms),
+        result
+    )
+}
+
+pub fn alerts(r: &ListAlertsReply, now_ms: i64) -> String {
+    if r.groups.is_empty() {
+        return "no open alerts\n".into();
+    }
+    let mut out = String::new();
+    for g in &r.groups {
+        let stores: std::collections::BTreeSet<&str> =
+            g.alerts.iter().map(|a| a.store_id.as_str()).collect();
+        let _ = writeln!(out, "{} ({} in {} stores)", g.title, g.alerts.len(), stores.len());
+        for a in &g.alerts {
+            let subject =
+                if a.subject.is_empty() { String::new() } else { format!("/{}", a.subject) };
+            let state = if a.resolved {
+                format!(" [resolved {}]", ago(now_ms, a.resolved_unix_ms))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "  {}{}  since {}: {}{}",
+                a.store_id,
+                subject,
+                ago(now_ms, a.since_unix_ms),
+                a.message,
+                state
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ago_reads_naturally() {
+        assert_eq!(ago(10_000, 0), "never");
+        assert_eq!(ago(70_000, 10_000), "1m ago");
+        assert_eq!(ago(10_000, 9_000), "1s ago");
+    }
+
+    #[test]
+    fn store_table_shows_state_and_revisions() {
+        let s = StoreSummary {
+            store_id: "store-0042".into(),
+            region: "us-west".into(),
+            online: false,
+            enrolled: true,
+            last_seen_unix_ms: 1000,
+            desired_revision: "a".repeat(64),
+            applied_revision: "b".repeat(64),
+            workloads_healthy: 2,
+            workloads_total: 3,
+            ..Default::default()
+        };
+        let t = stores(&[s], 181_000);
+        assert!(t.contains("store-0042  us-west  offline  3m ago"), "{t}");
+        assert!(t.contains("bbbbbbbbbbbb (behind)  2/3"), "{t}");
+    }
+}

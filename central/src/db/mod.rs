@@ -1,0 +1,759 @@
+//! Central's durable state: stores, profile revisions, enrollment tokens, certificates, events,
+//! commands, alerts, API tokens and the audit trail.
+//!
+//! One SQL dialect that SQLite and PostgreSQL both run, through sqlx's `Any` driver: SQLite
+//! (a file under `--data`) is the embedded default, PostgreSQL (`--database-url postgres://…`)
+//! the engine when one central is not enough. Times are unix milliseconds passed in by the
+//! caller, so the clock stays outside.
+
+mod rows;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, AssertSqlSafe};
+use sqlx::{Executor, Row};
+
+pub use rows::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open the database {url}")]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database migration to version {version} failed")]
+    Migrate {
+        version: i64,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database query failed: {what}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, DbError>;
+
+fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
+    move |source| DbError::Query { what, source }
+}
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("schema.sql"))];
+
+/// Why an enrollment token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    #[error("the enrollment token is not known to this central")]
+    Unknown,
+    #[error("the enrollment token was already used (at {0} ms)")]
+    Used(i64),
+    #[error("the enrollment token expired (at {0} ms)")]
+    Expired(i64),
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+    sqlite: bool,
+}
+
+impl Db {
+    /// Opens (creating if needed) and migrates the database at `url`:
+    /// `sqlite:///path/central.db`, `sqlite::memory:` or `postgres://…`.
+    pub async fn open(url: &str) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let mut opts = AnyPoolOptions::new();
+        if sqlite {
+            // One writer at a time is how SQLite works; a single connection also makes
+            // `sqlite::memory:` one database rather than one per connection.
+            opts = opts.max_connections(1).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    Ok(())
+                })
+            });
+        } else {
+            opts = opts.max_connections(16);
+        }
+        let url_full = if sqlite && !url.contains("memory") && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_string()
+        };
+        let pool = opts
+            .connect(&url_full)
+            .await
+            .map_err(|source| DbError::Open { url: url.to_string(), source })?;
+        let db = Db { pool, sqlite };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.sqlite
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        self.pool
+            .execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .await
+            .map_err(|source| DbError::Migrate { version: 0, source })?;
+        let current: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM schema_version")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get::<Option<i64>, _>("v"))
+            .map_err(|source| DbError::Migrate { version: 0, source })?;
+        let current = current.unwrap_or(0);
+        for (version, sql) in MIGRATIONS {
+            if *version <= current {
+                continue;
+            }
+            let fail = |source| DbError::Migrate { version: *version, source };
+            let mut tx = self.pool.begin().await.map_err(fail)?;
+            let code: String = sql
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for stmt in code.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                tx.execute(AssertSqlSafe(stmt.to_string())).await.map_err(fail)?;
+            }
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+                .bind(*version)
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
+            tx.commit().await.map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    // ---- stores -------------------------------------------------------------------------
+
+    pub async fn list_stores(&self) -> Result<Vec<StoreRow>> {
+        let rows =
+            sqlx::query(AssertSqlSafe(format!("SELECT {STORE_COLUMNS} FROM stores ORDER BY id")))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(q("listing stores"))?;
+        rows.iter()
+            .map(StoreRow::from_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("reading stores"))
+    }
+
+    pub async fn get_store(&self, id: &str) -> Result<Option<StoreRow>> {
+        let row =
+            sqlx::query(AssertSqlSafe(format!("SELECT {STORE_COLUMNS} FROM stores WHERE id = $1")))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(q("reading a store"))?;
+        row.as_ref().map(StoreRow::from_row).transpose().map_err(q("reading a store"))
+    }
+
+    /// Records what a session learnt about a store.
+    pub async fn update_session(&self, u: &SessionUpdate<'_>) -> Result<()> {
+        sqlx::query(
+            "UPDATE stores SET online = $2, last_seen_ms = $3, agent_version = $4, \
+             applied_revision = $5, status_json = $6, last_apply_ok = $7, last_apply_message = $8 \
+             WHERE id = $1",
+        )
+        .bind(u.store_id)
+        .bind(i64::from(u.online))
+        .bind(u.now_ms)
+        .bind(u.agent_version)
+        .bind(u.applied_revision)
+        .bind(u.status_json)
+        .bind(i64::from(u.last_apply_ok))
+        .bind(u.last_apply_message)
+        .execute(&self.pool)
+        .await
+        .map_err(q("recording a store's status"))?;
+        Ok(())
+    }
+
+    pub async fn set_online(&self, store_id: &str, online: bool, now_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE stores SET online = $2, last_seen_ms = $3 WHERE id = $1")
+            .bind(store_id)
+            .bind(i64::from(online))
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(q("marking a store online or offline"))?;
+        Ok(())
+    }
+
+    /// Records the last-seen time of many stores in one transaction (heartbeats are many).
+    pub async fn touch_many(&self, seen: &[(String, i64)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(q("recording heartbeats"))?;
+        for (store, at) in seen {
+            sqlx::query("UPDATE stores SET last_seen_ms = $2 WHERE id = $1 AND last_seen_ms < $2")
+                .bind(store)
+                .bind(*at)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("recording a heartbeat"))?;
+        }
+        tx.commit().await.map_err(q("recording heartbeats"))?;
+        Ok(())
+    }
+
+    /// At start-up no session exists yet, whatever the database says.
+    pub async fn mark_all_offline(&self) -> Result<()> {
+        sqlx::query("UPDATE stores SET online = 0")
+            .execute(&self.pool)
+            .await
+            .map_err(q("resetting sessions"))?;
+        Ok(())
+    }
+
+    // ---- enrollment and certificates ----------------------------------------------------
+
+    pub async fn insert_enroll_token(&self, t: &NewEnrollToken<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO enroll_tokens (hash, store_id, region, created_ms, expires_ms, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(t.hash)
+        .bind(t.store_id)
+        .bind(t.region)
+        .bind(t.created_ms)
+        .bind(t.expires_ms)
+        .bind(t.created_by)
+        .execute(&self.pool)
+        .await
+        .map_err(q("storing an enrollment token"))?;
+        Ok(())
+    }
+
+    /// Uses a token once: returns its store and region, or why it cannot be used.
+    pub async fn consume_enroll_token(
+        &self,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<std::result::Result<(String, String), TokenRefusal>> {
+        let row = sqlx::query(
+            "SELECT store_id, region, expires_ms, used_ms FROM enroll_tokens WHERE hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading an enrollment token"))?;
+        let Some(row) = row else { return Ok(Err(TokenRefusal::Unknown)) };
+        let get = |c: &str| row.try_get::<i64, _>(c).map_err(q("reading an enrollment token"));
+        let (expires, used) = (get("expires_ms")?, get("used_ms")?);
+        if used != 0 {
+            return Ok(Err(TokenRefusal::Used(used)));
+        }
+        if expires <= now_ms {
+            return Ok(Err(TokenRefusal::Expired(expires)));
+        }
+        // The `used_ms = 0` condition makes two simultaneous enrollments with one token race
+        // safely: only one update matches.
+        let done =
+            sqlx::query("UPDATE enroll_tokens SET used_ms = $2 WHERE hash = $1 AND used_ms = 0")
+                .bind(hash)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+                .map_err(q("using an enrollment token"))?;
+        if done.rows_affected() != 1 {
+            return Ok(Err(TokenRefusal::Used(now_ms)));
+        }
+        let store: String = row.try_get("store_id").map_err(q("reading an enrollment token"))?;
+        let region: String = row.try_get("region").map_err(q("reading an enrollment token"))?;
+        Ok(Ok((store, region)))
+    }
+
+    /// Records a store's (new) certificate; the one it had before, if any, is revoked.
+    pub async fn set_certificate(
+        &self,
+        store_id: &str,
+        region: Option<&str>,
+        serial: &str,
+        not_after_ms: i64,
+        now_ms: i64,
+        enrolled: bool,
+    ) -> Result<Option<String>> {
+        let mut tx = self.pool.begin().await.map_err(q("recording a certificate"))?;
+        sqlx::query(
+            "INSERT INTO stores (id, created_ms) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(store_id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("recording a store"))?;
+        let old: String = sqlx::query("SELECT cert_serial FROM stores WHERE id = $1")
+            .bind(store_id)
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|r| r.try_get("cert_serial"))
+            .map_err(q("reading a store's certificate"))?;
+        if !old.is_empty() && old != serial {
+            sqlx::query("INSERT INTO revoked_certs (serial, store_id, revoked_ms) VALUES ($1, $2, $3) ON CONFLICT (serial) DO NOTHING")
+                .bind(&old)
+                .bind(store_id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("revoking a certificate"))?;
+        }
+        sqlx::query("UPDATE stores SET cert_serial = $2, cert_not_after = $3 WHERE id = $1")
+            .bind(store_id)
+            .bind(serial)
+            .bind(not_after_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("recording a certificate"))?;
+        if enrolled {
+            sqlx::query("UPDATE stores SET enrolled_ms = $2 WHERE id = $1")
+                .bind(store_id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("recording an enrollment"))?;
+        }
+        if let Some(region) = region.filter(|r| !r.is_empty()) {
+            sqlx::query("UPDATE stores SET region = $2 WHERE id = $1")
+                .bind(store_id)
+                .bind(region)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("recording a store's region"))?;
+        }
+        tx.commit().await.map_err(q("recording a certificate"))?;
+        Ok((!old.is_empty() && old != serial).then_some(old))
+    }
+
+    /// Whether `serial` is the certificate central last issued to `store_id`.
+    pub async fn certificate_is_current(&self, store_id: &str, serial: &str) -> Result<bool> {
+        let cur: Option<String> = sqlx::query("SELECT cert_serial FROM stores WHERE id = $1")
+            .bind(store_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("checking a certificate"))?
+            .map(|r| r.try_get("cert_serial"))
+            .transpose()
+            .map_err(q("checking a certificate"))?;
+        Ok(cur.as_deref() == Some(serial))
+    }
+
+    // ---- revisions ----------------------------------------------------------------------
+
+    /// Records a fleet push in one transaction: a store's revision changes only when its
+    /// rendered profile does.
+    pub async fn record_push(
+        &self,
+        stores: &[PushedStore<'_>],
+        by: &str,
+        now_ms: i64,
+    ) -> Result<Vec<PushResult>> {
+        let mut tx = self.pool.begin().await.map_err(q("recording a fleet push"))?;
+        let mut out = Vec::new();
+        for s in stores {
+            sqlx::query("INSERT INTO stores (id, region, created_ms) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
+                .bind(s.store_id)
+                .bind(s.region)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("recording a store"))?;
+            if !s.region.is_empty() {
+                sqlx::query("UPDATE stores SET region = $2 WHERE id = $1")
+                    .bind(s.store_id)
+                    .bind(s.region)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("recording a store's region"))?;
+            }
+            let previous: String = sqlx::query("SELECT desired_revision FROM stores WHERE id = $1")
+                .bind(s.store_id)
+                .fetch_one(&mut *tx)
+                .await
+                .and_then(|r| r.try_get("desired_revision"))
+                .map_err(q("reading a store's revision"))?;
+            let changed = previous != s.revision;
+            if changed {
+                sqlx::query(
+                    "INSERT INTO revisions (store_id, revision, profile_yaml, source, created_ms, created_by) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (store_id, revision) DO NOTHING",
+                )
+                .bind(s.store_id)
+                .bind(s.revision)
+                .bind(s.profile_yaml)
+                .bind(s.source)
+                .bind(now_ms)
+                .bind(by)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("recording a revision"))?;
+                sqlx::query("UPDATE stores SET desired_revision = $2 WHERE id = $1")
+                    .bind(s.store_id)
+                    .bind(s.revision)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(q("recording a store's revision"))?;
+            }
+            out.push(PushResult {
+                store_id: s.store_id.to_string(),
+                revision: s.revision.to_string(),
+                changed,
+                previous,
+            });
+        }
+        tx.commit().await.map_err(q("recording a fleet push"))?;
+        Ok(out)
+    }
+
+    pub async fn revision_yaml(&self, store_id: &str, revision: &str) -> Result<Option<String>> {
+        sqlx::query("SELECT profile_yaml FROM revisions WHERE store_id = $1 AND revision = $2")
+            .bind(store_id)
+            .bind(revision)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("reading a revision"))?
+            .map(|r| r.try_get("profile_yaml"))
+            .transpose()
+            .map_err(q("reading a revision"))
+    }
+
+    // ---- events -------------------------------------------------------------------------
+
+    /// Stores events, ignoring any (store, seq) already stored, and moves each store's
+    /// acknowledged sequence forward. Returns the new acked sequence per store.
+    pub async fn insert_events(
+        &self,
+        batch: &[NewEvent],
+        now_ms: i64,
+    ) -> Result<Vec<(String, u64)>> {
+        let mut tx = self.pool.begin().await.map_err(q("storing events"))?;
+        let mut acked: Vec<(String, u64)> = Vec::new();
+        for e in batch {
+            sqlx::query(
+                "INSERT INTO events (store_id, seq, at_ms, kind, workload, message, received_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (store_id, seq) DO NOTHING",
+            )
+            .bind(&e.store_id)
+            .bind(seq_to_db(e.seq))
+            .bind(e.at_ms)
+            .bind(&e.kind)
+            .bind(&e.workload)
+            .bind(&e.message)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("storing an event"))?;
+            match acked.iter_mut().find(|(s, _)| *s == e.store_id) {
+                Some((_, m)) => *m = (*m).max(e.seq),
+                None => acked.push((e.store_id.clone(), e.seq)),
+            }
+        }
+        for (store, seq) in &acked {
+            sqlx::query(
+                "UPDATE stores SET acked_seq = CASE WHEN acked_seq > $2 THEN acked_seq ELSE $2 END, \
+                 last_seen_ms = $3 WHERE id = $1",
+            )
+            .bind(store)
+            .bind(seq_to_db(*seq))
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("moving the event acknowledgement"))?;
+        }
+        tx.commit().await.map_err(q("storing events"))?;
+        Ok(acked)
+    }
+
+    pub async fn recent_events(&self, store_id: &str, limit: u32) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, at_ms, kind, workload, message FROM events WHERE store_id = $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(store_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading events"))?;
+        rows.iter()
+            .map(EventRow::from_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("reading events"))
+    }
+
+    pub async fn count_events(&self, store_id: &str) -> Result<i64> {
+        sqlx::query("SELECT COUNT(*) AS n FROM events WHERE store_id = $1")
+            .bind(store_id)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get("n"))
+            .map_err(q("counting events"))
+    }
+
+    // ---- commands -----------------------------------------------------------------------
+
+    pub async fn insert_command(&self, c: &CommandRow, by: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO commands (id, store_id, kind, workload, state, result, created_ms, expires_ms, finished_ms, created_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&c.id)
+        .bind(&c.store_id)
+        .bind(&c.kind)
+        .bind(&c.workload)
+        .bind(&c.state)
+        .bind(&c.result)
+        .bind(c.created_ms)
+        .bind(c.expires_ms)
+        .bind(c.finished_ms)
+        .bind(by)
+        .execute(&self.pool)
+        .await
+        .map_err(q("storing a command"))?;
+        Ok(())
+    }
+
+    /// Commands waiting for a store, oldest first (expired ones are marked so first).
+    pub async fn queued_commands(&self, store_id: &str, now_ms: i64) -> Result<Vec<CommandRow>> {
+        self.expire_commands(now_ms).await?;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COMMAND_COLUMNS} FROM commands WHERE store_id = $1 AND state = 'queued' ORDER BY created_ms"
+        )))
+        .bind(store_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading queued commands"))?;
+        rows.iter()
+            .map(CommandRow::from_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("reading commands"))
+    }
+
+    pub async fn set_command_state(
+        &self,
+        id: &str,
+        state: &str,
+        result: &str,
+        finished_ms: i64,
+    ) -> Result<()> {
+        sqlx::query("UPDATE commands SET state = $2, result = $3, finished_ms = $4 WHERE id = $1")
+            .bind(id)
+            .bind(state)
+            .bind(result)
+            .bind(finished_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(q("recording a command's result"))?;
+        Ok(())
+    }
+
+    pub async fn expire_commands(&self, now_ms: i64) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE commands SET state = 'expired', result = 'the store did not come online before the command expired', \
+             finished_ms = $1 WHERE state = 'queued' AND expires_ms <= $1",
+        )
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(q("expiring commands"))?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn get_command(&self, id: &str) -> Result<Option<CommandRow>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COMMAND_COLUMNS} FROM commands WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading a command"))?;
+        row.as_ref().map(CommandRow::from_row).transpose().map_err(q("reading a command"))
+    }
+
+    pub async fn recent_commands(&self, store_id: &str, limit: u32) -> Result<Vec<CommandRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COMMAND_COLUMNS} FROM commands WHERE store_id = $1 ORDER BY created_ms DESC LIMIT $2"
+        )))
+        .bind(store_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading commands"))?;
+        rows.iter()
+            .map(CommandRow::from_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("reading commands"))
+    }
+
+    // ---- alerts -------------------------------------------------------------------------
+
+    /// Opens an alert unless one of that kind is already open for that store and subject.
+    pub async fn open_alert(&self, a: &AlertRow) -> Result<bool> {
+        let exists = sqlx::query(
+            "SELECT id FROM alerts WHERE kind = $1 AND store_id = $2 AND subject = $3 AND resolved_ms = 0",
+        )
+        .bind(&a.kind)
+        .bind(&a.store_id)
+        .bind(&a.subject)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(q("reading alerts"))?;
+        if exists.is_some() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO alerts (id, kind, store_id, subject, message, since_ms, resolved_ms) VALUES ($1, $2, $3, $4, $5, $6, 0)",
+        )
+        .bind(&a.id)
+        .bind(&a.kind)
+        .bind(&a.store_id)
+        .bind(&a.subject)
+        .bind(&a.message)
+        .bind(a.since_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(q("opening an alert"))?;
+        Ok(true)
+    }
+
+    pub async fn resolve_alert(
+        &self,
+        kind: &str,
+        store_id: &str,
+        subject: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE alerts SET resolved_ms = $4 WHERE kind = $1 AND store_id = $2 AND subject = $3 AND resolved_ms = 0",
+        )
+        .bind(kind)
+        .bind(store_id)
+        .bind(subject)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(q("resolving an alert"))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn alerts(&self, include_resolved: bool) -> Result<Vec<AlertRow>> {
+        let sql = if include_resolved {
+            format!("SELECT {ALERT_COLUMNS} FROM alerts ORDER BY kind, since_ms")
+        } else {
+            format!(
+                "SELECT {ALERT_COLUMNS} FROM alerts WHERE resolved_ms = 0 ORDER BY kind, since_ms"
+            )
+        };
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(q("reading alerts"))?;
+        rows.iter()
+            .map(AlertRow::from_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("reading alerts"))
+    }
+
+    // ---- operators ----------------------------------------------------------------------
+
+    pub async fn insert_api_token(
+        &self,
+        hash: &str,
+        name: &str,
+        role: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (hash, name, role, created_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(hash)
+        .bind(name)
+        .bind(role)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(q("storing an API token"))?;
+        Ok(())
+    }
+
+    /// The name and role of the API token with this hash.
+    pub async fn api_token(&self, hash: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT name, role FROM api_tokens WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(q("checking an API token"))?;
+        row.map(|r| Ok((r.try_get("name")?, r.try_get("role")?)))
+            .transpose()
+            .map_err(q("checking an API token"))
+    }
+
+    pub async fn count_api_tokens(&self) -> Result<i64> {
+        sqlx::query("SELECT COUNT(*) AS n FROM api_tokens")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get("n"))
+            .map_err(q("counting API tokens"))
+    }
+
+    pub async fn audit(
+        &self,
+        id: &str,
+        actor: &str,
+        action: &str,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit (id, at_ms, actor, action, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(now_ms)
+        .bind(actor)
+        .bind(action)
+        .bind(detail)
+        .execute(&self.pool)
+        .await
+        .map_err(q("writing the audit trail"))?;
+        Ok(())
+    }
+
+    pub async fn audit_trail(&self, limit: u32) -> Result<Vec<(i64, String, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT at_ms, actor, action, detail FROM audit ORDER BY at_ms DESC LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("reading the audit trail"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("at_ms")?,
+                    r.try_get("actor")?,
+                    r.try_get("action")?,
+                    r.try_get("detail")?,
+                ))
+            })
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(q("reading the audit trail"))
+    }
+}
+
+/// Sequence numbers are u64 on the wire and BIGINT in SQL; a node never gets near 2^63.
+fn seq_to_db(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,88 @@
+-- Central's schema, version 1. Portable SQL: runs on SQLite and PostgreSQL alike.
+-- Times are unix milliseconds (BIGINT); ids are text; booleans are 0/1 (BIGINT).
+CREATE TABLE stores (
+  id TEXT PRIMARY KEY,
+  region TEXT NOT NULL DEFAULT '',
+  desired_revision TEXT NOT NULL DEFAULT '',
+  applied_revision TEXT NOT NULL DEFAULT '',
+  agent_version TEXT NOT NULL DEFAULT '',
+  cert_serial TEXT NOT NULL DEFAULT '',
+  cert_not_after BIGINT NOT NULL DEFAULT 0,
+  enrolled_ms BIGINT NOT NULL DEFAULT 0,
+  last_seen_ms BIGINT NOT NULL DEFAULT 0,
+  online BIGINT NOT NULL DEFAULT 0,
+  status_json TEXT NOT NULL DEFAULT '',
+  last_apply_ok BIGINT NOT NULL DEFAULT 1,
+  last_apply_message TEXT NOT NULL DEFAULT '',
+  acked_seq BIGINT NOT NULL DEFAULT 0,
+  created_ms BIGINT NOT NULL
+);
+CREATE TABLE revisions (
+  store_id TEXT NOT NULL,
+  revision TEXT NOT NULL,
+  profile_yaml TEXT NOT NULL,
+  source TEXT NOT NULL,
+  created_ms BIGINT NOT NULL,
+  created_by TEXT NOT NULL,
+  PRIMARY KEY (store_id, revision)
+);
+CREATE TABLE enroll_tokens (
+  hash TEXT PRIMARY KEY,
+  store_id TEXT NOT NULL,
+  region TEXT NOT NULL,
+  created_ms BIGINT NOT NULL,
+  expires_ms BIGINT NOT NULL,
+  used_ms BIGINT NOT NULL DEFAULT 0,
+  created_by TEXT NOT NULL
+);
+CREATE TABLE revoked_certs (
+  serial TEXT PRIMARY KEY,
+  store_id TEXT NOT NULL,
+  revoked_ms BIGINT NOT NULL
+);
+CREATE TABLE events (
+  store_id TEXT NOT NULL,
+  seq BIGINT NOT NULL,
+  at_ms BIGINT NOT NULL,
+  kind TEXT NOT NULL,
+  workload TEXT NOT NULL,
+  message TEXT NOT NULL,
+  received_ms BIGINT NOT NULL,
+  PRIMARY KEY (store_id, seq)
+);
+CREATE TABLE commands (
+  id TEXT PRIMARY KEY,
+  store_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  workload TEXT NOT NULL,
+  state TEXT NOT NULL,
+  result TEXT NOT NULL DEFAULT '',
+  created_ms BIGINT NOT NULL,
+  expires_ms BIGINT NOT NULL,
+  finished_ms BIGINT NOT NULL DEFAULT 0,
+  created_by TEXT NOT NULL
+);
+CREATE INDEX commands_by_store ON commands (store_id, state);
+CREATE TABLE alerts (
+  id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,
+  store_id TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  message TEXT NOT NULL,
+  since_ms BIGINT NOT NULL,
+  resolved_ms BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX alerts_open ON alerts (resolved_ms, kind);
+CREATE TABLE api_tokens (
+  hash TEXT PRIMARY KEY,
+  name TEXT NOT NULL,
+  role TEXT NOT NULL,
+  created_ms BIGINT NOT NULL
+);
+CREATE TABLE audit (
+  id TEXT PRIMARY KEY,
+  at_ms BIGINT NOT NULL,
+  actor TEXT NOT NULL,
+  action TEXT NOT NULL,
+  detail TEXT NOT NULL
+)

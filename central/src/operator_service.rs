@@ -1,0 +1,470 @@
+//! The operator-facing service (centralctl, the dashboard). Every call carries a bearer API
+//! token; roles are viewer (read), operator (also commands, enrollment tokens, fleet push) and
+//! admin (also API tokens). Every change is written to the audit trail.
+
+use std::sync::Arc;
+
+use backroom_api::node::central_message::Body as CBody;
+use backroom_api::node::{CentralMessage, Command, Desired};
+use backroom_api::operator::operator_server::Operator;
+use backroom_api::operator::{
+    Alert, AlertGroup, CommandInfo, CreateApiTokenReply, CreateApiTokenRequest,
+    CreateEnrollTokenReply, CreateEnrollTokenRequest, FleetPushReply, FleetPushRequest,
+    FleetStatusReply, FleetStatusRequest, GetCommandRequest, GetStoreReply, GetStoreRequest,
+    ListAlertsReply, ListAlertsRequest, ListStoresReply, ListStoresRequest, PushOutcome,
+    SendCommandRequest, StoreEvent, StoreProfile, StoreSummary, Workload,
+};
+use backroom_session::token::EnrollToken;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+use crate::app::{App, StatusJson};
+use crate::db::{CommandRow, PushedStore, StoreRow};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+pub fn hash_api_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.trim().as_bytes()))
+}
+
+pub fn new_api_token() -> String {
+    format!("bko1.{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>())
+}
+
+pub struct OperatorSvc {
+    app: Arc<App>,
+}
+
+impl OperatorSvc {
+    pub fn new(app: Arc<App>) -> Self {
+        OperatorSvc { app }
+    }
+
+    /// Who is calling, if their token's role is at least `need`.
+    async fn auth<T>(&self, req: &Request<T>, need: Role) -> Result<String, Status> {
+        let header =
+            req.metadata().get("authorization").and_then(|v| v.to_str().ok()).ok_or_else(|| {
+                Status::unauthenticated("no API token: pass --token or set BACKROOM_TOKEN")
+            })?;
+        let token = header.strip_prefix("Bearer ").unwrap_or(header);
+        let (name, role) =
+            self.app
+                .db
+                .api_token(&hash_api_token(token))
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| Status::unauthenticated("this API token is not known to central"))?;
+        let role = Role::parse(&role).unwrap_or(Role::Viewer);
+        if role < need {
+            return Err(Status::permission_denied(format!(
+                "token `{name}` has the {role:?} role; this needs {need:?}"
+            )));
+        }
+        Ok(name)
+    }
+
+    fn summary(&self, row: &StoreRow) -> StoreSummary {
+        let status = StatusJson::parse(&row.status_json);
+        let healthy = status.workloads.iter().filter(|w| w.healthy).count();
+        StoreSummary {
+            store_id: row.id.clone(),
+            region: row.region.clone(),
+            online: self.app.hub.is_online(&row.id),
+            last_seen_unix_ms: row.last_seen_ms,
+            desired_revision: row.desired_revision.clone(),
+            applied_revision: row.applied_revision.clone(),
+            workloads_healthy: u32::try_from(healthy).unwrap_or(u32::MAX),
+            workloads_total: u32::try_from(status.workloads.len()).unwrap_or(u32::MAX),
+            agent_version: row.agent_version.clone(),
+            enrolled: row.enrolled_ms != 0,
+            last_apply_error: if row.last_apply_ok {
+                String::new()
+            } else {
+                row.last_apply_message.clone()
+            },
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "operator service");
+    Status::internal(format!("central could not do that: {e}"))
+}
+
+fn command_info(c: &CommandRow) -> CommandInfo {
+    CommandInfo {
+        id: c.id.clone(),
+        store_id: c.store_id.clone(),
+        kind: c.kind.clone(),
+        workload: c.workload.clone(),
+        state: c.state.clone(),
+        result: c.result.clone(),
+        created_unix_ms: c.created_ms,
+        expires_unix_ms: c.expires_ms,
+        finished_unix_ms: c.finished_ms,
+    }
+}
+
+fn valid_store_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[tonic::async_trait]
+impl Operator for OperatorSvc {
+    async fn create_enroll_token(
+        &self,
+        req: Request<CreateEnrollTokenRequest>,
+    ) -> Result<Response<CreateEnrollTokenReply>, Status> {
+        let who = self.auth(&req, Role::Operator).await?;
+        let r = req.into_inner();
+        if !valid_store_id(&r.store_id) {
+            return Err(Status::invalid_argument(format!(
+                "`{}` is not a store id: use lower-case letters, digits and dashes",
+                r.store_id
+            )));
+        }
+        let ttl_ms = if r.ttl_seconds == 0 {
+            86_400_000
+        } else {
+            i64::try_from(r.ttl_seconds).unwrap_or(i64::MAX / 2000) * 1000
+        };
+        let now = self.app.now_ms();
+        let token = EnrollToken::generate(&r.store_id, self.app.ca.fingerprint());
+        let expires = now + ttl_ms;
+        self.app
+            .db
+            .insert_enroll_token(&crate::db::NewEnrollToken {
+                hash: &token.secret_hash(),
+                store_id: &r.store_id,
+                region: &r.region,
+                created_ms: now,
+                expires_ms: expires,
+                created_by: &who,
+            })
+            .await
+            .map_err(internal)?;
+        self.app
+            .audit(
+                &who,
+                "enroll-token",
+                &format!("for store {} (region {:?})", r.store_id, r.region),
+            )
+            .await;
+        Ok(Response::new(CreateEnrollTokenReply {
+            token: token.to_string(),
+            expires_unix_ms: expires,
+        }))
+    }
+
+    async fn fleet_push(
+        &self,
+        req: Request<FleetPushRequest>,
+    ) -> Result<Response<FleetPushReply>, Status> {
+        let who = self.auth(&req, Role::Operator).await?;
+        let stores = req.into_inner().stores;
+        // Never trust the client's rendering: render every store again, refuse the push whole.
+        let mut problems = Vec::new();
+        let mut regions = Vec::new();
+        for s in &stores {
+            if !valid_store_id(&s.store_id) {
+                problems.push(format!("`{}` is not a store id", s.store_id));
+                regions.push(String::new());
+                continue;
+            }
+            match backroom_profiles::render_str(&s.source, &s.profile_yaml) {
+                Ok(r) if r.revision.as_str() == s.revision => {
+                    regions
+                        .push(r.profile.metadata.labels.get("region").cloned().unwrap_or_default());
+                }
+                Ok(r) => {
+                    problems.push(format!(
+                        "{}: the profile renders to revision {}, not {}",
+                        s.store_id, r.revision, s.revision
+                    ));
+                    regions.push(String::new());
+                }
+                Err(e) => {
+                    let first: Vec<String> = e.errors().take(5).map(ToString::to_string).collect();
+                    problems.push(format!("{}: {}", s.store_id, first.join("; ")));
+                    regions.push(String::new());
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "nothing was recorded: {} of {} stores are invalid: {}",
+                problems.len(),
+                stores.len(),
+                problems.join(" | ")
+            )));
+        }
+        let pushed: Vec<PushedStore<'_>> = stores
+            .iter()
+            .zip(&regions)
+            .map(|(s, region)| PushedStore {
+                store_id: &s.store_id,
+                region,
+                revision: &s.revision,
+                profile_yaml: &s.profile_yaml,
+                source: &s.source,
+            })
+            .collect();
+        let results =
+            self.app.db.record_push(&pushed, &who, self.app.now_ms()).await.map_err(internal)?;
+        let changed = results.iter().filter(|r| r.changed).count();
+        self.app
+            .audit(
+                &who,
+                "fleet-push",
+                &format!("{} stores, {changed} new revisions", results.len()),
+            )
+            .await;
+        for (r, s) in results.iter().zip(&stores) {
+            if r.changed {
+                let msg = CentralMessage {
+                    body: Some(CBody::Desired(Desired {
+                        revision: s.revision.clone(),
+                        profile_yaml: s.profile_yaml.clone(),
+                    })),
+                };
+                self.app.hub.send(&s.store_id, msg);
+            }
+        }
+        Ok(Response::new(FleetPushReply {
+            stores: results
+                .into_iter()
+                .map(|r| PushOutcome {
+                    store_id: r.store_id,
+                    revision: r.revision,
+                    changed: r.changed,
+                    previous_revision: r.previous,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn fleet_status(
+        &self,
+        req: Request<FleetStatusRequest>,
+    ) -> Result<Response<FleetStatusReply>, Status> {
+        self.auth(&req, Role::Viewer).await?;
+        let mut stores = Vec::new();
+        for row in self.app.db.list_stores().await.map_err(internal)? {
+            if row.desired_revision.is_empty() {
+                continue;
+            }
+            let yaml = self
+                .app
+                .db
+                .revision_yaml(&row.id, &row.desired_revision)
+                .await
+                .map_err(internal)?
+                .unwrap_or_default();
+            stores.push(StoreProfile {
+                store_id: row.id,
+                revision: row.desired_revision,
+                profile_yaml: yaml,
+                source: String::new(),
+            });
+        }
+        Ok(Response::new(FleetStatusReply { stores }))
+    }
+
+    async fn list_stores(
+        &self,
+        req: Request<ListStoresRequest>,
+    ) -> Result<Response<ListStoresReply>, Status> {
+        self.auth(&req, Role::Viewer).await?;
+        let rows = self.app.db.list_stores().await.map_err(internal)?;
+        Ok(Response::new(ListStoresReply {
+            stores: rows.iter().map(|r| self.summary(r)).collect(),
+        }))
+    }
+
+    async fn get_store(
+        &self,
+        req: Request<GetStoreRequest>,
+    ) -> Result<Response<GetStoreReply>, Status> {
+        self.auth(&req, Role::Viewer).await?;
+        let r = req.into_inner();
+        let row =
+            self.app.db.get_store(&r.store_id).await.map_err(internal)?.ok_or_else(|| {
+                Status::not_found(format!("central knows no store `{}`", r.store_id))
+            })?;
+        let status = StatusJson::parse(&row.status_json);
+        let n = if r.events == 0 { 20 } else { r.events.min(1000) };
+        let events = self.app.db.recent_events(&row.id, n).await.map_err(internal)?;
+        let commands = self.app.db.recent_commands(&row.id, 10).await.map_err(internal)?;
+        Ok(Response::new(GetStoreReply {
+            summary: Some(self.summary(&row)),
+            workloads: status
+                .workloads
+                .iter()
+                .map(|w| Workload {
+                    name: w.name.clone(),
+                    kind: w.kind.clone(),
+                    state: w.state.clone(),
+                    healthy: w.healthy,
+                    since_unix_ms: w.since_ms,
+                    restarts: w.restarts,
+                    reason: w.reason.clone(),
+                    addresses: w.addresses.clone(),
+                })
+                .collect(),
+            events: events
+                .into_iter()
+                .map(|e| StoreEvent {
+                    seq: e.seq,
+                    at_unix_ms: e.at_ms,
+                    kind: e.kind,
+                    workload: e.workload,
+                    message: e.message,
+                })
+                .collect(),
+            commands: commands.iter().map(command_info).collect(),
+        }))
+    }
+
+    async fn send_command(
+        &self,
+        req: Request<SendCommandRequest>,
+    ) -> Result<Response<CommandInfo>, Status> {
+        let who = self.auth(&req, Role::Operator).await?;
+        let r = req.into_inner();
+        match r.kind.as_str() {
+            "restart" if r.workload.is_empty() => {
+                return Err(Status::invalid_argument("restart needs the workload to restart"));
+            }
+            "restart" | "reconcile" | "rollback" => {}
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "`{other}` is not a command: use restart, reconcile or rollback"
+                )));
+            }
+        }
+        if self.app.db.get_store(&r.store_id).await.map_err(internal)?.is_none() {
+            return Err(Status::not_found(format!("central knows no store `{}`", r.store_id)));
+        }
+        let now = self.app.now_ms();
+        let ttl = if r.ttl_seconds == 0 {
+            3_600_000
+        } else {
+            i64::try_from(r.ttl_seconds).unwrap_or(i64::MAX / 2000) * 1000
+        };
+        let mut c = CommandRow {
+            id: format!("cmd-{:016x}", rand::random::<u64>()),
+            store_id: r.store_id.clone(),
+            kind: r.kind.clone(),
+            workload: r.workload.clone(),
+            state: "queued".into(),
+            result: String::new(),
+            created_ms: now,
+            expires_ms: now + ttl,
+            finished_ms: 0,
+        };
+        self.app.db.insert_command(&c, &who).await.map_err(internal)?;
+        self.app
+            .audit(&who, "command", &format!("{} {} {} ({})", c.kind, c.store_id, c.workload, c.id))
+            .await;
+        let msg = CentralMessage {
+            body: Some(CBody::Command(Command {
+                id: c.id.clone(),
+                kind: c.kind.clone(),
+                workload: c.workload.clone(),
+                expires_unix_ms: c.expires_ms,
+            })),
+        };
+        if self.app.hub.send(&c.store_id, msg) {
+            c.state = "sent".into();
+            self.app.db.set_command_state(&c.id, "sent", "", 0).await.map_err(internal)?;
+        }
+        Ok(Response::new(command_info(&c)))
+    }
+
+    async fn get_command(
+        &self,
+        req: Request<GetCommandRequest>,
+    ) -> Result<Response<CommandInfo>, Status> {
+        self.auth(&req, Role::Viewer).await?;
+        let id = req.into_inner().id;
+        self.app.db.expire_commands(self.app.now_ms()).await.map_err(internal)?;
+        let c = self
+            .app
+            .db
+            .get_command(&id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no command `{id}`")))?;
+        Ok(Response::new(command_info(&c)))
+    }
+
+    async fn list_alerts(
+        &self,
+        req: Request<ListAlertsRequest>,
+    ) -> Result<Response<ListAlertsReply>, Status> {
+        self.auth(&req, Role::Viewer).await?;
+        let include = req.into_inner().include_resolved;
+        let rows = self.app.db.alerts(include).await.map_err(internal)?;
+        let mut groups: Vec<AlertGroup> = Vec::new();
+        for a in rows {
+            let alert = Alert {
+                id: a.id,
+                store_id: a.store_id,
+                subject: a.subject,
+                message: a.message,
+                since_unix_ms: a.since_ms,
+                resolved: a.resolved_ms != 0,
+                resolved_unix_ms: a.resolved_ms,
+            };
+            match groups.iter_mut().find(|g| g.kind == a.kind) {
+                Some(g) => g.alerts.push(alert),
+                None => groups.push(AlertGroup {
+                    title: crate::alerts::title(&a.kind).into(),
+                    kind: a.kind,
+                    alerts: vec![alert],
+                }),
+            }
+        }
+        Ok(Response::new(ListAlertsReply { groups }))
+    }
+
+    async fn create_api_token(
+        &self,
+        req: Request<CreateApiTokenRequest>,
+    ) -> Result<Response<CreateApiTokenReply>, Status> {
+        let who = self.auth(&req, Role::Admin).await?;
+        let r = req.into_inner();
+        if Role::parse(&r.role).is_none() {
+            return Err(Status::invalid_argument("the role is viewer, operator or admin"));
+        }
+        if r.name.trim().is_empty() {
+            return Err(Status::invalid_argument("give the token a name (who or what uses it)"));
+        }
+        let token = new_api_token();
+        self.app
+            .db
+            .insert_api_token(&hash_api_token(&token), &r.name, &r.role, self.app.now_ms())
+            .await
+            .map_err(internal)?;
+        self.app.audit(&who, "api-token", &format!("{} ({})", r.name, r.role)).await;
+        Ok(Response::new(CreateApiTokenReply { token }))
+    }
+}

@@ -1,0 +1,147 @@
+//! A real central (in this process, on loopback ports) and real nodes' links to it.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backroom_api::node::{CommandResult, Status};
+use backroom_api::operator::CreateEnrollTokenRequest;
+use backroom_central::app::Settings;
+use backroom_central::client::{self, Client};
+use backroom_central::clock::Clock;
+use backroom_central::server::{Running, ServeConfig, serve};
+use backroom_session::enroll::{Identity, enroll_once};
+use backroom_session::link::{Inbound, Link, LinkConfig};
+use backroom_session::outbox::{Limits, Outbox};
+use backroom_session::token::EnrollToken;
+use tokio::sync::{mpsc, watch};
+
+pub fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
+pub async fn start(
+    data: &Path,
+    clock: Arc<dyn Clock>,
+    listen: SocketAddr,
+    api: SocketAddr,
+) -> Running {
+    let settings =
+        Settings { heartbeat_seconds: 1, session_timeout_ms: 4000, ..Settings::default() };
+    let cfg = ServeConfig {
+        data: data.to_path_buf(),
+        database_url: None,
+        listen,
+        api,
+        names: vec![],
+        settings,
+        alert_interval: Duration::from_millis(200),
+    };
+    serve(cfg, clock).await.unwrap()
+}
+
+pub fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+pub async fn admin(c: &Running, data: &Path) -> Client {
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    client::connect(&format!("https://{}", c.api), &c.ca_pem, &token).await.unwrap()
+}
+
+pub async fn token(admin: &mut Client, store: &str, ttl_seconds: u64) -> EnrollToken {
+    let t = admin
+        .create_enroll_token(CreateEnrollTokenRequest {
+            store_id: store.into(),
+            region: "us-west".into(),
+            ttl_seconds,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    EnrollToken::parse(&t).unwrap()
+}
+
+pub fn node_url(c: &Running) -> String {
+    format!("https://{}", c.listen)
+}
+
+pub async fn enroll(c: &Running, admin: &mut Client, store: &str, dir: &Path) -> Identity {
+    let t = token(admin, store, 3600).await;
+    enroll_once(&node_url(c), &t, dir, "test-agent 1.0", "testhost").await.unwrap()
+}
+
+/// A node as far as central can tell: its link, its outbox, what central asked of it.
+pub struct TestNode {
+    pub outbox: Arc<Outbox>,
+    pub status: watch::Sender<Status>,
+    pub desired: Arc<Mutex<Vec<String>>>,
+    pub commands: Arc<Mutex<Vec<(String, String)>>>,
+    pub online: watch::Receiver<bool>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl TestNode {
+    pub async fn wait_online(&mut self, want: bool) {
+        tokio::time::timeout(Duration::from_secs(30), self.online.wait_for(|v| *v == want))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the node did not become {}", if want { "online" } else { "offline" })
+            })
+            .unwrap();
+    }
+}
+
+pub fn run_node(url: &str, id: Identity, dir: &Path, outbox: Arc<Outbox>) -> TestNode {
+    let (status, status_rx) =
+        watch::channel(Status { agent_version: "test-agent 1.0".into(), ..Default::default() });
+    let (tx, mut rx) = mpsc::channel(16);
+    let mut cfg = LinkConfig::new(url, dir.to_path_buf(), "test-agent 1.0");
+    cfg.backoff_min = Duration::from_millis(100);
+    cfg.backoff_max = Duration::from_millis(500);
+    let link = Link::new(cfg, id, Arc::clone(&outbox), status_rx, tx);
+    let online = link.online();
+    let desired = Arc::new(Mutex::new(Vec::new()));
+    let commands = Arc::new(Mutex::new(Vec::new()));
+    let (d, c) = (Arc::clone(&desired), Arc::clone(&commands));
+    tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Inbound::Desired { revision, .. } => d.lock().unwrap().push(revision),
+                Inbound::Command { command, reply } => {
+                    c.lock().unwrap().push((command.kind.clone(), command.workload.clone()));
+                    let _ = reply.send(CommandResult {
+                        id: command.id,
+                        ok: true,
+                        message: "restarted".into(),
+                    });
+                }
+            }
+        }
+    });
+    let task = tokio::spawn(link.run());
+    TestNode { outbox, status, desired, commands, online, task }
+}
+
+pub fn mem_outbox() -> Arc<Outbox> {
+    Arc::new(Outbox::in_memory(Limits::default()))
+}
+
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}

@@ -1,0 +1,29 @@
+//! The node ↔ central link.
+//!
+//! Both ends share: the bootstrap token format ([`token`]), certificate helpers ([`pki`]) and
+//! TLS set-up ([`tls`]), including the first connection, where the node checks central against
+//! the CA fingerprint its token carries, so no connection is ever unauthenticated.
+//!
+//! The node's side: enrollment ([`enroll`]), the durable event outbox ([`outbox`]) and the
+//! session loop ([`link`]) that keeps one stream to central open for as long as the node lives,
+//! reconnecting with jittered backoff, renewing its certificate before it expires, and carrying
+//! status, events (at least once, acked by central) and central's desired revisions and commands.
+//!
+//! It knows nothing of containers, VMs or networks: nodeagent plugs its reconcile loop in through
+//! channels. The fleet simulator uses the same code.
+
+pub mod enroll;
+pub mod files;
+pub mod link;
+pub mod outbox;
+pub mod pki;
+pub mod tls;
+pub mod token;
+
+/// When a clock reading is needed: unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

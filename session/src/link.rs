@@ -1,0 +1,248 @@
+//! The session loop: one long-lived stream to central, for as long as the node lives.
+//!
+//! Hello (identity, applied and desired revisions, next event sequence) → Welcome (what central
+//! already has) → then, both ways at once: status on change, heartbeats, events from the outbox
+//! (removed only when central acks them), and central's desired revisions and commands, handed
+//! to the node through a channel. On any loss the loop reconnects with jittered exponential
+//! backoff, with no limit on how long the node stays offline; the store keeps trading meanwhile.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backroom_api::node::central_message::Body as CBody;
+use backroom_api::node::node_message::Body as NBody;
+use backroom_api::node::node_service_client::NodeServiceClient;
+use backroom_api::node::{
+    Command, CommandResult, Event, EventBatch, Heartbeat, Hello, NodeMessage, Status,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::enroll::{self, Identity};
+use crate::outbox::Outbox;
+use crate::tls;
+
+/// What central asks of the node.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A new desired revision: validate, persist, reconcile, then report through status.
+    Desired { revision: String, profile_yaml: String },
+    /// A command; answer on `reply`.
+    Command { command: Command, reply: oneshot::Sender<CommandResult> },
+}
+
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// central's node endpoint, e.g. `https://central.example:7443`.
+    pub url: String,
+    /// Where the node keeps its identity (key, certificate, CA).
+    pub state_dir: PathBuf,
+    pub agent_version: String,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Events per message.
+    pub batch: usize,
+}
+
+impl LinkConfig {
+    pub fn new(url: &str, state_dir: PathBuf, agent_version: &str) -> Self {
+        LinkConfig {
+            url: url.to_string(),
+            state_dir,
+            agent_version: agent_version.to_string(),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            batch: 500,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("central closed the session: {0}")]
+    Refused(String),
+    #[error("the session with central broke: {0}")]
+    Broken(String),
+    #[error(transparent)]
+    Outbox(#[from] crate::outbox::OutboxError),
+}
+
+/// The node's side of the link. Build it, then `run` it in its own task.
+pub struct Link {
+    cfg: LinkConfig,
+    identity: Identity,
+    outbox: Arc<Outbox>,
+    status: watch::Receiver<Status>,
+    inbound: mpsc::Sender<Inbound>,
+    online: watch::Sender<bool>,
+}
+
+impl Link {
+    pub fn new(
+        cfg: LinkConfig,
+        identity: Identity,
+        outbox: Arc<Outbox>,
+        status: watch::Receiver<Status>,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> Self {
+        Link { cfg, identity, outbox, status, inbound, online: watch::Sender::new(false) }
+    }
+
+    /// Whether a session is up right now.
+    pub fn online(&self) -> watch::Receiver<bool> {
+        self.online.subscribe()
+    }
+
+    /// Keeps a session open forever; returns only if the node's side (the inbound channel) is gone.
+    pub async fn run(mut self) {
+        let mut delay = self.cfg.backoff_min;
+        loop {
+            let started = tokio::time::Instant::now();
+            match self.session().await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no session with central; the store keeps running")
+                }
+            }
+            self.online.send_replace(false);
+            if started.elapsed() > Duration::from_secs(30) {
+                delay = self.cfg.backoff_min;
+            }
+            // Full jitter around the current delay spreads thousands of stores reconnecting
+            // after a central restart.
+            let jitter = rand::random::<f64>() * 0.5 + 0.75;
+            tokio::time::sleep(delay.mul_f64(jitter)).await;
+            delay = (delay * 2).min(self.cfg.backoff_max);
+        }
+    }
+
+    async fn renew_if_due(&mut self) {
+        if !self.identity.needs_renewal(crate::now_ms()) {
+            return;
+        }
+        match enroll::renew(&self.cfg.url, &self.identity, &self.cfg.state_dir).await {
+            Ok(id) => {
+                tracing::info!(until_ms = id.not_after_ms, "node certificate renewed");
+                self.identity = id;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew the node certificate yet"),
+        }
+    }
+
+    /// One session, until it breaks. `Ok` only when the node itself went away.
+    async fn session(&mut self) -> Result<(), LinkError> {
+        self.renew_if_due().await;
+        let channel = tls::channel(&self.cfg.url, self.identity.tls()?, false).await?;
+        let (tx, rx) = mpsc::channel::<NodeMessage>(256);
+        let send = |tx: &mpsc::Sender<NodeMessage>, body: NBody| {
+            let tx = tx.clone();
+            async move {
+                tx.send(NodeMessage { body: Some(body) })
+                    .await
+                    .map_err(|_| LinkError::Broken("send".into()))
+            }
+        };
+        let snapshot = self.status.borrow().clone();
+        send(
+            &tx,
+            NBody::Hello(Hello {
+                store_id: self.identity.store_id.clone(),
+                agent_version: self.cfg.agent_version.clone(),
+                applied_revision: snapshot.applied_revision.clone(),
+                desired_revision: snapshot.desired_revision.clone(),
+                next_event_seq: self.outbox.next_seq(),
+            }),
+        )
+        .await?;
+        let mut incoming = NodeServiceClient::new(channel)
+            .session(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| LinkError::Refused(s.message().to_string()))?
+            .into_inner();
+        let welcome = match incoming.next().await {
+            Some(Ok(m)) => match m.body {
+                Some(CBody::Welcome(w)) => w,
+                _ => return Err(LinkError::Broken("central did not start with a welcome".into())),
+            },
+            Some(Err(s)) => return Err(LinkError::Refused(s.message().to_string())),
+            None => return Err(LinkError::Broken("central closed the session at once".into())),
+        };
+        self.outbox.ack(welcome.acked_event_seq)?;
+        self.online.send_replace(true);
+        tracing::info!(store = %self.identity.store_id, "session with central up");
+        let mut last_sent = welcome.acked_event_seq.max(self.outbox.acked());
+        let first_status = self.status.borrow_and_update().clone();
+        send(&tx, NBody::Status(first_status)).await?;
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(
+            welcome.heartbeat_seconds.clamp(1, 3600),
+        )));
+        heartbeat.tick().await;
+        let mut poll = tokio::time::interval(Duration::from_millis(500));
+        let outbox = Arc::clone(&self.outbox);
+        loop {
+            // Send what the outbox holds, a window at a time.
+            let in_flight = last_sent.saturating_sub(outbox.acked());
+            if in_flight < (self.cfg.batch as u64) * 4 {
+                let events = outbox.unsent_after(last_sent, self.cfg.batch);
+                if let Some(last) = events.last() {
+                    last_sent = last.seq;
+                    let events = events
+                        .into_iter()
+                        .map(|e| Event {
+                            seq: e.seq,
+                            at_unix_ms: e.at_ms,
+                            kind: e.kind,
+                            workload: e.workload,
+                            message: e.message,
+                        })
+                        .collect();
+                    send(&tx, NBody::Events(EventBatch { events })).await?;
+                    continue;
+                }
+            }
+            let pushed = outbox.notified();
+            tokio::select! {
+                msg = incoming.next() => match msg {
+                    Some(Ok(m)) => match m.body {
+                        Some(CBody::Desired(d)) => {
+                            let ask = Inbound::Desired { revision: d.revision, profile_yaml: d.profile_yaml };
+                            if self.inbound.send(ask).await.is_err() { return Ok(()); }
+                        }
+                        Some(CBody::Command(c)) => {
+                            let (reply, answer) = oneshot::channel();
+                            let id = c.id.clone();
+                            if self.inbound.send(Inbound::Command { command: c, reply }).await.is_err() { return Ok(()); }
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                let result = answer.await.unwrap_or(CommandResult {
+                                    id,
+                                    ok: false,
+                                    message: "the node dropped the command".into(),
+                                });
+                                let _ = tx.send(NodeMessage { body: Some(NBody::CommandResult(result)) }).await;
+                            });
+                        }
+                        Some(CBody::EventAck(a)) => outbox.ack(a.acked_event_seq)?,
+                        Some(CBody::Welcome(_)) | None => {}
+                    },
+                    Some(Err(s)) => return Err(LinkError::Broken(s.message().to_string())),
+                    None => return Err(LinkError::Broken("central ended the session".into())),
+                },
+                changed = self.status.changed() => {
+                    if changed.is_err() { return Ok(()); }
+                    let s = self.status.borrow_and_update().clone();
+                    send(&tx, NBody::Status(s)).await?;
+                }
+                _ = heartbeat.tick() => {
+                    send(&tx, NBody::Heartbeat(Heartbeat { at_unix_ms: crate::now_ms() })).await?;
+                }
+                _ = pushed => {}
+                _ = poll.tick() => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The node's durable event outbox.
+//!
+//! Every event gets the next sequence number and is appended (and fsynced) to `outbox.log`
+//! before anyone is told about it; central acknowledges by sequence number, and only then are
+//! events forgotten. Delivery is at least once; central de-duplicates by (store, sequence).
+//!
+//! The outbox is bounded by count and age. When it must drop (the WAN has been down for a long
+//! time and the store is noisy), it drops the oldest unacknowledged events and records an
+//! `events_dropped` event that says how many, so central knows what it is missing.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::files::write_atomic;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutEvent {
+    pub seq: u64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub workload: String,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_events: usize,
+    pub max_age_ms: i64,
+}
+
+impl Default for Limits {
+    /// 100,000 events or 30 days, whichever comes first.
+    fn default() -> Self {
+        Limits { max_events: 100_000, max_age_ms: 30 * 24 * 3_600_000 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("event outbox {path}: {what}")]
+pub struct OutboxError {
+    path: String,
+    what: String,
+    #[source]
+    source: std::io::Error,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct State {
+    acked: u64,
+    next_seq: u64,
+    dropped_total: u64,
+}
+
+struct Inner {
+    log: Option<File>,
+    state: State,
+    pending: VecDeque<OutEvent>,
+    /// Lines in the log file that are already acknowledged (compaction removes them).
+    stale_lines: usize,
+}
+
+pub struct Outbox {
+    dir: Option<PathBuf>,
+    limits: Limits,
+    inner: Mutex<Inner>,
+    notify: tokio::sync::Notify,
+}
+
+const LOG: &str = "outbox.log";
+const STATE: &str = "outbox.state";
+
+impl Outbox {
+    /// Opens (or creates) the outbox kept in `dir`.
+    pub fn open(dir: &Path, limits: Limits) -> Result<Outbox, OutboxError> {
+        let err = |what: &str, source| OutboxError {
+            path: dir.display().to_string(),
+            what: what.to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err("cannot create the folder", e))?;
+        let state: State = match std::fs::read(dir.join(STATE)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(err("cannot read the state file", e)),
+        };
+        let mut pending = VecDeque::new();
+        let mut stale_lines = 0;
+        match File::open(dir.join(LOG)) {
+            Ok(f) => {
+                for line in BufReader::new(f).lines() {
+                    let line = line.map_err(|e| err("cannot read the log", e))?;
+                    // A torn last line (power cut mid-write) is not an event yet.
+                    let Ok(ev) = serde_json::from_str::<OutEvent>(&line) else { continue };
+                    if ev.seq > state.acked {
+                        pending.push_back(ev);
+                    } else {
+                        stale_lines += 1;
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err("cannot read the log", e)),
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(LOG))
+            .map_err(|e| err("cannot open the log", e))?;
+        let mut state = state;
+        let max_seen = pending.back().map_or(0, |e| e.seq);
+        state.next_seq = state.next_seq.max(max_seen + 1).max(state.acked + 1);
+        let ob = Outbox {
+            dir: Some(dir.to_path_buf()),
+            limits,
+            inner: Mutex::new(Inner { log: Some(log), state, pending, stale_lines }),
+            notify: tokio::sync::Notify::new(),
+        };
+        ob.compact()?;
+        Ok(ob)
+    }
+
+    /// An outbox that keeps nothing on disk (the fleet simulator, tests).
+    pub fn in_memory(limits: Limits) -> Outbox {
+        Outbox {
+            dir: None,
+            limits,
+            inner: Mutex::new(Inner {
+                log: None,
+                state: State { acked: 0, next_seq: 1, dropped_total: 0 },
+                pending: VecDeque::new(),
+                stale_lines: 0,
+            }),
+            notify: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn err(&self, what: &str, source: std::io::Error) -> OutboxError {
+        OutboxError {
+            path: self
+                .dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_else(|| "(memory)".into()),
+            what: what.to_string(),
+            source,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep going with it.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records an event durably and returns its sequence number.
+    pub fn push(
+        &self,
+        at_ms: i64,
+        kind: &str,
+        workload: &str,
+        message: &str,
+    ) -> Result<u64, OutboxError> {
+        let seq = {
+            let mut inner = self.lock();
+            let seq = inner.state.next_seq;
+            let ev = OutEvent {
+                seq,
+                at_ms,
+                kind: kind.into(),
+                workload: workload.into(),
+                message: message.into(),
+            };
+            self.append(&mut inner, std::slice::from_ref(&ev))?;
+            inner.state.next_seq += 1;
+            inner.pending.push_back(ev);
+            seq
+        };
+        self.enforce_limits(at_ms)?;
+        self.notify.notify_waiters();
+        Ok(seq)
+    }
+
+    fn append(&self, inner: &mut Inner, events: &[OutEvent]) -> Result<(), OutboxError> {
+        let Some(log) = inner.log.as_mut() else { return Ok(()) };
+        let mut buf = Vec::new();
+        for ev in events {
+            // Serializing plain strings and numbers cannot fail.
+            buf.extend(serde_json::to_vec(ev).unwrap_or_default());
+            buf.push(b'\n');
+        }
+        log.write_all(&buf).map_err(|e| self.err("cannot append to the log", e))?;
+        log.sync_data().map_err(|e| self.err("cannot flush the log", e))
+    }
+
+    fn enforce_limits(&self, now_ms: i64) -> Result<(), OutboxError> {
+        let dropped = {
+            let mut inner = self.lock();
+            let mut dropped = 0u64;
+            let mut oldest = None;
+            while inner.pending.len() > self.limits.max_events
+                || inner.pending.front().is_some_and(|e| now_ms - e.at_ms > self.limits.max_age_ms)
+            {
+                if let Some(e) = inner.pending.pop_front() {
+                    oldest.get_or_insert(e.at_ms);
+                    inner.stale_lines += 1;
+                    dropped += 1;
+                }
+            }
+            inner.state.dropped_total += dropped;
+            (dropped > 0).then_some((dropped, oldest.unwrap_or(now_ms), inner.state.dropped_total))
+        };
+        if let Some((n, oldest, total)) = dropped {
+            tracing::warn!(dropped = n, "event outbox over its bounds: dropping the oldest events");
+            self.compact()?;
+            let msg = format!(
+                "the node's event outbox was full: {n} events dropped (the oldest from {oldest} ms; {total} dropped in all)"
+            );
+            // The drop notice itself counts; if it pushes the outbox over again, that is
+            // one more drop, still reported.
+            let mut inner = self.lock();
+            let seq = inner.state.next_seq;
+            let ev = OutEvent {
+                seq,
+                at_ms: now_ms,
+                kind: "events_dropped".into(),
+                workload: String::new(),
+                message: msg,
+            };
+            self.append(&mut inner, std::slice::from_ref(&ev))?;
+            inner.state.next_seq += 1;
+            inner.pending.push_back(ev);
+        }
+        Ok(())
+    }
+
+    /// Unacknowledged events with a sequence number above `after`, oldest first, at most `max`.
+    pub fn unsent_after(&self, after: u64, max: usize) -> Vec<OutEvent> {
+        self.lock().pending.iter().filter(|e| e.seq > after).take(max).cloned().collect()
+    }
+
+    /// Central has every event up to and including `upto`: forget them.
+    pub fn ack(&self, upto: u64) -> Result<(), OutboxError> {
+        let compact = {
+            let mut inner = self.lock();
+            if upto <= inner.state.acked {
+                return Ok(());
+            }
+            // Never beyond what this node has numbered.
+            inner.state.acked = upto.min(inner.state.next_seq.saturating_sub(1));
+            let before = inner.pending.len();
+            let acked = inner.state.acked;
+            inner.pending.retain(|e| e.seq > acked);
+            inner.stale_lines += before - inner.pending.len();
+            self.save_state(&inner)?;
+            inner.stale_lines > 1000 && inner.stale_lines > inner.pending.len()
+        };
+        if compact {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    fn save_state(&self, inner: &Inner) -> Result<(), OutboxError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let bytes = serde_json::to_vec(&inner.state).unwrap_or_default();
+        write_atomic(&dir.join(STATE), &bytes, 0o600)
+            .map_err(|e| self.err("cannot save the state file", e))
+    }
+
+    /// Rewrites the log with only the pending events.
+    fn compact(&self) -> Result<(), OutboxError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let mut inner = self.lock();
+        self.save_state(&inner)?;
+        if inner.stale_lines == 0 {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for ev in &inner.pending {
+            buf.extend(serde_json::to_vec(ev).unwrap_or_default());
+            buf.push(b'\n');
+        }
+        write_atomic(&dir.join(LOG), &buf, 0o600)
+            .map_err(|e| self.err("cannot compact the log", e))?;
+        inner.log = Some(
+            OpenOptions::new()
+                .append(true)
+                .open(dir.join(LOG))
+                .map_err(|e| self.err("cannot reopen the log", e))?,
+        );
+        inner.stale_lines = 0;
+        Ok(())
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.lock().state.next_seq
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.lock().state.acked
+    }
+
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    pub fn dropped_total(&self) -> u64 {
+        self.lock().state.dropped_total
+    }
+
+    /// Resolves when an event is pushed (register before checking, to miss nothing).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_survive_a_restart_until_acknowledged() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        for i in 0..5 {
+            assert_eq!(ob.push(i, "k", "w", "m").unwrap(), (i + 1) as u64);
+        }
+        ob.ack(2).unwrap();
+        drop(ob);
+        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        assert_eq!(ob.unsent_after(0, 100).iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(ob.next_seq(), 6);
+        ob.ack(5).unwrap();
+        drop(ob);
+        // Everything acknowledged: numbering still goes on from where it was.
+        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        assert_eq!(ob.pending(), 0);
+        assert_eq!(ob.push(9, "k", "", "").unwrap(), 6);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        ob.push(1, "k", "w", "m").unwrap();
+        drop(ob);
+        let mut f = OpenOptions::new().append(true).open(d.path().join(LOG)).unwrap();
+        f.write_all(b"{\"seq\":2,\"at_m").unwrap();
+        drop(f);
+        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        assert_eq!(ob.pending(), 1);
+        assert_eq!(ob.push(2, "k", "w", "m").unwrap(), 2);
+    }
+
+    #[test]
+    fn over_its_bound_it_drops_the_oldest_and_says_how_many() {
+        let ob = Outbox::in_memory(Limits { max_events: 3, max_age_ms: i64::MAX });
+        for i in 0..5 {
+            ob.push(i, "k", "", "").unwrap();
+        }
+        let evs = ob.unsent_after(0, 100);
+        assert!(evs.len() <= 4, "{evs:?}");
+        let notice = evs.iter().find(|e| e.kind == "events_dropped").expect("a drop notice");
+        assert!(notice.message.contains("dropped"), "{}", notice.message);
+        assert!(ob.dropped_total() >= 2);
+        // Sequence numbers keep rising.
+        assert!(evs.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+
+    #[test]
+    fn old_events_are_dropped_by_age() {
+        let ob = Outbox::in_memory(Limits { max_events: 100, max_age_ms: 1000 });
+        ob.push(0, "old", "", "").unwrap();
+        ob.push(5000, "new", "", "").unwrap();
+        let kinds: Vec<String> = ob.unsent_after(0, 100).into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["new", "events_dropped"]);
+    }
+
+    #[test]
+    fn compaction_keeps_what_is_pending() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        for i in 0..1200 {
+            ob.push(i, "k", "", "").unwrap();
+        }
+        ob.ack(1100).unwrap();
+        let lines = std::fs::read_to_string(d.path().join(LOG)).unwrap().lines().count();
+        assert_eq!(lines, 100);
+        drop(ob);
+        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        assert_eq!(ob.unsent_after(0, 1)[0].seq, 1101);
+    }
+}
