@@ -1,6 +1,11 @@
 //! Integration tests that start real components together, the fleet simulator, and the
 //! benchmarks (`make bench`).
 //!
-//! Today it holds the generator of synthetic fleets used by the profile-engine benchmark.
+//! - [`genfleet`]: writes synthetic fleet folders (the profile-engine benchmark);
+//! - [`sim`]: simulated store nodes holding real mTLS sessions to a real central, through the
+//!   same link code nodeagent uses (the `fleetsim` binary and the fleet benchmark);
+//! - [`procs`]: starting and measuring real processes (central) for tests and benchmarks.
 
 pub mod genfleet;
+pub mod procs;
+pub mod sim;

@@ -105,7 +105,8 @@ impl Identity {
     }
 }
 
-/// Enrolls with central at `url` using `token`, unless `dir` already holds an identity.
+/// Enrolls with central at `url` using `token`, unless `dir` already holds an identity; keeps
+/// the new identity in `dir`.
 pub async fn enroll_once(
     url: &str,
     token: &EnrollToken,
@@ -116,6 +117,19 @@ pub async fn enroll_once(
     if let Some(id) = Identity::load(dir)? {
         return Ok(id);
     }
+    let id = enroll(url, token, agent_version, hostname).await?;
+    id.save(dir)?;
+    Ok(id)
+}
+
+/// Enrolls with central at `url` using `token` and returns the identity without keeping it
+/// anywhere (the fleet simulator; `enroll_once` for real nodes).
+pub async fn enroll(
+    url: &str,
+    token: &EnrollToken,
+    agent_version: &str,
+    hostname: &str,
+) -> Result<Identity, EnrollError> {
     let (key_pem, csr_pem) = pki::new_key_and_csr(&token.store_id)?;
     let channel = tls::channel(url, tls::enroll_config(&token.ca_fingerprint)?, false).await?;
     let reply = NodeServiceClient::new(channel)
@@ -139,7 +153,6 @@ pub async fn enroll_once(
             "central sent a CA other than the one the token names".into(),
         ));
     }
-    id.save(dir)?;
     Ok(id)
 }
 
