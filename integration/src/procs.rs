@@ -15,6 +15,17 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Like [`workspace_bin`], for tests: fails loudly, naming the fix, when the binary is missing.
+pub fn require_bin(name: &str) -> PathBuf {
+    let p = workspace_bin(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace's binaries first (`cargo test --workspace` and `make test` do)",
+        p.display()
+    );
+    p
+}
+
 pub struct CentralProc {
     pub child: Child,
     pub data: PathBuf,

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use backroom_integration::procs::{CentralProc, workspace_bin};
+use backroom_integration::procs::{CentralProc, require_bin};
 
 fn repo(rel: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel).display().to_string()
@@ -19,7 +19,7 @@ struct Ctl<'a> {
 
 impl Ctl<'_> {
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(workspace_bin("centralctl"))
+        Command::new(require_bin("centralctl"))
             .args(args)
             .env("BACKROOM_SERVER", format!("https://{}", self.central.api))
             .env("BACKROOM_TOKEN", &self.token)
@@ -31,7 +31,8 @@ impl Ctl<'_> {
 
     fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
         assert!(o.status.success(), "centralctl {args:?} failed: {text}");
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
@@ -42,10 +43,11 @@ fn an_operator_pushes_a_fleet_and_reads_it_back_and_central_survives_kill_9() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("central");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut central = CentralProc::start(&workspace_bin("central"), &dir, None, None, &[]).unwrap();
+    let mut central = CentralProc::start(&require_bin("central"), &dir, None, None, &[]).unwrap();
     let ctl = Ctl { token: central.admin_token().unwrap(), central: &central };
 
-    let token = ctl.ok(&["token", "create", "--store", "store-0042", "--region", "us-west", "--ttl", "1h"]);
+    let token =
+        ctl.ok(&["token", "create", "--store", "store-0042", "--region", "us-west", "--ttl", "1h"]);
     assert!(token.trim().starts_with("bkt1.store-0042."), "{token}");
 
     let diff = ctl.ok(&["fleet", "diff", &repo("profiles/fleet")]);
@@ -60,9 +62,13 @@ fn an_operator_pushes_a_fleet_and_reads_it_back_and_central_survives_kill_9() {
     let list = ctl.ok(&["store", "list"]);
     assert!(list.lines().next().unwrap().starts_with("STORE"), "{list}");
     for s in ["store-0042", "store-0117", "store-2001", "store-2002"] {
-        assert!(list.lines().any(|l| l.starts_with(s) && l.contains("not enrolled")), "{s}: {list}");
+        assert!(
+            list.lines().any(|l| l.starts_with(s) && l.contains("not enrolled")),
+            "{s}: {list}"
+        );
     }
-    let json: serde_json::Value = serde_json::from_str(&ctl.ok(&["store", "list", "--json"])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["store", "list", "--json"])).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 4);
     assert!(ctl.ok(&["alerts"]).contains("no open alerts"));
 
@@ -87,7 +93,9 @@ fn an_operator_pushes_a_fleet_and_reads_it_back_and_central_survives_kill_9() {
         }
     }
     let store = fleet.join("stores/store-0042.yaml");
-    let text = std::fs::read_to_string(&store).unwrap().replace("store_octet: \"42\"", "store_octet: \"420\"");
+    let text = std::fs::read_to_string(&store)
+        .unwrap()
+        .replace("store_octet: \"42\"", "store_octet: \"420\"");
     std::fs::write(&store, text).unwrap();
     let o = ctl.run(&["fleet", "push", fleet.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
@@ -99,7 +107,8 @@ fn an_operator_pushes_a_fleet_and_reads_it_back_and_central_survives_kill_9() {
     drop(as_viewer);
     drop(bad);
     central.kill().unwrap();
-    let central = CentralProc::start(&workspace_bin("central"), &dir, Some(listen), Some(api), &[]).unwrap();
+    let central =
+        CentralProc::start(&require_bin("central"), &dir, Some(listen), Some(api), &[]).unwrap();
     let ctl = Ctl { token: central.admin_token().unwrap(), central: &central };
     let after = ctl.ok(&["fleet", "push", &repo("profiles/fleet")]);
     assert!(after.contains("0 new revisions"), "{after}");

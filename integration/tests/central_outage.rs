@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use backroom_api::node::{CommandResult, Status};
 use backroom_api::operator::{CreateEnrollTokenRequest, GetStoreRequest};
-use backroom_integration::procs::{CentralProc, workspace_bin};
+use backroom_integration::procs::{CentralProc, require_bin};
 use backroom_session::enroll::enroll_once;
 use backroom_session::link::{Inbound, Link, LinkConfig};
 use backroom_session::outbox::{Limits, Outbox};
@@ -30,20 +30,31 @@ async fn events_raised_while_central_is_down_arrive_once_it_returns() {
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("central");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut central = CentralProc::start(&workspace_bin("central"), &dir, None, None, &["--heartbeat", "1s"]).unwrap();
+    let mut central =
+        CentralProc::start(&require_bin("central"), &dir, None, None, &["--heartbeat", "1s"])
+            .unwrap();
     let (listen, api) = (central.listen, central.api);
     let url = format!("https://{listen}");
-    let mut admin = backroom_central::client::connect(&format!("https://{api}"), &central.ca_pem().unwrap(), &central.admin_token().unwrap())
-        .await
-        .unwrap();
+    let mut admin = backroom_central::client::connect(
+        &format!("https://{api}"),
+        &central.ca_pem().unwrap(),
+        &central.admin_token().unwrap(),
+    )
+    .await
+    .unwrap();
     let t = admin
-        .create_enroll_token(CreateEnrollTokenRequest { store_id: "store-0042".into(), region: String::new(), ttl_seconds: 600 })
+        .create_enroll_token(CreateEnrollTokenRequest {
+            store_id: "store-0042".into(),
+            region: String::new(),
+            ttl_seconds: 600,
+        })
         .await
         .unwrap()
         .into_inner()
         .token;
     let node_dir = data.path().join("node");
-    let id = enroll_once(&url, &EnrollToken::parse(&t).unwrap(), &node_dir, "test", "h").await.unwrap();
+    let id =
+        enroll_once(&url, &EnrollToken::parse(&t).unwrap(), &node_dir, "test", "h").await.unwrap();
 
     let outbox = Arc::new(Outbox::open(&node_dir.join("outbox"), Limits::default()).unwrap());
     let (_status, status_rx) = watch::channel(Status::default());
@@ -51,7 +62,8 @@ async fn events_raised_while_central_is_down_arrive_once_it_returns() {
     tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             if let Inbound::Command { command, reply } = m {
-                let _ = reply.send(CommandResult { id: command.id, ok: true, message: String::new() });
+                let _ =
+                    reply.send(CommandResult { id: command.id, ok: true, message: String::new() });
             }
         }
     });
@@ -75,13 +87,28 @@ async fn events_raised_while_central_is_down_arrive_once_it_returns() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(outbox.pending(), 50, "nothing is forgotten while central is away");
 
-    let central = CentralProc::start(&workspace_bin("central"), &dir, Some(listen), Some(api), &["--heartbeat", "1s"]).unwrap();
+    let central = CentralProc::start(
+        &require_bin("central"),
+        &dir,
+        Some(listen),
+        Some(api),
+        &["--heartbeat", "1s"],
+    )
+    .unwrap();
     wait("the node reconnects", || *online.borrow()).await;
     wait("the outage's events are acknowledged", || outbox.pending() == 0).await;
-    let mut admin = backroom_central::client::connect(&format!("https://{api}"), &central.ca_pem().unwrap(), &central.admin_token().unwrap())
+    let mut admin = backroom_central::client::connect(
+        &format!("https://{api}"),
+        &central.ca_pem().unwrap(),
+        &central.admin_token().unwrap(),
+    )
+    .await
+    .unwrap();
+    let s = admin
+        .get_store(GetStoreRequest { store_id: "store-0042".into(), events: 1000 })
         .await
-        .unwrap();
-    let s = admin.get_store(GetStoreRequest { store_id: "store-0042".into(), events: 1000 }).await.unwrap().into_inner();
+        .unwrap()
+        .into_inner();
     let mut seqs: Vec<u64> = s.events.iter().map(|e| e.seq).collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=100).collect::<Vec<_>>(), "every event once");
