@@ -19,3 +19,8 @@ pub mod netd {
 pub mod vmd {
     tonic::include_proto!("backroom.vmd.v1");
 }
+
+/// nodeagent's local API (issue 5), used by nodectl.
+pub mod nodeagent {
+    tonic::include_proto!("backroom.nodeagent.v1");
+}
