@@ -15,7 +15,7 @@ use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
     LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
     LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, Process, ProcessBuilder, RootBuilder, Spec,
+    Process, ProcessBuilder, RootBuilder, Spec,
     UserBuilder, get_default_maskedpaths, get_default_mounts, get_default_namespaces,
     get_default_readonly_paths,
 };
@@ -159,14 +159,8 @@ pub fn process(c: &ContainerSpec, image: &ImageConfig, args: Vec<String>) -> Res
                 .build()
                 .map_err(bad)?,
         )
-        .rlimits(vec![
-            PosixRlimitBuilder::default()
-                .typ(PosixRlimitType::RlimitNofile)
-                .hard(65536u64)
-                .soft(65536u64)
-                .build()
-                .map_err(bad)?,
-        ])
+        // No rlimits: the task keeps containerd's (raising them may not be allowed).
+        .rlimits(vec![])
         .no_new_privileges(true)
         .build()
         .map_err(bad)
@@ -195,16 +189,8 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
     let args = argv(c, input.image)?;
     let process = process(c, input.image, args)?;
 
+    // proc, dev, devpts, shm, mqueue, sysfs (read-only) and cgroup (read-only).
     let mut mounts = get_default_mounts();
-    mounts.push(
-        MountBuilder::default()
-            .destination("/sys")
-            .typ("sysfs")
-            .source("sysfs")
-            .options(vec!["nosuid".into(), "noexec".into(), "nodev".into(), "ro".into()])
-            .build()
-            .map_err(bad)?,
-    );
     for v in &c.volumes {
         mounts.push(bind(&volume_dir(input.volumes_dir, v.name.as_str()), &v.path, false)?);
     }

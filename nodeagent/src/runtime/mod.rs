@@ -17,6 +17,7 @@ use backroom_profiles::ImageRef;
 use oci_spec::runtime::{Process, Spec};
 
 pub use containerd::{Containerd, ContainerdConfig, RegistryAuth};
+pub use pull::install_crypto_provider;
 pub use memory::MemoryRuntime;
 
 use crate::error::Result;
