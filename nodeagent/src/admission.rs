@@ -79,7 +79,8 @@ mod tests {
         let e = admit(&profile("", "7Gi"), &facts).unwrap_err();
         assert!(e.contains("1Gi too much"), "{e}");
         let small = NodeFacts { cpus_millis: 2000, memory_bytes: 8 << 30 };
-        let e = admit(&profile("node: {reserved: {cpus: 1, memory: 1Gi}}\n", "1Gi"), &small).unwrap_err();
+        let e = admit(&profile("node: {reserved: {cpus: 1, memory: 1Gi}}\n", "1Gi"), &small)
+            .unwrap_err();
         assert!(e.contains("1.5 cpus") && e.contains("0.5 too many"), "{e}");
         let real = facts_is_sane();
         assert!(real);

@@ -233,7 +233,8 @@ mod tests {
     #[test]
     fn logs_rotate_by_size_and_tail_spans_files() {
         let dir = tempfile::tempdir().unwrap();
-        let mut f = LogFile { path: dir.path().join("w.log"), file: None, size: 0, max_bytes: 10, keep: 2 };
+        let mut f =
+            LogFile { path: dir.path().join("w.log"), file: None, size: 0, max_bytes: 10, keep: 2 };
         for line in ["aaaa\n", "bbbb\n", "cccc\n", "dddd\n", "eeee\n"] {
             f.write(line.as_bytes()).unwrap();
         }
@@ -242,7 +243,8 @@ mod tests {
         assert_eq!(read(dir.path().join("w.log.1")), "cccc\ndddd\n");
         assert_eq!(read(dir.path().join("w.log.2")), "aaaa\nbbbb\n");
         assert!(!dir.path().join("w.log.3").exists());
-        let logs = Logs { dir: dir.path().into(), fifo_dir: dir.path().into(), max_bytes: 10, keep: 2 };
+        let logs =
+            Logs { dir: dir.path().into(), fifo_dir: dir.path().into(), max_bytes: 10, keep: 2 };
         assert_eq!(logs.tail("w", 8).unwrap(), b"dddd\neeee\n"[2..].to_vec());
         assert!(timestamp().ends_with('Z'));
     }

@@ -42,9 +42,17 @@ pub trait Network: Send + Sync + 'static {
         confirm_seconds: u32,
     ) -> impl Future<Output = Result<NetworkApplied>> + Send;
     fn confirm(&self, revision: &str) -> impl Future<Output = Result<()>> + Send;
-    fn attach(&self, workload: &str, instance: &str) -> impl Future<Output = Result<Endpoints>> + Send;
+    fn attach(
+        &self,
+        workload: &str,
+        instance: &str,
+    ) -> impl Future<Output = Result<Endpoints>> + Send;
     fn detach(&self, workload: &str, instance: &str) -> impl Future<Output = Result<()>> + Send;
-    fn promote(&self, workload: &str, instance: &str) -> impl Future<Output = Result<Endpoints>> + Send;
+    fn promote(
+        &self,
+        workload: &str,
+        instance: &str,
+    ) -> impl Future<Output = Result<Endpoints>> + Send;
 }
 
 fn endpoints(r: pb::AttachReply) -> Endpoints {
@@ -67,7 +75,12 @@ impl NetdClient {
 }
 
 impl Network for NetdClient {
-    async fn apply(&self, revision: &str, profile_yaml: &str, confirm_seconds: u32) -> Result<NetworkApplied> {
+    async fn apply(
+        &self,
+        revision: &str,
+        profile_yaml: &str,
+        confirm_seconds: u32,
+    ) -> Result<NetworkApplied> {
         let r = self
             .client
             .clone()
@@ -80,7 +93,11 @@ impl Network for NetdClient {
             .await
             .map_err(|s| Error::Netd { op: "apply", message: status_message(&s) })?
             .into_inner();
-        Ok(NetworkApplied { changed: r.changed, actions: r.actions, confirm_deadline: r.confirm_deadline_unix })
+        Ok(NetworkApplied {
+            changed: r.changed,
+            actions: r.actions,
+            confirm_deadline: r.confirm_deadline_unix,
+        })
     }
 
     async fn confirm(&self, revision: &str) -> Result<()> {
@@ -130,7 +147,11 @@ pub struct NoNetwork;
 
 impl Network for NoNetwork {
     async fn apply(&self, _: &str, _: &str, _: u32) -> Result<NetworkApplied> {
-        Ok(NetworkApplied { changed: false, actions: vec!["netd is not configured: network left as it is".into()], confirm_deadline: 0 })
+        Ok(NetworkApplied {
+            changed: false,
+            actions: vec!["netd is not configured: network left as it is".into()],
+            confirm_deadline: 0,
+        })
     }
     async fn confirm(&self, _: &str) -> Result<()> {
         Ok(())
@@ -182,7 +203,10 @@ impl Network for MemoryNetwork {
     }
     async fn attach(&self, workload: &str, instance: &str) -> Result<Endpoints> {
         let ns = backroom_profiles::naming::netns(workload, instance);
-        let e = Endpoints { netns_path: format!("/run/netns/{ns}"), addresses: vec!["172.30.0.10/24".into()] };
+        let e = Endpoints {
+            netns_path: format!("/run/netns/{ns}"),
+            addresses: vec!["172.30.0.10/24".into()],
+        };
         let mut s = self.state();
         s.calls.push(format!("attach {workload} {instance}"));
         s.attached.insert((workload.into(), instance.into()), e.clone());
@@ -222,7 +246,12 @@ impl NetworkChoice {
 }
 
 impl Network for NetworkChoice {
-    async fn apply(&self, revision: &str, profile_yaml: &str, confirm_seconds: u32) -> Result<NetworkApplied> {
+    async fn apply(
+        &self,
+        revision: &str,
+        profile_yaml: &str,
+        confirm_seconds: u32,
+    ) -> Result<NetworkApplied> {
         match self {
             NetworkChoice::Netd(n) => n.apply(revision, profile_yaml, confirm_seconds).await,
             NetworkChoice::None(n) => n.apply(revision, profile_yaml, confirm_seconds).await,

@@ -26,26 +26,56 @@ pub enum Phase {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    ApplyNetwork { revision: String },
-    ApplyVms { revision: String },
+    ApplyNetwork {
+        revision: String,
+    },
+    ApplyVms {
+        revision: String,
+    },
     /// Starts a new container of the workload in `role`.
-    Start { workload: String, spec: Box<ContainerSpec>, role: Role, reason: String },
+    Start {
+        workload: String,
+        spec: Box<ContainerSpec>,
+        role: Role,
+        reason: String,
+    },
     /// Stops the primary (if it still runs) and starts the same version again.
-    Restart { workload: String, reason: String },
+    Restart {
+        workload: String,
+        reason: String,
+    },
     /// Stop-first: stops the primary, then starts `spec` as the new primary.
-    Replace { workload: String, spec: Box<ContainerSpec>, reason: String },
+    Replace {
+        workload: String,
+        spec: Box<ContainerSpec>,
+        reason: String,
+    },
     /// Start-first: the new version is healthy; stop the old one, move the addresses over.
-    Promote { workload: String },
+    Promote {
+        workload: String,
+    },
     /// The new version failed: stop it and keep (or restore) the previous one.
-    Rollback { workload: String, reason: String },
+    Rollback {
+        workload: String,
+        reason: String,
+    },
     /// The update in progress is no longer wanted (the profile changed again): stop `next`.
-    Abandon { workload: String },
+    Abandon {
+        workload: String,
+    },
     /// A stop-first update became healthy: the update is over.
-    Settle { workload: String },
+    Settle {
+        workload: String,
+    },
     /// The workload left the profile: stop and remove its containers.
-    Remove { workload: String },
+    Remove {
+        workload: String,
+    },
     /// Nothing can be done for the workload now; the reason is shown.
-    Wait { workload: String, reason: String },
+    Wait {
+        workload: String,
+        reason: String,
+    },
 }
 
 impl Action {
@@ -72,12 +102,18 @@ impl fmt::Display for Action {
             Action::ApplyNetwork { revision } => {
                 write!(f, "apply the network of revision {}", short(revision))
             }
-            Action::ApplyVms { revision } => write!(f, "apply the VMs of revision {}", short(revision)),
+            Action::ApplyVms { revision } => {
+                write!(f, "apply the VMs of revision {}", short(revision))
+            }
             Action::Start { workload, spec, role: Role::Primary, reason } => {
                 write!(f, "start {workload} ({}): {reason}", image(spec))
             }
             Action::Start { workload, spec, role: Role::Next, reason } => {
-                write!(f, "start the new version of {workload} beside the old ({}): {reason}", image(spec))
+                write!(
+                    f,
+                    "start the new version of {workload} beside the old ({}): {reason}",
+                    image(spec)
+                )
             }
             Action::Restart { workload, reason } => write!(f, "restart {workload}: {reason}"),
             Action::Replace { workload, spec, reason } => {

@@ -129,7 +129,9 @@ fn starts_in_dependency_order_and_waits_for_health() {
     f.records.insert("batch".into(), running(&f.profile, "batch"));
     assert_eq!(f.lines(), vec!["orders: waiting for menu to be healthy"]);
     f.records.insert("menu".into(), running(&f.profile, "menu"));
-    assert!(matches!(&f.plan()[..], [Action::Start { workload, role: Role::Primary, .. }] if workload == "orders"));
+    assert!(
+        matches!(&f.plan()[..], [Action::Start { workload, role: Role::Primary, .. }] if workload == "orders")
+    );
 }
 
 #[test]
@@ -188,8 +190,7 @@ fn start_first_update_starts_next_then_promotes_or_rolls_back() {
     });
     assert_eq!(f.lines(), vec!["menu: updating: waiting for the new version to become healthy"]);
 
-    f.records.get_mut("menu").unwrap().next.as_mut().unwrap().health.status =
-        HealthStatus::Healthy;
+    f.records.get_mut("menu").unwrap().next.as_mut().unwrap().health.status = HealthStatus::Healthy;
     assert_eq!(f.plan(), vec![Action::Promote { workload: "menu".into() }]);
 
     let n = f.records.get_mut("menu").unwrap().next.as_mut().unwrap();

@@ -49,8 +49,11 @@ async fn socket_in(netns: PathBuf, v6: bool) -> std::io::Result<OwnedFd> {
     rx.await.map_err(|_| std::io::Error::other("the namespace thread died"))?
 }
 
-async fn connect(netns: &PathBuf, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-    let fd = socket_in(netns.clone(), addr.is_ipv6()).await?;
+async fn connect(
+    netns: &std::path::Path,
+    addr: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let fd = socket_in(netns.to_path_buf(), addr.is_ipv6()).await?;
     let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
     socket.connect(addr).await
 }
@@ -67,9 +70,13 @@ pub fn target(addresses: &[String]) -> IpAddr {
 pub async fn tcp(netns: PathBuf, addr: SocketAddr, timeout: Duration) -> ProbeResult {
     let t0 = Instant::now();
     match tokio::time::timeout(timeout, connect(&netns, addr)).await {
-        Ok(Ok(_)) => ProbeResult::ok(format!("tcp {addr} connected in {} ms", t0.elapsed().as_millis())),
+        Ok(Ok(_)) => {
+            ProbeResult::ok(format!("tcp {addr} connected in {} ms", t0.elapsed().as_millis()))
+        }
         Ok(Err(e)) => ProbeResult::fail(format!("tcp {addr}: {e}")),
-        Err(_) => ProbeResult::fail(format!("tcp {addr}: no answer within {} ms", timeout.as_millis())),
+        Err(_) => {
+            ProbeResult::fail(format!("tcp {addr}: no answer within {} ms", timeout.as_millis()))
+        }
     }
 }
 
@@ -93,7 +100,10 @@ pub async fn http(netns: PathBuf, addr: SocketAddr, path: &str, timeout: Duratio
         Ok::<_, std::io::Error>(buf)
     };
     match tokio::time::timeout(timeout, run).await {
-        Err(_) => ProbeResult::fail(format!("http {addr}{path}: no answer within {} ms", timeout.as_millis())),
+        Err(_) => ProbeResult::fail(format!(
+            "http {addr}{path}: no answer within {} ms",
+            timeout.as_millis()
+        )),
         Ok(Err(e)) => ProbeResult::fail(format!("http {addr}{path}: {e}")),
         Ok(Ok(buf)) => {
             let line = String::from_utf8_lossy(&buf);
@@ -101,9 +111,13 @@ pub async fn http(netns: PathBuf, addr: SocketAddr, path: &str, timeout: Duratio
             let code: Option<u16> = line.split_whitespace().nth(1).and_then(|c| c.parse().ok());
             let ms = t0.elapsed().as_millis();
             match code {
-                Some(c) if (200..400).contains(&c) => ProbeResult::ok(format!("http {c} in {ms} ms")),
+                Some(c) if (200..400).contains(&c) => {
+                    ProbeResult::ok(format!("http {c} in {ms} ms"))
+                }
                 Some(c) => ProbeResult::fail(format!("http {addr}{path} answered {c}")),
-                None => ProbeResult::fail(format!("http {addr}{path}: not an HTTP answer: {line:?}")),
+                None => {
+                    ProbeResult::fail(format!("http {addr}{path}: not an HTTP answer: {line:?}"))
+                }
             }
         }
     }
@@ -115,7 +129,10 @@ mod tests {
 
     #[test]
     fn probes_target_the_first_address() {
-        assert_eq!(target(&["172.30.0.10/24".into(), "10.0.0.2/24".into()]).to_string(), "172.30.0.10");
+        assert_eq!(
+            target(&["172.30.0.10/24".into(), "10.0.0.2/24".into()]).to_string(),
+            "172.30.0.10"
+        );
         assert_eq!(target(&[]).to_string(), "127.0.0.1");
     }
 

@@ -22,9 +22,10 @@ pub fn to_status(e: Error) -> Status {
         Error::NoSuchWorkload(_) => Status::not_found(msg),
         Error::NotConfigured(_) => Status::failed_precondition(msg),
         Error::ShuttingDown => Status::unavailable(msg),
-        Error::Connect { .. } | Error::Netd { .. } | Error::Vmd { .. } | Error::Containerd { .. } => {
-            Status::unavailable(msg)
-        }
+        Error::Connect { .. }
+        | Error::Netd { .. }
+        | Error::Vmd { .. }
+        | Error::Containerd { .. } => Status::unavailable(msg),
         Error::Image { .. } => Status::failed_precondition(msg),
         Error::Io { .. } | Error::State { .. } | Error::Other(_) => Status::internal(msg),
     }
@@ -95,12 +96,18 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl NodeAgent for Service {
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
         let s = self.engine.status().await.map_err(to_status)?;
         Ok(Response::new(status_reply(s)))
     }
 
-    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
         let req = req.into_inner();
         let source = if req.source.is_empty() { "nodectl apply".to_string() } else { req.source };
         let rendered = match backroom_profiles::render_str(&source, &req.profile_yaml) {
@@ -118,14 +125,20 @@ impl NodeAgent for Service {
         Ok(Response::new(pb::ApplyReply { revision: out.revision, changed: out.changed, warnings }))
     }
 
-    async fn restart(&self, req: Request<pb::RestartRequest>) -> Result<Response<pb::RestartReply>, Status> {
+    async fn restart(
+        &self,
+        req: Request<pb::RestartRequest>,
+    ) -> Result<Response<pb::RestartReply>, Status> {
         let message = self.engine.restart(&req.into_inner().name).await.map_err(to_status)?;
         Ok(Response::new(pb::RestartReply { message }))
     }
 
     type LogsStream = BoxStream<pb::LogChunk>;
 
-    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+    async fn logs(
+        &self,
+        req: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
         let req = req.into_inner();
         if !valid_name(&req.name) {
             return Err(Status::invalid_argument(format!("`{}` is not a workload name", req.name)));
@@ -177,7 +190,10 @@ impl NodeAgent for Service {
 
     type EventsStream = BoxStream<pb::Event>;
 
-    async fn events(&self, _: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+    async fn events(
+        &self,
+        _: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
         let rx = self.engine.subscribe();
         let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| {
             r.ok().map(|e| {

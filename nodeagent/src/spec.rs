@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 
 use backroom_profiles::ContainerSpec;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    Process, ProcessBuilder, RootBuilder, Spec,
-    UserBuilder, get_default_maskedpaths, get_default_mounts, get_default_namespaces,
-    get_default_readonly_paths,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder, Process, ProcessBuilder,
+    RootBuilder, Spec, UserBuilder, get_default_maskedpaths, get_default_mounts,
+    get_default_namespaces, get_default_readonly_paths,
 };
 use serde::{Deserialize, Serialize};
 
@@ -142,7 +141,8 @@ pub fn user(image: &ImageConfig) -> Result<(u32, u32)> {
 pub fn process(c: &ContainerSpec, image: &ImageConfig, args: Vec<String>) -> Result<Process> {
     let (uid, gid) = user(image)?;
     let caps: oci_spec::runtime::Capabilities = CAPS.iter().copied().collect();
-    let cwd = if image.working_dir.is_empty() { "/".to_string() } else { image.working_dir.clone() };
+    let cwd =
+        if image.working_dir.is_empty() { "/".to_string() } else { image.working_dir.clone() };
     ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(bad)?)
@@ -221,11 +221,14 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
     if let Some(m) = limits.memory {
         let bytes = i64::try_from(m.bytes()).map_err(bad)?;
         // swap = limit: no swap beyond the memory limit.
-        res = res.memory(LinuxMemoryBuilder::default().limit(bytes).swap(bytes).build().map_err(bad)?);
+        res = res
+            .memory(LinuxMemoryBuilder::default().limit(bytes).swap(bytes).build().map_err(bad)?);
     }
     if let Some(cpus) = limits.cpus {
         let quota = i64::from(cpus.millis()) * i64::try_from(CPU_PERIOD_US).unwrap_or(0) / 1000;
-        res = res.cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build().map_err(bad)?);
+        res = res.cpu(
+            LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build().map_err(bad)?,
+        );
     }
 
     let linux = LinuxBuilder::default()
@@ -240,7 +243,9 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
     let mut spec = Spec::default();
     spec.set_version("1.0.2".to_string());
     spec.set_hostname(Some(c.name.as_str().to_string()));
-    spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(false).build().map_err(bad)?));
+    spec.set_root(Some(
+        RootBuilder::default().path("rootfs").readonly(false).build().map_err(bad)?,
+    ));
     spec.set_process(Some(process));
     spec.set_mounts(Some(mounts));
     spec.set_linux(Some(linux));
@@ -256,7 +261,13 @@ mod tests {
         let text = format!(
             "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {{name: t}}\nworkloads:\n  - name: web\n    kind: container\n    image: reg.example/web:1\n{extra}"
         );
-        backroom_profiles::render_str("t.yaml", &text).unwrap().profile.containers().next().unwrap().clone()
+        backroom_profiles::render_str("t.yaml", &text)
+            .unwrap()
+            .profile
+            .containers()
+            .next()
+            .unwrap()
+            .clone()
     }
 
     fn image() -> ImageConfig {
@@ -306,7 +317,13 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!(net["path"], "/run/netns/bk-web");
-        let vol = json["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/data").unwrap().clone();
+        let vol = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/data")
+            .unwrap()
+            .clone();
         assert_eq!(vol["source"], "/var/lib/backroom/volumes/data");
         assert_eq!(vol["type"], "bind");
     }
@@ -325,7 +342,13 @@ mod tests {
         .unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["process"]["args"], serde_json::json!(["/bin/busybox", "httpd", "-f"]));
-        let net = json["linux"]["namespaces"].as_array().unwrap().iter().find(|n| n["type"] == "network").unwrap().clone();
+        let net = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["type"] == "network")
+            .unwrap()
+            .clone();
         assert!(net.get("path").is_none(), "a fresh namespace: {net}");
         assert!(json["linux"]["resources"].get("memory").is_none());
     }

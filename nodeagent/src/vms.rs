@@ -45,7 +45,11 @@ pub struct VmEvent {
 
 /// The VM daemon.
 pub trait Vms: Send + Sync + 'static {
-    fn apply(&self, revision: &str, profile_yaml: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+    fn apply(
+        &self,
+        revision: &str,
+        profile_yaml: &str,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
     fn list(&self) -> impl Future<Output = Result<Vec<VmState>>> + Send;
     fn restart(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
     /// vmd's lifecycle events, until the connection drops.
@@ -83,7 +87,10 @@ impl Vms for VmdClient {
         Ok(self
             .client
             .clone()
-            .apply(pb::ApplyRequest { revision: revision.into(), profile_yaml: profile_yaml.into() })
+            .apply(pb::ApplyRequest {
+                revision: revision.into(),
+                profile_yaml: profile_yaml.into(),
+            })
             .await
             .map_err(|s| Error::Vmd { op: "apply", message: status_message(&s) })?
             .into_inner()
@@ -124,7 +131,12 @@ impl Vms for VmdClient {
         Ok(stream
             .take_while(|r| futures::future::ready(r.is_ok()))
             .filter_map(|r| async move {
-                r.ok().map(|e| VmEvent { at_ms: e.at_unix_ms, vm: e.vm, kind: e.kind, message: e.message })
+                r.ok().map(|e| VmEvent {
+                    at_ms: e.at_unix_ms,
+                    vm: e.vm,
+                    kind: e.kind,
+                    message: e.message,
+                })
             })
             .boxed())
     }
@@ -179,7 +191,10 @@ impl Vms for MemoryVms {
             })
             .collect();
         *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = vms;
-        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(format!("apply {}", crate::plan::short(revision)));
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(format!("apply {}", crate::plan::short(revision)));
         Ok(vec![])
     }
     async fn list(&self) -> Result<Vec<VmState>> {

@@ -64,7 +64,11 @@ impl Agent {
         self.child = Some(child);
         let t0 = Instant::now();
         while nodectl(&self.dir, &["status"]).0 != 0 {
-            assert!(t0.elapsed() < Duration::from_secs(30), "nodeagent did not answer: {}", self.log());
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "nodeagent did not answer: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -133,7 +137,9 @@ fn healthy(s: &Value, name: &str) -> bool {
 }
 
 fn profile_text(workloads: &str) -> String {
-    format!("apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {{name: agent-test, version: \"1\"}}\nworkloads:\n{workloads}")
+    format!(
+        "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {{name: agent-test, version: \"1\"}}\nworkloads:\n{workloads}"
+    )
 }
 
 async fn pids(ns: &Namespace) -> BTreeMap<String, u32> {
@@ -156,9 +162,12 @@ async fn kill_9_leaves_containers_running_and_the_new_agent_adopts_them() {
     let dir = tempfile::tempdir().unwrap();
     let tag = unique("t");
     let web = TestImage::web("adopt").push("backroom-test/adopt-web", &tag).await;
-    let worker = TestImage::busybox(&["/bin/sh", "-c", "echo worker started; exec /bin/busybox sleep 100000"], "w")
-        .push("backroom-test/adopt-worker", &tag)
-        .await;
+    let worker = TestImage::busybox(
+        &["/bin/sh", "-c", "echo worker started; exec /bin/busybox sleep 100000"],
+        "w",
+    )
+    .push("backroom-test/adopt-worker", &tag)
+    .await;
     let profile = dir.path().join("profile.yaml");
     std::fs::write(
         &profile,
@@ -179,8 +188,10 @@ async fn kill_9_leaves_containers_running_and_the_new_agent_adopts_them() {
         .map(|a| a["workload"].as_str().unwrap())
         .collect();
     assert_eq!(started, vec!["web", "worker"], "worker waits for web to be healthy");
-    let ids_before: Vec<String> =
-        ["web", "worker"].iter().map(|n| workload(&s, n)["container_id"].as_str().unwrap().to_string()).collect();
+    let ids_before: Vec<String> = ["web", "worker"]
+        .iter()
+        .map(|n| workload(&s, n)["container_id"].as_str().unwrap().to_string())
+        .collect();
     let pids_before = pids(&ns).await;
     assert_eq!(pids_before.len(), 2);
 
@@ -211,7 +222,11 @@ async fn kill_9_leaves_containers_running_and_the_new_agent_adopts_them() {
     let (code, text, _) = nodectl(dir.path(), &["status"]);
     assert_eq!(code, 0);
     assert!(text.contains("profile agent-test 1"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("web ") && l.contains("running") && l.contains("healthy")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("web ") && l.contains("running") && l.contains("healthy")),
+        "{text}"
+    );
     let (code, _, err) = nodectl(dir.path(), &["restart", "nosuch"]);
     assert_ne!(code, 0);
     assert!(err.contains("no workload named `nosuch`"), "{err}");

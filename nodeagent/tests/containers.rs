@@ -50,7 +50,10 @@ fn profile(workloads: &str) -> backroom_profiles::Rendered {
 }
 
 fn workload<'a>(s: &'a Status, name: &str) -> &'a WorkloadView {
-    s.workloads.iter().find(|w| w.name == name).unwrap_or_else(|| panic!("no workload {name} in {s:#?}"))
+    s.workloads
+        .iter()
+        .find(|w| w.name == name)
+        .unwrap_or_else(|| panic!("no workload {name} in {s:#?}"))
 }
 
 async fn until(node: &Node, what: &str, secs: u64, f: impl Fn(&Status) -> bool) -> Status {
@@ -60,7 +63,10 @@ async fn until(node: &Node, what: &str, secs: u64, f: impl Fn(&Status) -> bool) 
         if f(&s) {
             return s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out after {secs} s waiting for {what}; the node says {s:#?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}; the node says {s:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -72,7 +78,11 @@ async fn http_is_served_on_the_segment_address_with_the_profile_spec() {
     let net = TestNetwork::new(7);
     let hub = net.hub_path();
     let image = TestImage::busybox(
-        &["/bin/sh", "-c", "hostname; echo A=$A; grep NoNewPrivs /proc/self/status; grep CapEff /proc/self/status; echo kept > /data/hello; exec /bin/busybox httpd -f -p 8080 -h /www"],
+        &[
+            "/bin/sh",
+            "-c",
+            "hostname; echo A=$A; grep NoNewPrivs /proc/self/status; grep CapEff /proc/self/status; echo kept > /data/hello; exec /bin/busybox httpd -f -p 8080 -h /www",
+        ],
         "version web-1\n",
     );
     let reference = image.push("backroom-test/web", &unique("t")).await;
@@ -111,7 +121,10 @@ async fn http_is_served_on_the_segment_address_with_the_profile_spec() {
 async fn a_memory_limit_is_enforced_and_the_policy_restarts() {
     require_services();
     let ns = Namespace::new();
-    let image = TestImage::busybox(&["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"], "");
+    let image = TestImage::busybox(
+        &["/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        "",
+    );
     let reference = image.push("backroom-test/hog", &unique("t")).await;
     let node = node(&ns, backroom_nodeagent::network::NoNetwork, 300).await;
     let mut events = node.handle.subscribe();
@@ -139,7 +152,9 @@ async fn a_crash_loop_is_detected_and_backed_off() {
     let node = node(&ns, backroom_nodeagent::network::NoNetwork, 100).await;
     let p = profile(&format!("  - name: crash\n    kind: container\n    image: {reference}\n"));
     node.handle.apply(p, "test".into()).await.unwrap();
-    let s = until(&node, "a crash loop", 60, |s| workload(s, "crash").reason.contains("crash loop")).await;
+    let s =
+        until(&node, "a crash loop", 60, |s| workload(s, "crash").reason.contains("crash loop"))
+            .await;
     let w = workload(&s, "crash");
     assert_eq!(w.state, "failed");
     assert!(w.reason.contains("exited with code 1"), "{w:?}");
@@ -160,7 +175,9 @@ async fn start_first_updates_promote_a_healthy_version_and_roll_back_a_broken_on
     let tag = unique("t");
     let v1 = TestImage::web("v1").push("backroom-test/upd", &format!("{tag}-1")).await;
     let v2 = TestImage::web("v2").push("backroom-test/upd", &format!("{tag}-2")).await;
-    let broken = TestImage::busybox(&["/bin/busybox", "false"], "").push("backroom-test/upd", &format!("{tag}-3")).await;
+    let broken = TestImage::busybox(&["/bin/busybox", "false"], "")
+        .push("backroom-test/upd", &format!("{tag}-3"))
+        .await;
     let node = node(&ns, net, 500).await;
     let web = |image: &str| {
         profile(&format!(
@@ -183,7 +200,9 @@ async fn start_first_updates_promote_a_healthy_version_and_roll_back_a_broken_on
     assert_eq!(second.addresses, first.addresses, "the stable address moved to the new version");
     let page = http_get_in(&hub, &addr, "/index.html").unwrap();
     assert!(page.contains("version v2"), "{page}");
-    assert!(s.actions.iter().any(|a| a.action.starts_with("promote the new version of web") && a.ok));
+    assert!(
+        s.actions.iter().any(|a| a.action.starts_with("promote the new version of web") && a.ok)
+    );
 
     node.handle.apply(web(&broken), "broken".into()).await.unwrap();
     let s = until(&node, "the broken version rolled back", 60, |s| {

@@ -91,7 +91,13 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             let s = client
                 .status(pb::StatusRequest {})
                 .await
-                .map_err(|s| anyhow::anyhow!("cannot reach nodeagent at {}: {}", args.socket.display(), s.message()))?
+                .map_err(|s| {
+                    anyhow::anyhow!(
+                        "cannot reach nodeagent at {}: {}",
+                        args.socket.display(),
+                        s.message()
+                    )
+                })?
                 .into_inner();
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
@@ -144,7 +150,10 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             if args.json {
                 println!("{}", json!({ "revision": r.revision, "changed": r.changed }));
             } else if r.changed {
-                println!("revision {} is now desired; `nodectl status` shows the progress", short(&r.revision));
+                println!(
+                    "revision {} is now desired; `nodectl status` shows the progress",
+                    short(&r.revision)
+                );
             } else {
                 println!("revision {} was already desired: nothing to do", short(&r.revision));
             }

@@ -7,6 +7,8 @@
 //! [`EngineHandle::subscribe`] streams [`Event`]s (an outbox can persist them).
 
 mod actor;
+mod dispatch;
+mod observe;
 mod ops;
 mod view;
 

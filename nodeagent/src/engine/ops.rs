@@ -52,17 +52,42 @@ impl std::fmt::Debug for Launched {
 #[derive(Debug)]
 pub enum OpOutcome {
     /// A new instance runs (start, restart, replace, rollback to the previous version).
-    Started { launched: Launched, replaced: Option<String> },
+    Started {
+        launched: Launched,
+        replaced: Option<String>,
+    },
     /// Starting failed; `removed` lists containers the operation removed before failing.
-    StartFailed { error: String, removed: Vec<String> },
+    StartFailed {
+        error: String,
+        removed: Vec<String>,
+    },
     /// Stop-first: the new version could not start and the previous one runs again (or not).
-    ReplaceFailed { error: String, restored: Option<Launched>, removed: String },
-    Promoted { removed: String, netns: Option<String>, addresses: Vec<String>, warning: Option<String> },
+    ReplaceFailed {
+        error: String,
+        restored: Option<Launched>,
+        removed: String,
+    },
+    Promoted {
+        removed: String,
+        netns: Option<String>,
+        addresses: Vec<String>,
+        warning: Option<String>,
+    },
     /// The `next` instance is gone (rollback or abandon).
-    NextRemoved { removed: String, rollback_reason: Option<String>, error: Option<String> },
+    NextRemoved {
+        removed: String,
+        rollback_reason: Option<String>,
+        error: Option<String>,
+    },
     /// Stop-first rollback: the new primary is removed and the previous version started.
-    RolledBack { removed: String, reason: String, restored: std::result::Result<Launched, String> },
-    Removed { errors: Vec<String> },
+    RolledBack {
+        removed: String,
+        reason: String,
+        restored: std::result::Result<Launched, String>,
+    },
+    Removed {
+        errors: Vec<String>,
+    },
 }
 
 /// Starts a container of `workload` running `spec` in `role`.
@@ -86,7 +111,8 @@ pub async fn launch<R: Runtime, N: Network>(
     };
     for v in &spec.volumes {
         let dir = crate::spec::volume_dir(&ctx.volumes_dir, v.name.as_str());
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create the volume folder", &dir, e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("create the volume folder", &dir, e))?;
     }
     let netns = endpoints.as_ref().map(|e| e.netns_path.clone()).filter(|p| !p.is_empty());
     let oci = crate::spec::build(&crate::spec::SpecInput {
@@ -108,7 +134,14 @@ pub async fn launch<R: Runtime, N: Network>(
     let image_digest = image.digest.clone();
     let started = ctx
         .runtime
-        .start(CreateRequest { id: container_id.to_string(), image, spec: oci, labels, stdout, stderr })
+        .start(CreateRequest {
+            id: container_id.to_string(),
+            image,
+            spec: oci,
+            labels,
+            stdout,
+            stderr,
+        })
         .await;
     let pid = match started {
         Ok(pid) => pid,
@@ -206,7 +239,8 @@ pub async fn replace<R: Runtime, N: Network>(
     match launch(&ctx, &spec, Role::Primary, &id, &revision).await {
         Ok(launched) => OpOutcome::Started { launched, replaced: Some(old) },
         Err(e) => {
-            let restored = launch(&ctx, &previous, Role::Primary, &restore_id, &previous_revision).await.ok();
+            let restored =
+                launch(&ctx, &previous, Role::Primary, &restore_id, &previous_revision).await.ok();
             OpOutcome::ReplaceFailed { error: e.to_string(), restored, removed: old }
         }
     }

@@ -68,7 +68,8 @@ pub fn derive_state(
 ) -> (String, String) {
     let s = |a: &str, b: String| (a.to_string(), b);
     if let Some(line) = busy {
-        let state = if rec.next.is_some() || rec.update.is_some() { "updating" } else { "starting" };
+        let state =
+            if rec.next.is_some() || rec.update.is_some() { "updating" } else { "starting" };
         return s(state, line.to_string());
     }
     if rec.next.is_some() || rec.update.is_some() {
@@ -84,7 +85,8 @@ pub fn derive_state(
             } else {
                 String::new()
             };
-            let next = if left > 0 { format!("; next try in {}", secs(left)) } else { String::new() };
+            let next =
+                if left > 0 { format!("; next try in {}", secs(left)) } else { String::new() };
             return s(state, format!("{prefix}{err}{next}"));
         }
         if let Some(b) = &rec.bad {
@@ -95,13 +97,20 @@ pub fn derive_state(
     if let Some(e) = &p.exit {
         if !should_restart(p.spec.restart, e) {
             let state = if e.code == 0 && !e.oom { "stopped" } else { "failed" };
-            return s(state, format!("{}; restart policy {:?}", e.describe(), p.spec.restart).to_lowercase());
+            return s(
+                state,
+                format!("{}; restart policy {:?}", e.describe(), p.spec.restart).to_lowercase(),
+            );
         }
         let next = if left > 0 { format!("; next try in {}", secs(left)) } else { String::new() };
         if crash_loop {
             return s(
                 "failed",
-                format!("crash loop ({} exits in a row), last {}{next}", rec.consecutive_failures, e.describe()),
+                format!(
+                    "crash loop ({} exits in a row), last {}{next}",
+                    rec.consecutive_failures,
+                    e.describe()
+                ),
             );
         }
         return s("backoff", format!("{}{next}", e.describe()));

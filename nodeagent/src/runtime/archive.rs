@@ -16,7 +16,8 @@ use super::content::{BlobSource, Desc, Index, media_type_of, sha256_digest};
 use crate::error::{Error, Result};
 
 /// Annotations that name an image in an archive (containerd's, then the OCI one).
-const NAME_ANNOTATIONS: &[&str] = &["io.containerd.image.name", "org.opencontainers.image.ref.name"];
+const NAME_ANNOTATIONS: &[&str] =
+    &["io.containerd.image.name", "org.opencontainers.image.ref.name"];
 
 struct Archive {
     path: PathBuf,
@@ -52,16 +53,16 @@ fn scan(path: &Path) -> Result<Archive> {
             blobs.insert(format!("sha256:{hex}"), (entry.raw_file_position(), entry.size()));
         }
     }
-    let index = index.ok_or_else(|| archive_err(path, "it has no index.json: not an OCI image archive"))?;
+    let index =
+        index.ok_or_else(|| archive_err(path, "it has no index.json: not an OCI image archive"))?;
     Ok(Archive { path: path.to_path_buf(), blobs, index })
 }
 
 impl Archive {
     fn locate(&self, desc: &Desc) -> Result<(u64, u64)> {
-        self.blobs
-            .get(&desc.digest)
-            .copied()
-            .ok_or_else(|| archive_err(&self.path, format!("blob {} is missing from it", desc.digest)))
+        self.blobs.get(&desc.digest).copied().ok_or_else(|| {
+            archive_err(&self.path, format!("blob {} is missing from it", desc.digest))
+        })
     }
 }
 
@@ -71,11 +72,16 @@ impl BlobSource for Archive {
         let mut f = tokio::fs::File::open(&self.path)
             .await
             .map_err(|e| Error::io("open the archive", &self.path, e))?;
-        f.seek(SeekFrom::Start(offset)).await.map_err(|e| Error::io("read the archive", &self.path, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(|e| Error::io("read the archive", &self.path, e))?;
         let mut buf = vec![0; usize::try_from(size).unwrap_or(0)];
         f.read_exact(&mut buf).await.map_err(|e| Error::io("read the archive", &self.path, e))?;
         if sha256_digest(&buf) != desc.digest {
-            return Err(archive_err(&self.path, format!("blob {} does not match its digest", desc.digest)));
+            return Err(archive_err(
+                &self.path,
+                format!("blob {} does not match its digest", desc.digest),
+            ));
         }
         Ok(buf)
     }
@@ -85,7 +91,9 @@ impl BlobSource for Archive {
         let mut f = tokio::fs::File::open(&self.path)
             .await
             .map_err(|e| Error::io("open the archive", &self.path, e))?;
-        f.seek(SeekFrom::Start(offset)).await.map_err(|e| Error::io("read the archive", &self.path, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(|e| Error::io("read the archive", &self.path, e))?;
         let reader = f.take(size);
         Ok(futures::stream::unfold(reader, |mut r| async move {
             let mut buf = vec![0u8; 1 << 20];

@@ -65,9 +65,12 @@ pub(super) fn status_err(op: &str, s: tonic::Status) -> Error {
 impl Containerd {
     /// Connects to containerd's socket (lazily: the first call fails if it is not there).
     pub async fn connect(config: ContainerdConfig) -> Result<Self> {
-        let channel = containerd_client::connect(&config.socket).await.map_err(|e| {
-            Error::Connect { what: "containerd", path: config.socket.clone(), message: e.to_string() }
-        })?;
+        let channel =
+            containerd_client::connect(&config.socket).await.map_err(|e| Error::Connect {
+                what: "containerd",
+                path: config.socket.clone(),
+                message: e.to_string(),
+            })?;
         let c = Containerd { channel, config };
         // A cheap call that fails early when the socket is not containerd's.
         containerd_client::services::v1::version_client::VersionClient::new(c.channel.clone())
@@ -111,7 +114,8 @@ impl Containerd {
 
     pub(super) fn snapshots(
         &self,
-    ) -> containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient<Channel> {
+    ) -> containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient<Channel>
+    {
         containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient::new(
             self.channel.clone(),
         )
@@ -270,10 +274,9 @@ impl Containerd {
         }
         match self
             .snapshots()
-            .remove(self.req(RemoveSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: id.into(),
-            }))
+            .remove(
+                self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: id.into() }),
+            )
             .await
         {
             Ok(_) => {}
@@ -287,7 +290,12 @@ impl Containerd {
         }
     }
 
-    pub(super) async fn exec_impl(&self, id: &str, process: Process, timeout: Duration) -> Result<i32> {
+    pub(super) async fn exec_impl(
+        &self,
+        id: &str,
+        process: Process,
+        timeout: Duration,
+    ) -> Result<i32> {
         let exec_id = format!("probe-{}", crate::now_ms());
         let value = serde_json::to_vec(&process)
             .map_err(|e| Error::Invalid(format!("cannot encode the exec process: {e}")))?;
@@ -324,13 +332,13 @@ impl Containerd {
                 }))
                 .await;
         }
-        let _ = self
-            .tasks()
-            .delete_process(self.req(DeleteProcessRequest {
-                container_id: id.into(),
-                exec_id: exec_id.clone(),
-            }))
-            .await;
+        let _ =
+            self.tasks()
+                .delete_process(self.req(DeleteProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.clone(),
+                }))
+                .await;
         match result {
             Ok(r) => r,
             Err(_) => Err(Error::Other(format!("timed out after {} ms", timeout.as_millis()))),
@@ -350,7 +358,8 @@ fn oom_killed(cgroups_path: &str) -> bool {
     for p in [v1, v2] {
         if let Ok(text) = std::fs::read_to_string(&p) {
             return text.lines().any(|l| {
-                l.strip_prefix("oom_kill ").is_some_and(|n| n.trim().parse::<u64>().unwrap_or(0) > 0)
+                l.strip_prefix("oom_kill ")
+                    .is_some_and(|n| n.trim().parse::<u64>().unwrap_or(0) > 0)
             });
         }
     }

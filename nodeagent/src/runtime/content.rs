@@ -6,18 +6,18 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use containerd_client::services::v1::CreateRequest as CreateLeaseRequest;
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
     ApplyRequest, CreateImageRequest, DeleteImageRequest, DeleteRequest as DeleteLeaseRequest,
-    Image, InfoRequest, ListImagesRequest, ReadContentRequest, UpdateImageRequest,
-    WriteAction, WriteContentRequest,
+    Image, InfoRequest, ListImagesRequest, ReadContentRequest, UpdateImageRequest, WriteAction,
+    WriteContentRequest,
 };
-use containerd_client::services::v1::CreateRequest as CreateLeaseRequest;
 use containerd_client::types::Descriptor;
-use futures::stream::BoxStream;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tonic::Code;
@@ -144,13 +144,17 @@ fn to_descriptor(d: &Desc) -> Descriptor {
 }
 
 impl Containerd {
-    fn content(&self) -> containerd_client::services::v1::content_client::ContentClient<tonic::transport::Channel> {
+    fn content(
+        &self,
+    ) -> containerd_client::services::v1::content_client::ContentClient<tonic::transport::Channel>
+    {
         containerd_client::services::v1::content_client::ContentClient::new(self.channel.clone())
     }
 
     pub(super) fn images_client(
         &self,
-    ) -> containerd_client::services::v1::images_client::ImagesClient<tonic::transport::Channel> {
+    ) -> containerd_client::services::v1::images_client::ImagesClient<tonic::transport::Channel>
+    {
         containerd_client::services::v1::images_client::ImagesClient::new(self.channel.clone())
     }
 
@@ -169,9 +173,10 @@ impl Containerd {
     }
 
     async fn lease_delete(&self, id: &str) {
-        let r = containerd_client::services::v1::leases_client::LeasesClient::new(self.channel.clone())
-            .delete(self.req(DeleteLeaseRequest { id: id.into(), sync: false }))
-            .await;
+        let r =
+            containerd_client::services::v1::leases_client::LeasesClient::new(self.channel.clone())
+                .delete(self.req(DeleteLeaseRequest { id: id.into(), sync: false }))
+                .await;
         if let Err(s) = r {
             tracing::warn!(lease = id, "cannot delete the import lease: {}", s.message());
         }
@@ -290,7 +295,9 @@ impl Containerd {
     async fn snapshot_exists(&self, key: &str) -> Result<bool> {
         match self
             .snapshots()
-            .stat(self.req(StatSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.into() }))
+            .stat(
+                self.req(StatSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: key.into() }),
+            )
             .await
         {
             Ok(_) => Ok(true),
@@ -325,7 +332,8 @@ impl Containerd {
                 .map_err(|s| status_err("snapshot prepare", s))?
                 .into_inner()
                 .mounts;
-            let diff = containerd_client::services::v1::diff_client::DiffClient::new(self.channel.clone());
+            let diff =
+                containerd_client::services::v1::diff_client::DiffClient::new(self.channel.clone());
             let applied = diff
                 .clone()
                 .apply(self.req_lease(
@@ -344,7 +352,9 @@ impl Containerd {
             if got != diff_ids[i] {
                 let _ = self
                     .snapshots()
-                    .remove(self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key }))
+                    .remove(
+                        self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key }),
+                    )
                     .await;
                 return Err(Error::Image {
                     image: layer.digest.clone(),
@@ -369,10 +379,13 @@ impl Containerd {
             {
                 Ok(_) => {}
                 Err(s) if s.code() == Code::AlreadyExists => {
-                    let _ = self
-                        .snapshots()
-                        .remove(self.req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key }))
-                        .await;
+                    let _ =
+                        self.snapshots()
+                            .remove(self.req(RemoveSnapshotRequest {
+                                snapshotter: SNAPSHOTTER.into(),
+                                key,
+                            }))
+                            .await;
                 }
                 Err(s) => return Err(status_err("snapshot commit", s)),
             }
@@ -452,8 +465,11 @@ impl Containerd {
         }
         let mut mdesc = manifest_desc.clone();
         if mdesc.media_type.is_empty() {
-            mdesc.media_type =
-                if manifest.media_type.is_empty() { OCI_MANIFEST.into() } else { manifest.media_type.clone() };
+            mdesc.media_type = if manifest.media_type.is_empty() {
+                OCI_MANIFEST.into()
+            } else {
+                manifest.media_type.clone()
+            };
         }
         self.write_bytes(lease, &mdesc, labels, manifest_bytes).await?;
         if mdesc.digest != target.digest {
@@ -479,13 +495,22 @@ impl Containerd {
         };
         match self
             .images_client()
-            .create(self.req(CreateImageRequest { image: Some(image.clone()), source_date_epoch: None }))
+            .create(
+                self.req(CreateImageRequest {
+                    image: Some(image.clone()),
+                    source_date_epoch: None,
+                }),
+            )
             .await
         {
             Ok(_) => Ok(()),
             Err(s) if s.code() == Code::AlreadyExists => self
                 .images_client()
-                .update(self.req(UpdateImageRequest { image: Some(image), update_mask: None, source_date_epoch: None }))
+                .update(self.req(UpdateImageRequest {
+                    image: Some(image),
+                    update_mask: None,
+                    source_date_epoch: None,
+                }))
                 .await
                 .map(|_| ())
                 .map_err(|s| status_err(&format!("update image {name}"), s)),
@@ -527,7 +552,12 @@ impl Containerd {
             self.lease_delete(&lease).await;
             r?;
         }
-        Ok(ImageInfo { name: name.to_string(), digest: target.digest.clone(), config, chain_id: top })
+        Ok(ImageInfo {
+            name: name.to_string(),
+            digest: target.digest.clone(),
+            config,
+            chain_id: top,
+        })
     }
 
     pub(super) async fn images_impl(&self) -> Result<Vec<StoredImage>> {

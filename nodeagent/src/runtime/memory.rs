@@ -88,7 +88,10 @@ impl super::Runtime for MemoryRuntime {
     async fn start(&self, req: CreateRequest) -> Result<u32> {
         let mut g = self.lock();
         if g.tasks.contains_key(&req.id) {
-            return Err(Error::Containerd { op: format!("create container {}", req.id), message: "already exists".into() });
+            return Err(Error::Containerd {
+                op: format!("create container {}", req.id),
+                message: "already exists".into(),
+            });
         }
         g.next_pid += 1;
         let pid = 1000 + g.next_pid;
@@ -145,7 +148,10 @@ impl super::Runtime for MemoryRuntime {
     }
 
     async fn import(&self, path: &Path) -> Result<Vec<(String, String)>> {
-        Err(Error::Image { image: path.display().to_string(), message: "no archives in memory".into() })
+        Err(Error::Image {
+            image: path.display().to_string(),
+            message: "no archives in memory".into(),
+        })
     }
 
     async fn images(&self) -> Result<Vec<StoredImage>> {

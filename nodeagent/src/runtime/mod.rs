@@ -17,8 +17,8 @@ use backroom_profiles::ImageRef;
 use oci_spec::runtime::{Process, Spec};
 
 pub use containerd::{Containerd, ContainerdConfig, RegistryAuth};
-pub use pull::install_crypto_provider;
 pub use memory::MemoryRuntime;
+pub use pull::install_crypto_provider;
 
 use crate::error::Result;
 use crate::record::Exit;
@@ -53,8 +53,12 @@ pub struct CreateRequest {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskState {
-    Running { pid: u32 },
-    Stopped { code: u32 },
+    Running {
+        pid: u32,
+    },
+    Stopped {
+        code: u32,
+    },
     /// Created, paused or in a state nodeagent does not use.
     Other(String),
     /// The container exists without a task.
@@ -158,7 +162,8 @@ mod tests {
 
     #[test]
     fn collection_keeps_what_workloads_use_and_recent_imports() {
-        let img = |n: &str, t: u64| StoredImage { name: n.into(), digest: String::new(), created_ms: t };
+        let img =
+            |n: &str, t: u64| StoredImage { name: n.into(), digest: String::new(), created_ms: t };
         let all = vec![img("a", 0), img("b", 0), img("c", 9_000)];
         let keep: BTreeSet<String> = ["a".to_string()].into();
         assert_eq!(images_to_collect(&all, &keep, 10_000, 5_000), vec!["b".to_string()]);

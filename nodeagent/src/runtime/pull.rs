@@ -58,7 +58,10 @@ impl BlobSource for Registry {
             out
         };
         if sha256_digest(&bytes) != desc.digest {
-            return Err(pull_err(&whole, format!("blob {} does not match its digest", desc.digest)));
+            return Err(pull_err(
+                &whole,
+                format!("blob {} does not match its digest", desc.digest),
+            ));
         }
         Ok(bytes)
     }
@@ -84,7 +87,10 @@ fn repo_and_tag(name: &str) -> (&str, Option<&str>) {
 }
 
 impl Containerd {
-    pub(super) async fn ensure_image_impl(&self, image: &backroom_profiles::ImageRef) -> Result<ImageInfo> {
+    pub(super) async fn ensure_image_impl(
+        &self,
+        image: &backroom_profiles::ImageRef,
+    ) -> Result<ImageInfo> {
         let want = image.to_string();
         let images = self.list_images().await?;
         let by_name = images.iter().find(|i| i.name == want);
@@ -136,7 +142,10 @@ impl Containerd {
         if let Some(d) = &image.digest
             && d != &digest
         {
-            return Err(pull_err(&want, format!("the registry served {digest}, not the pinned {d}")));
+            return Err(pull_err(
+                &want,
+                format!("the registry served {digest}, not the pinned {d}"),
+            ));
         }
         let bytes: Vec<u8> = bytes.to_vec();
         let target = Desc {
@@ -159,9 +168,6 @@ mod tests {
     fn repository_and_tag_split() {
         assert_eq!(repo_and_tag("127.0.0.1:5000/t/web:1"), ("127.0.0.1:5000/t/web", Some("1")));
         assert_eq!(repo_and_tag("127.0.0.1:5000/t/web"), ("127.0.0.1:5000/t/web", None));
-        assert_eq!(
-            repo_and_tag("reg/web:2@sha256:00"),
-            ("reg/web", Some("2"))
-        );
+        assert_eq!(repo_and_tag("reg/web:2@sha256:00"), ("reg/web", Some("2")));
     }
 }

@@ -48,7 +48,9 @@ impl TestImage {
         file(&mut b, "bin/busybox", 0o755, &busybox);
         file(&mut b, "www/index.html", 0o644, page.as_bytes());
         file(&mut b, "etc/passwd", 0o644, b"root:x:0:0:root:/:/bin/sh\n");
-        for applet in ["sh", "httpd", "sleep", "cat", "false", "dd", "hostname", "echo", "grep", "test"] {
+        for applet in
+            ["sh", "httpd", "sleep", "cat", "false", "dd", "hostname", "echo", "grep", "test"]
+        {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(tar::EntryType::Symlink);
             h.set_mode(0o777);
@@ -82,7 +84,10 @@ impl TestImage {
 
     /// An HTTP server on port 8080 serving `/www` (a page naming `version`).
     pub fn web(version: &str) -> Self {
-        Self::busybox(&["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"], &format!("version {version}\n"))
+        Self::busybox(
+            &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"],
+            &format!("version {version}\n"),
+        )
     }
 
     pub fn digest(&self) -> String {
@@ -92,18 +97,33 @@ impl TestImage {
     /// Pushes it to the loopback registry as `repo:tag`; returns `127.0.0.1:5000/repo:tag@digest`.
     pub async fn push(&self, repo: &str, tag: &str) -> String {
         backroom_nodeagent::runtime::install_crypto_provider();
-        let reference: oci_client::Reference = format!("{}/{repo}:{tag}", super::REGISTRY).parse().unwrap();
+        let reference: oci_client::Reference =
+            format!("{}/{repo}:{tag}", super::REGISTRY).parse().unwrap();
         let client = oci_client::Client::new(oci_client::client::ClientConfig {
             protocol: oci_client::client::ClientProtocol::Http,
             ..Default::default()
         });
         let _ = client
-            .auth(&reference, &oci_client::secrets::RegistryAuth::Anonymous, oci_client::RegistryOperation::Push)
+            .auth(
+                &reference,
+                &oci_client::secrets::RegistryAuth::Anonymous,
+                oci_client::RegistryOperation::Push,
+            )
             .await;
-        client.push_blob(&reference, self.layer.clone(), &digest(&self.layer)).await.expect("push the layer");
-        client.push_blob(&reference, self.config.clone(), &digest(&self.config)).await.expect("push the config");
         client
-            .push_manifest_raw(&reference, self.manifest.clone(), reqwest::header::HeaderValue::from_static(OCI_MANIFEST))
+            .push_blob(&reference, self.layer.clone(), &digest(&self.layer))
+            .await
+            .expect("push the layer");
+        client
+            .push_blob(&reference, self.config.clone(), &digest(&self.config))
+            .await
+            .expect("push the config");
+        client
+            .push_manifest_raw(
+                &reference,
+                self.manifest.clone(),
+                reqwest::header::HeaderValue::from_static(OCI_MANIFEST),
+            )
             .await
             .expect("push the manifest");
         format!("{}/{repo}:{tag}@{}", super::REGISTRY, self.digest())

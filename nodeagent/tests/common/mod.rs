@@ -29,9 +29,14 @@ pub fn require_services() {
         Path::new(CONTAINERD_SOCKET).exists(),
         "containerd is not running at {CONTAINERD_SOCKET}: run scripts/install-deps and scripts/start-services"
     );
-    let ok = std::net::TcpStream::connect_timeout(&REGISTRY.parse().unwrap(), Duration::from_secs(2)).is_ok();
+    let ok =
+        std::net::TcpStream::connect_timeout(&REGISTRY.parse().unwrap(), Duration::from_secs(2))
+            .is_ok();
     assert!(ok, "the test registry does not answer on {REGISTRY}: run scripts/start-services");
-    assert!(Path::new("/bin/busybox").exists(), "/bin/busybox is missing: install busybox-static (scripts/install-deps)");
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing: install busybox-static (scripts/install-deps)"
+    );
 }
 
 pub async fn containerd(namespace: &str) -> Containerd {
@@ -80,7 +85,9 @@ impl Drop for Namespace {
                         containerd_client::connect(CONTAINERD_SOCKET).await.unwrap(),
                     );
                 if let Err(e) = namespaces
-                    .delete(containerd_client::services::v1::DeleteNamespaceRequest { name: ns.clone() })
+                    .delete(containerd_client::services::v1::DeleteNamespaceRequest {
+                        name: ns.clone(),
+                    })
                     .await
                 {
                     failures.push(format!("delete namespace: {}", e.message()));
@@ -95,7 +102,11 @@ impl Drop for Namespace {
 }
 
 /// Polls `f` until it returns Some, or panics after `timeout` with `what`.
-pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let t0 = Instant::now();
     loop {
         if let Some(v) = f().await {

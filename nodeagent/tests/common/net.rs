@@ -45,7 +45,12 @@ impl TestNetwork {
         ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]).unwrap();
         ip(&["-n", &hub, "addr", "add", &format!("10.250.{subnet}.1/24"), "dev", "br0"]).unwrap();
         ip(&["-n", &hub, "link", "set", "br0", "up"]).unwrap();
-        TestNetwork { hub, subnet, tag, state: Mutex::new(State { next_host: 10, ..Default::default() }) }
+        TestNetwork {
+            hub,
+            subnet,
+            tag,
+            state: Mutex::new(State { next_host: 10, ..Default::default() }),
+        }
     }
 
     pub fn hub_path(&self) -> String {
@@ -62,7 +67,10 @@ impl TestNetwork {
         s.next_host += 1;
         let host = s.next_host;
         let address = if instance.is_empty() {
-            s.stable.entry(workload.to_string()).or_insert_with(|| format!("10.250.{}.{host}/24", self.subnet)).clone()
+            s.stable
+                .entry(workload.to_string())
+                .or_insert_with(|| format!("10.250.{}.{host}/24", self.subnet))
+                .clone()
         } else {
             format!("10.250.{}.{host}/24", self.subnet)
         };
@@ -70,7 +78,10 @@ impl TestNetwork {
         let veth = format!("bt{}{}", std::process::id() % 10_000, s.vethn);
         ip(&["netns", "add", &ns])?;
         s.namespaces.push(ns.clone());
-        ip(&["-n", &self.hub, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+        ip(&[
+            "-n", &self.hub, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+            &ns,
+        ])?;
         ip(&["-n", &self.hub, "link", "set", &veth, "master", "br0", "up"])?;
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         ip(&["-n", &ns, "addr", "add", &address, "dev", "eth0"])?;
@@ -99,19 +110,29 @@ impl Drop for TestNetwork {
 
 impl Network for TestNetwork {
     async fn apply(&self, _: &str, _: &str, _: u32) -> Result<NetworkApplied> {
-        Ok(NetworkApplied { changed: false, actions: vec!["test network".into()], confirm_deadline: 0 })
+        Ok(NetworkApplied {
+            changed: false,
+            actions: vec!["test network".into()],
+            confirm_deadline: 0,
+        })
     }
     async fn confirm(&self, _: &str) -> Result<()> {
         Ok(())
     }
     async fn attach(&self, workload: &str, instance: &str) -> Result<Endpoints> {
-        if let Some((ns, a)) = self.state.lock().unwrap().endpoints.get(&(workload.into(), instance.into())) {
-            return Ok(Endpoints { netns_path: format!("/run/netns/{ns}"), addresses: vec![a.clone()] });
+        if let Some((ns, a)) =
+            self.state.lock().unwrap().endpoints.get(&(workload.into(), instance.into()))
+        {
+            return Ok(Endpoints {
+                netns_path: format!("/run/netns/{ns}"),
+                addresses: vec![a.clone()],
+            });
         }
         self.make(workload, instance).map_err(|message| Error::Netd { op: "attach", message })
     }
     async fn detach(&self, workload: &str, instance: &str) -> Result<()> {
-        let removed = self.state.lock().unwrap().endpoints.remove(&(workload.into(), instance.into()));
+        let removed =
+            self.state.lock().unwrap().endpoints.remove(&(workload.into(), instance.into()));
         if let Some((ns, _)) = removed {
             ip(&["netns", "del", &ns]).map_err(|message| Error::Netd { op: "detach", message })?;
         }
@@ -160,12 +181,16 @@ pub fn http_get_in(netns: &str, addr: &str, path: &str) -> std::result::Result<S
     std::thread::spawn(move || {
         use std::io::{Read, Write};
         let f = std::fs::File::open(&netns).map_err(|e| format!("open {netns}: {e}"))?;
-        rustix::thread::move_into_link_name_space(f.as_fd(), Some(rustix::thread::LinkNameSpaceType::Network))
-            .map_err(|e| format!("setns: {e}"))?;
+        rustix::thread::move_into_link_name_space(
+            f.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(|e| format!("setns: {e}"))?;
         let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
             .map_err(|e| format!("connect {addr}: {e}"))?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok();
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).map_err(|e| e.to_string())?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .map_err(|e| e.to_string())?;
         let mut out = String::new();
         s.read_to_string(&mut out).map_err(|e| e.to_string())?;
         Ok(out)
