@@ -28,5 +28,6 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## make bench: benchmarks; each prints ratios against a baseline measured in the same run.
-bench: deps
+bench: deps services
 	$(CARGO) bench -p backroom-integration
+	$(CARGO) bench -p backroom-nodeagent

@@ -176,10 +176,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                     Some(m) => self.handle(m),
                     None => return Ok(()),
                 },
-                _ = tick.tick() => {
-                    self.schedule_probes();
-                    self.reconcile();
-                }
+                _ = tick.tick() => self.reconcile(),
                 _ = resync.tick() => {
                     self.resync();
                 }

@@ -9,7 +9,7 @@
 mod actor;
 mod dispatch;
 mod observe;
-mod ops;
+pub mod ops;
 mod view;
 
 use std::path::PathBuf;

@@ -189,6 +189,8 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         for a in actions {
             self.dispatch(a, &rev);
         }
+        // A container that just started gets its first probe now, not on the next tick.
+        self.schedule_probes();
         self.update_states(now);
         self.check_applied(now);
         self.persist();

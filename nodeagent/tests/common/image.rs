@@ -48,6 +48,8 @@ impl TestImage {
         file(&mut b, "bin/busybox", 0o755, &busybox);
         file(&mut b, "www/index.html", 0o644, page.as_bytes());
         file(&mut b, "etc/passwd", 0o644, b"root:x:0:0:root:/:/bin/sh\n");
+        // Each image its own layer: tests running side by side share no snapshot.
+        file(&mut b, "etc/image-id", 0o644, super::unique("image").as_bytes());
         for applet in
             ["sh", "httpd", "sleep", "cat", "false", "dd", "hostname", "echo", "grep", "test"]
         {
