@@ -3,6 +3,7 @@
 //! - apply → 20 containers healthy vs 20 sequential `ctr run -d` (goal: under 5 s);
 //! - the nodeagent binary's idle RSS and CPU with 20 workloads (goal: nodeagent + netd + vmd
 //!   under 30 MB together).
+//!
 //! Needs containerd, the loopback registry and busybox (scripts/install-deps, start-services).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -32,7 +33,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn ctr(ns: &str, args: &[&str]) {
     let out = Command::new("ctr").arg("-n").arg(ns).args(args).output().expect("ctr (containerd)");
-    assert!(out.status.success(), "ctr {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ctr {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn ctr_rm(ns: &str, id: &str) {
@@ -51,7 +57,13 @@ fn container_spec(image: &str, name: &str) -> backroom_profiles::ContainerSpec {
     let text = format!(
         "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {{name: bench}}\nworkloads:\n  - {{name: {name}, kind: container, image: \"{image}\"}}\n"
     );
-    backroom_profiles::render_str("bench.yaml", &text).unwrap().profile.containers().next().unwrap().clone()
+    backroom_profiles::render_str("bench.yaml", &text)
+        .unwrap()
+        .profile
+        .containers()
+        .next()
+        .unwrap()
+        .clone()
 }
 
 fn fleet_profile(image: &str) -> String {
@@ -61,7 +73,9 @@ fn fleet_profile(image: &str) -> String {
             "  - name: web{i:02}\n    kind: container\n    image: \"{image}\"\n    health: {{tcp: {{port: 8080}}, interval: 1s, timeout: 1s}}\n"
         ));
     }
-    format!("apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {{name: bench}}\nworkloads:\n{w}")
+    format!(
+        "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {{name: bench}}\nworkloads:\n{w}"
+    )
 }
 
 async fn create_start(ns: &Namespace, image: &str) {
@@ -171,7 +185,10 @@ fn fleet(ns: &Namespace, image: &str, image_name: &str) {
         if nodectl_status(&socket).is_some_and(|s| all_healthy(&s)) {
             break t0.elapsed();
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "20 containers not healthy within 2 minutes");
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "20 containers not healthy within 2 minutes"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     println!(

@@ -19,7 +19,12 @@ fn config(dir: &std::path::Path) -> Config {
     cfg
 }
 
-fn start(dir: &std::path::Path, rt: &MemoryRuntime, net: &MemoryNetwork, vms: &MemoryVms) -> EngineHandle {
+fn start(
+    dir: &std::path::Path,
+    rt: &MemoryRuntime,
+    net: &MemoryNetwork,
+    vms: &MemoryVms,
+) -> EngineHandle {
     let (engine, handle) = Engine::new(config(dir), rt.clone(), net.clone(), vms.clone()).unwrap();
     tokio::spawn(async move {
         engine.run(None, || {}).await.unwrap();
@@ -71,14 +76,25 @@ async fn network_then_vms_then_containers_and_depends_on_a_vm() {
             order.push(e.message);
         }
     }
-    let pos = |prefix: &str| order.iter().position(|m| m.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix} in {order:#?}"));
+    let pos = |prefix: &str| {
+        order
+            .iter()
+            .position(|m| m.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} in {order:#?}"))
+    };
     assert!(pos("apply the network") < pos("apply the VMs"), "{order:#?}");
     assert!(pos("apply the VMs") < pos("start web"), "{order:#?}");
     assert_eq!(net.state().calls[0], format!("apply {}", &s.desired[..12]));
     assert!(net.state().calls.contains(&"attach web ".to_string()));
     let spec = rt.spec(&rt.started()[0]).unwrap();
     let json = serde_json::to_value(&spec).unwrap();
-    let netns = json["linux"]["namespaces"].as_array().unwrap().iter().find(|n| n["type"] == "network").unwrap().clone();
+    let netns = json["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["type"] == "network")
+        .unwrap()
+        .clone();
     assert_eq!(netns["path"], "/run/netns/bk-web", "the container joins netd's namespace");
     assert_eq!(s.workloads.iter().find(|w| w.name == "nvr").unwrap().state, "running");
 
@@ -94,7 +110,11 @@ async fn stop_first_update_that_fails_restores_the_previous_version() {
     rt.add_image("reg.example/b:1");
     rt.add_image("reg.example/b:2");
     let h = start(dir.path(), &rt, &net, &vms);
-    let batch = |tag: &str| render(&format!("  - name: batch\n    kind: container\n    image: reg.example/b:{tag}\n    update: stop-first\n"));
+    let batch = |tag: &str| {
+        render(&format!(
+            "  - name: batch\n    kind: container\n    image: reg.example/b:{tag}\n    update: stop-first\n"
+        ))
+    };
     h.apply(batch("1"), "v1".into()).await.unwrap();
     until(&h, "v1 running", |s| state(s, "batch") == "running").await;
     h.apply(batch("2"), "v2".into()).await.unwrap();
@@ -136,7 +156,9 @@ async fn the_desired_revision_is_on_disk_before_the_network_is_touched() {
     let p = render("  - name: web\n    kind: container\n    image: reg.example/web:1\n");
     let rev = p.revision.to_string();
     h.apply(p, "test".into()).await.unwrap();
-    let s = until(&h, "the network failure shown", |s| s.network.contains("uplink eno1 is missing")).await;
+    let s =
+        until(&h, "the network failure shown", |s| s.network.contains("uplink eno1 is missing"))
+            .await;
     assert!(rt.started().is_empty(), "no container before the network");
     assert_eq!(state(&s, "web"), "pending");
     let node: serde_json::Value =
