@@ -34,6 +34,7 @@ async fn node<N: Network>(ns: &Namespace, net: N, backoff_ms: u64) -> Node {
     cfg.backoff = Backoff { base_ms: backoff_ms, ..Backoff::default() };
     cfg.stop_grace = Duration::from_secs(2);
     cfg.tick = Duration::from_millis(200);
+    cfg.image_grace_ms = 0;
     let runtime = common::containerd(&ns.name).await;
     let (engine, handle) = Engine::new(cfg, runtime, net, NoVms).unwrap();
     let task = tokio::spawn(async move {
@@ -222,4 +223,61 @@ async fn start_first_updates_promote_a_healthy_version_and_roll_back_a_broken_on
     assert!(page.contains("version v2"), "{page}");
     assert_eq!(s.last_known_good.len(), 64);
     assert_ne!(s.applied, s.desired, "the broken revision is not applied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_first_updates_collect_old_images_and_restore_the_previous_version() {
+    require_services();
+    let ns = Namespace::new();
+    let tag = unique("t");
+    let mut refs = Vec::new();
+    for v in ["1", "2", "3"] {
+        refs.push(TestImage::web(v).push("backroom-test/sf", &format!("{tag}-{v}")).await);
+    }
+    let broken = TestImage::busybox(&["/bin/busybox", "false"], "")
+        .push("backroom-test/sf", &format!("{tag}-4"))
+        .await;
+    let node = node(&ns, backroom_nodeagent::network::NoNetwork, 500).await;
+    let batch = |image: &str| {
+        profile(&format!(
+            "  - name: batch\n    kind: container\n    image: {image}\n    health: {{tcp: {{port: 8080}}, interval: 1s, timeout: 1s}}\n    update: stop-first\n"
+        ))
+    };
+    for r in &refs {
+        node.handle.apply(batch(r), r.clone()).await.unwrap();
+        until(&node, "the version healthy", 60, |s| {
+            let w = workload(s, "batch");
+            w.image == *r && w.health == "healthy" && s.applied == s.desired
+        })
+        .await;
+    }
+    // Current (v3) and previous (v2) are kept; v1 is collected.
+    let rt = common::containerd(&ns.name).await;
+    let names = wait_for("v1 collected", Duration::from_secs(30), async || {
+        let names: Vec<String> = backroom_nodeagent::runtime::Runtime::images(&rt)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        if names.contains(&refs[0]) { None } else { Some(names) }
+    })
+    .await;
+    assert!(names.contains(&refs[1]) && names.contains(&refs[2]), "{names:?}");
+
+    let before = workload(&node.handle.status().await.unwrap(), "batch").container_id.clone();
+    node.handle.apply(batch(&broken), "broken".into()).await.unwrap();
+    let s = until(&node, "v3 restored", 60, |s| {
+        let w = workload(s, "batch");
+        s.actions.iter().any(|a| a.action.starts_with("roll batch back"))
+            && w.image == refs[2]
+            && w.health == "healthy"
+    })
+    .await;
+    let w = workload(&s, "batch");
+    assert_ne!(
+        w.container_id, before,
+        "stop-first: the old container was stopped, a new one restored"
+    );
+    assert!(w.reason.contains("rolled back"), "{w:?}");
 }

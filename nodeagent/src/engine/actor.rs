@@ -526,6 +526,10 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         self.store.save_node(&node)?;
         self.node = node;
         self.desired = Some(rendered);
+        // A new revision may fix what failed: try it without waiting out the old backoff.
+        for rec in self.records.values_mut() {
+            rec.backoff_until_ms = 0;
+        }
         self.network = PhaseState::default();
         self.vm_phase = PhaseState::default();
         self.emit(

@@ -75,6 +75,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                     self.dirty = true;
                 }
                 self.record_action(&workload, &line, Ok(String::new()));
+                self.collect_images();
             }
             Action::Start { workload, spec, role, .. } => {
                 let rec = self
