@@ -125,6 +125,15 @@ impl Store {
     pub fn save_records(&self, r: &Records) -> Result<()> {
         self.save_json("workloads.json", r)
     }
+
+    /// The latest action results (shown by `nodectl status`, kept across restarts).
+    pub fn load_actions<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>> {
+        self.load_json("actions.json")
+    }
+
+    pub fn save_actions<T: Serialize>(&self, actions: &[T]) -> Result<()> {
+        self.save_json("actions.json", &actions)
+    }
 }
 
 #[cfg(test)]

@@ -207,6 +207,14 @@ async fn kill_9_leaves_containers_running_and_the_new_agent_adopts_them() {
         assert_eq!(w["restarts"], 0);
     }
     assert_eq!(pids(&ns).await, pids_before, "no container was restarted");
+    assert!(
+        s["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"].as_str().unwrap().starts_with("start web")),
+        "action results are kept across restarts: {s:#}"
+    );
 
     // The log reader came back too, and nodectl restart restarts.
     let (code, out, err) = nodectl(dir.path(), &["logs", "worker"]);

@@ -49,6 +49,7 @@ pub struct Engine<R, N, V> {
     pub(super) waiters: HashMap<String, JoinHandle<()>>,
     pub(super) probing: BTreeSet<String>,
     pub(super) actions: VecDeque<ActionResult>,
+    pub(super) actions_dirty: bool,
     pub(super) network: PhaseState,
     pub(super) vm_phase: PhaseState,
     pub(super) vm_states: Vec<VmState>,
@@ -76,6 +77,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         let store = Store::open(&cfg.state_dir)?;
         let node = store.load_node()?;
         let records = store.load_records()?;
+        let actions: VecDeque<ActionResult> = store.load_actions()?.into();
         let logs = Logs::new(&cfg.state_dir);
         let (tx, rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(256);
@@ -102,7 +104,8 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             pumps: HashMap::new(),
             waiters: HashMap::new(),
             probing: BTreeSet::new(),
-            actions: VecDeque::new(),
+            actions,
+            actions_dirty: false,
             network: PhaseState::default(),
             vm_phase: PhaseState::default(),
             vm_states: Vec::new(),
@@ -149,6 +152,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             message,
         });
         self.actions.truncate(ACTIONS_KEPT);
+        self.actions_dirty = true;
     }
 
     /// Adopts what runs, takes the boot profile, then serves until the process ends.

@@ -197,6 +197,13 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
     }
 
     pub(super) fn persist(&mut self) {
+        if self.actions_dirty {
+            let list: Vec<_> = self.actions.iter().collect();
+            match self.store.save_actions(&list) {
+                Ok(()) => self.actions_dirty = false,
+                Err(e) => tracing::error!("cannot save the action results: {e}"),
+            }
+        }
         if !self.dirty {
             return;
         }

@@ -1,7 +1,7 @@
 //! What the engine shows: each workload's state with its reason, the action results, the events.
 //! `derive_state` is a pure function of a record (unit-tested).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::record::{HealthStatus, WorkloadRecord};
 use crate::restart::{Backoff, should_restart};
@@ -15,7 +15,7 @@ pub struct Event {
     pub message: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionResult {
     pub at_ms: u64,
     pub workload: String,
