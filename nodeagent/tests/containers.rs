@@ -281,3 +281,105 @@ async fn stop_first_updates_collect_old_images_and_restore_the_previous_version(
     );
     assert!(w.reason.contains("rolled back"), "{w:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_sharing_a_fresh_image_pull_it_side_by_side() {
+    require_services();
+    let ns = Namespace::new();
+    let image = TestImage::busybox(&["/bin/busybox", "sleep", "100000"], "shared");
+    let reference = image.push("backroom-test/shared", &unique("t")).await;
+    let node = node(&ns, backroom_nodeagent::network::NoNetwork, 500).await;
+    let mut w = String::new();
+    for i in 0..4 {
+        w.push_str(&format!("  - name: s{i}\n    kind: container\n    image: {reference}\n"));
+    }
+    node.handle.apply(profile(&w), "shared".into()).await.unwrap();
+    let s =
+        until(&node, "all four running", 60, |s| s.workloads.iter().all(|w| w.state == "running"))
+            .await;
+    assert!(s.workloads.iter().all(|w| w.image_digest == image.digest()), "{s:#?}");
+    assert!(s.actions.iter().all(|a| a.ok), "{:#?}", s.actions);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_layer_directory_is_unpacked_again_on_start() {
+    use backroom_nodeagent::runtime::{CreateRequest, Runtime};
+    use containerd_client::services::v1::snapshots::{
+        PrepareSnapshotRequest, RemoveSnapshotRequest, snapshots_client::SnapshotsClient,
+    };
+    require_services();
+    let ns = Namespace::new();
+    let reference = TestImage::busybox(&["/bin/busybox", "sleep", "100000"], "lost")
+        .push("backroom-test/lost", &unique("t"))
+        .await;
+    let rt = common::containerd(&ns.name).await;
+    let image = rt.ensure_image(&reference.parse().unwrap()).await.unwrap();
+
+    // Find the layer's directory through a throwaway snapshot's mounts, then lose it, as
+    // containerd 1.6's GC sometimes does.
+    let mut snaps =
+        SnapshotsClient::new(containerd_client::connect(common::CONTAINERD_SOCKET).await.unwrap());
+    fn with_ns<T>(ns: &str, m: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(m);
+        r.metadata_mut().insert("containerd-namespace", ns.parse().unwrap());
+        r
+    }
+    let mounts = snaps
+        .prepare(with_ns(
+            &ns.name,
+            PrepareSnapshotRequest {
+                snapshotter: "overlayfs".into(),
+                key: "look".into(),
+                parent: image.chain_id.clone(),
+                labels: Default::default(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .mounts;
+    snaps
+        .remove(with_ns(
+            &ns.name,
+            RemoveSnapshotRequest { snapshotter: "overlayfs".into(), key: "look".into() },
+        ))
+        .await
+        .unwrap();
+    let lower =
+        mounts[0].options.iter().find_map(|o| o.strip_prefix("lowerdir=")).unwrap().to_string();
+    std::fs::remove_dir_all(&lower).unwrap();
+
+    let state = tempfile::tempdir().unwrap();
+    let logs = backroom_nodeagent::logs::Logs::new(state.path());
+    let (stdout, stderr) = logs.prepare("lost.1").unwrap();
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut process = spec.process().clone().unwrap();
+    process.set_args(Some(vec!["/bin/busybox".into(), "sleep".into(), "100000".into()]));
+    spec.set_process(Some(process));
+    spec.set_hostname(Some("lost".into()));
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_cgroups_path(Some(rt.cgroups_path("lost.1").into()));
+    spec.set_linux(Some(linux));
+    let pids = logs.pump("lost", "lost.1").unwrap();
+    let pid = rt
+        .start(CreateRequest {
+            id: "lost.1".into(),
+            image,
+            spec,
+            labels: [("backroom.workload".to_string(), "lost".to_string())].into(),
+            stdout,
+            stderr,
+        })
+        .await
+        .expect("the start unpacks the image again and succeeds");
+    assert!(pid > 0);
+    let listed = rt.list().await.unwrap();
+    assert!(
+        listed.iter().any(|o| o.id == "lost.1"
+            && matches!(o.task, backroom_nodeagent::runtime::TaskState::Running { .. })),
+        "{listed:?}"
+    );
+    for p in pids {
+        p.abort();
+    }
+}

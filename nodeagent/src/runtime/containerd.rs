@@ -145,12 +145,28 @@ impl Containerd {
     }
 
     pub(super) async fn start_impl(&self, req: CreateRequest) -> Result<u32> {
+        match self.start_once(&req).await {
+            Err(e) if lost_layer(&e) => {
+                // containerd 1.6 sometimes loses an unpacked layer's directory while its GC runs
+                // (seen when images are deleted at the same time): unpack the image again and
+                // try once more instead of failing the workload.
+                tracing::warn!(container = %req.id, "{e}; unpacking {} again", req.image.name);
+                let _ = self.remove_impl(&req.id, Duration::from_secs(1)).await;
+                let image = self.unpack_again(&req.image).await?;
+                let retry = CreateRequest { image, ..req };
+                self.start_once(&retry).await
+            }
+            r => r,
+        }
+    }
+
+    async fn start_once(&self, req: &CreateRequest) -> Result<u32> {
         let spec_json = serde_json::to_vec(&req.spec)
             .map_err(|e| Error::Invalid(format!("cannot encode the runtime spec: {e}")))?;
         let mounts = self.rootfs(&req.id, &req.image.chain_id).await?;
         let container = Container {
             id: req.id.clone(),
-            labels: req.labels.into_iter().collect(),
+            labels: req.labels.clone().into_iter().collect(),
             image: req.image.name.clone(),
             runtime: Some(ContainerRuntime { name: RUNC.into(), options: None }),
             spec: Some(Any { type_url: SPEC_TYPE_URL.into(), value: spec_json }),
@@ -348,6 +364,13 @@ impl Containerd {
     pub(super) fn cgroups_path_impl(&self, id: &str) -> String {
         format!("/backroom/{}/{id}", self.config.namespace)
     }
+}
+
+/// A start that failed because an unpacked layer's directory is gone.
+fn lost_layer(e: &Error) -> bool {
+    let m = e.to_string();
+    m.contains("failed to mount rootfs component")
+        || (m.contains("failed to stat parent") && m.contains("no such file"))
 }
 
 /// Whether the kernel's OOM killer struck in the container's cgroup (v1 or v2 layout).

@@ -159,7 +159,9 @@ impl Containerd {
     }
 
     async fn lease_create(&self) -> Result<String> {
-        let id = format!("backroom-import-{}-{}", std::process::id(), crate::now_ms());
+        static LEASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = LEASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("backroom-import-{}-{}-{n}", std::process::id(), crate::now_ms());
         let mut labels = std::collections::HashMap::new();
         // A lease outlives a crashed import by an hour at most.
         let expire = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
@@ -201,7 +203,10 @@ impl Containerd {
         if self.content_exists(&desc.digest).await? {
             return Ok(());
         }
-        let reference = format!("backroom-{}-{}", crate::now_ms(), &desc.digest);
+        // Unique per write: two workloads pulling one image at once must not share an ingest.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let reference = format!("backroom-{}-{n}-{}", std::process::id(), &desc.digest);
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
         let total = desc.size;
         let expected = desc.digest.clone();
@@ -316,7 +321,9 @@ impl Containerd {
                 parent = chain;
                 continue;
             }
-            let key = format!("extract-{}-{} {chain}", std::process::id(), crate::now_ms());
+            static KEYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = KEYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let key = format!("extract-{}-{}-{n} {chain}", std::process::id(), crate::now_ms());
             let mounts = self
                 .snapshots()
                 .prepare(self.req_lease(
@@ -558,6 +565,38 @@ impl Containerd {
             config,
             chain_id: top,
         })
+    }
+
+    /// Drops the image's layer snapshots (those no container still builds on) and unpacks it
+    /// again.
+    pub(super) async fn unpack_again(&self, image: &ImageInfo) -> Result<ImageInfo> {
+        for chain in chain_ids(&image.config.diff_ids).iter().rev() {
+            let r = self
+                .snapshots()
+                .remove(self.req(RemoveSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: chain.clone(),
+                }))
+                .await;
+            if let Err(s) = r {
+                tracing::warn!("cannot remove snapshot {chain}: {}", s.message());
+                break;
+            }
+        }
+        let img =
+            self.images_client()
+                .get(self.req(containerd_client::services::v1::GetImageRequest {
+                    name: image.name.clone(),
+                }))
+                .await
+                .map_err(|s| status_err(&format!("get image {}", image.name), s))?
+                .into_inner()
+                .image;
+        let target = img.as_ref().and_then(desc_of).ok_or_else(|| Error::Image {
+            image: image.name.clone(),
+            message: "it has no target".into(),
+        })?;
+        self.image_info(&image.name, &target).await
     }
 
     pub(super) async fn images_impl(&self) -> Result<Vec<StoredImage>> {
