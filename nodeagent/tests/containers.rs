@@ -338,13 +338,25 @@ async fn a_lost_layer_directory_is_unpacked_again_on_start() {
         .unwrap()
         .into_inner()
         .mounts;
-    snaps
-        .remove(with_ns(
-            &ns.name,
-            RemoveSnapshotRequest { snapshotter: "overlayfs".into(), key: "look".into() },
-        ))
-        .await
-        .unwrap();
+    let mut last = None;
+    for _ in 0..20 {
+        let r = snaps
+            .remove(with_ns(
+                &ns.name,
+                RemoveSnapshotRequest { snapshotter: "overlayfs".into(), key: "look".into() },
+            ))
+            .await;
+        match r {
+            Ok(_) => {
+                last = None;
+                break;
+            }
+            // containerd answers "unavailable" while its GC holds the snapshotter.
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(last.is_none(), "cannot remove the throwaway snapshot: {last:?}");
     let lower =
         mounts[0].options.iter().find_map(|o| o.strip_prefix("lowerdir=")).unwrap().to_string();
     std::fs::remove_dir_all(&lower).unwrap();

@@ -70,9 +70,15 @@ impl Drop for Namespace {
             rt.block_on(async {
                 let c = containerd(&ns).await;
                 let mut failures = Vec::new();
-                for o in c.list().await.unwrap_or_default() {
-                    if let Err(e) = c.remove(&o.id, Duration::from_secs(2)).await {
-                        failures.push(e.to_string());
+                // Twice: an operation of the stopped engine may still create a container.
+                for pass in 0..2 {
+                    if pass == 1 {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                    }
+                    for o in c.list().await.unwrap_or_default() {
+                        if let Err(e) = c.remove(&o.id, Duration::from_secs(2)).await {
+                            failures.push(e.to_string());
+                        }
                     }
                 }
                 for i in c.images().await.unwrap_or_default() {
