@@ -17,7 +17,7 @@ use virt::sys;
 
 use crate::error::{Error, Result};
 use crate::hypervisor::{DomState, Domain, Hypervisor, Lifecycle, LifecycleEvent, StopCause};
-use crate::xml::{METADATA_NS, METADATA_PREFIX, Meta, parse_meta};
+use crate::xml::{METADATA_NS, METADATA_PREFIX, Meta, parse_meta_element};
 
 static EVENT_LOOP: OnceLock<Result<(), String>> = OnceLock::new();
 
@@ -190,7 +190,7 @@ impl Libvirt {
         let meta = d
             .metadata(sys::VIR_DOMAIN_METADATA_ELEMENT as i32, Some(METADATA_NS), 0)
             .ok()
-            .and_then(|x| parse_meta(&x));
+            .and_then(|x| parse_meta_element(&x));
         Ok(Domain { state: dom_state(d), name, meta })
     }
 

@@ -326,6 +326,16 @@ impl Vmd {
     /// vmd's start-up: takes over the domains of the profile applied last (no redefinition,
     /// no restart of a running VM), creates missing ones, starts stopped ones unless parked.
     pub async fn adopt(&self) -> Result<Vec<String>> {
+        self.adopt_with(Mode::Adopt).await
+    }
+
+    /// Learns the VMs of the applied profile and their state from libvirt, changing nothing
+    /// (for one-shot commands run without the daemon).
+    pub async fn observe(&self) -> Result<()> {
+        self.adopt_with(Mode::Observe).await.map(|_| ())
+    }
+
+    async fn adopt_with(&self, mode: Mode) -> Result<Vec<String>> {
         let _ops = self.inner.ops.lock().await;
         let (rev, yaml) = {
             let st = self.st();
@@ -335,7 +345,7 @@ impl Vmd {
             return Ok(vec!["no profile applied yet: nothing to adopt".into()]);
         };
         let r = backroom_profiles::render_str("state.json", &yaml).map_err(Error::Invalid)?;
-        self.reconcile(&r.profile, &rev, &yaml, Mode::Adopt).await
+        self.reconcile(&r.profile, &rev, &yaml, mode).await
     }
 
     async fn reconcile(&self, profile: &Profile, revision: &str, yaml: &str, mode: Mode) -> Result<Vec<String>> {
@@ -408,6 +418,9 @@ impl Vmd {
                 st.persisted.profile_yaml = Some(yaml.into());
             }
         }
+        if mode == Mode::Observe {
+            return Ok(actions.iter().map(|a| format!("{a:?}")).collect());
+        }
         self.save();
 
         let mut lines = Vec::new();
@@ -458,6 +471,7 @@ impl Vmd {
     async fn prepare(&self, d: &DesiredVm) -> Result<Vec<String>> {
         let storage = self.storage();
         let mut notes = Vec::new();
+        storage.ensure_dir(&self.inner.layout.vm_dir(&d.name))?;
         if let backroom_profiles::Boot { kernel: Some(k), .. } = &d.spec.boot {
             for p in std::iter::once(&k.kernel).chain(k.initrd.iter()) {
                 if !storage.exists(std::path::Path::new(p)) {
@@ -525,6 +539,7 @@ impl Vmd {
     /// Starts a defined domain and records it.
     pub(crate) async fn start_domain(&self, vm: &str) -> Result<()> {
         self.set_state(vm, VmState::Starting, "");
+        self.storage().ensure_dir(&self.inner.layout.vm_dir(vm))?;
         let (hv, dn) = (self.hv(), xml::domain_name(vm));
         blocking(move || hv.start(&dn)).await?;
         {

@@ -113,6 +113,9 @@ pub enum Mode {
     /// vmd's own start: take over what exists; create what is missing and start what should
     /// run, but never redefine or remove a domain (that waits for the next Apply).
     Adopt,
+    /// Read only: learn what exists (one-shot commands without the daemon); plans as Adopt,
+    /// carries nothing out.
+    Observe,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,7 +155,7 @@ pub fn plan(
             if !wanted.contains(&o.name) {
                 actions.push(match mode {
                     Mode::Apply => Action::Remove(m.workload.clone()),
-                    Mode::Adopt => Action::Orphan(m.workload.clone()),
+                    Mode::Adopt | Mode::Observe => Action::Orphan(m.workload.clone()),
                 });
             }
         }
@@ -169,8 +172,8 @@ pub fn plan(
         if meta.spec != d.spec_hash {
             actions.push(match mode {
                 Mode::Apply => Action::Update(d.name.clone()),
-                Mode::Adopt if !running && should_run => Action::Start(d.name.clone()),
-                Mode::Adopt => Action::Differs(d.name.clone()),
+                Mode::Adopt | Mode::Observe if !running && should_run => Action::Start(d.name.clone()),
+                Mode::Adopt | Mode::Observe => Action::Differs(d.name.clone()),
             });
         } else if !running && should_run {
             if meta.revision != revision && mode == Mode::Apply {

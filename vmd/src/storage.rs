@@ -37,6 +37,8 @@ pub trait Storage: Send + Sync {
     fn ensure_data_disk(&self, path: &Path, size: u64) -> Result<bool>;
     fn write_seed(&self, path: &Path, seed: &Seed) -> Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// Makes a VM's folder (virtlogd writes its console log there).
+    fn ensure_dir(&self, dir: &Path) -> Result<()>;
     fn remove(&self, path: &Path) -> Result<()>;
     /// The files in a VM's folder.
     fn list(&self, dir: &Path) -> Vec<PathBuf>;
@@ -194,6 +196,10 @@ impl Storage for FsStorage {
         path.exists()
     }
 
+    fn ensure_dir(&self, dir: &Path) -> Result<()> {
+        self.ensure_parent(&dir.join("x"))
+    }
+
     fn remove(&self, path: &Path) -> Result<()> {
         match std::fs::remove_file(path) {
             Ok(()) => Ok(()),
@@ -251,6 +257,10 @@ impl Storage for MemStorage {
 
     fn write_seed(&self, path: &Path, seed: &Seed) -> Result<()> {
         self.put(path, seed.network_config.clone());
+        Ok(())
+    }
+
+    fn ensure_dir(&self, _dir: &Path) -> Result<()> {
         Ok(())
     }
 

@@ -22,6 +22,18 @@ pub fn domain_name(workload: &str) -> String {
     format!("{DOMAIN_PREFIX}{workload}")
 }
 
+/// A domain's UUID, derived from its workload name: libvirt only lets a definition replace
+/// another with the same UUID, and a derived one keeps the XML a pure function of the spec.
+pub fn domain_uuid(workload: &str) -> String {
+    let h = Sha256::digest(format!("backroom-vmd-domain\0{workload}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    b[6] = (b[6] & 0x0f) | 0x50; // version 5 style (name-based)
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    let x = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &x[..8], &x[8..12], &x[12..16], &x[16..20], &x[20..])
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Firmware {
     Bios,
@@ -94,6 +106,7 @@ fn render(s: &DomainSpec, meta: Option<&Meta>) -> String {
     let virt = s.virt_type.domain_type();
     let _ = writeln!(x, "<domain type='{virt}'>");
     let _ = writeln!(x, "  <name>{}</name>", esc(&domain_name(&s.workload)));
+    let _ = writeln!(x, "  <uuid>{}</uuid>", domain_uuid(&s.workload));
     if let Some(m) = meta {
         let _ = writeln!(x, "  <metadata>");
         let _ = writeln!(x, "    <{METADATA_PREFIX}:vm xmlns:{METADATA_PREFIX}='{METADATA_NS}'>");
@@ -216,6 +229,16 @@ pub fn parse_meta(xml: &str) -> Option<Meta> {
     })
 }
 
+/// Reads the element `virDomainGetMetadata` returns for vmd's namespace (libvirt already
+/// picked it by namespace and gives it back without one).
+pub fn parse_meta_element(xml: &str) -> Option<Meta> {
+    Some(Meta {
+        workload: element_text(xml, "workload")?,
+        revision: element_text(xml, "revision").unwrap_or_default(),
+        spec: element_text(xml, "spec").unwrap_or_default(),
+    })
+}
+
 /// The text of the first element whose local name is `local`.
 fn element_text(xml: &str, local: &str) -> Option<String> {
     let mut rest = xml;
@@ -326,6 +349,8 @@ mod tests {
         let m = parse_meta(other).unwrap();
         assert_eq!((m.workload.as_str(), m.revision.as_str(), m.spec.as_str()), ("a&b", "r", "s"));
         assert_eq!(parse_meta("<domain><name>theirs</name></domain>"), None);
+        let m = parse_meta_element("<vm>\n  <workload>disk</workload>\n  <revision>r</revision>\n</vm>").unwrap();
+        assert_eq!((m.workload.as_str(), m.revision.as_str()), ("disk", "r"));
     }
 
     #[test]

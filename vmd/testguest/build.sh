@@ -17,7 +17,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${1:-${VMD_TESTGUEST_DIR:-/var/cache/backroom/vmd-testguest}}
 # Bump when the recipe changes: a cache made by another recipe is rebuilt.
-RECIPE=3
+RECIPE=6
 say() { printf 'testguest: %s\n' "$*" >&2; }
 fail() { say "$*"; exit 1; }
 
@@ -61,10 +61,10 @@ fi
 if [ ! -s "$DIR/initrd.img" ]; then
   say "building initrd.img"
   root="$WORK/initrd"
-  mkdir -p "$root"/{bin,sbin,dev,proc,sys,mnt/seed,lib/modules,www,etc}
+  mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,mnt/seed,lib/modules,www,etc}
   cp /bin/busybox "$root/bin/busybox"
   for a in sh cat echo mount umount mkdir sleep ip insmod poweroff reboot sed grep cut tr \
-           blkid findfs ls head httpd nc dmesg awk; do
+           ls head httpd nc dmesg awk; do
     ln -s busybox "$root/bin/$a"
   done
   cp "$DIR"/modules/*.ko "$root/lib/modules/"

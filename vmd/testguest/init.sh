@@ -20,14 +20,24 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
          failover net_failover virtio_net cdrom isofs; do
   insmod /lib/modules/$m.ko 2>/dev/null
 done
-sleep 1
+# virtio devices appear asynchronously after the modules load (slowly under TCG).
+i=0
+while [ $i -lt 50 ] && ! ls /dev/vd? >/dev/null 2>&1 && ! ls /sys/class/net/eth0 >/dev/null 2>&1; do
+  sleep 0.2; i=$((i+1))
+done
+sleep 0.5
+echo "BACKROOM-DISKS $(ls /dev/vd? 2>/dev/null | tr '\n' ' ')"
 
+# The NoCloud seed: the read-only ISO 9660 disk that holds meta-data (busybox has no blkid).
 seed=""
 for dev in /dev/vd? /dev/sr?; do
   [ -b "$dev" ] || continue
-  if blkid "$dev" 2>/dev/null | grep -qi 'LABEL="cidata"'; then seed=$dev; fi
+  if mount -t iso9660 -o ro "$dev" /mnt/seed 2>/dev/null; then
+    if [ -f /mnt/seed/meta-data ]; then seed=$dev; break; fi
+    umount /mnt/seed
+  fi
 done
-if [ -n "$seed" ] && mount -t iso9660 -o ro "$seed" /mnt/seed; then
+if [ -n "$seed" ]; then
   echo "BACKROOM-SEED device=$seed"
   echo "BACKROOM-META-DATA-BEGIN"; cat /mnt/seed/meta-data; echo "BACKROOM-META-DATA-END"
   echo "BACKROOM-NETWORK-CONFIG-BEGIN"; cat /mnt/seed/network-config; echo "BACKROOM-NETWORK-CONFIG-END"
