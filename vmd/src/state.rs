@@ -97,6 +97,20 @@ impl StateLock {
         }
         Ok(StateLock { _file: file, path: path.into() })
     }
+
+    /// Like [`StateLock::acquire`], retrying for `wait` (a one-shot command may hold the lock
+    /// for a moment while the daemon starts).
+    pub fn acquire_wait(path: &Path, wait: std::time::Duration) -> Result<Self> {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            match Self::acquire(path) {
+                Err(Error::Locked(_)) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                r => return r,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

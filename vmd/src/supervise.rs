@@ -209,7 +209,9 @@ impl Vmd {
             let now = Instant::now();
             st.rt
                 .iter_mut()
+                // A booting guest is not judged before the settle time.
                 .filter(|(_, r)| r.state == VmState::Running && !r.busy)
+                .filter(|(_, r)| r.started_at.is_some_and(|t| t.elapsed() >= self.inner.cfg.settle))
                 .filter_map(|(n, r)| {
                     let h = r.spec.health.clone()?;
                     let addr = r.nics.iter().find_map(|n| n.address)?.addr();

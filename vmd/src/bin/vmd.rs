@@ -142,9 +142,10 @@ impl Common {
     }
 
     /// vmd in this process, on libvirt, holding the state folder's lock.
-    async fn local(&self) -> Result<(Vmd, StateLock, Arc<Libvirt>)> {
+    async fn local(&self, wait: Duration) -> Result<(Vmd, StateLock, Arc<Libvirt>)> {
         let layout = Layout::new(&self.state_dir);
-        let lock = StateLock::acquire(&layout.lock_file())?;
+        let lf = layout.lock_file();
+        let lock = tokio::task::spawn_blocking(move || StateLock::acquire_wait(&lf, wait)).await??;
         let uri = self.libvirt_uri.clone();
         let hv = Arc::new(tokio::task::spawn_blocking(move || Libvirt::open(&uri)).await??);
         let nics: Arc<dyn NicSource> = match &self.netd_socket {
@@ -230,7 +231,7 @@ async fn run(cli: Cli) -> Result<()> {
                     println!("{a}");
                 }
             } else {
-                let (vmd, _lock, _hv) = common.local().await?;
+                let (vmd, _lock, _hv) = common.local(Duration::ZERO).await?;
                 let out = vmd.apply(&r).await;
                 match out {
                     Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
@@ -248,7 +249,7 @@ async fn run(cli: Cli) -> Result<()> {
             let vms = if let Some(mut d) = c.daemon().await {
                 d.list(backroom_api::vmd::ListRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner().vms
             } else {
-                let (vmd, _lock, _hv) = c.local().await?;
+                let (vmd, _lock, _hv) = c.local(Duration::ZERO).await?;
                 vmd.observe().await?;
                 vmd.list().into_iter().map(to_pb).collect()
             };
@@ -282,7 +283,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Start { name, common } => vm_op(&common, &name, Op::Start).await,
         Command::Restart { name, common } => vm_op(&common, &name, Op::Restart).await,
         Command::Teardown { purge, common } => {
-            let (vmd, _lock, _hv) = common.local().await.context("teardown works without the daemon")?;
+            let (vmd, _lock, _hv) = common.local(Duration::ZERO).await.context("teardown works without the daemon")?;
             match vmd.teardown(purge).await {
                 Ok(lines) => {
                     lines.iter().for_each(|l| println!("{l}"));
@@ -322,7 +323,7 @@ async fn vm_op(c: &Common, name: &str, op: Op) -> Result<()> {
         };
         r.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner().vm
     } else {
-        let (vmd, _lock, _hv) = c.local().await?;
+        let (vmd, _lock, _hv) = c.local(Duration::ZERO).await?;
         vmd.observe().await?;
         let s = match op {
             Op::Start => vmd.start_vm(name).await,
@@ -336,7 +337,7 @@ async fn vm_op(c: &Common, name: &str, op: Op) -> Result<()> {
 }
 
 async fn serve_daemon(c: Common) -> Result<()> {
-    let (vmd, _lock, hv) = c.local().await?;
+    let (vmd, _lock, hv) = c.local(Duration::from_secs(15)).await?;
     tracing::info!(socket = %c.socket.display(), state_dir = %c.state_dir.display(), libvirt = hv.uri(), "vmd starting");
     // The probe runs now, in the background; Apply waits for it when it needs it.
     {
