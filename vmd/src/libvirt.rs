@@ -241,8 +241,14 @@ impl Hypervisor for Libvirt {
     fn undefine(&self, name: &str) -> Result<()> {
         self.with(|c| {
             let Some(d) = Self::lookup(c, name)? else { return Ok(()) };
-            d.undefine_flags(sys::VIR_DOMAIN_UNDEFINE_NVRAM | sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
-                .map_err(|e| Error::libvirt(format!("undefining {name}"), e))
+            // UEFI domains have an NVRAM file to remove too; drivers without NVRAM refuse the flag.
+            match d.undefine_flags(sys::VIR_DOMAIN_UNDEFINE_NVRAM | sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE) {
+                Ok(()) => Ok(()),
+                Err(e) if matches!(e.code(), Enum::Known(virt::error::ErrorNumber::InvalidArg)) => {
+                    d.undefine().map_err(|e| Error::libvirt(format!("undefining {name}"), e))
+                }
+                Err(e) => Err(Error::libvirt(format!("undefining {name}"), e)),
+            }
         })
     }
 
