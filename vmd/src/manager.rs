@@ -37,6 +37,8 @@ pub struct Config {
     pub virt_type: VirtTypeSetting,
     pub qemu_binary: std::path::PathBuf,
     pub kvm_probe_timeout: Duration,
+    /// The kernel the KVM probe boots after its boot sector (None: the sector only).
+    pub kvm_probe_kernel: Option<std::path::PathBuf>,
     /// How long a guest has to power off after the ACPI request before it is destroyed.
     pub shutdown_timeout: Duration,
     /// How long an updated VM must keep running before the update counts as done.
@@ -62,6 +64,7 @@ impl Default for Config {
             virt_type: VirtTypeSetting::Auto,
             qemu_binary: "/usr/bin/qemu-system-x86_64".into(),
             kvm_probe_timeout: Duration::from_secs(5),
+            kvm_probe_kernel: crate::virt_type::default_probe_kernel(),
             shutdown_timeout: Duration::from_secs(60),
             settle: Duration::from_secs(10),
             update_timeout: Duration::from_secs(300),
@@ -244,7 +247,14 @@ impl Vmd {
         self.inner
             .virt
             .get_or_init(|| async {
-                let c = crate::virt_type::choose(cfg.virt_type, &cfg.qemu_binary, self.inner.layout.root(), cfg.kvm_probe_timeout).await;
+                let c = crate::virt_type::choose(
+                    cfg.virt_type,
+                    &cfg.qemu_binary,
+                    self.inner.layout.root(),
+                    cfg.kvm_probe_timeout,
+                    cfg.kvm_probe_kernel.as_deref(),
+                )
+                .await;
                 tracing::info!(virt_type = c.virt_type.domain_type(), reason = %c.reason, "virtualisation type chosen");
                 c
             })

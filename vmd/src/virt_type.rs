@@ -46,16 +46,25 @@ pub struct VirtChoice {
 
 const MARKER: &[u8] = b"BKPROBE";
 
-/// A boot sector that writes `BKPROBE\n` to COM1 and halts.
-pub fn probe_boot_sector() -> Vec<u8> {
-    let mut code = vec![0xBA, 0xF8, 0x03]; // mov dx, 0x3f8
-    for &b in MARKER.iter().chain(b"\n") {
-        code.extend_from_slice(&[0xB0, b, 0xEE]); // mov al, b; out dx, al
-    }
-    code.extend_from_slice(&[0xFA, 0xF4, 0xEB, 0xFD]); // cli; hlt; jmp $-1
-    code.resize(510, 0);
-    code.extend_from_slice(&[0x55, 0xAA]);
-    code
+/// The probe guest: one boot sector (source: `probe/kvm-probe.S`) that goes through real mode,
+/// timer interrupts, A20, string I/O, protected mode, long mode and 64 MiB of memory, printing
+/// a letter after each step, then `BKPROBE`.
+pub fn probe_boot_sector() -> &'static [u8] {
+    include_bytes!("../probe/kvm-probe.bin")
+}
+
+/// What the kernel probe waits for: the kernel's first console line.
+const KERNEL_MARKER: &[u8] = b"Linux version";
+
+/// The kernel the probe boots when none is given: the host's own, where there is one.
+pub fn default_probe_kernel() -> Option<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/boot")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .collect();
+    found.sort();
+    found.pop().or_else(|| Some(std::path::PathBuf::from("/vmlinuz")).filter(|p| p.exists()))
 }
 
 /// Decides the virtualisation type for `setting`. Only `Auto` runs the probe.
@@ -64,6 +73,7 @@ pub async fn choose(
     qemu: &Path,
     work_dir: &Path,
     timeout: Duration,
+    kernel: Option<&Path>,
 ) -> VirtChoice {
     match setting {
         VirtTypeSetting::Kvm => {
@@ -73,11 +83,8 @@ pub async fn choose(
             virt_type: VirtType::Qemu,
             reason: "--virt-type qemu: TCG emulation, as asked".into(),
         },
-        VirtTypeSetting::Auto => match probe_kvm(qemu, work_dir, timeout).await {
-            Ok(()) => VirtChoice {
-                virt_type: VirtType::Kvm,
-                reason: "auto: a test guest ran under KVM".into(),
-            },
+        VirtTypeSetting::Auto => match probe_kvm(qemu, work_dir, timeout, kernel).await {
+            Ok(what) => VirtChoice { virt_type: VirtType::Kvm, reason: format!("auto: {what} ran under KVM") },
             Err(why) => VirtChoice {
                 virt_type: VirtType::Qemu,
                 reason: format!("auto: KVM does not run guests here ({why}): using QEMU's TCG emulation"),
@@ -86,8 +93,10 @@ pub async fn choose(
     }
 }
 
-/// Boots the probe sector under KVM; `Err` says why KVM is not usable.
-pub async fn probe_kvm(qemu: &Path, work_dir: &Path, timeout: Duration) -> Result<(), String> {
+/// Boots the probe sector under KVM, then (when there is one) a Linux kernel: nested KVM on
+/// some machines runs the first and hangs in the second. `Ok` says what ran; `Err` why KVM is
+/// not usable.
+pub async fn probe_kvm(qemu: &Path, work_dir: &Path, timeout: Duration, kernel: Option<&Path>) -> Result<String, String> {
     let dev = Path::new("/dev/kvm");
     if !dev.exists() {
         return Err("/dev/kvm does not exist".into());
@@ -98,33 +107,40 @@ pub async fn probe_kvm(qemu: &Path, work_dir: &Path, timeout: Duration) -> Resul
     let img = work_dir.join(format!("kvm-probe-{}.img", std::process::id()));
     std::fs::write(&img, probe_boot_sector())
         .map_err(|e| format!("cannot write the probe image {}: {e}", img.display()))?;
-    let result = run_probe(qemu, &img, timeout).await;
+    let drive = format!("file={},format=raw,if=ide", img.display());
+    let sector = run_probe(qemu, &["-m", "96", "-drive", &drive], MARKER, timeout).await;
     let _ = std::fs::remove_file(&img);
-    result
+    sector.map_err(|e| format!("the probe boot sector {e}"))?;
+    let Some(k) = kernel else { return Ok("the probe boot sector (no kernel to try)".into()) };
+    let k = k.display().to_string();
+    run_probe(qemu, &["-m", "256", "-kernel", &k, "-append", "console=ttyS0 earlyprintk=ttyS0"], KERNEL_MARKER, timeout)
+        .await
+        .map_err(|e| format!("the probe boot sector ran, but the kernel {k} {e}"))?;
+    Ok(format!("the probe boot sector and the kernel {k}"))
 }
 
-async fn run_probe(qemu: &Path, img: &Path, timeout: Duration) -> Result<(), String> {
+async fn run_probe(qemu: &Path, args: &[&str], marker: &[u8], timeout: Duration) -> Result<(), String> {
     let mut child = tokio::process::Command::new(qemu)
-        .args(["-accel", "kvm", "-machine", "pc", "-m", "16", "-nodefaults", "-no-user-config"])
-        .args(["-display", "none", "-serial", "stdio", "-no-reboot", "-drive"])
-        .arg(format!("file={},format=raw,if=ide", img.display()))
+        .args(["-accel", "kvm", "-machine", "pc", "-nodefaults", "-no-user-config"])
+        .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", qemu.display()))?;
-    let mut out = child.stdout.take().ok_or("no stdout from the probe")?;
-    let mut err = child.stderr.take().ok_or("no stderr from the probe")?;
+        .map_err(|e| format!("could not run: {} failed to start: {e}", qemu.display()))?;
+    let mut out = child.stdout.take().ok_or("gave no stdout")?;
+    let mut err = child.stderr.take().ok_or("gave no stderr")?;
+    let mut seen = Vec::new();
     let read = async {
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 256];
+        let mut buf = [0u8; 512];
         loop {
             match out.read(&mut buf).await {
                 Ok(0) | Err(_) => return false,
                 Ok(n) => {
                     seen.extend_from_slice(&buf[..n]);
-                    if seen.windows(MARKER.len()).any(|w| w == MARKER) {
+                    if seen.windows(marker.len()).any(|w| w == marker) {
                         return true;
                     }
                 }
@@ -135,16 +151,17 @@ async fn run_probe(qemu: &Path, img: &Path, timeout: Duration) -> Result<(), Str
     // Our own child, by its handle: a guest stuck in KVM_RUN still dies of SIGKILL.
     let _ = child.start_kill();
     let _ = child.wait().await;
+    let printed = String::from_utf8_lossy(&seen).trim().chars().rev().take(40).collect::<String>().chars().rev().collect::<String>();
     match outcome {
         Ok(true) => Ok(()),
         Ok(false) => {
             let mut e = String::new();
             let _ = err.read_to_string(&mut e).await;
-            let last = e.lines().last().unwrap_or("no message").to_string();
-            Err(format!("QEMU with -accel kvm exited without running the test guest: {last}"))
+            let last = e.lines().find(|l| !l.contains("warning")).unwrap_or("no message").to_string();
+            Err(format!("died under KVM after printing `{printed}`: {last}"))
         }
         Err(_) => Err(format!(
-            "a test guest under KVM printed nothing within {}s (nested KVM that hangs?)",
+            "hung under KVM (printed `{printed}`, then nothing for {}s)",
             timeout.as_secs()
         )),
     }
@@ -158,6 +175,7 @@ mod tests {
     fn boot_sector_is_bootable() {
         let s = probe_boot_sector();
         assert_eq!(s.len(), 512);
+        assert!(s.windows(7).any(|w| w == MARKER));
         assert_eq!(&s[510..], &[0x55, 0xAA]);
     }
 }

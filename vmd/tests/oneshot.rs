@@ -23,8 +23,9 @@ fn text(o: &std::process::Output) -> String {
 #[test]
 fn virt_type_auto_probes_kvm_and_picks_qemu_here() {
     // On the build machines /dev/kvm exists but nested KVM never runs a guest.
+    let kernel = guest().kernel();
     let t = Instant::now();
-    let o = vmd(&["virt-type", "--virt-type", "auto", "--kvm-probe-timeout", "5s"]);
+    let o = vmd(&["virt-type", "--virt-type", "auto", "--kvm-probe-timeout", "10s", "--kvm-probe-kernel", &kernel]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.starts_with("qemu: auto: KVM does not run guests here ("), "{out}");

@@ -1,6 +1,6 @@
 //! `vmd`: the VM daemon of a Backroom store server, and its one-shot commands.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,6 +104,10 @@ struct Common {
     /// How long the KVM probe of --virt-type auto waits for its test guest.
     #[arg(long, default_value = "5s", value_parser = duration)]
     kvm_probe_timeout: Duration,
+    /// The Linux kernel the KVM probe boots after its boot sector (default: the newest
+    /// /boot/vmlinuz-*). Nested KVM can run a boot sector and still hang in a kernel.
+    #[arg(long, env = "VMD_KVM_PROBE_KERNEL")]
+    kvm_probe_kernel: Option<PathBuf>,
     /// netd's socket. Without it, vmd derives bridges and MACs itself and refuses `address: auto`.
     #[arg(long, env = "VMD_NETD_SOCKET")]
     netd_socket: Option<PathBuf>,
@@ -133,6 +137,7 @@ impl Common {
         Config {
             virt_type: self.virt_type,
             kvm_probe_timeout: self.kvm_probe_timeout,
+            kvm_probe_kernel: self.kvm_probe_kernel.clone().or_else(backroom_vmd::virt_type::default_probe_kernel),
             shutdown_timeout: self.shutdown_timeout,
             settle: self.settle,
             update_timeout: self.update_timeout,
@@ -299,7 +304,15 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::VirtType(c) => {
             let probe_dir = std::env::temp_dir();
-            let choice = backroom_vmd::virt_type::choose(c.virt_type, Path::new("/usr/bin/qemu-system-x86_64"), &probe_dir, c.kvm_probe_timeout).await;
+            let cfg = c.config();
+            let choice = backroom_vmd::virt_type::choose(
+                c.virt_type,
+                &cfg.qemu_binary,
+                &probe_dir,
+                c.kvm_probe_timeout,
+                cfg.kvm_probe_kernel.as_deref(),
+            )
+            .await;
             println!("{}: {}", choice.virt_type.domain_type(), choice.reason);
             Ok(())
         }
