@@ -30,3 +30,5 @@ lint:
 ## make bench: benchmarks; each prints ratios against a baseline measured in the same run.
 bench: deps
 	$(CARGO) bench -p backroom-integration
+	scripts/start-services
+	$(CARGO) bench -p backroom-vmd

@@ -30,6 +30,8 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod supervise;
+pub mod types;
+mod update;
 pub mod virt_type;
 pub mod xml;
 

@@ -12,136 +12,17 @@ use std::time::{Duration, Instant};
 use backroom_profiles::{Profile, Rendered, RestartPolicy, VmSpec};
 use tokio::sync::{OnceCell, broadcast};
 
-use crate::admission::{self, NodeFacts};
+use crate::admission;
 use crate::error::{Error, Result};
 use crate::hypervisor::{DomState, Hypervisor};
 use crate::layout::Layout;
-use crate::nics::{Nic, NicSource};
+use crate::nics::Nic;
 use crate::plan::{self, Action, DesiredVm, Mode};
 use crate::state::{Persisted, VmRecord};
 use crate::storage::Storage;
-use crate::virt_type::{VirtChoice, VirtTypeSetting};
+pub use crate::types::{Config, Deps, HealthState, VmEvent, VmState, VmStatus};
+use crate::virt_type::VirtChoice;
 use crate::xml::{self, Meta};
-
-/// The outside systems vmd works through.
-#[derive(Clone)]
-pub struct Deps {
-    pub hypervisor: Arc<dyn Hypervisor>,
-    pub storage: Arc<dyn Storage>,
-    pub nics: Arc<dyn NicSource>,
-}
-
-/// Settings (the daemon's flags).
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub virt_type: VirtTypeSetting,
-    pub qemu_binary: std::path::PathBuf,
-    pub kvm_probe_timeout: Duration,
-    /// The kernel the KVM probe boots after its boot sector (None: the sector only).
-    pub kvm_probe_kernel: Option<std::path::PathBuf>,
-    /// How long a guest has to power off after the ACPI request before it is destroyed.
-    pub shutdown_timeout: Duration,
-    /// How long an updated VM must keep running before the update counts as done.
-    pub settle: Duration,
-    /// How long an updated VM with a health check has to become healthy.
-    pub update_timeout: Duration,
-    /// QEMU's memory per VM, counted by admission.
-    pub overhead: u64,
-    /// The node's facts, for admission when the profile gives no capacity.
-    pub facts: NodeFacts,
-    /// The network namespace health probes run from (none: vmd's own).
-    pub probe_netns: Option<String>,
-    pub backoff_first: Duration,
-    pub backoff_max: Duration,
-    /// A VM that ran this long since its last start gets its backoff reset.
-    pub stable_after: Duration,
-    pub resync_every: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            virt_type: VirtTypeSetting::Auto,
-            qemu_binary: "/usr/bin/qemu-system-x86_64".into(),
-            kvm_probe_timeout: Duration::from_secs(5),
-            kvm_probe_kernel: crate::virt_type::default_probe_kernel(),
-            shutdown_timeout: Duration::from_secs(60),
-            settle: Duration::from_secs(10),
-            update_timeout: Duration::from_secs(300),
-            overhead: admission::DEFAULT_OVERHEAD,
-            facts: NodeFacts::of_this_machine(),
-            probe_netns: None,
-            backoff_first: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            stable_after: Duration::from_secs(120),
-            resync_every: Duration::from_secs(15),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VmState {
-    Running,
-    Stopped,
-    Crashed,
-    Starting,
-    Failed,
-    Updating,
-}
-
-impl VmState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmState::Running => "running",
-            VmState::Stopped => "stopped",
-            VmState::Crashed => "crashed",
-            VmState::Starting => "starting",
-            VmState::Failed => "failed",
-            VmState::Updating => "updating",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HealthState {
-    Unknown,
-    Healthy,
-    Unhealthy,
-}
-
-impl HealthState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HealthState::Unknown => "unknown",
-            HealthState::Healthy => "healthy",
-            HealthState::Unhealthy => "unhealthy",
-        }
-    }
-}
-
-/// What `List` shows of a VM.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmStatus {
-    pub name: String,
-    pub state: VmState,
-    pub since_unix: i64,
-    pub restarts: u32,
-    pub revision: String,
-    pub reason: String,
-    pub addresses: Vec<String>,
-    pub health: HealthState,
-}
-
-/// A lifecycle event, as the `Events` stream sends it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmEvent {
-    pub at_unix_ms: i64,
-    pub vm: String,
-    /// started | stopped | crashed | restarted | update_done | update_rolled_back | failed |
-    /// removed | healthy | unhealthy
-    pub kind: String,
-    pub message: String,
-}
 
 pub(crate) struct Runtime {
     pub state: VmState,
@@ -225,11 +106,11 @@ impl Vmd {
         self.inner.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn hv(&self) -> Arc<dyn Hypervisor> {
+    pub(crate) fn hv(&self) -> Arc<dyn Hypervisor> {
         self.inner.deps.hypervisor.clone()
     }
 
-    fn storage(&self) -> Arc<dyn Storage> {
+    pub(crate) fn storage(&self) -> Arc<dyn Storage> {
         self.inner.deps.storage.clone()
     }
 
@@ -478,7 +359,7 @@ impl Vmd {
     }
 
     /// Makes the files a VM's definition points at: base image, overlay, data disks, seed.
-    async fn prepare(&self, d: &DesiredVm) -> Result<Vec<String>> {
+    pub(crate) async fn prepare(&self, d: &DesiredVm) -> Result<Vec<String>> {
         let storage = self.storage();
         let mut notes = Vec::new();
         storage.ensure_dir(&self.inner.layout.vm_dir(&d.name))?;
@@ -513,7 +394,7 @@ impl Vmd {
         Ok(notes)
     }
 
-    fn is_parked(&self, vm: &str) -> bool {
+    pub(crate) fn is_parked(&self, vm: &str) -> bool {
         self.st().rt.get(vm).is_some_and(|r| r.rec.parked)
     }
 
@@ -599,146 +480,6 @@ impl Vmd {
             }
         }
         Ok(false)
-    }
-
-    /// Redefines a VM whose definition changed, restarting it into the new one; if the new
-    /// one does not stay up (or get healthy), the old definition and overlay come back.
-    async fn update(&self, d: &DesiredVm, revision: &str) -> Result<String> {
-        let name = d.name.clone();
-        let notes = self.prepare(d).await?;
-        let (hv, dn) = (self.hv(), d.domain_name());
-        let old_xml = {
-            let (hv, dn) = (hv.clone(), dn.clone());
-            blocking(move || hv.xml(&dn)).await?
-        };
-        let was_running = {
-            let (hv, dn) = (hv.clone(), dn.clone());
-            blocking(move || hv.get(&dn)).await?.is_some_and(|x| x.state == DomState::Running)
-        };
-        self.set_busy(&name, true);
-        self.set_state(&name, VmState::Updating, "");
-        let result = self.update_inner(d, revision, was_running).await;
-        let line = match result {
-            Ok(()) => {
-                self.cleanup_replaced(d).await;
-                if let Some(r) = self.st().rt.get_mut(&name) {
-                    r.revision = revision.into();
-                }
-                let msg = format!("VM {name} updated to revision {}{}", short(revision), if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) });
-                self.emit(&name, "update_done", msg.clone());
-                Ok(format!("{name}: updated"))
-            }
-            Err(why) => {
-                let rb = self.rollback(d, &old_xml, was_running).await;
-                let msg = match &rb {
-                    Ok(()) => format!("VM {name}: the update did not come up ({why}); rolled back to the previous definition"),
-                    Err(e) => format!("VM {name}: the update did not come up ({why}); rollback failed too: {e}"),
-                };
-                self.emit(&name, "update_rolled_back", msg.clone());
-                self.set_busy(&name, false);
-                if rb.is_err() {
-                    self.set_state(&name, VmState::Failed, msg.clone());
-                }
-                return Err(Error::Spec { vm: name, message: format!("update rolled back: {why}") });
-            }
-        };
-        self.set_busy(&name, false);
-        line
-    }
-
-    async fn update_inner(&self, d: &DesiredVm, revision: &str, was_running: bool) -> Result<(), String> {
-        let name = &d.name;
-        if was_running {
-            self.stop_domain(name).await.map_err(|e| format!("cannot stop the old VM: {e}"))?;
-        }
-        let xml = xml::domain_xml(&d.domain, revision);
-        let hv = self.hv();
-        blocking(move || hv.define(&xml)).await.map_err(|e| e.to_string())?;
-        if self.is_parked(name) {
-            return Ok(());
-        }
-        self.start_domain(name).await.map_err(|e| e.to_string())?;
-        self.wait_up(d).await
-    }
-
-    /// Up = still running after the settle time, and healthy when a check is given.
-    async fn wait_up(&self, d: &DesiredVm) -> Result<(), String> {
-        let cfg = &self.inner.cfg;
-        let start = Instant::now();
-        let dn = d.domain_name();
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let (hv, n) = (self.hv(), dn.clone());
-            let dom = blocking(move || hv.get(&n)).await.map_err(|e| e.to_string())?;
-            if !dom.is_some_and(|x| x.state == DomState::Running) {
-                return Err(format!("it stopped {:.1}s after starting", start.elapsed().as_secs_f64()));
-            }
-            if start.elapsed() >= cfg.settle {
-                break;
-            }
-        }
-        let (Some(h), Some(addr)) = (&d.spec.health, d.nics.iter().find_map(|n| n.address)) else {
-            return Ok(());
-        };
-        let deadline = start + cfg.update_timeout;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            match crate::health::probe(h, addr.addr(), cfg.probe_netns.as_deref()).await {
-                Ok(()) => {
-                    if let Some(r) = self.st().rt.get_mut(&d.name) {
-                        r.health = HealthState::Healthy;
-                    }
-                    return Ok(());
-                }
-                Err(e) => last = e,
-            }
-            tokio::time::sleep(h.interval.to_std().min(Duration::from_secs(2))).await;
-        }
-        Err(format!("not healthy within {}s: {last}", cfg.update_timeout.as_secs()))
-    }
-
-    async fn rollback(&self, d: &DesiredVm, old_xml: &str, was_running: bool) -> Result<()> {
-        let (hv, dn) = (self.hv(), d.domain_name());
-        {
-            let (hv, dn) = (hv.clone(), dn.clone());
-            let running = blocking(move || hv.get(&dn)).await?.is_some_and(|x| x.state == DomState::Running);
-            if running {
-                let (hv, dn) = (self.hv(), d.domain_name());
-                blocking(move || hv.destroy(&dn)).await?;
-            }
-        }
-        let x = old_xml.to_string();
-        blocking(move || hv.define(&x)).await?;
-        // The new files go; the old ones (named in old_xml) stay.
-        let storage = self.storage();
-        for f in d.replaceable_files() {
-            if !old_xml.contains(&f.display().to_string()) {
-                let _ = storage.remove(&f);
-            }
-        }
-        let old_rev = xml::parse_meta(old_xml).map(|m| m.revision).unwrap_or_default();
-        if let Some(r) = self.st().rt.get_mut(&d.name) {
-            r.revision = old_rev;
-        }
-        if was_running && !self.is_parked(&d.name) {
-            self.start_domain(&d.name).await?;
-        } else {
-            self.set_state(&d.name, VmState::Stopped, "");
-        }
-        Ok(())
-    }
-
-    /// Removes the overlays and seeds of a VM that its current definition no longer uses.
-    async fn cleanup_replaced(&self, d: &DesiredVm) {
-        let keep = d.replaceable_files();
-        let storage = self.storage();
-        for f in storage.list(&self.inner.layout.vm_dir(&d.name)) {
-            if Layout::is_replaceable(&f) && !keep.contains(&f) {
-                if let Err(e) = storage.remove(&f) {
-                    tracing::warn!(vm = %d.name, error = %e, "cannot remove an old overlay or seed");
-                }
-            }
-        }
     }
 
     /// Stops and undefines a VM that left the profile; its data disks and console log stay.
