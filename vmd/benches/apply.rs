@@ -26,10 +26,10 @@ fn virsh(args: &[&str]) -> std::process::Output {
 fn wait_marker(log: &Path, from: usize) -> Instant {
     let t = Instant::now();
     loop {
-        if let Ok(s) = std::fs::read_to_string(log) {
-            if s.matches(MARKER).count() > from {
-                return Instant::now();
-            }
+        if let Ok(s) = std::fs::read_to_string(log)
+            && s.matches(MARKER).count() > from
+        {
+            return Instant::now();
         }
         assert!(t.elapsed() < Duration::from_secs(180), "no marker in {}", log.display());
         std::thread::sleep(Duration::from_millis(20));
@@ -57,10 +57,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let guest = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/testguest/build.sh")).output().unwrap();
+    let guest =
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/testguest/build.sh")).output().unwrap();
     assert!(guest.status.success(), "test guest build failed: run scripts/install-deps");
     let gdir = String::from_utf8_lossy(&guest.stdout).lines().last().unwrap().trim().to_string();
-    assert!(virsh(&["version"]).status.success(), "libvirtd does not answer: run scripts/start-services");
+    assert!(
+        virsh(&["version"]).status.success(),
+        "libvirtd does not answer: run scripts/start-services"
+    );
     let tmp = tempfile::Builder::new().prefix("vmd-bench").tempdir_in("/tmp").unwrap();
     let name = format!("bench{}", std::process::id());
     let profile = format!(
@@ -70,26 +74,41 @@ fn main() {
          \x20   boot: {{kernel: {{kernel: {gdir}/vmlinuz, initrd: {gdir}/initrd.img, cmdline: \"console=ttyS0 quiet bk.marker=bench\"}}}}\n"
     );
     let rendered = backroom_profiles::render_str("bench.yaml", &profile).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
 
-    let (mut vmd_run, mut vmd_mark, mut virsh_run, mut virsh_mark) = (vec![], vec![], vec![], vec![]);
+    let (mut vmd_run, mut vmd_mark, mut virsh_run, mut virsh_mark) =
+        (vec![], vec![], vec![], vec![]);
     let mut xml_cache: Option<Vec<u8>> = None;
     for round in 0..ROUNDS {
         // Alternate which goes first, so that whatever libvirt does after a destroy does not
         // always land on the same side.
-        if round % 2 == 1 {
-            if let Some(x) = &xml_cache {
-                let (r, m) = run_virsh(&tmp.path().join("domain.xml"), x, &tmp.path().join(format!("state{}", round - 1)), &name);
-                virsh_run.push(r);
-                virsh_mark.push(m);
-            }
+        if round % 2 == 1
+            && let Some(x) = &xml_cache
+        {
+            let (r, m) = run_virsh(
+                &tmp.path().join("domain.xml"),
+                x,
+                &tmp.path().join(format!("state{}", round - 1)),
+                &name,
+            );
+            virsh_run.push(r);
+            virsh_mark.push(m);
         }
         // vmd: a fresh vmd on a fresh state folder applies the profile.
         let state = tmp.path().join(format!("state{round}"));
         let layout = Layout::new(&state);
         let hv = Arc::new(Libvirt::open("qemu:///system").unwrap());
-        let deps = Deps { hypervisor: hv, storage: Arc::new(FsStorage::new(layout.clone()).unwrap()), nics: Arc::new(StaticNics) };
-        let cfg = Config { virt_type: VirtTypeSetting::Qemu, shutdown_timeout: Duration::from_secs(1), ..Config::default() };
+        let deps = Deps {
+            hypervisor: hv,
+            storage: Arc::new(FsStorage::new(layout.clone()).unwrap()),
+            nics: Arc::new(StaticNics),
+        };
+        let cfg = Config {
+            virt_type: VirtTypeSetting::Qemu,
+            shutdown_timeout: Duration::from_secs(1),
+            ..Config::default()
+        };
         let vmd = Vmd::new(deps, layout.clone(), cfg).unwrap();
         rt.block_on(vmd.virt());
         let log = layout.console_log(&name);
@@ -114,7 +133,11 @@ fn main() {
             vmd_run[round], vmd_mark[round], virsh_run[round], virsh_mark[round]
         );
     }
-    let (vr, vm, br, bm) = (median(vmd_run), median(vmd_mark), median(virsh_run), median(virsh_mark));
+    let (vr, vm, br, bm) =
+        (median(vmd_run), median(vmd_mark), median(virsh_run), median(virsh_mark));
     println!("apply -> domain running: vmd {vr:.3}s, virsh create {br:.3}s, ratio {:.2}", vr / br);
-    println!("apply -> guest marker:   vmd {vm:.2}s, virsh create {bm:.2}s, ratio {:.3} (goal: < 1.10)", vm / bm);
+    println!(
+        "apply -> guest marker:   vmd {vm:.2}s, virsh create {bm:.2}s, ratio {:.3} (goal: < 1.10)",
+        vm / bm
+    );
 }

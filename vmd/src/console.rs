@@ -49,10 +49,14 @@ impl Drop for RawTerminal {
 /// Attaches the terminal to VM `vm`'s serial console until Ctrl-] or the VM stops.
 pub fn attach(uri: &str, vm: &str) -> Result<()> {
     virt::error::clear_error_callback();
-    let conn = Connect::open(Some(uri)).map_err(|e| Error::libvirt(format!("connecting to {uri}"), e))?;
+    let conn =
+        Connect::open(Some(uri)).map_err(|e| Error::libvirt(format!("connecting to {uri}"), e))?;
     let name = crate::xml::domain_name(vm);
-    let dom = conn.lookup_domain_by_name(&name).map_err(|e| Error::libvirt(format!("looking up {name}"), e))?;
-    let stream = Arc::new(Stream::new(&conn, 0).map_err(|e| Error::libvirt("opening a stream", e))?);
+    let dom = conn
+        .lookup_domain_by_name(&name)
+        .map_err(|e| Error::libvirt(format!("looking up {name}"), e))?;
+    let stream =
+        Arc::new(Stream::new(&conn, 0).map_err(|e| Error::libvirt("opening a stream", e))?);
     dom.open_console(None, &stream, virt::sys::VIR_DOMAIN_CONSOLE_FORCE)
         .map_err(|e| Error::libvirt(format!("opening the console of {name}"), e))?;
     eprintln!("connected to the serial console of {vm} (Ctrl-] leaves)\r");

@@ -51,7 +51,9 @@ pub enum Error {
     #[error("state file {path}: {message}")]
     State { path: PathBuf, message: String },
 
-    #[error("state folder {0} is in use by another vmd (the daemon?): stop it first or use the daemon's socket")]
+    #[error(
+        "state folder {0} is in use by another vmd (the daemon?): stop it first or use the daemon's socket"
+    )]
     Locked(PathBuf),
 
     #[error("{count} VM change(s) failed: {}", .failures.join("; "))]

@@ -16,7 +16,9 @@ pub async fn probe(health: &Health, addr: IpAddr, netns: Option<&str>) -> Result
     let (port, http_path) = match health.probe() {
         Some(Probe::Tcp(t)) => (t.port, None),
         Some(Probe::Http(h)) => (h.port, Some(h.path.clone())),
-        Some(Probe::Exec(_)) => return Err("exec probes need a guest agent: not supported for VMs".into()),
+        Some(Probe::Exec(_)) => {
+            return Err("exec probes need a guest agent: not supported for VMs".into());
+        }
         None => return Err("the health check has no probe".into()),
     };
     let timeout = health.timeout.to_std().max(Duration::from_millis(100));
@@ -26,7 +28,8 @@ pub async fn probe(health: &Health, addr: IpAddr, netns: Option<&str>) -> Result
     std::thread::Builder::new()
         .name("vmd-probe".into())
         .spawn(move || {
-            let r = enter(netns.as_deref()).and_then(|()| probe_blocking(target, http_path.as_deref(), timeout));
+            let r = enter(netns.as_deref())
+                .and_then(|()| probe_blocking(target, http_path.as_deref(), timeout));
             let _ = tx.send(r);
         })
         .map_err(|e| format!("cannot start a probe thread: {e}"))?;
@@ -45,8 +48,13 @@ fn enter(netns: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
-fn probe_blocking(target: SocketAddr, http_path: Option<&str>, timeout: Duration) -> Result<(), String> {
-    let mut s = TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("tcp {target}: {e}"))?;
+fn probe_blocking(
+    target: SocketAddr,
+    http_path: Option<&str>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut s =
+        TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("tcp {target}: {e}"))?;
     let Some(path) = http_path else { return Ok(()) };
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
@@ -71,7 +79,15 @@ mod tests {
         let t = format!(
             "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {{name: t}}\nworkloads:\n  - name: v\n    kind: vm\n    cpus: 1\n    memory: 1Gi\n    boot: {{kernel: {{kernel: /k}}}}\n    health: {yaml}\n"
         );
-        backroom_profiles::render_str("t.yaml", &t).unwrap().profile.vms().next().unwrap().health.clone().unwrap()
+        backroom_profiles::render_str("t.yaml", &t)
+            .unwrap()
+            .profile
+            .vms()
+            .next()
+            .unwrap()
+            .health
+            .clone()
+            .unwrap()
     }
 
     #[tokio::test]
@@ -88,9 +104,14 @@ mod tests {
         });
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         probe(&health(&format!("{{tcp: {{port: {port}}}}}")), lo, None).await.unwrap();
-        probe(&health(&format!("{{http: {{port: {port}, path: /healthz}}}}")), lo, None).await.unwrap();
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let e = probe(&health(&format!("{{tcp: {{port: {closed}}}, timeout: 1s}}")), lo, None).await.unwrap_err();
+        probe(&health(&format!("{{http: {{port: {port}, path: /healthz}}}}")), lo, None)
+            .await
+            .unwrap();
+        let closed =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let e = probe(&health(&format!("{{tcp: {{port: {closed}}}, timeout: 1s}}")), lo, None)
+            .await
+            .unwrap_err();
         assert!(e.contains("tcp 127.0.0.1"), "{e}");
         let e = probe(&health("{exec: [true]}"), lo, None).await.unwrap_err();
         assert!(e.contains("guest agent"), "{e}");

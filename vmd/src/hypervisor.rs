@@ -123,7 +123,10 @@ impl MemHypervisor {
     /// QEMU dies under the domain.
     pub fn crash(&self, name: &str) {
         let _ = self.set_running(name, false);
-        let _ = self.tx.send(LifecycleEvent { domain: name.into(), what: Lifecycle::Stopped(StopCause::Crashed) });
+        let _ = self.tx.send(LifecycleEvent {
+            domain: name.into(),
+            what: Lifecycle::Stopped(StopCause::Crashed),
+        });
     }
 
     /// Calls so far, e.g. `start bk-nvr`.
@@ -170,14 +173,20 @@ impl Hypervisor for MemHypervisor {
     fn shutdown(&self, name: &str) -> Result<()> {
         self.note(format!("shutdown {name}"));
         self.set_running(name, false)?;
-        let _ = self.tx.send(LifecycleEvent { domain: name.into(), what: Lifecycle::Stopped(StopCause::Shutdown) });
+        let _ = self.tx.send(LifecycleEvent {
+            domain: name.into(),
+            what: Lifecycle::Stopped(StopCause::Shutdown),
+        });
         Ok(())
     }
 
     fn destroy(&self, name: &str) -> Result<()> {
         self.note(format!("destroy {name}"));
         self.set_running(name, false)?;
-        let _ = self.tx.send(LifecycleEvent { domain: name.into(), what: Lifecycle::Stopped(StopCause::Destroyed) });
+        let _ = self.tx.send(LifecycleEvent {
+            domain: name.into(),
+            what: Lifecycle::Stopped(StopCause::Destroyed),
+        });
         Ok(())
     }
 
@@ -190,7 +199,9 @@ impl Hypervisor for MemHypervisor {
 
     fn xml(&self, name: &str) -> Result<String> {
         let d = self.domains.lock().map_err(|_| Error::libvirt("lock", "poisoned"))?;
-        d.get(name).map(|e| e.0.clone()).ok_or_else(|| Error::libvirt(format!("xml of {name}"), "no such domain"))
+        d.get(name)
+            .map(|e| e.0.clone())
+            .ok_or_else(|| Error::libvirt(format!("xml of {name}"), "no such domain"))
     }
 
     fn set_meta(&self, name: &str, meta: &Meta) -> Result<()> {

@@ -48,7 +48,8 @@ impl ImageCache {
         let img_err = |message: String| Error::Image { image: url.into(), message };
         let partial = self.layout.partial(sha256);
         if let Some(dir) = partial.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
         for attempt in 1..=ATTEMPTS {
             match self.download_once(url, &partial).await {
@@ -57,7 +58,9 @@ impl ImageCache {
                     tracing::warn!(url, attempt, error = %e, "image download broke; resuming");
                     tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
                 }
-                Err(e) => return Err(img_err(format!("download failed {ATTEMPTS} times, last: {e}"))),
+                Err(e) => {
+                    return Err(img_err(format!("download failed {ATTEMPTS} times, last: {e}")));
+                }
             }
         }
         self.adopt_verified(&partial, sha256, url, true).await
@@ -89,7 +92,8 @@ impl ImageCache {
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| format!("{e}"))?;
-            file.write_all(&chunk).map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+            file.write_all(&chunk)
+                .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
         }
         file.sync_all().map_err(|e| format!("cannot sync {}: {e}", partial.display()))?;
         Ok(())
@@ -106,20 +110,21 @@ impl ImageCache {
             return Err(Error::Image { image: shown, message: "no such file on this node".into() });
         }
         let digest = hash_file(path).await?;
-        if let Some(want) = sha256 {
-            if want != digest {
-                return Err(Error::Image {
-                    image: shown,
-                    message: format!("its sha256 is {digest}, the profile says {want}"),
-                });
-            }
+        if let Some(want) = sha256
+            && want != digest
+        {
+            return Err(Error::Image {
+                image: shown,
+                message: format!("its sha256 is {digest}, the profile says {want}"),
+            });
         }
         if let Some(p) = self.cached(&digest) {
             return Ok(p);
         }
         let staging = self.layout.partial(&digest);
         if let Some(dir) = staging.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
         let _ = std::fs::remove_file(&staging);
         if std::fs::hard_link(path, &staging).is_err() {
@@ -133,7 +138,13 @@ impl ImageCache {
     }
 
     /// Moves a verified file into `images/sha256/<hex>`, read-only.
-    async fn adopt_verified(&self, file: &Path, sha256: &str, shown: &str, verify: bool) -> Result<PathBuf> {
+    async fn adopt_verified(
+        &self,
+        file: &Path,
+        sha256: &str,
+        shown: &str,
+        verify: bool,
+    ) -> Result<PathBuf> {
         if verify {
             let got = hash_file(file).await?;
             if got != sha256 {
@@ -148,10 +159,12 @@ impl ImageCache {
         }
         let dest = self.layout.image(sha256);
         if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
-        std::fs::rename(file, &dest)
-            .map_err(|e| Error::io(format!("moving {} to {}", file.display(), dest.display()), e))?;
+        std::fs::rename(file, &dest).map_err(|e| {
+            Error::io(format!("moving {} to {}", file.display(), dest.display()), e)
+        })?;
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o444));
         Ok(dest)

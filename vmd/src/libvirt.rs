@@ -11,7 +11,7 @@ use std::sync::{Mutex, OnceLock};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use virt::connect::Connect;
-use virt::domain::{DomainState, Domain as VirtDomain};
+use virt::domain::{Domain as VirtDomain, DomainState};
 use virt::enumutil::Enum;
 use virt::sys;
 
@@ -74,7 +74,9 @@ unsafe extern "C" fn lifecycle_cb(
         sys::VIR_DOMAIN_EVENT_STOPPED => Lifecycle::Stopped(match detail as u32 {
             sys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN => StopCause::Shutdown,
             sys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED => StopCause::Destroyed,
-            sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED | sys::VIR_DOMAIN_EVENT_STOPPED_FAILED => StopCause::Crashed,
+            sys::VIR_DOMAIN_EVENT_STOPPED_CRASHED | sys::VIR_DOMAIN_EVENT_STOPPED_FAILED => {
+                StopCause::Crashed
+            }
             _ => StopCause::Other,
         }),
         _ => Lifecycle::Other,
@@ -112,7 +114,10 @@ fn register(conn: &Connect, tx: &UnboundedSender<LifecycleEvent>) -> Result<()> 
     if rc < 0 {
         // SAFETY: libvirt did not take ownership.
         unsafe { free_cb(opaque) };
-        return Err(Error::libvirt("registering for lifecycle events", virt::error::Error::last_error()));
+        return Err(Error::libvirt(
+            "registering for lifecycle events",
+            virt::error::Error::last_error(),
+        ));
     }
     Ok(())
 }
@@ -142,7 +147,8 @@ impl Libvirt {
     }
 
     fn connect(&self) -> Result<Connect> {
-        let c = Connect::open(Some(&self.uri)).map_err(|e| Error::libvirt(format!("connecting to {}", self.uri), e))?;
+        let c = Connect::open(Some(&self.uri))
+            .map_err(|e| Error::libvirt(format!("connecting to {}", self.uri), e))?;
         // Keepalives make a vanished libvirtd visible (is_alive turns false).
         let _ = c.set_keep_alive(5, 3);
         register(&c, &self.tx)?;
@@ -151,7 +157,8 @@ impl Libvirt {
 
     /// Runs `f` with a live connection, reconnecting once when libvirtd went away.
     fn with<T>(&self, f: impl Fn(&Connect) -> Result<T>) -> Result<T> {
-        let mut guard = self.conn.lock().map_err(|_| Error::libvirt("connection lock", "poisoned"))?;
+        let mut guard =
+            self.conn.lock().map_err(|_| Error::libvirt("connection lock", "poisoned"))?;
         for attempt in 0..2 {
             let alive = guard.as_ref().is_some_and(|c| c.is_alive().unwrap_or(false));
             if !alive {
@@ -182,7 +189,8 @@ impl Libvirt {
     }
 
     fn must(c: &Connect, name: &str) -> Result<VirtDomain> {
-        Self::lookup(c, name)?.ok_or_else(|| Error::libvirt(format!("looking up {name}"), "no such domain"))
+        Self::lookup(c, name)?
+            .ok_or_else(|| Error::libvirt(format!("looking up {name}"), "no such domain"))
     }
 
     fn describe(d: &VirtDomain) -> Result<Domain> {
@@ -202,7 +210,8 @@ impl Libvirt {
     /// A connection for the interactive console (its own, so the console's stream does not
     /// hold up everything else).
     pub fn console_connection(&self) -> Result<Connect> {
-        Connect::open(Some(&self.uri)).map_err(|e| Error::libvirt(format!("connecting to {}", self.uri), e))
+        Connect::open(Some(&self.uri))
+            .map_err(|e| Error::libvirt(format!("connecting to {}", self.uri), e))
     }
 }
 
@@ -227,22 +236,39 @@ impl Hypervisor for Libvirt {
     }
 
     fn start(&self, name: &str) -> Result<()> {
-        self.with(|c| Self::must(c, name)?.create().map(|_| ()).map_err(|e| Error::libvirt(format!("starting {name}"), e)))
+        self.with(|c| {
+            Self::must(c, name)?
+                .create()
+                .map(|_| ())
+                .map_err(|e| Error::libvirt(format!("starting {name}"), e))
+        })
     }
 
     fn shutdown(&self, name: &str) -> Result<()> {
-        self.with(|c| Self::must(c, name)?.shutdown().map(|_| ()).map_err(|e| Error::libvirt(format!("shutting down {name}"), e)))
+        self.with(|c| {
+            Self::must(c, name)?
+                .shutdown()
+                .map(|_| ())
+                .map_err(|e| Error::libvirt(format!("shutting down {name}"), e))
+        })
     }
 
     fn destroy(&self, name: &str) -> Result<()> {
-        self.with(|c| Self::must(c, name)?.destroy().map(|_| ()).map_err(|e| Error::libvirt(format!("destroying {name}"), e)))
+        self.with(|c| {
+            Self::must(c, name)?
+                .destroy()
+                .map(|_| ())
+                .map_err(|e| Error::libvirt(format!("destroying {name}"), e))
+        })
     }
 
     fn undefine(&self, name: &str) -> Result<()> {
         self.with(|c| {
             let Some(d) = Self::lookup(c, name)? else { return Ok(()) };
             // UEFI domains have an NVRAM file to remove too; drivers without NVRAM refuse the flag.
-            match d.undefine_flags(sys::VIR_DOMAIN_UNDEFINE_NVRAM | sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE) {
+            match d.undefine_flags(
+                sys::VIR_DOMAIN_UNDEFINE_NVRAM | sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
+            ) {
                 Ok(()) => Ok(()),
                 Err(e) if matches!(e.code(), Enum::Known(virt::error::ErrorNumber::InvalidArg)) => {
                     d.undefine().map_err(|e| Error::libvirt(format!("undefining {name}"), e))
@@ -268,7 +294,8 @@ impl Hypervisor for Libvirt {
         self.with(|c| {
             let d = Self::must(c, name)?;
             let live = d.is_active().unwrap_or(false);
-            let flags = sys::VIR_DOMAIN_AFFECT_CONFIG | if live { sys::VIR_DOMAIN_AFFECT_LIVE } else { 0 };
+            let flags =
+                sys::VIR_DOMAIN_AFFECT_CONFIG | if live { sys::VIR_DOMAIN_AFFECT_LIVE } else { 0 };
             d.set_metadata(
                 sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
                 Some(&body),

@@ -69,15 +69,21 @@ pub struct Vmd {
 }
 
 pub fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 pub fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Runs a blocking call off the async runtime.
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::io("a blocking call", std::io::Error::other(e)))?
@@ -149,13 +155,19 @@ impl Vmd {
 
     pub(crate) fn emit(&self, vm: &str, kind: &str, message: String) {
         tracing::info!(vm, kind, "{message}");
-        let _ = self.inner.events.send(VmEvent { at_unix_ms: now_unix_ms(), vm: vm.into(), kind: kind.into(), message });
+        let _ = self.inner.events.send(VmEvent {
+            at_unix_ms: now_unix_ms(),
+            vm: vm.into(),
+            kind: kind.into(),
+            message,
+        });
     }
 
     pub(crate) fn save(&self) {
         let snapshot = {
             let mut st = self.st();
-            let recs: BTreeMap<String, VmRecord> = st.rt.iter().map(|(k, r)| (k.clone(), r.rec.clone())).collect();
+            let recs: BTreeMap<String, VmRecord> =
+                st.rt.iter().map(|(k, r)| (k.clone(), r.rec.clone())).collect();
             st.persisted.vms = recs;
             st.persisted.clone()
         };
@@ -200,9 +212,13 @@ impl Vmd {
 
     /// Parses and checks a rendered profile, then applies it.
     pub async fn apply_text(&self, revision: &str, yaml: &str) -> Result<Vec<String>> {
-        let r = backroom_profiles::render_str("applied-profile.yaml", yaml).map_err(Error::Invalid)?;
+        let r =
+            backroom_profiles::render_str("applied-profile.yaml", yaml).map_err(Error::Invalid)?;
         if !revision.is_empty() && r.revision.as_str() != revision {
-            return Err(Error::RevisionMismatch { given: revision.into(), actual: r.revision.as_str().into() });
+            return Err(Error::RevisionMismatch {
+                given: revision.into(),
+                actual: r.revision.as_str().into(),
+            });
         }
         self.apply(&r).await
     }
@@ -239,7 +255,13 @@ impl Vmd {
         self.reconcile(&r.profile, &rev, &yaml, mode).await
     }
 
-    async fn reconcile(&self, profile: &Profile, revision: &str, yaml: &str, mode: Mode) -> Result<Vec<String>> {
+    async fn reconcile(
+        &self,
+        profile: &Profile,
+        revision: &str,
+        yaml: &str,
+        mode: Mode,
+    ) -> Result<Vec<String>> {
         let cfg = &self.inner.cfg;
         admission::admit(profile, cfg.facts, cfg.overhead).map_err(Error::Admission)?;
         let virt = self.virt().await.virt_type;
@@ -270,8 +292,14 @@ impl Vmd {
             let mut old = old;
             for d in &desired {
                 let prev = old.remove(&d.name);
-                let rec = prev.as_ref().map(|p| p.rec.clone()).or_else(|| st.persisted.vms.get(&d.name).cloned()).unwrap_or_default();
-                let running = observed.iter().any(|o| o.name == d.domain_name() && o.state == DomState::Running);
+                let rec = prev
+                    .as_ref()
+                    .map(|p| p.rec.clone())
+                    .or_else(|| st.persisted.vms.get(&d.name).cloned())
+                    .unwrap_or_default();
+                let running = observed
+                    .iter()
+                    .any(|o| o.name == d.domain_name() && o.state == DomState::Running);
                 let rt = match prev {
                     Some(mut p) => {
                         p.spec = d.spec.clone();
@@ -324,8 +352,12 @@ impl Vmd {
                 Action::Start(n) => self.start_defined(n, "started").await,
                 Action::Keep(n) => Ok(format!("{n}: unchanged")),
                 Action::Remove(n) => self.remove(n).await,
-                Action::Differs(n) => Ok(format!("{n}: adopted; its definition differs from the profile (the next apply updates it)")),
-                Action::Orphan(n) => Ok(format!("{n}: Backroom domain not in the applied profile: left alone until the next apply")),
+                Action::Differs(n) => Ok(format!(
+                    "{n}: adopted; its definition differs from the profile (the next apply updates it)"
+                )),
+                Action::Orphan(n) => Ok(format!(
+                    "{n}: Backroom domain not in the applied profile: left alone until the next apply"
+                )),
             };
             match res {
                 Ok(line) => lines.push(line),
@@ -366,30 +398,36 @@ impl Vmd {
         if let backroom_profiles::Boot { kernel: Some(k), .. } = &d.spec.boot {
             for p in std::iter::once(&k.kernel).chain(k.initrd.iter()) {
                 if !storage.exists(std::path::Path::new(p)) {
-                    return Err(Error::Spec { vm: d.name.clone(), message: format!("{p} does not exist on this node") });
+                    return Err(Error::Spec {
+                        vm: d.name.clone(),
+                        message: format!("{p} does not exist on this node"),
+                    });
                 }
             }
         }
-        if let Some((disk, overlay)) = &d.root {
-            if !storage.exists(overlay) {
-                let base = storage.base_image(disk).await?;
-                let (s, o, size) = (storage.clone(), overlay.clone(), disk.size.map(|s| s.bytes()));
-                blocking(move || s.create_overlay(&base, &o, size)).await?;
-                notes.push("new root overlay".to_string());
-            }
+        if let Some((disk, overlay)) = &d.root
+            && !storage.exists(overlay)
+        {
+            let base = storage.base_image(disk).await?;
+            let (s, o, size) = (storage.clone(), overlay.clone(), disk.size.map(|s| s.bytes()));
+            blocking(move || s.create_overlay(&base, &o, size)).await?;
+            notes.push("new root overlay".to_string());
         }
         for (path, size) in &d.data {
             let (s, p, size) = (storage.clone(), path.clone(), *size);
             if blocking(move || s.ensure_data_disk(&p, size)).await? {
-                notes.push(format!("data disk {} created", path.file_name().and_then(|f| f.to_str()).unwrap_or("?")));
+                notes.push(format!(
+                    "data disk {} created",
+                    path.file_name().and_then(|f| f.to_str()).unwrap_or("?")
+                ));
             }
         }
-        if let Some((path, seed)) = &d.seed {
-            if !storage.exists(path) {
-                let (s, p, seed) = (storage.clone(), path.clone(), seed.clone());
-                blocking(move || s.write_seed(&p, &seed)).await?;
-                notes.push("cloud-init seed written".to_string());
-            }
+        if let Some((path, seed)) = &d.seed
+            && !storage.exists(path)
+        {
+            let (s, p, seed) = (storage.clone(), path.clone(), seed.clone());
+            blocking(move || s.write_seed(&p, &seed)).await?;
+            notes.push("cloud-init seed written".to_string());
         }
         Ok(notes)
     }
@@ -409,7 +447,8 @@ impl Vmd {
                 r.revision = revision.into();
             }
         }
-        let extra = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
+        let extra =
+            if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
         if self.is_parked(&d.name) {
             return Ok(format!("{}: defined, left stopped (parked){extra}", d.name));
         }
@@ -418,7 +457,8 @@ impl Vmd {
     }
 
     async fn retag(&self, d: &DesiredVm, revision: &str) -> Result<String> {
-        let meta = Meta { workload: d.name.clone(), revision: revision.into(), spec: d.spec_hash.clone() };
+        let meta =
+            Meta { workload: d.name.clone(), revision: revision.into(), spec: d.spec_hash.clone() };
         let (hv, dn) = (self.hv(), d.domain_name());
         blocking(move || hv.set_meta(&dn, &meta)).await?;
         if let Some(r) = self.st().rt.get_mut(&d.name) {
@@ -456,7 +496,9 @@ impl Vmd {
     pub(crate) async fn stop_domain(&self, vm: &str) -> Result<bool> {
         let (hv, dn) = (self.hv(), xml::domain_name(vm));
         let running = |hv: Arc<dyn Hypervisor>, dn: String| async move {
-            blocking(move || hv.get(&dn)).await.map(|d| d.is_some_and(|d| d.state == DomState::Running))
+            blocking(move || hv.get(&dn))
+                .await
+                .map(|d| d.is_some_and(|d| d.state == DomState::Running))
         };
         if !running(hv.clone(), dn.clone()).await? {
             return Ok(true);
@@ -474,10 +516,10 @@ impl Vmd {
             }
         }
         let (hv2, dn2) = (hv.clone(), dn.clone());
-        if let Err(e) = blocking(move || hv2.destroy(&dn2)).await {
-            if running(hv, dn).await? {
-                return Err(e);
-            }
+        if let Err(e) = blocking(move || hv2.destroy(&dn2)).await
+            && running(hv, dn).await?
+        {
+            return Err(e);
         }
         Ok(false)
     }
@@ -499,7 +541,11 @@ impl Vmd {
         }
         self.st().rt.remove(vm);
         let how = if graceful { "shut down" } else { "destroyed after the shutdown timeout" };
-        self.emit(vm, "removed", format!("VM {vm} {how} and removed: it is no longer in the profile (data disks kept)"));
+        self.emit(
+            vm,
+            "removed",
+            format!("VM {vm} {how} and removed: it is no longer in the profile (data disks kept)"),
+        );
         Ok(format!("{vm}: {how}, undefined (no longer in the profile; data disks kept)"))
     }
 
@@ -513,7 +559,8 @@ impl Vmd {
             r.restart_gen += 1;
         }
         let (hv, dn) = (self.hv(), xml::domain_name(vm));
-        let running = blocking(move || hv.get(&dn)).await?.is_some_and(|d| d.state == DomState::Running);
+        let running =
+            blocking(move || hv.get(&dn)).await?.is_some_and(|d| d.state == DomState::Running);
         if !running {
             self.start_defined(vm, "started by an operator").await?;
         }
@@ -608,12 +655,11 @@ impl Vmd {
                 Err(e) => failures.push(format!("{vm}: {e}")),
             }
         }
-        if purge {
-            if let Err(e) = std::fs::remove_dir_all(self.inner.layout.images()) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    failures.push(format!("image cache: {e}"));
-                }
-            }
+        if purge
+            && let Err(e) = std::fs::remove_dir_all(self.inner.layout.images())
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            failures.push(format!("image cache: {e}"));
         }
         {
             let mut st = self.st();
@@ -673,7 +719,8 @@ pub fn read_tail(path: &std::path::Path, max: usize) -> Result<Vec<u8>> {
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let from = len.saturating_sub(max as u64);
-    f.seek(SeekFrom::Start(from)).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    f.seek(SeekFrom::Start(from))
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     Ok(buf)

@@ -28,7 +28,11 @@ pub struct Nic {
 
 /// Where NICs come from: netd, or the profile alone.
 pub trait NicSource: Send + Sync {
-    fn attach<'a>(&'a self, profile: &'a Profile, vm: &'a VmSpec) -> BoxFuture<'a, Result<Vec<Nic>>>;
+    fn attach<'a>(
+        &'a self,
+        profile: &'a Profile,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, Result<Vec<Nic>>>;
     /// Gives back what `attach` took (netd frees `auto` addresses).
     fn detach<'a>(&'a self, workload: &'a str) -> BoxFuture<'a, Result<()>>;
 }
@@ -80,7 +84,11 @@ pub fn derive(profile: &Profile, vm: &VmSpec) -> Result<Vec<Nic>> {
 }
 
 impl NicSource for StaticNics {
-    fn attach<'a>(&'a self, profile: &'a Profile, vm: &'a VmSpec) -> BoxFuture<'a, Result<Vec<Nic>>> {
+    fn attach<'a>(
+        &'a self,
+        profile: &'a Profile,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, Result<Vec<Nic>>> {
         Box::pin(async move { derive(profile, vm) })
     }
 
@@ -103,9 +111,9 @@ impl NetdNics {
     async fn client(
         &self,
     ) -> Result<backroom_api::netd::netd_client::NetdClient<tonic::transport::Channel>> {
-        let channel = crate::client::unix_channel(&self.socket)
-            .await
-            .map_err(|e| Error::Netd(format!("cannot reach netd at {}: {e}", self.socket.display())))?;
+        let channel = crate::client::unix_channel(&self.socket).await.map_err(|e| {
+            Error::Netd(format!("cannot reach netd at {}: {e}", self.socket.display()))
+        })?;
         Ok(backroom_api::netd::netd_client::NetdClient::new(channel))
     }
 }
@@ -135,7 +143,10 @@ pub fn from_netd(vm: &VmSpec, reply: backroom_api::netd::AttachReply) -> Result<
                 None
             } else {
                 Some(i.address.parse::<IpNet>().map_err(|_| {
-                    Error::Netd(format!("netd gave VM `{name}` the address `{}`, not a CIDR", i.address))
+                    Error::Netd(format!(
+                        "netd gave VM `{name}` the address `{}`, not a CIDR",
+                        i.address
+                    ))
                 })?)
             };
             let gateway = if i.gateway.is_empty() {
@@ -151,7 +162,11 @@ pub fn from_netd(vm: &VmSpec, reply: backroom_api::netd::AttachReply) -> Result<
 }
 
 impl NicSource for NetdNics {
-    fn attach<'a>(&'a self, _profile: &'a Profile, vm: &'a VmSpec) -> BoxFuture<'a, Result<Vec<Nic>>> {
+    fn attach<'a>(
+        &'a self,
+        _profile: &'a Profile,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, Result<Vec<Nic>>> {
         Box::pin(async move {
             let mut c = self.client().await?;
             let req = backroom_api::netd::AttachRequest {
@@ -189,7 +204,11 @@ pub struct MemNics {
 }
 
 impl NicSource for MemNics {
-    fn attach<'a>(&'a self, profile: &'a Profile, vm: &'a VmSpec) -> BoxFuture<'a, Result<Vec<Nic>>> {
+    fn attach<'a>(
+        &'a self,
+        profile: &'a Profile,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, Result<Vec<Nic>>> {
         Box::pin(async move {
             let answer = self.answers.lock().ok().and_then(|m| m.get(vm.name.as_str()).cloned());
             match answer {

@@ -65,28 +65,52 @@ pub fn resolve(
             let key = format!("{id}\0{size}");
             let overlay_id = hex::encode(&Sha256::digest(key.as_bytes())[..6]);
             let overlay = layout.overlay(&name, &overlay_id);
-            disks.push(DiskDevice { path: overlay.clone(), format: "qcow2".into(), readonly: false, serial: "root".into() });
+            disks.push(DiskDevice {
+                path: overlay.clone(),
+                format: "qcow2".into(),
+                readonly: false,
+                serial: "root".into(),
+            });
             (BootMode::Disk, Some((d.clone(), overlay)))
         }
         (None, Some(k)) => {
             for p in std::iter::once(&k.kernel).chain(k.initrd.iter()) {
                 if !p.starts_with('/') {
-                    return Err(bad(format!("kernel and initrd must be absolute paths on the node, not `{p}`")));
+                    return Err(bad(format!(
+                        "kernel and initrd must be absolute paths on the node, not `{p}`"
+                    )));
                 }
             }
-            (BootMode::Kernel { kernel: k.kernel.clone(), initrd: k.initrd.clone(), cmdline: k.cmdline.clone() }, None)
+            (
+                BootMode::Kernel {
+                    kernel: k.kernel.clone(),
+                    initrd: k.initrd.clone(),
+                    cmdline: k.cmdline.clone(),
+                },
+                None,
+            )
         }
         _ => return Err(bad("boot needs exactly one of disk and kernel".into())),
     };
     let mut data = Vec::new();
     for d in &vm.disks {
         let path = layout.data_disk(&name, d.name.as_str());
-        disks.push(DiskDevice { path: path.clone(), format: "qcow2".into(), readonly: false, serial: d.name.as_str().into() });
+        disks.push(DiskDevice {
+            path: path.clone(),
+            format: "qcow2".into(),
+            readonly: false,
+            serial: d.name.as_str().into(),
+        });
         data.push((path, d.size.bytes()));
     }
     let seed = seed::build(vm, &nics).map(|s| (layout.seed(&name, &s.id), s));
     if let Some((p, _)) = &seed {
-        disks.push(DiskDevice { path: p.clone(), format: "raw".into(), readonly: true, serial: "cidata".into() });
+        disks.push(DiskDevice {
+            path: p.clone(),
+            format: "raw".into(),
+            readonly: true,
+            serial: "cidata".into(),
+        });
     }
     let domain = DomainSpec {
         workload: name.clone(),
@@ -99,7 +123,10 @@ pub fn resolve(
         },
         boot,
         disks,
-        nics: nics.iter().map(|n| NicDevice { bridge: n.bridge.clone(), mac: n.mac.clone() }).collect(),
+        nics: nics
+            .iter()
+            .map(|n| NicDevice { bridge: n.bridge.clone(), mac: n.mac.clone() })
+            .collect(),
         console_log: layout.console_log(&name),
     };
     let spec_hash = xml::spec_hash(&domain);
@@ -151,13 +178,13 @@ pub fn plan(
     let mut actions = Vec::new();
     let wanted: BTreeSet<String> = desired.iter().map(DesiredVm::domain_name).collect();
     for o in observed {
-        if let Some(m) = &o.meta {
-            if !wanted.contains(&o.name) {
-                actions.push(match mode {
-                    Mode::Apply => Action::Remove(m.workload.clone()),
-                    Mode::Adopt | Mode::Observe => Action::Orphan(m.workload.clone()),
-                });
-            }
+        if let Some(m) = &o.meta
+            && !wanted.contains(&o.name)
+        {
+            actions.push(match mode {
+                Mode::Apply => Action::Remove(m.workload.clone()),
+                Mode::Adopt | Mode::Observe => Action::Orphan(m.workload.clone()),
+            });
         }
     }
     for d in desired {
@@ -172,7 +199,9 @@ pub fn plan(
         if meta.spec != d.spec_hash {
             actions.push(match mode {
                 Mode::Apply => Action::Update(d.name.clone()),
-                Mode::Adopt | Mode::Observe if !running && should_run => Action::Start(d.name.clone()),
+                Mode::Adopt | Mode::Observe if !running && should_run => {
+                    Action::Start(d.name.clone())
+                }
                 Mode::Adopt | Mode::Observe => Action::Differs(d.name.clone()),
             });
         } else if !running && should_run {
@@ -231,7 +260,8 @@ mod tests {
         let d = desired();
         let nvr = &d[0];
         assert_eq!(nvr.name, "nvr");
-        let paths: Vec<String> = nvr.domain.disks.iter().map(|d| d.path.display().to_string()).collect();
+        let paths: Vec<String> =
+            nvr.domain.disks.iter().map(|d| d.path.display().to_string()).collect();
         assert!(paths[0].starts_with("/s/vms/nvr/root-"), "{paths:?}");
         assert_eq!(paths[1], "/s/vms/nvr/disk-recordings.qcow2");
         assert!(paths[2].starts_with("/s/vms/nvr/seed-"));
@@ -267,19 +297,31 @@ mod tests {
             Domain {
                 name: "bk-gone".into(),
                 state: DomState::Running,
-                meta: Some(Meta { workload: "gone".into(), revision: "r0".into(), spec: "x".into() }),
+                meta: Some(Meta {
+                    workload: "gone".into(),
+                    revision: "r0".into(),
+                    spec: "x".into(),
+                }),
             },
             Domain { name: "someone-elses".into(), state: DomState::Running, meta: None },
         ];
         let a = plan(&d, &obs, &none, "r1", Mode::Apply).unwrap();
         assert_eq!(
             a,
-            vec![Action::Remove("gone".into()), Action::Keep("nvr".into()), Action::Update("pos".into())]
+            vec![
+                Action::Remove("gone".into()),
+                Action::Keep("nvr".into()),
+                Action::Update("pos".into())
+            ]
         );
         let a = plan(&d, &obs, &none, "r1", Mode::Adopt).unwrap();
         assert_eq!(
             a,
-            vec![Action::Orphan("gone".into()), Action::Keep("nvr".into()), Action::Differs("pos".into())]
+            vec![
+                Action::Orphan("gone".into()),
+                Action::Keep("nvr".into()),
+                Action::Differs("pos".into())
+            ]
         );
         let obs = vec![dom(&d[0], DomState::ShutOff, "r0", &d[0].spec_hash)];
         let a = plan(&d[..1], &obs, &none, "r1", Mode::Apply).unwrap();

@@ -28,18 +28,21 @@ impl VmdService {
 pub fn status(e: Error) -> Status {
     let msg = crate::error_chain(&e);
     match e {
-        Error::Invalid(_) | Error::RevisionMismatch { .. } | Error::AutoAddressNeedsNetd { .. } | Error::Spec { .. } => {
-            Status::invalid_argument(msg)
-        }
+        Error::Invalid(_)
+        | Error::RevisionMismatch { .. }
+        | Error::AutoAddressNeedsNetd { .. }
+        | Error::Spec { .. } => Status::invalid_argument(msg),
         Error::Admission(_) => Status::resource_exhausted(msg),
         Error::UnknownVm(_) => Status::not_found(msg),
         Error::Foreign(_) | Error::Locked(_) => Status::failed_precondition(msg),
         Error::Failed { .. } => Status::aborted(msg),
         Error::Netd(_) => Status::unavailable(msg),
         Error::Unsupported(_) => Status::unimplemented(msg),
-        Error::Libvirt { .. } | Error::Io { .. } | Error::Command { .. } | Error::Image { .. } | Error::State { .. } => {
-            Status::internal(msg)
-        }
+        Error::Libvirt { .. }
+        | Error::Io { .. }
+        | Error::Command { .. }
+        | Error::Image { .. }
+        | Error::State { .. } => Status::internal(msg),
     }
 }
 
@@ -64,16 +67,24 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send +
 
 #[tonic::async_trait]
 impl pb::vmd_server::Vmd for VmdService {
-    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
         let r = req.into_inner();
         if r.revision.is_empty() {
-            return Err(Status::invalid_argument("revision is required (the profile's revision id)"));
+            return Err(Status::invalid_argument(
+                "revision is required (the profile's revision id)",
+            ));
         }
         let actions = self.vmd.apply_text(&r.revision, &r.profile_yaml).await.map_err(status)?;
         Ok(Response::new(pb::ApplyReply { actions }))
     }
 
-    async fn list(&self, _req: Request<pb::ListRequest>) -> Result<Response<pb::ListReply>, Status> {
+    async fn list(
+        &self,
+        _req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListReply>, Status> {
         Ok(Response::new(pb::ListReply { vms: self.vmd.list().into_iter().map(to_pb).collect() }))
     }
 
@@ -92,7 +103,10 @@ impl pb::vmd_server::Vmd for VmdService {
         Ok(Response::new(pb::VmReply { vm: Some(to_pb(s)) }))
     }
 
-    async fn console_log(&self, req: Request<pb::ConsoleLogRequest>) -> Result<Response<pb::ConsoleLogReply>, Status> {
+    async fn console_log(
+        &self,
+        req: Request<pb::ConsoleLogRequest>,
+    ) -> Result<Response<pb::ConsoleLogReply>, Status> {
         let r = req.into_inner();
         self.vmd.status(&r.name).map_err(status)?;
         let max = if r.max_bytes == 0 { 64 << 10 } else { r.max_bytes as usize };
@@ -102,8 +116,12 @@ impl pb::vmd_server::Vmd for VmdService {
 
     type EventsStream = EventStream;
 
-    async fn events(&self, _req: Request<pb::EventsRequest>) -> Result<Response<EventStream>, Status> {
-        let s = BroadcastStream::new(self.vmd.subscribe()).filter_map(|e| e.ok().map(|e| Ok(event_pb(e))));
+    async fn events(
+        &self,
+        _req: Request<pb::EventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let s = BroadcastStream::new(self.vmd.subscribe())
+            .filter_map(|e| e.ok().map(|e| Ok(event_pb(e))));
         Ok(Response::new(Box::pin(s)))
     }
 }
@@ -116,12 +134,15 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
     match std::fs::remove_file(socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(format!("removing the old socket {}", socket.display()), e)),
+        Err(e) => {
+            return Err(Error::io(format!("removing the old socket {}", socket.display()), e));
+        }
     }
     let listener = tokio::net::UnixListener::bind(socket)
         .map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?;

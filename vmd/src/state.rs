@@ -42,8 +42,10 @@ pub struct VmRecord {
 impl Persisted {
     pub fn load(path: &Path) -> Result<Self> {
         match std::fs::read_to_string(path) {
-            Ok(t) => serde_json::from_str(&t)
-                .map_err(|e| Error::State { path: path.into(), message: format!("unreadable: {e}") }),
+            Ok(t) => serde_json::from_str(&t).map_err(|e| Error::State {
+                path: path.into(),
+                message: format!("unreadable: {e}"),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
             Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
         }
@@ -80,7 +82,8 @@ pub struct StateLock {
 impl StateLock {
     pub fn acquire(path: &Path) -> Result<Self> {
         if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
+            std::fs::create_dir_all(d)
+                .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711));
         }

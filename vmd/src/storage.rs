@@ -63,7 +63,8 @@ impl FsStorage {
     /// Makes a VM folder that QEMU (another user, through libvirt) can traverse.
     fn ensure_parent(&self, path: &Path) -> Result<()> {
         let Some(dir) = path.parent() else { return Ok(()) };
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let mut d = Some(dir);
         while let Some(p) = d {
             if !p.starts_with(self.layout.root()) {
@@ -78,11 +79,16 @@ impl FsStorage {
 
 fn run(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}").replace('"', "");
-    let out = cmd.output().map_err(|e| Error::Command { command: shown.clone(), message: e.to_string() })?;
+    let out = cmd
+        .output()
+        .map_err(|e| Error::Command { command: shown.clone(), message: e.to_string() })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let msg = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
-        return Err(Error::Command { command: shown, message: format!("{} ({})", msg.trim(), out.status) });
+        return Err(Error::Command {
+            command: shown,
+            message: format!("{} ({})", msg.trim(), out.status),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -133,22 +139,24 @@ impl Storage for FsStorage {
     }
 
     fn create_overlay(&self, base: &BaseImage, path: &Path, size: Option<u64>) -> Result<()> {
-        if let Some(s) = size {
-            if s < base.virtual_size {
-                return Err(Error::Image {
-                    image: base.path.display().to_string(),
-                    message: format!(
-                        "the root disk size {s} bytes is smaller than the image ({} bytes)",
-                        base.virtual_size
-                    ),
-                });
-            }
+        if let Some(s) = size
+            && s < base.virtual_size
+        {
+            return Err(Error::Image {
+                image: base.path.display().to_string(),
+                message: format!(
+                    "the root disk size {s} bytes is smaller than the image ({} bytes)",
+                    base.virtual_size
+                ),
+            });
         }
         self.ensure_parent(path)?;
         let tmp = path.with_extension("qcow2.tmp");
         let _ = std::fs::remove_file(&tmp);
         let mut cmd = Command::new("qemu-img");
-        cmd.args(["create", "-q", "-f", "qcow2", "-F", &base.format, "-b"]).arg(&base.path).arg(&tmp);
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", &base.format, "-b"])
+            .arg(&base.path)
+            .arg(&tmp);
         if let Some(s) = size {
             cmd.arg(s.to_string());
         }
@@ -163,8 +171,12 @@ impl Storage for FsStorage {
         self.ensure_parent(path)?;
         let tmp = path.with_extension("qcow2.tmp");
         let _ = std::fs::remove_file(&tmp);
-        run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&tmp).arg(size.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("moving {}", tmp.display()), e))?;
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&tmp)
+            .arg(size.to_string()))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| Error::io(format!("moving {}", tmp.display()), e))?;
         Ok(true)
     }
 
@@ -172,7 +184,8 @@ impl Storage for FsStorage {
         self.ensure_parent(path)?;
         let dir = path.with_extension("d");
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         for (name, text) in [
             ("meta-data", &seed.meta_data),
             ("user-data", &seed.user_data),
@@ -238,7 +251,11 @@ impl Storage for MemStorage {
 
     fn base_image<'a>(&'a self, disk: &'a BootDisk) -> BoxFuture<'a, Result<BaseImage>> {
         Box::pin(async move {
-            Ok(BaseImage { path: PathBuf::from(&disk.image), format: "qcow2".into(), virtual_size: 1 << 20 })
+            Ok(BaseImage {
+                path: PathBuf::from(&disk.image),
+                format: "qcow2".into(),
+                virtual_size: 1 << 20,
+            })
         })
     }
 

@@ -41,7 +41,9 @@ impl Vmd {
                 while let Some(ev) = rx.recv().await {
                     me.on_lifecycle(ev);
                 }
-                tracing::error!("libvirt's event channel closed: restart policy now runs on resync only");
+                tracing::error!(
+                    "libvirt's event channel closed: restart policy now runs on resync only"
+                );
             }));
         }
         let me = self.clone();
@@ -113,7 +115,8 @@ impl Vmd {
             r.restart_gen += 1;
             if !restart {
                 r.rec.parked = true;
-                r.rec.reason = format!("{what}; restart policy {} leaves it stopped", policy_name(policy));
+                r.rec.reason =
+                    format!("{what}; restart policy {} leaves it stopped", policy_name(policy));
                 None
             } else {
                 if r.started_at.is_some_and(|t| t.elapsed() >= cfg.stable_after) {
@@ -122,7 +125,11 @@ impl Vmd {
                 let factor = 1u32.checked_shl(r.backoff.min(20)).unwrap_or(u32::MAX);
                 let delay = cfg.backoff_first.saturating_mul(factor).min(cfg.backoff_max);
                 r.backoff += 1;
-                r.rec.reason = format!("{what}; restarting in {}s (restart policy {})", delay.as_secs_f64(), policy_name(policy));
+                r.rec.reason = format!(
+                    "{what}; restarting in {}s (restart policy {})",
+                    delay.as_secs_f64(),
+                    policy_name(policy)
+                );
                 Some((delay, r.restart_gen))
             }
         };
@@ -143,7 +150,9 @@ impl Vmd {
         let _ops = self.inner.ops.lock().await;
         let still = {
             let st = self.st();
-            st.rt.get(vm).is_some_and(|r| r.restart_gen == gen_ && !r.busy && !r.rec.parked && r.state != VmState::Running)
+            st.rt.get(vm).is_some_and(|r| {
+                r.restart_gen == gen_ && !r.busy && !r.rec.parked && r.state != VmState::Running
+            })
         };
         if !still {
             return;
@@ -157,7 +166,14 @@ impl Vmd {
                         r.rec.restarts
                     })
                 };
-                self.emit(vm, "restarted", format!("VM {vm} restarted by its restart policy (restart #{n}, after {}s)", delay.as_secs_f64()));
+                self.emit(
+                    vm,
+                    "restarted",
+                    format!(
+                        "VM {vm} restarted by its restart policy (restart #{n}, after {}s)",
+                        delay.as_secs_f64()
+                    ),
+                );
                 self.save();
             }
             Err(e) => {
@@ -244,8 +260,12 @@ impl Vmd {
                 (before != r.health).then_some(r.health)
             };
             match (change, res) {
-                (Some(HealthState::Healthy), _) => self.emit(&vm, "healthy", format!("VM {vm} is healthy")),
-                (Some(HealthState::Unhealthy), Err(e)) => self.emit(&vm, "unhealthy", format!("VM {vm} is unhealthy: {e}")),
+                (Some(HealthState::Healthy), _) => {
+                    self.emit(&vm, "healthy", format!("VM {vm} is healthy"))
+                }
+                (Some(HealthState::Unhealthy), Err(e)) => {
+                    self.emit(&vm, "unhealthy", format!("VM {vm} is unhealthy: {e}"))
+                }
                 _ => {}
             }
         }

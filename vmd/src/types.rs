@@ -129,4 +129,3 @@ pub struct VmEvent {
     pub kind: String,
     pub message: String,
 }
-

@@ -34,29 +34,49 @@ impl Vmd {
                 if let Some(r) = self.st().rt.get_mut(&name) {
                     r.revision = revision.into();
                 }
-                let msg = format!("VM {name} updated to revision {}{}", short(revision), if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) });
+                let msg = format!(
+                    "VM {name} updated to revision {}{}",
+                    short(revision),
+                    if notes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", notes.join(", "))
+                    }
+                );
                 self.emit(&name, "update_done", msg.clone());
                 Ok(format!("{name}: updated"))
             }
             Err(why) => {
                 let rb = self.rollback(d, &old_xml, was_running).await;
                 let msg = match &rb {
-                    Ok(()) => format!("VM {name}: the update did not come up ({why}); rolled back to the previous definition"),
-                    Err(e) => format!("VM {name}: the update did not come up ({why}); rollback failed too: {e}"),
+                    Ok(()) => format!(
+                        "VM {name}: the update did not come up ({why}); rolled back to the previous definition"
+                    ),
+                    Err(e) => format!(
+                        "VM {name}: the update did not come up ({why}); rollback failed too: {e}"
+                    ),
                 };
                 self.emit(&name, "update_rolled_back", msg.clone());
                 self.set_busy(&name, false);
                 if rb.is_err() {
                     self.set_state(&name, VmState::Failed, msg.clone());
                 }
-                return Err(Error::Spec { vm: name, message: format!("update rolled back: {why}") });
+                return Err(Error::Spec {
+                    vm: name,
+                    message: format!("update rolled back: {why}"),
+                });
             }
         };
         self.set_busy(&name, false);
         line
     }
 
-    async fn update_inner(&self, d: &DesiredVm, revision: &str, was_running: bool) -> Result<(), String> {
+    async fn update_inner(
+        &self,
+        d: &DesiredVm,
+        revision: &str,
+        was_running: bool,
+    ) -> Result<(), String> {
         let name = &d.name;
         if was_running {
             self.stop_domain(name).await.map_err(|e| format!("cannot stop the old VM: {e}"))?;
@@ -81,7 +101,10 @@ impl Vmd {
             let (hv, n) = (self.hv(), dn.clone());
             let dom = blocking(move || hv.get(&n)).await.map_err(|e| e.to_string())?;
             if !dom.is_some_and(|x| x.state == DomState::Running) {
-                return Err(format!("it stopped {:.1}s after starting", start.elapsed().as_secs_f64()));
+                return Err(format!(
+                    "it stopped {:.1}s after starting",
+                    start.elapsed().as_secs_f64()
+                ));
             }
             if start.elapsed() >= cfg.settle {
                 break;
@@ -111,7 +134,8 @@ impl Vmd {
         let (hv, dn) = (self.hv(), d.domain_name());
         {
             let (hv, dn) = (hv.clone(), dn.clone());
-            let running = blocking(move || hv.get(&dn)).await?.is_some_and(|x| x.state == DomState::Running);
+            let running =
+                blocking(move || hv.get(&dn)).await?.is_some_and(|x| x.state == DomState::Running);
             if running {
                 let (hv, dn) = (self.hv(), d.domain_name());
                 blocking(move || hv.destroy(&dn)).await?;
@@ -143,12 +167,12 @@ impl Vmd {
         let keep = d.replaceable_files();
         let storage = self.storage();
         for f in storage.list(&self.inner.layout.vm_dir(&d.name)) {
-            if Layout::is_replaceable(&f) && !keep.contains(&f) {
-                if let Err(e) = storage.remove(&f) {
-                    tracing::warn!(vm = %d.name, error = %e, "cannot remove an old overlay or seed");
-                }
+            if Layout::is_replaceable(&f)
+                && !keep.contains(&f)
+                && let Err(e) = storage.remove(&f)
+            {
+                tracing::warn!(vm = %d.name, error = %e, "cannot remove an old overlay or seed");
             }
         }
     }
-
 }

@@ -61,7 +61,9 @@ pub fn default_probe_kernel() -> Option<std::path::PathBuf> {
     let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/boot")
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
         .collect();
     found.sort();
     found.pop().or_else(|| Some(std::path::PathBuf::from("/vmlinuz")).filter(|p| p.exists()))
@@ -84,10 +86,15 @@ pub async fn choose(
             reason: "--virt-type qemu: TCG emulation, as asked".into(),
         },
         VirtTypeSetting::Auto => match probe_kvm(qemu, work_dir, timeout, kernel).await {
-            Ok(what) => VirtChoice { virt_type: VirtType::Kvm, reason: format!("auto: {what} ran under KVM") },
+            Ok(what) => VirtChoice {
+                virt_type: VirtType::Kvm,
+                reason: format!("auto: {what} ran under KVM"),
+            },
             Err(why) => VirtChoice {
                 virt_type: VirtType::Qemu,
-                reason: format!("auto: KVM does not run guests here ({why}): using QEMU's TCG emulation"),
+                reason: format!(
+                    "auto: KVM does not run guests here ({why}): using QEMU's TCG emulation"
+                ),
             },
         },
     }
@@ -96,7 +103,12 @@ pub async fn choose(
 /// Boots the probe sector under KVM, then (when there is one) a Linux kernel: nested KVM on
 /// some machines runs the first and hangs in the second. `Ok` says what ran; `Err` why KVM is
 /// not usable.
-pub async fn probe_kvm(qemu: &Path, work_dir: &Path, timeout: Duration, kernel: Option<&Path>) -> Result<String, String> {
+pub async fn probe_kvm(
+    qemu: &Path,
+    work_dir: &Path,
+    timeout: Duration,
+    kernel: Option<&Path>,
+) -> Result<String, String> {
     let dev = Path::new("/dev/kvm");
     if !dev.exists() {
         return Err("/dev/kvm does not exist".into());
@@ -113,13 +125,23 @@ pub async fn probe_kvm(qemu: &Path, work_dir: &Path, timeout: Duration, kernel: 
     sector.map_err(|e| format!("the probe boot sector {e}"))?;
     let Some(k) = kernel else { return Ok("the probe boot sector (no kernel to try)".into()) };
     let k = k.display().to_string();
-    run_probe(qemu, &["-m", "256", "-kernel", &k, "-append", "console=ttyS0 earlyprintk=ttyS0"], KERNEL_MARKER, timeout)
-        .await
-        .map_err(|e| format!("the probe boot sector ran, but the kernel {k} {e}"))?;
+    run_probe(
+        qemu,
+        &["-m", "256", "-kernel", &k, "-append", "console=ttyS0 earlyprintk=ttyS0"],
+        KERNEL_MARKER,
+        timeout,
+    )
+    .await
+    .map_err(|e| format!("the probe boot sector ran, but the kernel {k} {e}"))?;
     Ok(format!("the probe boot sector and the kernel {k}"))
 }
 
-async fn run_probe(qemu: &Path, args: &[&str], marker: &[u8], timeout: Duration) -> Result<(), String> {
+async fn run_probe(
+    qemu: &Path,
+    args: &[&str],
+    marker: &[u8],
+    timeout: Duration,
+) -> Result<(), String> {
     let mut child = tokio::process::Command::new(qemu)
         .args(["-accel", "kvm", "-machine", "pc", "-nodefaults", "-no-user-config"])
         .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
@@ -151,13 +173,22 @@ async fn run_probe(qemu: &Path, args: &[&str], marker: &[u8], timeout: Duration)
     // Our own child, by its handle: a guest stuck in KVM_RUN still dies of SIGKILL.
     let _ = child.start_kill();
     let _ = child.wait().await;
-    let printed = String::from_utf8_lossy(&seen).trim().chars().rev().take(40).collect::<String>().chars().rev().collect::<String>();
+    let printed = String::from_utf8_lossy(&seen)
+        .trim()
+        .chars()
+        .rev()
+        .take(40)
+        .collect::<String>()
+        .chars()
+        .rev()
+        .collect::<String>();
     match outcome {
         Ok(true) => Ok(()),
         Ok(false) => {
             let mut e = String::new();
             let _ = err.read_to_string(&mut e).await;
-            let last = e.lines().find(|l| !l.contains("warning")).unwrap_or("no message").to_string();
+            let last =
+                e.lines().find(|l| !l.contains("warning")).unwrap_or("no message").to_string();
             Err(format!("died under KVM after printing `{printed}`: {last}"))
         }
         Err(_) => Err(format!(

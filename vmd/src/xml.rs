@@ -92,7 +92,10 @@ pub struct Meta {
 /// The domain XML of `spec`, with metadata naming `revision`.
 pub fn domain_xml(spec: &DomainSpec, revision: &str) -> String {
     let hash = spec_hash(spec);
-    render(spec, Some(&Meta { workload: spec.workload.clone(), revision: revision.into(), spec: hash }))
+    render(
+        spec,
+        Some(&Meta { workload: spec.workload.clone(), revision: revision.into(), spec: hash }),
+    )
 }
 
 /// The hash vmd compares to decide whether a domain must be redefined: that of the XML
@@ -171,10 +174,16 @@ fn render(s: &DomainSpec, meta: Option<&Meta>) -> String {
         x.push_str("    </interface>\n");
     }
     x.push_str("    <serial type='pty'>\n");
-    let _ = writeln!(x, "      <log file='{}' append='on'/>", esc(&s.console_log.display().to_string()));
+    let _ = writeln!(
+        x,
+        "      <log file='{}' append='on'/>",
+        esc(&s.console_log.display().to_string())
+    );
     x.push_str("      <target port='0'/>\n");
     x.push_str("    </serial>\n");
-    x.push_str("    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n");
+    x.push_str(
+        "    <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n",
+    );
     x.push_str("    <memballoon model='none'/>\n");
     x.push_str("    <rng model='virtio'>\n      <backend model='random'>/dev/urandom</backend>\n    </rng>\n");
     x.push_str("  </devices>\n");
@@ -300,8 +309,9 @@ mod tests {
         if std::env::var_os("VMD_BLESS").is_some() {
             std::fs::write(&path, text).unwrap();
         }
-        let want = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("golden file {} unreadable ({e}); VMD_BLESS=1 writes it", path.display()));
+        let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("golden file {} unreadable ({e}); VMD_BLESS=1 writes it", path.display())
+        });
         assert_eq!(text, want, "domain XML differs from {}", path.display());
     }
 
@@ -349,7 +359,10 @@ mod tests {
         let m = parse_meta(other).unwrap();
         assert_eq!((m.workload.as_str(), m.revision.as_str(), m.spec.as_str()), ("a&b", "r", "s"));
         assert_eq!(parse_meta("<domain><name>theirs</name></domain>"), None);
-        let m = parse_meta_element("<vm>\n  <workload>disk</workload>\n  <revision>r</revision>\n</vm>").unwrap();
+        let m = parse_meta_element(
+            "<vm>\n  <workload>disk</workload>\n  <revision>r</revision>\n</vm>",
+        )
+        .unwrap();
         assert_eq!((m.workload.as_str(), m.revision.as_str()), ("disk", "r"));
     }
 

@@ -54,7 +54,10 @@ async fn a_wrong_digest_is_refused_and_nothing_is_kept() {
     assert!(e.contains("the profile says") && e.contains("not used"), "{e}");
     assert!(cache.cached(&wrong).is_none());
     assert!(!tmp.path().join("state/images/partial").join(format!("{wrong}.part")).exists());
-    let e = cache.fetch_url(&format!("http://127.0.0.1:{}/missing.img", http.port), &wrong).await.unwrap_err();
+    let e = cache
+        .fetch_url(&format!("http://127.0.0.1:{}/missing.img", http.port), &wrong)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("HTTP 404"), "{e}");
 }
 
@@ -73,7 +76,14 @@ async fn node_path_images_are_verified_and_copied_into_the_cache() {
     std::fs::remove_file(&img).unwrap();
     std::fs::write(&img, b"changed").unwrap();
     assert_eq!(sha256_file(&p), sha);
-    assert!(cache.fetch_path(&tmp.path().join("nope.img"), None).await.unwrap_err().to_string().contains("no such file"));
+    assert!(
+        cache
+            .fetch_path(&tmp.path().join("nope.img"), None)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no such file")
+    );
 }
 
 #[tokio::test]
@@ -84,10 +94,10 @@ async fn netd_client_takes_nics_from_netd_and_checks_them() {
         "nvr".into(),
         vec![common::fake_netd::iface("cctv", "02:42:aa:bb:cc:dd", "10.9.20.77/24", "10.9.20.1")],
     );
-    fake.answers
-        .lock()
-        .unwrap()
-        .insert("wrong".into(), vec![common::fake_netd::iface("pos", "02:42:aa:bb:cc:de", "10.9.10.7/24", "")]);
+    fake.answers.lock().unwrap().insert(
+        "wrong".into(),
+        vec![common::fake_netd::iface("pos", "02:42:aa:bb:cc:de", "10.9.10.7/24", "")],
+    );
     let sock = common::fake_netd::serve(fake.clone(), tmp.path());
     let t = "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {name: t}\n\
              network:\n  segments:\n    - {name: cctv, internal: true, subnet: 10.9.20.0/24, address: 10.9.20.1/24}\n\

@@ -25,7 +25,14 @@ struct Names {
     net: String,
 }
 
-fn profile(n: &Names, g: &Guest, disk_url: &str, disk_sha: &str, kern_marker: &str, health_port: u16) -> String {
+fn profile(
+    n: &Names,
+    g: &Guest,
+    disk_url: &str,
+    disk_sha: &str,
+    kern_marker: &str,
+    health_port: u16,
+) -> String {
     format!(
         r#"apiVersion: backroom/v1
 kind: StoreProfile
@@ -77,12 +84,12 @@ fn collect_events(socket: std::path::PathBuf) -> Arc<Mutex<Vec<(String, String, 
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             for _ in 0..600 {
-                if let Ok(mut c) = backroom_vmd::client::vmd_client(&socket).await {
-                    if let Ok(s) = c.events(backroom_api::vmd::EventsRequest {}).await {
-                        let mut s = s.into_inner();
-                        while let Ok(Some(e)) = s.message().await {
-                            ev.lock().unwrap().push((e.vm, e.kind, e.message));
-                        }
+                if let Ok(mut c) = backroom_vmd::client::vmd_client(&socket).await
+                    && let Ok(s) = c.events(backroom_api::vmd::EventsRequest {}).await
+                {
+                    let mut s = s.into_inner();
+                    while let Ok(Some(e)) = s.message().await {
+                        ev.lock().unwrap().push((e.vm, e.kind, e.message));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -154,21 +161,35 @@ fn vm_lifecycle_against_real_libvirt() {
     let disk_mac = naming::mac_string(naming::mac(&n.disk, &n.seg));
     fake.answers.lock().unwrap().insert(
         n.kern.clone(),
-        vec![common::fake_netd::iface(&n.seg, &kern_mac, &format!("{}.5/24", n.net), &format!("{}.1", n.net))],
+        vec![common::fake_netd::iface(
+            &n.seg,
+            &kern_mac,
+            &format!("{}.5/24", n.net),
+            &format!("{}.1", n.net),
+        )],
     );
-    fake.answers
-        .lock()
-        .unwrap()
-        .insert(n.disk.clone(), vec![common::fake_netd::iface(&n.seg, &disk_mac, &format!("{}.6/24", n.net), "")]);
+    fake.answers.lock().unwrap().insert(
+        n.disk.clone(),
+        vec![common::fake_netd::iface(&n.seg, &disk_mac, &format!("{}.6/24", n.net), "")],
+    );
     let netd_sock = common::fake_netd::serve(fake.clone(), dir);
 
-    let mut d = Daemon::start(dir, &["--netd-socket", &netd_sock.display().to_string(), "--update-timeout", "20s"]);
+    let mut d = Daemon::start(
+        dir,
+        &["--netd-socket", &netd_sock.display().to_string(), "--update-timeout", "20s"],
+    );
     let events = collect_events(d.socket.clone());
 
     // 1. Apply: both VMs defined and started, the disk image downloaded (resumed) and verified.
-    let out = apply(&d, dir, &profile(&n, g, &url("disk-v1"), &sha("disk-v1"), "k1", 8080), "v1.yaml");
+    let out =
+        apply(&d, dir, &profile(&n, g, &url("disk-v1"), &sha("disk-v1"), "k1", 8080), "v1.yaml");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "apply failed: {}\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr), d.log_tail());
+    assert!(
+        out.status.success(),
+        "apply failed: {}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log_tail()
+    );
     assert!(stdout.contains(&format!("{}: defined and started", n.kern)), "{stdout}");
     let reqs = http.requests.lock().unwrap().clone();
     assert!(reqs.iter().any(|r| r.contains("(cut)")), "the first download was not cut: {reqs:?}");
@@ -241,9 +262,15 @@ fn vm_lifecycle_against_real_libvirt() {
     let data = d.state.join("vms").join(&n.disk).join("disk-data.qcow2");
     let data_ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&data).unwrap());
     let before = root_overlays(&d.state, &n.disk);
-    let out = apply(&d, dir, &profile(&n, g, &url("disk-v2"), &sha("disk-v2"), "k1", 8080), "v2.yaml");
+    let out =
+        apply(&d, dir, &profile(&n, g, &url("disk-v2"), &sha("disk-v2"), "k1", 8080), "v2.yaml");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{}\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr), d.log_tail());
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log_tail()
+    );
     assert!(stdout.contains(&format!("{}: updated", n.disk)), "{stdout}");
     assert!(stdout.contains(&format!("{}: unchanged", n.kern)), "{stdout}");
     d.wait_log(&n.disk, "BACKROOM-GUEST-READY marker=disk-v2", 1, BOOT);
@@ -251,21 +278,35 @@ fn vm_lifecycle_against_real_libvirt() {
     let after = root_overlays(&d.state, &n.disk);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after, before);
-    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&data).unwrap()), data_ino, "data disk replaced");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&data).unwrap()),
+        data_ino,
+        "data disk replaced"
+    );
 
     // 8. An update that does not come up (the guest powers off at once): rolled back.
-    let out = apply(&d, dir, &profile(&n, g, &url("disk-broken"), &sha("disk-broken"), "k1", 8080), "v3.yaml");
+    let out = apply(
+        &d,
+        dir,
+        &profile(&n, g, &url("disk-broken"), &sha("disk-broken"), "k1", 8080),
+        "v3.yaml",
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "a failed update must fail the apply");
     assert!(stderr.contains("rolled back"), "{stderr}");
     wait_event(&events, &n.disk, "update_rolled_back");
     let l = d.wait_log(&n.disk, "BACKROOM-GUEST-READY marker=disk-v2", 2, BOOT);
     assert!(l.contains("BACKROOM-GUEST-POWEROFF"), "the broken image never ran: {l}");
-    assert_eq!(root_overlays(&d.state, &n.disk), after, "rollback must come back to the previous overlay");
+    assert_eq!(
+        root_overlays(&d.state, &n.disk),
+        after,
+        "rollback must come back to the previous overlay"
+    );
     assert!(virsh(&["dumpxml", &format!("bk-{}", n.disk)]).contains(&after[0]));
 
     // 9. An update that runs but is not healthy (nothing listens on 9999): rolled back too.
-    let out = apply(&d, dir, &profile(&n, g, &url("disk-v2"), &sha("disk-v2"), "k2", 9999), "v4.yaml");
+    let out =
+        apply(&d, dir, &profile(&n, g, &url("disk-v2"), &sha("disk-v2"), "k2", 9999), "v4.yaml");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success());
     assert!(stderr.contains("not healthy"), "{stderr}");
@@ -281,7 +322,10 @@ fn vm_lifecycle_against_real_libvirt() {
         .unwrap();
     assert!(o.status.success(), "teardown: {}", String::from_utf8_lossy(&o.stderr));
     let names = virsh(&["list", "--all", "--name"]);
-    assert!(!names.contains(&format!("bk-{}", n.kern)) && !names.contains(&format!("bk-{}", n.disk)), "{names}");
+    assert!(
+        !names.contains(&format!("bk-{}", n.kern)) && !names.contains(&format!("bk-{}", n.disk)),
+        "{names}"
+    );
     assert!(data.exists(), "teardown without --purge keeps data disks");
     assert!(root_overlays(&d.state, &n.disk).is_empty());
 }

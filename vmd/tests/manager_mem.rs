@@ -30,7 +30,11 @@ fn vmd() -> (Vmd, Arc<MemHypervisor>, Arc<MemStorage>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let hv = Arc::new(MemHypervisor::default());
     let storage = Arc::new(MemStorage::default());
-    let deps = Deps { hypervisor: hv.clone(), storage: storage.clone(), nics: Arc::new(MemNics::default()) };
+    let deps = Deps {
+        hypervisor: hv.clone(),
+        storage: storage.clone(),
+        nics: Arc::new(MemNics::default()),
+    };
     let cfg = Config {
         virt_type: VirtTypeSetting::Qemu,
         shutdown_timeout: Duration::from_millis(300),
@@ -44,7 +48,11 @@ fn vmd() -> (Vmd, Arc<MemHypervisor>, Arc<MemStorage>, tempfile::TempDir) {
     (v, hv, storage, dir)
 }
 
-async fn wait_for(v: &Vmd, name: &str, f: impl Fn(&backroom_vmd::VmStatus) -> bool) -> backroom_vmd::VmStatus {
+async fn wait_for(
+    v: &Vmd,
+    name: &str,
+    f: impl Fn(&backroom_vmd::VmStatus) -> bool,
+) -> backroom_vmd::VmStatus {
     for _ in 0..100 {
         let s = v.status(name).unwrap();
         if f(&s) {
@@ -119,13 +127,27 @@ async fn a_failed_update_rolls_back_to_the_old_definition() {
     assert!(failures[0].contains("update rolled back"), "{failures:?}");
     hv.failing.lock().unwrap().clear();
     assert_eq!(hv.xml("bk-nvr").unwrap(), old, "the old definition is back");
-    let overlays: Vec<_> = storage.files.lock().unwrap().keys().filter(|p| p.to_string_lossy().contains("/root-")).cloned().collect();
+    let overlays: Vec<_> = storage
+        .files
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|p| p.to_string_lossy().contains("/root-"))
+        .cloned()
+        .collect();
     assert_eq!(overlays.len(), 1, "the new overlay is gone, the old kept: {overlays:?}");
     assert!(old.contains(&overlays[0].display().to_string()));
     // And a good update goes through, removing the old overlay.
     let lines = v.apply(&profile("/img/b.qcow2", "always", false)).await.unwrap();
     assert_eq!(lines, vec!["nvr: updated"]);
-    let overlays: Vec<_> = storage.files.lock().unwrap().keys().filter(|p| p.to_string_lossy().contains("/root-")).cloned().collect();
+    let overlays: Vec<_> = storage
+        .files
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|p| p.to_string_lossy().contains("/root-"))
+        .cloned()
+        .collect();
     assert_eq!(overlays.len(), 1);
     assert!(!old.contains(&overlays[0].display().to_string()));
 }
@@ -171,7 +193,11 @@ async fn adoption_takes_over_without_restarting() {
     v.apply(&profile("/img/a.qcow2", "always", false)).await.unwrap();
     let calls = hv.calls().len();
     // A new vmd over the same libvirt and state folder.
-    let deps = Deps { hypervisor: hv.clone(), storage: Arc::new(MemStorage::default()), nics: Arc::new(MemNics::default()) };
+    let deps = Deps {
+        hypervisor: hv.clone(),
+        storage: Arc::new(MemStorage::default()),
+        nics: Arc::new(MemNics::default()),
+    };
     let cfg = Config { virt_type: VirtTypeSetting::Qemu, ..Config::default() };
     let v2 = Vmd::new(deps, Layout::new(d.path()), cfg).unwrap();
     let lines = v2.adopt().await.unwrap();

@@ -25,7 +25,15 @@ fn virt_type_auto_probes_kvm_and_picks_qemu_here() {
     // On the build machines /dev/kvm exists but nested KVM never runs a guest.
     let kernel = guest().kernel();
     let t = Instant::now();
-    let o = vmd(&["virt-type", "--virt-type", "auto", "--kvm-probe-timeout", "10s", "--kvm-probe-kernel", &kernel]);
+    let o = vmd(&[
+        "virt-type",
+        "--virt-type",
+        "auto",
+        "--kvm-probe-timeout",
+        "10s",
+        "--kvm-probe-kernel",
+        &kernel,
+    ]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.starts_with("qemu: auto: KVM does not run guests here ("), "{out}");
@@ -66,18 +74,46 @@ fn direct_apply_with_profile_nics_boots_and_refusals_change_nothing() {
     };
 
     // Refused: does not fit (4Gi - 1Gi reserved < 3Gi + QEMU's overhead).
-    let o = vmd(&["apply", &write("big.yaml", profile(&format!("{net}.5"), "3Gi")), "--state-dir", &st, "--virt-type", "qemu"]);
+    let o = vmd(&[
+        "apply",
+        &write("big.yaml", profile(&format!("{net}.5"), "3Gi")),
+        "--state-dir",
+        &st,
+        "--virt-type",
+        "qemu",
+    ]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("do not fit this node") && text(&o).contains("short"), "{}", text(&o));
+    assert!(
+        text(&o).contains("do not fit this node") && text(&o).contains("short"),
+        "{}",
+        text(&o)
+    );
     // Refused: auto address without netd.
-    let o = vmd(&["apply", &write("auto.yaml", profile("auto", "256Mi")), "--state-dir", &st, "--virt-type", "qemu"]);
+    let o = vmd(&[
+        "apply",
+        &write("auto.yaml", profile("auto", "256Mi")),
+        "--state-dir",
+        &st,
+        "--virt-type",
+        "qemu",
+    ]);
     assert!(!o.status.success());
     assert!(text(&o).contains("--netd-socket"), "{}", text(&o));
-    assert!(!virsh(&["list", "--all", "--name"]).contains(&format!("bk-{vm}")), "a refusal defined a domain");
+    assert!(
+        !virsh(&["list", "--all", "--name"]).contains(&format!("bk-{vm}")),
+        "a refusal defined a domain"
+    );
 
     // Applied directly: bridge, MAC and address derived from the profile; the gateway of a
     // NAT segment is the host's address on it.
-    let o = vmd(&["apply", &write("ok.yaml", profile(&format!("{net}.5"), "256Mi")), "--state-dir", &st, "--virt-type", "qemu"]);
+    let o = vmd(&[
+        "apply",
+        &write("ok.yaml", profile(&format!("{net}.5"), "256Mi")),
+        "--state-dir",
+        &st,
+        "--virt-type",
+        "qemu",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let t = Instant::now();
     let log = loop {

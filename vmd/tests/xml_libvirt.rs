@@ -27,7 +27,15 @@ fn golden_xml_is_accepted_by_libvirt_and_metadata_reads_back() {
     assert!(doms.iter().any(|d| d.name == "test" && d.meta.is_none()));
     hv.start("bk-nvr").unwrap();
     assert_eq!(hv.get("bk-nvr").unwrap().unwrap().state, DomState::Running);
-    hv.set_meta("bk-nvr", &backroom_vmd::xml::Meta { workload: "nvr".into(), revision: "rev9".into(), spec: meta.spec.clone() }).unwrap();
+    hv.set_meta(
+        "bk-nvr",
+        &backroom_vmd::xml::Meta {
+            workload: "nvr".into(),
+            revision: "rev9".into(),
+            spec: meta.spec.clone(),
+        },
+    )
+    .unwrap();
     assert_eq!(hv.get("bk-nvr").unwrap().unwrap().meta.unwrap().revision, "rev9");
     assert!(backroom_vmd::xml::parse_meta(&hv.xml("bk-nvr").unwrap()).unwrap().revision == "rev9");
     hv.destroy("bk-nvr").unwrap();

@@ -137,7 +137,10 @@ impl Common {
         Config {
             virt_type: self.virt_type,
             kvm_probe_timeout: self.kvm_probe_timeout,
-            kvm_probe_kernel: self.kvm_probe_kernel.clone().or_else(backroom_vmd::virt_type::default_probe_kernel),
+            kvm_probe_kernel: self
+                .kvm_probe_kernel
+                .clone()
+                .or_else(backroom_vmd::virt_type::default_probe_kernel),
             shutdown_timeout: self.shutdown_timeout,
             settle: self.settle,
             update_timeout: self.update_timeout,
@@ -150,7 +153,8 @@ impl Common {
     async fn local(&self, wait: Duration) -> Result<(Vmd, StateLock, Arc<Libvirt>)> {
         let layout = Layout::new(&self.state_dir);
         let lf = layout.lock_file();
-        let lock = tokio::task::spawn_blocking(move || StateLock::acquire_wait(&lf, wait)).await??;
+        let lock =
+            tokio::task::spawn_blocking(move || StateLock::acquire_wait(&lf, wait)).await??;
         let uri = self.libvirt_uri.clone();
         let hv = Arc::new(tokio::task::spawn_blocking(move || Libvirt::open(&uri)).await??);
         let nics: Arc<dyn NicSource> = match &self.netd_socket {
@@ -166,7 +170,9 @@ impl Common {
     }
 
     /// The daemon's client, when its socket answers (and --direct is not given).
-    async fn daemon(&self) -> Option<backroom_api::vmd::vmd_client::VmdClient<tonic::transport::Channel>> {
+    async fn daemon(
+        &self,
+    ) -> Option<backroom_api::vmd::vmd_client::VmdClient<tonic::transport::Channel>> {
         if self.direct || !self.socket.exists() {
             return None;
         }
@@ -183,7 +189,12 @@ fn main() -> std::process::ExitCode {
         .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(16).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vmd: cannot start the async runtime: {e}");
@@ -204,7 +215,10 @@ fn print_status(vms: &[backroom_api::vmd::VmStatus]) {
         println!("no VMs");
         return;
     }
-    println!("{:<20} {:<9} {:<20} {:>8} {:<12} {:<9} {:<20} REASON", "NAME", "STATE", "SINCE", "RESTARTS", "REVISION", "HEALTH", "ADDRESSES");
+    println!(
+        "{:<20} {:<9} {:<20} {:>8} {:<12} {:<9} {:<20} REASON",
+        "NAME", "STATE", "SINCE", "RESTARTS", "REVISION", "HEALTH", "ADDRESSES"
+    );
     for v in vms {
         let since = if v.since_unix > 0 { format!("{}", v.since_unix) } else { "-".into() };
         println!(
@@ -225,12 +239,16 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(c) => serve_daemon(c).await,
         Command::Apply { file, common } => {
-            let r = backroom_profiles::render_file(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let r = backroom_profiles::render_file(&file)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             for w in &r.warnings {
                 eprintln!("{w}");
             }
             if let Some(mut d) = common.daemon().await {
-                let req = backroom_api::vmd::ApplyRequest { revision: r.revision.as_str().into(), profile_yaml: r.to_yaml() };
+                let req = backroom_api::vmd::ApplyRequest {
+                    revision: r.revision.as_str().into(),
+                    profile_yaml: r.to_yaml(),
+                };
                 let reply = d.apply(req).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
                 for a in reply.into_inner().actions {
                     println!("{a}");
@@ -246,13 +264,20 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                     Err(e) => return Err(e.into()),
                 }
-                eprintln!("applied revision {} directly (no daemon: restart policies act once `vmd serve` runs)", r.revision.as_str());
+                eprintln!(
+                    "applied revision {} directly (no daemon: restart policies act once `vmd serve` runs)",
+                    r.revision.as_str()
+                );
             }
             Ok(())
         }
         Command::List(c) => {
             let vms = if let Some(mut d) = c.daemon().await {
-                d.list(backroom_api::vmd::ListRequest {}).await.map_err(|s| anyhow::anyhow!("{}", s.message()))?.into_inner().vms
+                d.list(backroom_api::vmd::ListRequest {})
+                    .await
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+                    .into_inner()
+                    .vms
             } else {
                 let (vmd, _lock, _hv) = c.local(Duration::ZERO).await?;
                 vmd.observe().await?;
@@ -281,14 +306,16 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Console { name, common } => {
             let uri = common.libvirt_uri.clone();
-            tokio::task::spawn_blocking(move || backroom_vmd::console::attach(&uri, &name)).await??;
+            tokio::task::spawn_blocking(move || backroom_vmd::console::attach(&uri, &name))
+                .await??;
             Ok(())
         }
         Command::Stop { name, common } => vm_op(&common, &name, Op::Stop).await,
         Command::Start { name, common } => vm_op(&common, &name, Op::Start).await,
         Command::Restart { name, common } => vm_op(&common, &name, Op::Restart).await,
         Command::Teardown { purge, common } => {
-            let (vmd, _lock, _hv) = common.local(Duration::ZERO).await.context("teardown works without the daemon")?;
+            let (vmd, _lock, _hv) =
+                common.local(Duration::ZERO).await.context("teardown works without the daemon")?;
             match vmd.teardown(purge).await {
                 Ok(lines) => {
                     lines.iter().for_each(|l| println!("{l}"));
@@ -378,10 +405,11 @@ async fn serve_daemon(c: Common) -> Result<()> {
         });
     }
     let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

@@ -22,34 +22,60 @@ type Events = Pin<Box<dyn futures::Stream<Item = Result<pb::Event, Status>> + Se
 
 #[tonic::async_trait]
 impl pb::netd_server::Netd for FakeNetd {
-    async fn apply(&self, _: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn apply(
+        &self,
+        _: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
         Err(Status::unimplemented("fake netd"))
     }
-    async fn confirm(&self, _: Request<pb::ConfirmRequest>) -> Result<Response<pb::ConfirmReply>, Status> {
+    async fn confirm(
+        &self,
+        _: Request<pb::ConfirmRequest>,
+    ) -> Result<Response<pb::ConfirmReply>, Status> {
         Err(Status::unimplemented("fake netd"))
     }
     async fn plan(&self, _: Request<pb::PlanRequest>) -> Result<Response<pb::PlanReply>, Status> {
         Err(Status::unimplemented("fake netd"))
     }
-    async fn observe(&self, _: Request<pb::ObserveRequest>) -> Result<Response<pb::ObserveReply>, Status> {
+    async fn observe(
+        &self,
+        _: Request<pb::ObserveRequest>,
+    ) -> Result<Response<pb::ObserveReply>, Status> {
         Err(Status::unimplemented("fake netd"))
     }
-    async fn attach(&self, r: Request<pb::AttachRequest>) -> Result<Response<pb::AttachReply>, Status> {
+    async fn attach(
+        &self,
+        r: Request<pb::AttachRequest>,
+    ) -> Result<Response<pb::AttachReply>, Status> {
         let w = r.into_inner().workload;
         self.attached.lock().unwrap().push(w.clone());
         match self.answers.lock().unwrap().get(&w) {
-            Some(i) => Ok(Response::new(pb::AttachReply { netns_path: String::new(), interfaces: i.clone() })),
-            None => Err(Status::not_found(format!("workload {w} is not in netd's applied profile"))),
+            Some(i) => Ok(Response::new(pb::AttachReply {
+                netns_path: String::new(),
+                interfaces: i.clone(),
+            })),
+            None => {
+                Err(Status::not_found(format!("workload {w} is not in netd's applied profile")))
+            }
         }
     }
-    async fn detach(&self, r: Request<pb::DetachRequest>) -> Result<Response<pb::DetachReply>, Status> {
+    async fn detach(
+        &self,
+        r: Request<pb::DetachRequest>,
+    ) -> Result<Response<pb::DetachReply>, Status> {
         self.detached.lock().unwrap().push(r.into_inner().workload);
         Ok(Response::new(pb::DetachReply {}))
     }
-    async fn promote(&self, _: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteReply>, Status> {
+    async fn promote(
+        &self,
+        _: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::PromoteReply>, Status> {
         Err(Status::unimplemented("fake netd"))
     }
-    async fn teardown(&self, _: Request<pb::TeardownRequest>) -> Result<Response<pb::TeardownReply>, Status> {
+    async fn teardown(
+        &self,
+        _: Request<pb::TeardownRequest>,
+    ) -> Result<Response<pb::TeardownReply>, Status> {
         Err(Status::unimplemented("fake netd"))
     }
     type EventsStream = Events;

@@ -51,7 +51,8 @@ pub fn guest() -> &'static Guest {
             script.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        let dir = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().to_string();
+        let dir =
+            String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().to_string();
         Guest { dir: dir.into() }
     })
 }
@@ -67,7 +68,10 @@ pub fn require_libvirt() {
         ),
         Err(e) => panic!("virsh not found ({e}): run scripts/install-deps"),
     }
-    assert!(Path::new("/run/netns/bkstore").exists(), "network namespace bkstore missing: run scripts/start-services");
+    assert!(
+        Path::new("/run/netns/bkstore").exists(),
+        "network namespace bkstore missing: run scripts/start-services"
+    );
 }
 
 pub fn sh(cmd: &str, args: &[&str]) -> Output {
@@ -89,7 +93,11 @@ impl Bridge {
     pub fn new(segment: &str, host_cidr: &str) -> Bridge {
         let name = format!("br-{segment}");
         let o = sh("ip", &["-n", NS, "link", "add", &name, "type", "bridge"]);
-        assert!(o.status.success(), "cannot create {name} in {NS}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "cannot create {name} in {NS}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let b = Bridge { name };
         sh("ip", &["-n", NS, "addr", "add", host_cidr, "dev", &b.name]);
         sh("ip", &["-n", NS, "link", "set", &b.name, "up"]);
@@ -167,14 +175,20 @@ impl Daemon {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(30) {
             if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("vmd serve exited ({st}): {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                panic!(
+                    "vmd serve exited ({st}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             if self.socket.exists() && self.cli(&["list"]).status.success() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("vmd serve did not answer within 30s: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+        panic!(
+            "vmd serve did not answer within 30s: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
     }
 
     /// SIGKILL, as a crash would.
@@ -195,7 +209,12 @@ impl Daemon {
     /// Runs a one-shot `vmd` command against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        a.extend(["--socket".into(), self.socket.display().to_string(), "--state-dir".into(), self.state.display().to_string()]);
+        a.extend([
+            "--socket".into(),
+            self.socket.display().to_string(),
+            "--state-dir".into(),
+            self.state.display().to_string(),
+        ]);
         Command::new(VMD).args(&a).output().unwrap()
     }
 
@@ -212,7 +231,10 @@ impl Daemon {
                 return l;
             }
             if t.elapsed() > timeout {
-                panic!("{vm}: `{needle}` x{count} not on the console within {timeout:?}; console:\n{l}\nvmd log tail:\n{}", self.log_tail());
+                panic!(
+                    "{vm}: `{needle}` x{count} not on the console within {timeout:?}; console:\n{l}\nvmd log tail:\n{}",
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -220,7 +242,14 @@ impl Daemon {
 
     pub fn log_tail(&self) -> String {
         let t = std::fs::read_to_string(&self.log).unwrap_or_default();
-        t.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        t.lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// `vmd list` as (name, state, restarts) rows.
@@ -232,7 +261,12 @@ impl Daemon {
             .skip(1)
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                Some((f.first()?.to_string(), f.get(1)?.to_string(), f.get(3)?.parse().ok()?, l.to_string()))
+                Some((
+                    f.first()?.to_string(),
+                    f.get(1)?.to_string(),
+                    f.get(3)?.parse().ok()?,
+                    l.to_string(),
+                ))
             })
             .collect()
     }
@@ -253,7 +287,10 @@ impl Daemon {
                 return;
             }
             if t.elapsed() > timeout {
-                panic!("{name}: wanted {state} with ≥{min_restarts} restarts, have: {line}\n{}", self.log_tail());
+                panic!(
+                    "{name}: wanted {state} with ≥{min_restarts} restarts, have: {line}\n{}",
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -280,7 +317,11 @@ impl Drop for Daemon {
 
 /// The pid of a running domain's QEMU (libvirt's pid file).
 pub fn qemu_pid(workload: &str) -> Option<i32> {
-    std::fs::read_to_string(format!("/run/libvirt/qemu/bk-{workload}.pid")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(format!("/run/libvirt/qemu/bk-{workload}.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Running domains named `bk-<workload>` (to check there is no duplicate).
@@ -347,9 +388,12 @@ fn serve_one(mut s: std::net::TcpStream, root: &Path, cut: bool, log: &Mutex<Vec
         }
     }
     let path = first.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
-    log.lock().unwrap().push(format!("GET /{path} from {range_from}{}", if cut { " (cut)" } else { "" }));
+    log.lock()
+        .unwrap()
+        .push(format!("GET /{path} from {range_from}{}", if cut { " (cut)" } else { "" }));
     let Ok(mut f) = std::fs::File::open(root.join(&path)) else {
-        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = s
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     };
     let mut body = Vec::new();
