@@ -80,6 +80,7 @@ fn main() {
     let (mut vmd_run, mut vmd_mark, mut virsh_run, mut virsh_mark) =
         (vec![], vec![], vec![], vec![]);
     let mut xml_cache: Option<Vec<u8>> = None;
+    let mut noop = Vec::new();
     for round in 0..ROUNDS {
         // Alternate which goes first, so that whatever libvirt does after a destroy does not
         // always land on the same side.
@@ -118,6 +119,11 @@ fn main() {
         let marked = wait_marker(&log, 0) - t0;
         vmd_run.push(running.as_secs_f64());
         vmd_mark.push(marked.as_secs_f64());
+        // vmd's own work per apply (render, admission, listing libvirt, plan): an apply that
+        // finds everything as it should be.
+        let t1 = Instant::now();
+        rt.block_on(vmd.apply(&rendered)).unwrap();
+        noop.push(t1.elapsed().as_secs_f64());
         let xml = virsh(&["dumpxml", "--inactive", &format!("bk-{name}")]).stdout;
         rt.block_on(vmd.teardown(false)).unwrap();
         std::thread::sleep(Duration::from_secs(1));

@@ -363,7 +363,10 @@ impl Vmd {
                 Ok(line) => lines.push(line),
                 Err(e) => {
                     let vm = action_vm(a);
-                    let msg = format!("{vm}: {e}");
+                    let msg = match &e {
+                        Error::Spec { .. } => e.to_string(),
+                        _ => format!("{vm}: {e}"),
+                    };
                     lines.push(msg.clone());
                     if !matches!(a, Action::Remove(_)) {
                         self.set_state(vm, VmState::Failed, e.to_string());

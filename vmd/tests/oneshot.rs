@@ -135,6 +135,32 @@ fn direct_apply_with_profile_nics_boots_and_refusals_change_nothing() {
     assert!(o.status.success(), "{l}");
     assert!(l.lines().any(|x| x.starts_with(&vm) && x.contains(" running ")), "{l}");
 
+    // The interactive console attaches through libvirt and leaves on Ctrl-].
+    let mut c = Command::new(VMD)
+        .args(["console", &vm])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    {
+        use std::io::Write;
+        let mut stdin = c.stdin.take().unwrap();
+        stdin.write_all(&[0x1d]).unwrap();
+    }
+    let t = Instant::now();
+    while c.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = c.kill();
+            panic!("vmd console did not leave on Ctrl-]");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(&format!("connected to the serial console of {vm}")), "{}", text(&o));
+
     let o = vmd(&["teardown", "--state-dir", &st, "--shutdown-timeout", "1s"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(!virsh(&["list", "--all", "--name"]).contains(&format!("bk-{vm}")));
