@@ -142,6 +142,7 @@ fn main() {
     let (vr, vm, br, bm) =
         (median(vmd_run), median(vmd_mark), median(virsh_run), median(virsh_mark));
     println!("apply -> domain running: vmd {vr:.3}s, virsh create {br:.3}s, ratio {:.2}", vr / br);
+    println!("no-op apply (vmd's own work per apply): {:.1} ms", median(noop) * 1000.0);
     println!(
         "apply -> guest marker:   vmd {vm:.2}s, virsh create {bm:.2}s, ratio {:.3} (goal: < 1.10)",
         vm / bm
