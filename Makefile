@@ -32,3 +32,4 @@ bench: deps services
 	$(CARGO) build --release -p backroom-central
 	$(CARGO) bench -p backroom-integration
 	$(CARGO) bench -p backroom-nodeagent
+	$(CARGO) bench -p backroom-vmd

@@ -1,4 +1,51 @@
-//! vmd: the store's legacy VMs on libvirt.
+//! vmd: the store's legacy VMs (a back-office POS server, an NVR appliance) on libvirt.
 //!
-//! It will own the `kind: vm` workloads of a profile: domain XML, base images and overlays,
-//! cloud-init seeds, lifecycle and restart policy, adoption. Not built yet (issue 4).
+//! It owns the `kind: vm` workloads of a rendered store profile: the domain XML (a pure
+//! function of the VM spec, [`xml`]), base images (downloaded, verified, cached by digest,
+//! [`images`]), copy-on-write root overlays and persistent data disks ([`storage`]), cloud-init
+//! NoCloud seeds ([`seed`]), the lifecycle with graceful shutdown, restart policies with
+//! backoff driven by libvirt's lifecycle events ([`supervise`]), updates that roll back when
+//! the new VM does not come up, adoption of its own domains (found by their metadata) after a
+//! restart, admission ([`admission`]), and the virtualisation type with a real KVM probe
+//! ([`virt_type`]). [`manager::Vmd`] is the core; [`server`] its gRPC front end.
+//!
+//! It does not own networks: bridges, addresses and the firewall are netd's (VM NICs are put on
+//! netd's `br-<segment>` bridges, [`nics`]); health-driven runbooks and the profile's desired
+//! state are nodeagent's. It never touches a domain that does not carry its metadata.
+
+pub mod admission;
+pub mod client;
+pub mod console;
+pub mod error;
+pub mod health;
+pub mod hypervisor;
+pub mod images;
+pub mod layout;
+pub mod libvirt;
+pub mod manager;
+pub mod nics;
+pub mod plan;
+pub mod seed;
+pub mod server;
+pub mod state;
+pub mod storage;
+pub mod supervise;
+pub mod types;
+mod update;
+pub mod virt_type;
+pub mod xml;
+
+pub use error::{Error, Result};
+pub use manager::{Config, Deps, HealthState, VmEvent, VmState, VmStatus, Vmd};
+
+/// An error and its sources, as one line (what the CLI and gRPC statuses show).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,301 @@
+//! A VM's disks on the node: base images (through [`ImageCache`]), qcow2 overlays and data
+//! disks (`qemu-img`), and cloud-init seeds (`xorriso`, an ISO 9660 volume labelled `cidata`).
+//! One trait, a real implementation on the filesystem and an in-memory one for unit tests.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use backroom_profiles::BootDisk;
+use futures::future::BoxFuture;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::images::ImageCache;
+use crate::layout::Layout;
+use crate::seed::Seed;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseImage {
+    pub path: PathBuf,
+    /// `qcow2` or `raw`, as `qemu-img info` reads it.
+    pub format: String,
+    pub virtual_size: u64,
+}
+
+pub trait Storage: Send + Sync {
+    /// What identifies a boot image without reading it: its sha256 when the profile gives
+    /// one, else its path, size and modification time.
+    fn image_identity(&self, disk: &BootDisk) -> Result<String>;
+    /// The verified, cached base image of `disk` (downloads it when needed).
+    fn base_image<'a>(&'a self, disk: &'a BootDisk) -> BoxFuture<'a, Result<BaseImage>>;
+    /// A qcow2 overlay at `path` over `base`, of `size` bytes (the base's size when `None`).
+    fn create_overlay(&self, base: &BaseImage, path: &Path, size: Option<u64>) -> Result<()>;
+    /// A persistent qcow2 disk of `size` bytes at `path`, unless one is there. True: created.
+    fn ensure_data_disk(&self, path: &Path, size: u64) -> Result<bool>;
+    fn write_seed(&self, path: &Path, seed: &Seed) -> Result<()>;
+    fn exists(&self, path: &Path) -> bool;
+    /// Makes a VM's folder (virtlogd writes its console log there).
+    fn ensure_dir(&self, dir: &Path) -> Result<()>;
+    fn remove(&self, path: &Path) -> Result<()>;
+    /// The files in a VM's folder.
+    fn list(&self, dir: &Path) -> Vec<PathBuf>;
+}
+
+/// The real disks, under the state folder.
+#[derive(Clone, Debug)]
+pub struct FsStorage {
+    layout: Layout,
+    images: ImageCache,
+}
+
+impl FsStorage {
+    pub fn new(layout: Layout) -> Result<Self> {
+        Ok(FsStorage { images: ImageCache::new(layout.clone())?, layout })
+    }
+
+    pub fn images(&self) -> &ImageCache {
+        &self.images
+    }
+
+    /// Makes a VM folder that QEMU (another user, through libvirt) can traverse.
+    fn ensure_parent(&self, path: &Path) -> Result<()> {
+        let Some(dir) = path.parent() else { return Ok(()) };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let mut d = Some(dir);
+        while let Some(p) = d {
+            if !p.starts_with(self.layout.root()) {
+                break;
+            }
+            let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o711));
+            d = p.parent();
+        }
+        Ok(())
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let out = cmd
+        .output()
+        .map_err(|e| Error::Command { command: shown.clone(), message: e.to_string() })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let msg = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        return Err(Error::Command {
+            command: shown,
+            message: format!("{} ({})", msg.trim(), out.status),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `qemu-img info` of a file: (format, virtual size).
+pub fn image_info(path: &Path) -> Result<(String, u64)> {
+    let out = run(Command::new("qemu-img").args(["info", "--output=json", "-U"]).arg(path))?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| Error::Image {
+        image: path.display().to_string(),
+        message: format!("qemu-img info gave no JSON: {e}"),
+    })?;
+    let format = v["format"].as_str().unwrap_or("raw").to_string();
+    let size = v["virtual-size"].as_u64().unwrap_or(0);
+    Ok((format, size))
+}
+
+impl Storage for FsStorage {
+    fn image_identity(&self, disk: &BootDisk) -> Result<String> {
+        if let Some(s) = &disk.sha256 {
+            return Ok(s.as_str().to_string());
+        }
+        let m = std::fs::metadata(&disk.image)
+            .map_err(|e| Error::io(format!("reading the boot image {}", disk.image), e))?;
+        let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        let id = format!("{}\0{}\0{:?}", disk.image, m.len(), mtime);
+        Ok(format!("path-{}", hex::encode(Sha256::digest(id.as_bytes()))))
+    }
+
+    fn base_image<'a>(&'a self, disk: &'a BootDisk) -> BoxFuture<'a, Result<BaseImage>> {
+        Box::pin(async move {
+            let path = if disk.is_url() {
+                let sha = disk.sha256.as_ref().ok_or_else(|| Error::Image {
+                    image: disk.image.clone(),
+                    message: "a URL image needs sha256".into(),
+                })?;
+                self.images.fetch_url(&disk.image, sha.as_str()).await?
+            } else {
+                let sha = disk.sha256.as_ref().map(|s| s.as_str());
+                self.images.fetch_path(Path::new(&disk.image), sha).await?
+            };
+            let p = path.clone();
+            let (format, virtual_size) = tokio::task::spawn_blocking(move || image_info(&p))
+                .await
+                .map_err(|e| Error::io("qemu-img info", std::io::Error::other(e)))??;
+            let _ = self.ensure_parent(&path);
+            Ok(BaseImage { path, format, virtual_size })
+        })
+    }
+
+    fn create_overlay(&self, base: &BaseImage, path: &Path, size: Option<u64>) -> Result<()> {
+        if let Some(s) = size
+            && s < base.virtual_size
+        {
+            return Err(Error::Image {
+                image: base.path.display().to_string(),
+                message: format!(
+                    "the root disk size {s} bytes is smaller than the image ({} bytes)",
+                    base.virtual_size
+                ),
+            });
+        }
+        self.ensure_parent(path)?;
+        let tmp = path.with_extension("qcow2.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", &base.format, "-b"])
+            .arg(&base.path)
+            .arg(&tmp);
+        if let Some(s) = size {
+            cmd.arg(s.to_string());
+        }
+        run(&mut cmd)?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("moving {}", tmp.display()), e))
+    }
+
+    fn ensure_data_disk(&self, path: &Path, size: u64) -> Result<bool> {
+        if path.exists() {
+            return Ok(false);
+        }
+        self.ensure_parent(path)?;
+        let tmp = path.with_extension("qcow2.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&tmp)
+            .arg(size.to_string()))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| Error::io(format!("moving {}", tmp.display()), e))?;
+        Ok(true)
+    }
+
+    fn write_seed(&self, path: &Path, seed: &Seed) -> Result<()> {
+        self.ensure_parent(path)?;
+        let dir = path.with_extension("d");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        for (name, text) in [
+            ("meta-data", &seed.meta_data),
+            ("user-data", &seed.user_data),
+            ("network-config", &seed.network_config),
+        ] {
+            std::fs::write(dir.join(name), text)
+                .map_err(|e| Error::io(format!("writing {}/{name}", dir.display()), e))?;
+        }
+        let tmp = path.with_extension("iso.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let res = run(Command::new("xorriso")
+            .args(["-as", "mkisofs", "-quiet", "-V", "cidata", "-J", "-r", "-o"])
+            .arg(&tmp)
+            .arg(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        res?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("moving {}", tmp.display()), e))
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn ensure_dir(&self, dir: &Path) -> Result<()> {
+        self.ensure_parent(&dir.join("x"))
+    }
+
+    fn remove(&self, path: &Path) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+        }
+    }
+
+    fn list(&self, dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Disks as entries in a map, for unit tests of the manager.
+#[derive(Debug, Default)]
+pub struct MemStorage {
+    pub files: Mutex<BTreeMap<PathBuf, String>>,
+}
+
+impl MemStorage {
+    fn put(&self, path: &Path, what: String) {
+        if let Ok(mut f) = self.files.lock() {
+            f.insert(path.to_path_buf(), what);
+        }
+    }
+}
+
+impl Storage for MemStorage {
+    fn image_identity(&self, disk: &BootDisk) -> Result<String> {
+        Ok(disk.sha256.as_ref().map_or_else(|| format!("path-{}", disk.image), |s| s.to_string()))
+    }
+
+    fn base_image<'a>(&'a self, disk: &'a BootDisk) -> BoxFuture<'a, Result<BaseImage>> {
+        Box::pin(async move {
+            Ok(BaseImage {
+                path: PathBuf::from(&disk.image),
+                format: "qcow2".into(),
+                virtual_size: 1 << 20,
+            })
+        })
+    }
+
+    fn create_overlay(&self, base: &BaseImage, path: &Path, _size: Option<u64>) -> Result<()> {
+        self.put(path, format!("overlay of {}", base.path.display()));
+        Ok(())
+    }
+
+    fn ensure_data_disk(&self, path: &Path, size: u64) -> Result<bool> {
+        if self.exists(path) {
+            return Ok(false);
+        }
+        self.put(path, format!("disk of {size}"));
+        Ok(true)
+    }
+
+    fn write_seed(&self, path: &Path, seed: &Seed) -> Result<()> {
+        self.put(path, seed.network_config.clone());
+        Ok(())
+    }
+
+    fn ensure_dir(&self, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.files.lock().map(|f| f.contains_key(path)).unwrap_or(false)
+    }
+
+    fn remove(&self, path: &Path) -> Result<()> {
+        if let Ok(mut f) = self.files.lock() {
+            f.remove(path);
+        }
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> Vec<PathBuf> {
+        self.files
+            .lock()
+            .map(|f| f.keys().filter(|p| p.parent() == Some(dir)).cloned().collect())
+            .unwrap_or_default()
+    }
+}

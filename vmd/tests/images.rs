@@ -1,0 +1,120 @@
+//! Base images over HTTP (a loopback server started by the test; plain http — the https path
+//! is the same client with TLS) and from node paths; and the netd client against a stand-in
+//! netd on a unix socket.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use backroom_profiles::render_str;
+use backroom_vmd::images::ImageCache;
+use backroom_vmd::layout::Layout;
+use backroom_vmd::nics::{NetdNics, NicSource};
+use common::*;
+
+fn blob(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn download_is_resumed_verified_and_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("base.img"), blob(3 << 20)).unwrap();
+    let sha = sha256_file(&www.join("base.img"));
+    let http = HttpServer::start(www.clone(), 2);
+    let url = format!("http://127.0.0.1:{}/base.img", http.port);
+    let cache = ImageCache::new(Layout::new(tmp.path().join("state"))).unwrap();
+
+    let p = cache.fetch_url(&url, &sha).await.unwrap();
+    assert_eq!(p, tmp.path().join("state/images/sha256").join(&sha));
+    assert_eq!(sha256_file(&p), sha);
+    let reqs = http.requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 3, "two cut downloads, then the rest: {reqs:?}");
+    assert_eq!(reqs[0], "GET /base.img from 0 (cut)");
+    assert!(reqs[1].contains("from 1572864 (cut)"), "resumed where the first stopped: {reqs:?}");
+    assert!(reqs[2].starts_with("GET /base.img from 23"), "{reqs:?}");
+    // Cached by digest: no request the second time.
+    cache.fetch_url(&url, &sha).await.unwrap();
+    assert_eq!(http.requests.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_wrong_digest_is_refused_and_nothing_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("base.img"), blob(1 << 16)).unwrap();
+    let http = HttpServer::start(www.clone(), 0);
+    let url = format!("http://127.0.0.1:{}/base.img", http.port);
+    let cache = ImageCache::new(Layout::new(tmp.path().join("state"))).unwrap();
+    let wrong = "ab".repeat(32);
+    let e = cache.fetch_url(&url, &wrong).await.unwrap_err().to_string();
+    assert!(e.contains("the profile says") && e.contains("not used"), "{e}");
+    assert!(cache.cached(&wrong).is_none());
+    assert!(!tmp.path().join("state/images/partial").join(format!("{wrong}.part")).exists());
+    let e = cache
+        .fetch_url(&format!("http://127.0.0.1:{}/missing.img", http.port), &wrong)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("HTTP 404"), "{e}");
+}
+
+#[tokio::test]
+async fn node_path_images_are_verified_and_copied_into_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("nvr.img");
+    std::fs::write(&img, blob(1 << 16)).unwrap();
+    let sha = sha256_file(&img);
+    let cache = ImageCache::new(Layout::new(tmp.path().join("state"))).unwrap();
+    let e = cache.fetch_path(&img, Some(&"cd".repeat(32))).await.unwrap_err().to_string();
+    assert!(e.contains(&format!("its sha256 is {sha}")), "{e}");
+    let p = cache.fetch_path(&img, Some(&sha)).await.unwrap();
+    assert_eq!(sha256_file(&p), sha);
+    // Changing the node file later cannot touch the cached base.
+    std::fs::remove_file(&img).unwrap();
+    std::fs::write(&img, b"changed").unwrap();
+    assert_eq!(sha256_file(&p), sha);
+    assert!(
+        cache
+            .fetch_path(&tmp.path().join("nope.img"), None)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no such file")
+    );
+}
+
+#[tokio::test]
+async fn netd_client_takes_nics_from_netd_and_checks_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = common::fake_netd::FakeNetd::default();
+    fake.answers.lock().unwrap().insert(
+        "nvr".into(),
+        vec![common::fake_netd::iface("cctv", "02:42:aa:bb:cc:dd", "10.9.20.77/24", "10.9.20.1")],
+    );
+    fake.answers.lock().unwrap().insert(
+        "wrong".into(),
+        vec![common::fake_netd::iface("pos", "02:42:aa:bb:cc:de", "10.9.10.7/24", "")],
+    );
+    let sock = common::fake_netd::serve(fake.clone(), tmp.path());
+    let t = "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {name: t}\n\
+             network:\n  segments:\n    - {name: cctv, internal: true, subnet: 10.9.20.0/24, address: 10.9.20.1/24}\n\
+             workloads:\n  - {name: nvr, kind: vm, cpus: 1, memory: 1Gi, boot: {kernel: {kernel: /k}}, networks: [{segment: cctv, address: auto}]}\n\
+             \x20 - {name: wrong, kind: vm, cpus: 1, memory: 1Gi, boot: {kernel: {kernel: /k}}, networks: [{segment: cctv, address: auto}]}\n";
+    let p = render_str("t.yaml", t).unwrap().profile;
+    let netd = NetdNics::new(&sock);
+    let vms: Vec<_> = p.vms().collect();
+    let nics = netd.attach(&p, vms[0]).await.unwrap();
+    assert_eq!(nics[0].mac, "02:42:aa:bb:cc:dd");
+    assert_eq!(nics[0].bridge, "br-cctv");
+    assert_eq!(nics[0].address.unwrap().to_string(), "10.9.20.77/24");
+    assert_eq!(nics[0].gateway.unwrap().to_string(), "10.9.20.1");
+    let e = netd.attach(&p, vms[1]).await.unwrap_err().to_string();
+    assert!(e.contains("where its profile has `cctv`"), "{e}");
+    netd.detach("nvr").await.unwrap();
+    assert_eq!(fake.detached.lock().unwrap().as_slice(), ["nvr"]);
+    let gone = NetdNics::new(tmp.path().join("absent.sock"));
+    assert!(gone.attach(&p, vms[0]).await.unwrap_err().to_string().contains("cannot reach netd"));
+}
