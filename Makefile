@@ -31,3 +31,4 @@ lint:
 bench: deps services
 	$(CARGO) build --release -p backroom-central
 	$(CARGO) bench -p backroom-integration
+	$(CARGO) bench -p backroom-nodeagent

@@ -29,3 +29,8 @@ pub mod node {
 pub mod operator {
     tonic::include_proto!("backroom.operator.v1");
 }
+
+/// nodeagent's local API (issue 5), used by nodectl.
+pub mod nodeagent {
+    tonic::include_proto!("backroom.nodeagent.v1");
+}

@@ -1,5 +1,44 @@
-//! nodeagent: the node's brain.
+//! nodeagent: the node's brain, and nodectl, its local command line.
 //!
-//! It will run a whole store profile on one node (networks through netd, VMs through vmd,
-//! containers on containerd), keep durable desired state and talk to central. Not built yet
-//! (issues 5 and 6).
+//! nodeagent runs a whole store profile on one node: it persists the desired revision before
+//! acting on it, asks netd for the networks (first), vmd for the VMs (second), and runs the
+//! containers itself on containerd (third): images (pull with `oci-client`, import from OCI
+//! archives), OCI runtime specs, tasks, rotated logs, restart policies with backoff and
+//! crash-loop detection, health probes, `depends_on` ordering, start-first and stop-first
+//! updates with rollback, and adoption of what runs after a restart of nodeagent itself.
+//!
+//! The shape: [`plan::plan`] turns (desired profile, observed workload records) into a list of
+//! [`plan::Action`]s, a pure function with unit tests; [`engine::Engine`] is the one actor that
+//! owns the records, carries the actions out (each workload's long operations run as tasks) and
+//! publishes [`engine::Event`]s; [`server`] is the gRPC front end nodectl talks to. Outside
+//! systems are behind traits with a real and an in-memory implementation each:
+//! [`runtime::Runtime`] (containerd), [`network::Network`] (netd), [`vms::Vms`] (vmd).
+//!
+//! It does not own network objects (netd does), libvirt domains (vmd does), or the session to
+//! central (issue 6 feeds revisions in through [`engine::EngineHandle::apply`] and reads
+//! [`engine::EngineHandle::status`] and [`engine::EngineHandle::subscribe`]).
+
+pub mod admission;
+pub mod engine;
+pub mod error;
+pub mod grpc;
+pub mod logs;
+pub mod network;
+pub mod plan;
+pub mod probe;
+pub mod record;
+pub mod restart;
+pub mod runtime;
+pub mod server;
+pub mod spec;
+pub mod store;
+pub mod vms;
+
+pub use error::Error;
+
+/// Milliseconds since the Unix epoch (the clock every record and event uses).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

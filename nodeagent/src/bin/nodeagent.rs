@@ -1,6 +1,163 @@
-//! Placeholder: `nodeagent` is not built yet (the node agent).
+//! `nodeagent`: runs a store profile on this node (networks through netd, VMs through vmd,
+//! containers on containerd) and serves nodectl on a local socket.
 
-fn main() {
-    eprintln!("nodeagent: not built yet: the node agent lands with issue 5");
-    std::process::exit(2);
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use backroom_nodeagent::engine::{Config, Engine};
+use backroom_nodeagent::network::NetworkChoice;
+use backroom_nodeagent::restart::Backoff;
+use backroom_nodeagent::runtime::{Containerd, ContainerdConfig, RegistryAuth};
+use backroom_nodeagent::vms::VmsChoice;
+use clap::Parser;
+
+/// Run a Backroom store profile on this node.
+///
+/// nodeagent keeps the desired profile revision on disk, applies the network through netd
+/// first, then the VMs through vmd, then runs the containers itself on containerd (pulls or
+/// imported images, restart policies, health checks, updates with rollback). A restarted
+/// nodeagent takes over the containers that run; it never restarts a healthy one.
+/// Talk to it with `nodectl`.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The socket nodectl talks to (mode 0600).
+    #[arg(long, default_value = "/run/backroom/nodeagent.sock")]
+    socket: PathBuf,
+    /// Where nodeagent keeps its state: revisions, workload records, logs.
+    #[arg(long, default_value = "/var/lib/backroom")]
+    state_dir: PathBuf,
+    /// Where named volumes live (default: <state-dir>/volumes).
+    #[arg(long)]
+    volumes_dir: Option<PathBuf>,
+    /// netd's socket, or `none` to leave the network alone (workloads with networks then fail).
+    #[arg(long, default_value = "/run/backroom/netd.sock")]
+    netd_socket: PathBuf,
+    /// vmd's socket, or `none` when this node runs no VMs.
+    #[arg(long, default_value = "/run/backroom/vmd.sock")]
+    vmd_socket: PathBuf,
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// The containerd namespace nodeagent's containers and images live in.
+    #[arg(long, default_value = "backroom")]
+    containerd_namespace: String,
+    /// A store profile to run (standalone mode). Taken at start when it changed since the last
+    /// time; `nodectl apply` switches to another one.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Ask netd for commit-confirm: the network comes back by itself unless confirmed within
+    /// this many seconds (0: off).
+    #[arg(long, default_value_t = 0)]
+    confirm_seconds: u32,
+    /// A registry reached over plain HTTP (host[:port]); repeat for several. Loopback
+    /// registries always are.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    /// A JSON file of registry credentials: {"registry.example": {"username": "…", "password": "…"}}.
+    #[arg(long)]
+    registry_auth: Option<PathBuf>,
+    /// The delay before the first restart of a crashed container, in milliseconds (it doubles
+    /// with each crash in a row, up to 5 minutes).
+    #[arg(long, default_value_t = 1000)]
+    restart_backoff_ms: u64,
+    /// How long a stopping container gets between SIGTERM and SIGKILL, in seconds.
+    #[arg(long, default_value_t = 10)]
+    stop_grace_seconds: u64,
+    /// Keep images no workload uses for this many hours (imported images wait for the profile
+    /// that uses them).
+    #[arg(long, default_value_t = 24)]
+    image_grace_hours: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+    // One thread is plenty for a node agent, and keeps it small.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let auth: BTreeMap<String, RegistryAuth> = match &args.registry_auth {
+        Some(p) => {
+            let text = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a registry credentials file", p.display()))?
+        }
+        None => BTreeMap::new(),
+    };
+    let ctd_config = ContainerdConfig {
+        socket: args.containerd_socket.clone(),
+        namespace: args.containerd_namespace.clone(),
+        insecure_registries: args.insecure_registries.clone(),
+        auth,
+    };
+    let runtime = loop {
+        match Containerd::connect(ctd_config.clone()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!("{e}; trying again in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    let net = NetworkChoice::from_flag(&args.netd_socket)?;
+    let vms = VmsChoice::from_flag(&args.vmd_socket)?;
+    let mut cfg = Config::new(
+        args.state_dir.clone(),
+        args.volumes_dir.clone().unwrap_or_else(|| args.state_dir.join("volumes")),
+    );
+    cfg.confirm_seconds = args.confirm_seconds;
+    cfg.backoff = Backoff { base_ms: args.restart_backoff_ms.max(1), ..Backoff::default() };
+    cfg.stop_grace = Duration::from_secs(args.stop_grace_seconds);
+    cfg.image_grace_ms = args.image_grace_hours * 3600 * 1000;
+    let (engine, handle) = Engine::new(cfg, runtime, net, vms)?;
+    let incoming = backroom_nodeagent::grpc::listen(&args.socket)?;
+    tracing::info!("serving nodectl on {}", args.socket.display());
+
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        let h = handle.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period / 2).await;
+                // Only a live engine earns the ping.
+                if tokio::time::timeout(period / 4, h.status()).await.is_ok_and(|r| r.is_ok()) {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        });
+    }
+    let server = tonic::transport::Server::builder()
+        .add_service(backroom_nodeagent::server::service(handle))
+        .serve_with_incoming(incoming);
+    let ready = || {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        tracing::info!("ready");
+    };
+    tokio::select! {
+        r = engine.run(args.profile.clone(), ready) => r?,
+        r = server => r.context("the nodectl server stopped")?,
+        _ = shutdown() => tracing::info!("stopping: containers keep running"),
+    }
+    Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    let Ok(mut int) = signal(SignalKind::interrupt()) else { return std::future::pending().await };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

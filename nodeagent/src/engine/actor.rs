@@ -1,0 +1,579 @@
+//! The engine's actor: state, message handling, reconcile, dispatch of actions.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use backroom_profiles::{ContainerSpec, Rendered, Workload};
+use futures::StreamExt;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use super::ops::{self, Ctx, Launched};
+use super::view::{ActionResult, Event};
+use super::{ApplyOutcome, Config, EngineHandle, Msg};
+use crate::error::{Error, Result};
+use crate::logs::Logs;
+use crate::network::Network;
+use crate::plan::short;
+use crate::record::{Exit, Records, Update, WorkloadRecord};
+use crate::restart::record_failure;
+use crate::runtime::{Runtime, TaskState, images_to_collect};
+use crate::store::{NodeState, Store};
+use crate::vms::{VmState, Vms};
+
+const ACTIONS_KEPT: usize = 100;
+
+/// Node-wide phase bookkeeping (network, VMs).
+#[derive(Default)]
+pub(super) struct PhaseState {
+    pub(super) done: Option<String>,
+    pub(super) busy: bool,
+    pub(super) retry_at_ms: u64,
+    pub(super) error: Option<String>,
+}
+
+pub struct Engine<R, N, V> {
+    pub(super) cfg: Config,
+    pub(super) ctx: Ctx<R, N>,
+    pub(super) vms: Arc<V>,
+    pub(super) store: Store,
+    pub(super) node: NodeState,
+    pub(super) desired: Option<Rendered>,
+    pub(super) records: Records,
+    pub(super) busy: BTreeMap<String, String>,
+    pub(super) waiting: BTreeMap<String, String>,
+    pub(super) stopping: BTreeSet<String>,
+    pub(super) pending_update: HashMap<String, Update>,
+    pub(super) pumps: HashMap<String, Vec<JoinHandle<()>>>,
+    pub(super) waiters: HashMap<String, JoinHandle<()>>,
+    pub(super) probing: BTreeSet<String>,
+    pub(super) actions: VecDeque<ActionResult>,
+    pub(super) actions_dirty: bool,
+    pub(super) network: PhaseState,
+    pub(super) vm_phase: PhaseState,
+    pub(super) vm_states: Vec<VmState>,
+    pub(super) tx: mpsc::Sender<Msg>,
+    pub(super) rx: mpsc::Receiver<Msg>,
+    pub(super) events: broadcast::Sender<Event>,
+    pub(super) boot_error: Option<String>,
+    pub(super) dirty: bool,
+}
+
+pub(super) fn update_deadline_ms(spec: &ContainerSpec, settle_ms: u64) -> u64 {
+    match &spec.health {
+        Some(h) if h.probe().is_some() => {
+            let t = h.interval.millis() * (u64::from(h.failure_threshold) + 2) + h.timeout.millis();
+            t.max(10_000)
+        }
+        _ => settle_ms + 10_000,
+    }
+}
+
+impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
+    /// Opens the state folder and makes the engine and its handle; nothing runs before
+    /// [`Engine::run`].
+    pub fn new(cfg: Config, runtime: R, net: N, vms: V) -> Result<(Self, EngineHandle)> {
+        let store = Store::open(&cfg.state_dir)?;
+        let node = store.load_node()?;
+        let records = store.load_records()?;
+        let actions: VecDeque<ActionResult> = store.load_actions()?.into();
+        let logs = Logs::new(&cfg.state_dir);
+        let (tx, rx) = mpsc::channel(256);
+        let (events, _) = broadcast::channel(256);
+        let handle = EngineHandle { tx: tx.clone(), events: events.clone(), logs: logs.clone() };
+        let ctx = Ctx {
+            runtime: Arc::new(runtime),
+            net: Arc::new(net),
+            logs,
+            volumes_dir: cfg.volumes_dir.clone(),
+            stop_grace: cfg.stop_grace,
+        };
+        let engine = Engine {
+            cfg,
+            ctx,
+            vms: Arc::new(vms),
+            store,
+            node,
+            desired: None,
+            records,
+            busy: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            stopping: BTreeSet::new(),
+            pending_update: HashMap::new(),
+            pumps: HashMap::new(),
+            waiters: HashMap::new(),
+            probing: BTreeSet::new(),
+            actions,
+            actions_dirty: false,
+            network: PhaseState::default(),
+            vm_phase: PhaseState::default(),
+            vm_states: Vec::new(),
+            tx,
+            rx,
+            events,
+            boot_error: None,
+            dirty: false,
+        };
+        Ok((engine, handle))
+    }
+
+    pub(super) fn emit(&self, workload: &str, kind: &str, message: String) {
+        tracing::info!(workload, kind, "{message}");
+        let _ = self.events.send(Event {
+            at_ms: crate::now_ms(),
+            workload: workload.to_string(),
+            kind: kind.to_string(),
+            message,
+        });
+    }
+
+    pub(super) fn record_action(
+        &mut self,
+        workload: &str,
+        action: &str,
+        result: std::result::Result<String, String>,
+    ) {
+        let (ok, message) = match result {
+            Ok(m) => (true, m),
+            Err(m) => (false, m),
+        };
+        let line = if message.is_empty() {
+            format!("{action}: {}", if ok { "done" } else { "failed" })
+        } else {
+            format!("{action}: {message}")
+        };
+        self.emit(workload, "action", line);
+        self.actions.push_front(ActionResult {
+            at_ms: crate::now_ms(),
+            workload: workload.to_string(),
+            action: action.to_string(),
+            ok,
+            message,
+        });
+        self.actions.truncate(ACTIONS_KEPT);
+        self.actions_dirty = true;
+    }
+
+    /// Adopts what runs, takes the boot profile, then serves until the process ends.
+    pub async fn run(
+        mut self,
+        boot_profile: Option<PathBuf>,
+        ready: impl FnOnce() + Send,
+    ) -> Result<()> {
+        self.adopt().await;
+        self.load_desired(boot_profile.as_deref());
+        ready();
+        if self.vms.configured() {
+            self.forward_vm_events();
+        }
+        self.refresh_vms();
+        self.reconcile();
+        let mut tick = tokio::time::interval(self.cfg.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resync = tokio::time::interval(self.cfg.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await;
+        loop {
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(m) => self.handle(m),
+                    None => return Ok(()),
+                },
+                _ = tick.tick() => self.reconcile(),
+                _ = resync.tick() => {
+                    self.resync();
+                }
+            }
+        }
+    }
+
+    fn load_desired(&mut self, boot: Option<&std::path::Path>) {
+        if let Some(rev) = self.node.desired.clone() {
+            match self.store.load_revision(&rev) {
+                Ok(r) => self.desired = Some(r),
+                Err(e) => {
+                    tracing::error!("cannot load the desired revision {rev}: {e}");
+                    self.boot_error = Some(e.to_string());
+                }
+            }
+        }
+        let Some(path) = boot else { return };
+        match backroom_profiles::render_file(path) {
+            Err(invalid) => {
+                let lines: Vec<String> = invalid.errors().map(|d| d.to_string()).collect();
+                let msg =
+                    format!("the profile {} is refused: {}", path.display(), lines.join("; "));
+                tracing::error!("{msg}");
+                self.emit("", "revision", msg.clone());
+                self.boot_error = Some(msg);
+            }
+            Ok(r) => {
+                let rev = r.revision.to_string();
+                if self.node.desired.is_some()
+                    && self.node.boot_profile_revision.as_deref() == Some(&rev)
+                {
+                    return;
+                }
+                match self.apply(r, path.display().to_string()) {
+                    Ok(_) => {
+                        self.node.boot_profile_revision = Some(rev);
+                        if let Err(e) = self.store.save_node(&self.node) {
+                            tracing::error!("{e}");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        self.boot_error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes over the containers that run: a running task keeps running, untouched.
+    async fn adopt(&mut self) {
+        let observed = loop {
+            match self.ctx.runtime.list().await {
+                Ok(o) => break o,
+                Err(e) => {
+                    tracing::warn!("cannot list containers yet (retrying in 2 s): {e}");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+            }
+        };
+        let by_id: HashMap<String, TaskState> =
+            observed.iter().map(|o| (o.id.clone(), o.task.clone())).collect();
+        let mut known = BTreeSet::new();
+        let now = crate::now_ms();
+        let mut to_watch = Vec::new();
+        let mut gone = Vec::new();
+        for rec in self.records.values_mut() {
+            let name = rec.name.clone();
+            for inst in [rec.primary.as_mut(), rec.next.as_mut()].into_iter().flatten() {
+                known.insert(inst.container_id.clone());
+                if inst.exit.is_some() {
+                    continue;
+                }
+                match by_id.get(&inst.container_id) {
+                    Some(TaskState::Running { pid }) => {
+                        inst.pid = *pid;
+                        to_watch.push((name.clone(), inst.container_id.clone()));
+                    }
+                    Some(TaskState::Stopped { .. }) => {
+                        to_watch.push((name.clone(), inst.container_id.clone()))
+                    }
+                    _ => {
+                        inst.exit = Some(Exit { code: 255, at_ms: now, oom: false });
+                        gone.push((name.clone(), inst.container_id.clone()));
+                    }
+                }
+            }
+        }
+        for (w, id) in &to_watch {
+            match self.ctx.logs.pump(w, id) {
+                Ok(p) => {
+                    self.pumps.insert(id.clone(), p);
+                }
+                Err(e) => tracing::warn!(workload = %w, "cannot reopen the log of {id}: {e}"),
+            }
+            self.watch(id.clone());
+            self.emit(w, "state", format!("adopted container {id}"));
+        }
+        for (w, id) in gone {
+            if let Some(rec) = self.records.get_mut(&w) {
+                record_failure(&self.cfg.backoff, rec, None, now);
+            }
+            self.emit(&w, "exit", format!("container {id} was gone when nodeagent started"));
+        }
+        for o in observed {
+            if !known.contains(&o.id) {
+                tracing::info!("removing container {} that no workload record knows", o.id);
+                self.stopping.insert(o.id.clone());
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move {
+                    let _ = ops::remove(&ctx, &o.id).await;
+                });
+            }
+        }
+        self.dirty = true;
+    }
+
+    pub(super) fn watch(&mut self, container_id: String) {
+        let runtime = self.ctx.runtime.clone();
+        let tx = self.tx.clone();
+        let id = container_id.clone();
+        let h = tokio::spawn(async move {
+            loop {
+                match runtime.wait(&id).await {
+                    Ok(exit) => {
+                        let _ = tx.send(Msg::Exited { container_id: id, exit }).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!("wait for {id}: {e}; again in 2 s");
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                }
+            }
+        });
+        if let Some(old) = self.waiters.insert(container_id, h) {
+            old.abort();
+        }
+    }
+
+    pub(super) fn forget_container(&mut self, id: &str) {
+        self.stopping.remove(id);
+        self.probing.remove(id);
+        if let Some(ps) = self.pumps.remove(id) {
+            for p in ps {
+                p.abort();
+            }
+        }
+        if let Some(w) = self.waiters.remove(id) {
+            w.abort();
+        }
+    }
+
+    pub(super) fn register(&mut self, launched: Launched) -> crate::record::Instance {
+        let id = launched.instance.container_id.clone();
+        self.pumps.insert(id.clone(), launched.pumps);
+        self.watch(id);
+        launched.instance
+    }
+
+    fn forward_vm_events(&self) {
+        let vms = self.vms.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(mut s) = vms.events().await {
+                    while let Some(e) = s.next().await {
+                        if tx.send(Msg::VmEvent(e)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        });
+    }
+
+    pub(super) fn refresh_vms(&self) {
+        if !self.vms.configured() {
+            return;
+        }
+        let vms = self.vms.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let r = vms.list().await.map_err(|e| e.to_string());
+            let _ = tx.send(Msg::VmList(r)).await;
+        });
+    }
+
+    pub(super) fn resync(&mut self) {
+        let runtime = self.ctx.runtime.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let r = runtime.list().await.map_err(|e| e.to_string());
+            let _ = tx.send(Msg::Observed(r)).await;
+        });
+        self.refresh_vms();
+        self.collect_images();
+    }
+
+    pub(super) fn collect_images(&self) {
+        let mut keep: BTreeSet<String> = BTreeSet::new();
+        for rec in self.records.values() {
+            for i in rec.instances() {
+                keep.insert(i.image.clone());
+            }
+            if let Some(p) = &rec.previous_image {
+                keep.insert(p.clone());
+            }
+        }
+        if let Some(d) = &self.desired {
+            for c in d.profile.containers() {
+                if let Some(i) = &c.image {
+                    keep.insert(i.to_string());
+                }
+            }
+        }
+        let runtime = self.ctx.runtime.clone();
+        let grace = self.cfg.image_grace_ms;
+        tokio::spawn(async move {
+            let Ok(images) = runtime.images().await else { return };
+            for name in images_to_collect(&images, &keep, crate::now_ms(), grace) {
+                match runtime.delete_image(&name).await {
+                    Ok(()) => tracing::info!("deleted image {name}: no workload uses it"),
+                    Err(e) => tracing::warn!("cannot delete image {name}: {e}"),
+                }
+            }
+        });
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Status { reply } => {
+                let _ = reply.send(self.status());
+                return;
+            }
+            Msg::Apply { rendered, source, reply } => {
+                let _ = reply.send(self.apply(*rendered, source));
+            }
+            Msg::Restart { name, reply } => {
+                let _ = reply.send(self.restart(&name));
+            }
+            Msg::Import { path, reply } => {
+                let runtime = self.ctx.runtime.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let r = runtime.import(&path).await;
+                    let _ = reply.send(r);
+                    let _ = tx.send(Msg::Poke).await;
+                });
+                return;
+            }
+            Msg::Exited { container_id, exit } => self.on_exit(&container_id, exit),
+            Msg::Probed { container_id, result } => self.on_probe(&container_id, result),
+            Msg::OpDone { workload, action, outcome } => {
+                self.on_op_done(&workload, &action, *outcome)
+            }
+            Msg::NetworkDone { revision, result } => {
+                self.network.busy = false;
+                match result {
+                    Ok(actions) => {
+                        self.network.done = Some(revision.clone());
+                        self.network.error = None;
+                        let msg = if actions.is_empty() {
+                            "no change".to_string()
+                        } else {
+                            actions.join("; ")
+                        };
+                        self.record_action(
+                            "",
+                            &format!("apply the network of revision {}", short(&revision)),
+                            Ok(msg),
+                        );
+                    }
+                    Err(e) => {
+                        self.network.error = Some(e.clone());
+                        self.network.retry_at_ms = crate::now_ms() + self.cfg.retry_ms;
+                        self.record_action(
+                            "",
+                            &format!("apply the network of revision {}", short(&revision)),
+                            Err(e),
+                        );
+                    }
+                }
+            }
+            Msg::VmsDone { revision, result } => {
+                self.vm_phase.busy = false;
+                match result {
+                    Ok(actions) => {
+                        self.vm_phase.done = Some(revision.clone());
+                        self.vm_phase.error = None;
+                        let msg = if actions.is_empty() {
+                            "no change".to_string()
+                        } else {
+                            actions.join("; ")
+                        };
+                        self.record_action(
+                            "",
+                            &format!("apply the VMs of revision {}", short(&revision)),
+                            Ok(msg),
+                        );
+                        self.refresh_vms();
+                    }
+                    Err(e) => {
+                        self.vm_phase.error = Some(e.clone());
+                        self.vm_phase.retry_at_ms = crate::now_ms() + self.cfg.retry_ms;
+                        self.record_action(
+                            "",
+                            &format!("apply the VMs of revision {}", short(&revision)),
+                            Err(e),
+                        );
+                    }
+                }
+            }
+            Msg::VmList(r) => match r {
+                Ok(v) => self.vm_states = v,
+                Err(e) => tracing::warn!("cannot list VMs: {e}"),
+            },
+            Msg::VmEvent(e) => {
+                self.emit(&e.vm, "vm", format!("{}: {}", e.kind, e.message));
+                self.refresh_vms();
+            }
+            Msg::Observed(r) => match r {
+                Ok(list) => self.on_observed(list),
+                Err(e) => tracing::warn!("cannot list containers: {e}"),
+            },
+            Msg::Poke => {}
+        }
+        self.reconcile();
+    }
+
+    pub(super) fn apply(&mut self, rendered: Rendered, source: String) -> Result<ApplyOutcome> {
+        let rev = rendered.revision.to_string();
+        if let Err(why) = crate::admission::admit(&rendered.profile, &crate::admission::facts()) {
+            self.emit("", "revision", format!("revision {} refused: {why}", short(&rev)));
+            return Err(Error::Refused(why));
+        }
+        if self.desired.as_ref().is_some_and(|d| d.revision == rendered.revision) {
+            return Ok(ApplyOutcome { revision: rev, changed: false });
+        }
+        // On disk before anything acts on it.
+        self.store.save_revision(&rendered)?;
+        let mut node = self.node.clone();
+        node.desired = Some(rev.clone());
+        node.desired_source = source.clone();
+        self.store.save_node(&node)?;
+        self.node = node;
+        self.desired = Some(rendered);
+        // A new revision may fix what failed: try it without waiting out the old backoff.
+        for rec in self.records.values_mut() {
+            rec.backoff_until_ms = 0;
+        }
+        self.network = PhaseState::default();
+        self.vm_phase = PhaseState::default();
+        self.emit(
+            "",
+            "revision",
+            format!("desired revision is now {} (from {source})", short(&rev)),
+        );
+        Ok(ApplyOutcome { revision: rev, changed: true })
+    }
+
+    pub(super) fn restart(&mut self, name: &str) -> Result<String> {
+        let Some(d) = &self.desired else { return Err(Error::NoSuchWorkload(name.to_string())) };
+        match d.profile.workload(name) {
+            Some(Workload::Vm(_)) => {
+                let vms = self.vms.clone();
+                let tx = self.tx.clone();
+                let n = name.to_string();
+                tokio::spawn(async move {
+                    let r = vms.restart(&n).await;
+                    if let Err(e) = r {
+                        tracing::warn!("restart of VM {n} failed: {e}");
+                    }
+                    let _ = tx.send(Msg::Poke).await;
+                });
+                Ok(format!("restart of VM {name} asked from vmd"))
+            }
+            Some(Workload::Container(_)) => {
+                let rec = self
+                    .records
+                    .entry(name.to_string())
+                    .or_insert_with(|| WorkloadRecord::new(name));
+                if rec.primary.is_none() {
+                    rec.backoff_until_ms = 0;
+                    return Ok(format!("{name} is not running: it starts as soon as it can"));
+                }
+                rec.restart_requested = true;
+                rec.backoff_until_ms = 0;
+                Ok(format!("restart of {name} requested"))
+            }
+            None => Err(Error::NoSuchWorkload(name.to_string())),
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! The engine acting: each planned action dispatched (long ones as tasks), and the outcome
+//! of each operation applied to the workload's record.
+
+use backroom_profiles::Rendered;
+
+use super::Msg;
+use super::actor::{Engine, update_deadline_ms};
+use super::ops::{self, OpOutcome};
+use crate::error::Error;
+use crate::network::Network;
+use crate::plan::Action;
+use crate::record::{BadVersion, Role, Update, WorkloadRecord, spec_hash};
+use crate::restart::record_failure;
+use crate::runtime::Runtime;
+use crate::vms::Vms;
+
+impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
+    pub(super) fn spawn_op<F>(&mut self, workload: &str, action: String, fut: F)
+    where
+        F: std::future::Future<Output = OpOutcome> + Send + 'static,
+    {
+        self.busy.insert(workload.to_string(), action.clone());
+        self.emit(workload, "action", format!("{action}: started"));
+        let tx = self.tx.clone();
+        let w = workload.to_string();
+        tokio::spawn(async move {
+            let outcome = fut.await;
+            let _ = tx.send(Msg::OpDone { workload: w, action, outcome: Box::new(outcome) }).await;
+        });
+    }
+
+    pub(super) fn dispatch(&mut self, action: Action, rev: &str) {
+        let line = action.to_string();
+        let ctx = self.ctx.clone();
+        match action {
+            Action::ApplyNetwork { revision } => {
+                let Some(yaml) = self.desired.as_ref().map(Rendered::to_yaml) else { return };
+                self.network.busy = true;
+                let net = self.ctx.net.clone();
+                let tx = self.tx.clone();
+                let confirm = self.cfg.confirm_seconds;
+                tokio::spawn(async move {
+                    let r = async {
+                        let applied = net.apply(&revision, &yaml, confirm).await?;
+                        // Standalone: nodeagent still reaches netd after the change, which is
+                        // what the confirmation asks. The central session (issue 6) confirms
+                        // once central is reachable again instead.
+                        if applied.confirm_deadline > 0 {
+                            net.confirm(&revision).await?;
+                        }
+                        Ok::<_, Error>(applied.actions)
+                    }
+                    .await
+                    .map_err(|e| e.to_string());
+                    let _ = tx.send(Msg::NetworkDone { revision, result: r }).await;
+                });
+            }
+            Action::ApplyVms { revision } => {
+                let Some(yaml) = self.desired.as_ref().map(Rendered::to_yaml) else { return };
+                self.vm_phase.busy = true;
+                let vms = self.vms.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let r = vms.apply(&revision, &yaml).await.map_err(|e| e.to_string());
+                    let _ = tx.send(Msg::VmsDone { revision, result: r }).await;
+                });
+            }
+            Action::Wait { workload, reason } => {
+                self.waiting.insert(workload, reason);
+            }
+            Action::Settle { workload } => {
+                if let Some(rec) = self.records.get_mut(&workload) {
+                    rec.update = None;
+                    rec.consecutive_failures = 0;
+                    self.dirty = true;
+                }
+                self.record_action(&workload, &line, Ok(String::new()));
+                self.collect_images();
+            }
+            Action::Start { workload, spec, role, .. } => {
+                let rec = self
+                    .records
+                    .entry(workload.clone())
+                    .or_insert_with(|| WorkloadRecord::new(&workload));
+                let id = rec.next_container_id();
+                self.dirty = true;
+                self.spawn_op(&workload, line, ops::start(ctx, *spec, role, id, rev.to_string()));
+            }
+            Action::Restart { workload, .. } => {
+                let Some(rec) = self.records.get_mut(&workload) else { return };
+                let Some(p) = rec.primary.clone() else { return };
+                rec.restart_requested = false;
+                rec.restarts += 1;
+                let id = rec.next_container_id();
+                self.stopping.insert(p.container_id.clone());
+                self.dirty = true;
+                let revision = p.revision.clone();
+                self.spawn_op(
+                    &workload,
+                    line,
+                    ops::restart(ctx, Some(p.container_id), p.spec, id, revision),
+                );
+            }
+            Action::Replace { workload, spec, .. } => {
+                let Some(rec) = self.records.get_mut(&workload) else { return };
+                let Some(p) = rec.primary.clone() else { return };
+                let id = rec.next_container_id();
+                let restore_id = rec.next_container_id();
+                self.pending_update.insert(
+                    workload.clone(),
+                    Update {
+                        to_hash: spec_hash(&spec),
+                        deadline_ms: 0,
+                        previous: Some(p.spec.clone()),
+                        previous_revision: p.revision.clone(),
+                    },
+                );
+                self.stopping.insert(p.container_id.clone());
+                self.dirty = true;
+                self.spawn_op(
+                    &workload,
+                    line,
+                    ops::replace(
+                        ctx,
+                        p.container_id,
+                        p.spec,
+                        p.revision,
+                        *spec,
+                        id,
+                        restore_id,
+                        rev.to_string(),
+                    ),
+                );
+            }
+            Action::Promote { workload } => {
+                let Some(rec) = self.records.get(&workload) else { return };
+                let (Some(p), Some(n)) = (rec.primary.clone(), rec.next.as_ref()) else { return };
+                let networked = !n.spec.networks.is_empty();
+                self.stopping.insert(p.container_id.clone());
+                self.spawn_op(
+                    &workload,
+                    line,
+                    ops::promote(ctx, workload.clone(), p.container_id, networked),
+                );
+            }
+            Action::Rollback { workload, reason } => {
+                let Some(rec) = self.records.get_mut(&workload) else { return };
+                if let Some(n) = rec.next.clone() {
+                    let networked = !n.spec.networks.is_empty();
+                    self.stopping.insert(n.container_id.clone());
+                    self.spawn_op(
+                        &workload,
+                        line,
+                        ops::drop_next(
+                            ctx,
+                            workload.clone(),
+                            n.container_id,
+                            networked,
+                            Some(reason),
+                        ),
+                    );
+                } else if let (Some(p), Some(u)) = (rec.primary.clone(), rec.update.clone()) {
+                    let Some(previous) = u.previous else { return };
+                    let id = rec.next_container_id();
+                    self.stopping.insert(p.container_id.clone());
+                    self.dirty = true;
+                    self.spawn_op(
+                        &workload,
+                        line,
+                        ops::roll_back(
+                            ctx,
+                            p.container_id,
+                            previous,
+                            u.previous_revision,
+                            id,
+                            reason,
+                        ),
+                    );
+                }
+            }
+            Action::Abandon { workload } => {
+                let Some(n) = self.records.get(&workload).and_then(|r| r.next.clone()) else {
+                    return;
+                };
+                let networked = !n.spec.networks.is_empty();
+                self.stopping.insert(n.container_id.clone());
+                self.spawn_op(
+                    &workload,
+                    line,
+                    ops::drop_next(ctx, workload.clone(), n.container_id, networked, None),
+                );
+            }
+            Action::Remove { workload } => {
+                let Some(rec) = self.records.get(&workload) else { return };
+                let containers: Vec<(String, Role, bool)> = rec
+                    .instances()
+                    .map(|i| (i.container_id.clone(), i.role, !i.spec.networks.is_empty()))
+                    .collect();
+                for (id, _, _) in &containers {
+                    self.stopping.insert(id.clone());
+                }
+                self.spawn_op(&workload, line, ops::remove_all(ctx, workload.clone(), containers));
+            }
+        }
+    }
+
+    pub(super) fn on_op_done(&mut self, workload: &str, action: &str, outcome: OpOutcome) {
+        self.busy.remove(workload);
+        self.dirty = true;
+        let now = crate::now_ms();
+        let backoff = self.cfg.backoff;
+        let settle = self.cfg.settle_ms;
+        match outcome {
+            OpOutcome::Started { launched, replaced } => {
+                if let Some(old) = replaced {
+                    self.forget_container(&old);
+                }
+                let inst = self.register(launched);
+                let id = inst.container_id.clone();
+                let pending = self.pending_update.remove(workload);
+                let rec = self
+                    .records
+                    .entry(workload.to_string())
+                    .or_insert_with(|| WorkloadRecord::new(workload));
+                rec.start_error = None;
+                match inst.role {
+                    Role::Primary => {
+                        if let Some(u) = pending {
+                            rec.update = Some(Update {
+                                deadline_ms: now + update_deadline_ms(&inst.spec, settle),
+                                ..u
+                            });
+                        }
+                        if let Some(old) = rec.primary.replace(inst)
+                            && old.image
+                                != rec.primary.as_ref().map(|p| p.image.clone()).unwrap_or_default()
+                        {
+                            rec.previous_image = Some(old.image);
+                        }
+                    }
+                    Role::Next => {
+                        rec.update = Some(Update {
+                            to_hash: inst.spec_hash.clone(),
+                            deadline_ms: now + update_deadline_ms(&inst.spec, settle),
+                            previous: None,
+                            previous_revision: rec
+                                .primary
+                                .as_ref()
+                                .map(|p| p.revision.clone())
+                                .unwrap_or_default(),
+                        });
+                        rec.next = Some(inst);
+                    }
+                }
+                self.record_action(workload, action, Ok(format!("container {id} started")));
+            }
+            OpOutcome::StartFailed { error, removed, .. } => {
+                for r in &removed {
+                    self.forget_container(r);
+                }
+                self.pending_update.remove(workload);
+                if let Some(rec) = self.records.get_mut(workload) {
+                    if rec.primary.as_ref().is_some_and(|p| removed.contains(&p.container_id)) {
+                        rec.primary = None;
+                    }
+                    rec.start_error = Some(error.clone());
+                    record_failure(&backoff, rec, None, now);
+                }
+                self.record_action(workload, action, Err(error));
+            }
+            OpOutcome::ReplaceFailed { error, restored, removed } => {
+                self.forget_container(&removed);
+                let pending = self.pending_update.remove(workload);
+                let restored = restored.map(|l| self.register(l));
+                if let Some(rec) = self.records.get_mut(workload) {
+                    let desired_image = self
+                        .desired
+                        .as_ref()
+                        .and_then(|d| {
+                            d.profile.containers().find(|c| c.name.as_str() == workload).cloned()
+                        })
+                        .and_then(|c| c.image.map(|i| i.to_string()))
+                        .unwrap_or_default();
+                    rec.bad = pending.map(|u| BadVersion {
+                        spec_hash: u.to_hash,
+                        image: desired_image,
+                        reason: format!("it could not start: {error}"),
+                        at_ms: now,
+                    });
+                    rec.update = None;
+                    rec.primary = restored;
+                    if rec.primary.is_none() {
+                        rec.start_error = Some(error.clone());
+                        record_failure(&backoff, rec, None, now);
+                    }
+                }
+                self.record_action(
+                    workload,
+                    action,
+                    Err(format!("{error}; the previous version was started again")),
+                );
+            }
+            OpOutcome::Promoted { removed, netns, addresses, warning } => {
+                self.forget_container(&removed);
+                if let Some(rec) = self.records.get_mut(workload)
+                    && let Some(mut n) = rec.next.take()
+                {
+                    n.role = Role::Primary;
+                    if netns.is_some() {
+                        n.netns = netns;
+                    }
+                    if !addresses.is_empty() {
+                        n.addresses = addresses;
+                    }
+                    if let Some(old) = rec.primary.replace(n)
+                        && rec.primary.as_ref().is_some_and(|p| p.image != old.image)
+                    {
+                        rec.previous_image = Some(old.image);
+                    }
+                    rec.update = None;
+                    rec.consecutive_failures = 0;
+                }
+                self.record_action(workload, action, Ok(warning.unwrap_or_default()));
+                self.collect_images();
+            }
+            OpOutcome::NextRemoved { removed, rollback_reason, error } => {
+                self.forget_container(&removed);
+                if let Some(rec) = self.records.get_mut(workload) {
+                    let n = rec.next.take();
+                    rec.update = None;
+                    if let (Some(reason), Some(n)) = (&rollback_reason, n) {
+                        rec.bad = Some(BadVersion {
+                            spec_hash: n.spec_hash,
+                            image: n.image,
+                            reason: reason.clone(),
+                            at_ms: now,
+                        });
+                    }
+                }
+                let result = match (&rollback_reason, error) {
+                    (_, Some(e)) => Err(e),
+                    (Some(r), None) => Ok(format!("rolled back: {r}")),
+                    (None, None) => Ok(String::new()),
+                };
+                self.record_action(workload, action, result);
+            }
+            OpOutcome::RolledBack { removed, reason, restored } => {
+                self.forget_container(&removed);
+                let restored = restored.map(|l| self.register(l));
+                if let Some(rec) = self.records.get_mut(workload) {
+                    if let Some(failed) = rec.primary.take() {
+                        rec.bad = Some(BadVersion {
+                            spec_hash: failed.spec_hash,
+                            image: failed.image,
+                            reason: reason.clone(),
+                            at_ms: now,
+                        });
+                    }
+                    rec.update = None;
+                    match &restored {
+                        Ok(i) => rec.primary = Some(i.clone()),
+                        Err(e) => {
+                            rec.start_error = Some(e.clone());
+                            record_failure(&backoff, rec, None, now);
+                        }
+                    }
+                }
+                let r = match restored {
+                    Ok(_) => Ok(format!("rolled back: {reason}")),
+                    Err(e) => Err(format!(
+                        "rolled back ({reason}), but the previous version did not start: {e}"
+                    )),
+                };
+                self.record_action(workload, action, r);
+            }
+            OpOutcome::Removed { errors } => {
+                if let Some(rec) = self.records.remove(workload) {
+                    let ids: Vec<String> =
+                        rec.instances().map(|i| i.container_id.clone()).collect();
+                    for id in ids {
+                        self.forget_container(&id);
+                    }
+                }
+                let r = if errors.is_empty() { Ok(String::new()) } else { Err(errors.join("; ")) };
+                self.record_action(workload, action, r);
+                self.collect_images();
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The engine: one actor that owns the desired revision and the workload records, runs the
+//! reconcile step ([`crate::plan::plan`]) on every change and on a timer, carries the actions
+//! out (long ones as tasks), probes health, handles exits, and publishes events.
+//!
+//! The seam for the central session (issue 6): [`EngineHandle::apply`] hands in a rendered
+//! revision, [`EngineHandle::status`] reads per-workload state and action results, and
+//! [`EngineHandle::subscribe`] streams [`Event`]s (an outbox can persist them).
+
+mod actor;
+mod dispatch;
+mod observe;
+pub mod ops;
+mod view;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backroom_profiles::Rendered;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use actor::Engine;
+pub use view::{ActionResult, Event, Status, WorkloadView, derive_state};
+
+use crate::error::{Error, Result};
+use crate::logs::Logs;
+use crate::probe::ProbeResult;
+use crate::record::Exit;
+use crate::restart::Backoff;
+use crate::vms::{VmEvent, VmState};
+
+/// The engine's settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub volumes_dir: PathBuf,
+    /// netd rolls the network back by itself unless confirmed within this many seconds
+    /// (0: no confirmation asked).
+    pub confirm_seconds: u32,
+    pub backoff: Backoff,
+    /// A container without a health check counts as ready after running this long.
+    pub settle_ms: u64,
+    pub stop_grace: Duration,
+    /// The reconcile timer.
+    pub tick: Duration,
+    /// How often containerd and vmd are asked what runs (drift, vanished containers).
+    pub resync: Duration,
+    /// Images no workload uses are deleted once older than this.
+    pub image_grace_ms: u64,
+    /// Retry delay of a failed network or VM apply.
+    pub retry_ms: u64,
+}
+
+impl Config {
+    pub fn new(state_dir: PathBuf, volumes_dir: PathBuf) -> Self {
+        Config {
+            state_dir,
+            volumes_dir,
+            confirm_seconds: 0,
+            backoff: Backoff::default(),
+            settle_ms: 2_000,
+            stop_grace: Duration::from_secs(10),
+            tick: Duration::from_secs(1),
+            resync: Duration::from_secs(30),
+            image_grace_ms: 24 * 3600 * 1000,
+            retry_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    pub revision: String,
+    pub changed: bool,
+}
+
+pub(crate) enum Msg {
+    Apply { rendered: Box<Rendered>, source: String, reply: oneshot::Sender<Result<ApplyOutcome>> },
+    Status { reply: oneshot::Sender<Status> },
+    Restart { name: String, reply: oneshot::Sender<Result<String>> },
+    Import { path: PathBuf, reply: oneshot::Sender<Result<Vec<(String, String)>>> },
+    Exited { container_id: String, exit: Exit },
+    Probed { container_id: String, result: ProbeResult },
+    OpDone { workload: String, action: String, outcome: Box<ops::OpOutcome> },
+    NetworkDone { revision: String, result: std::result::Result<Vec<String>, String> },
+    VmsDone { revision: String, result: std::result::Result<Vec<String>, String> },
+    VmList(std::result::Result<Vec<VmState>, String>),
+    VmEvent(VmEvent),
+    Observed(std::result::Result<Vec<crate::runtime::Observed>, String>),
+    Poke,
+}
+
+/// A cloneable handle to a running engine.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Msg>,
+    events: broadcast::Sender<Event>,
+    logs: Logs,
+}
+
+impl EngineHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Msg) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| Error::ShuttingDown)?;
+        rx.await.map_err(|_| Error::ShuttingDown)
+    }
+
+    /// Makes `rendered` the desired revision (admission checked, persisted, then reconciled).
+    pub async fn apply(&self, rendered: Rendered, source: String) -> Result<ApplyOutcome> {
+        self.ask(|reply| Msg::Apply { rendered: Box::new(rendered), source, reply }).await?
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        self.ask(|reply| Msg::Status { reply }).await
+    }
+
+    pub async fn restart(&self, name: &str) -> Result<String> {
+        self.ask(|reply| Msg::Restart { name: name.to_string(), reply }).await?
+    }
+
+    /// Imports an OCI archive; returns (image name, digest) of each image in it.
+    pub async fn import(&self, path: PathBuf) -> Result<Vec<(String, String)>> {
+        self.ask(|reply| Msg::Import { path, reply }).await?
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub fn logs(&self) -> &Logs {
+        &self.logs
+    }
+}

@@ -1,0 +1,221 @@
+//! nodeagent's local gRPC API (`backroom.nodeagent.v1.NodeAgent`), the front end nodectl talks
+//! to: each handler parses, calls the engine, and maps the result. Errors become a
+//! `tonic::Status` in one place ([`to_status`]).
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use backroom_api::nodeagent as pb;
+use backroom_api::nodeagent::node_agent_server::{NodeAgent, NodeAgentServer};
+use futures::Stream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{EngineHandle, Status as EngineStatus};
+use crate::error::Error;
+
+pub fn to_status(e: Error) -> Status {
+    let msg = e.to_string();
+    match e {
+        Error::Invalid(_) | Error::Refused(_) => Status::failed_precondition(msg),
+        Error::NoSuchWorkload(_) => Status::not_found(msg),
+        Error::NotConfigured(_) => Status::failed_precondition(msg),
+        Error::ShuttingDown => Status::unavailable(msg),
+        Error::Connect { .. }
+        | Error::Netd { .. }
+        | Error::Vmd { .. }
+        | Error::Containerd { .. } => Status::unavailable(msg),
+        Error::Image { .. } => Status::failed_precondition(msg),
+        Error::Io { .. } | Error::State { .. } | Error::Other(_) => Status::internal(msg),
+    }
+}
+
+pub struct Service {
+    engine: EngineHandle,
+}
+
+pub fn service(engine: EngineHandle) -> NodeAgentServer<Service> {
+    NodeAgentServer::new(Service { engine })
+}
+
+fn ms_to_unix(ms: u64) -> i64 {
+    i64::try_from(ms / 1000).unwrap_or(0)
+}
+
+pub fn status_reply(s: EngineStatus) -> pb::StatusReply {
+    pb::StatusReply {
+        desired_revision: s.desired,
+        applied_revision: s.applied,
+        last_known_good: s.last_known_good,
+        profile_name: s.profile_name,
+        profile_version: s.profile_version,
+        network: s.network,
+        source: s.source,
+        workloads: s
+            .workloads
+            .into_iter()
+            .map(|w| pb::WorkloadStatus {
+                name: w.name,
+                kind: w.kind,
+                state: w.state,
+                health: w.health,
+                reason: w.reason,
+                since_unix: ms_to_unix(w.since_ms),
+                restarts: w.restarts,
+                addresses: w.addresses,
+                image: w.image,
+                image_digest: w.image_digest,
+                container_id: w.container_id,
+                revision: w.revision,
+                health_reason: w.health_reason,
+            })
+            .collect(),
+        actions: s
+            .actions
+            .into_iter()
+            .map(|a| pb::ActionResult {
+                at_unix_ms: i64::try_from(a.at_ms).unwrap_or(0),
+                workload: a.workload,
+                action: a.action,
+                ok: a.ok,
+                message: a.message,
+            })
+            .collect(),
+    }
+}
+
+/// Workload names are `[a-z][a-z0-9-]*`: nothing else may reach a log path.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeAgent for Service {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let s = self.engine.status().await.map_err(to_status)?;
+        Ok(Response::new(status_reply(s)))
+    }
+
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
+        let req = req.into_inner();
+        let source = if req.source.is_empty() { "nodectl apply".to_string() } else { req.source };
+        let rendered = match backroom_profiles::render_str(&source, &req.profile_yaml) {
+            Ok(r) => r,
+            Err(invalid) => {
+                let lines: Vec<String> = invalid.errors().map(|d| d.to_string()).collect();
+                return Err(Status::invalid_argument(format!(
+                    "profile refused, nothing changed:\n{}",
+                    lines.join("\n")
+                )));
+            }
+        };
+        let warnings = rendered.warnings.iter().map(|d| d.to_string()).collect();
+        let out = self.engine.apply(rendered, source).await.map_err(to_status)?;
+        Ok(Response::new(pb::ApplyReply { revision: out.revision, changed: out.changed, warnings }))
+    }
+
+    async fn restart(
+        &self,
+        req: Request<pb::RestartRequest>,
+    ) -> Result<Response<pb::RestartReply>, Status> {
+        let message = self.engine.restart(&req.into_inner().name).await.map_err(to_status)?;
+        Ok(Response::new(pb::RestartReply { message }))
+    }
+
+    type LogsStream = BoxStream<pb::LogChunk>;
+
+    async fn logs(
+        &self,
+        req: Request<pb::LogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        let req = req.into_inner();
+        if !valid_name(&req.name) {
+            return Err(Status::invalid_argument(format!("`{}` is not a workload name", req.name)));
+        }
+        let logs = self.engine.logs().clone();
+        let path = logs.log_path(&req.name);
+        if !path.exists() {
+            return Err(Status::not_found(format!("no log for workload `{}` yet", req.name)));
+        }
+        let max = if req.tail_bytes == 0 { 64 << 10 } else { req.tail_bytes };
+        let first = logs.tail(&req.name, max).map_err(to_status)?;
+        let start = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let head = tokio_stream::once(Ok(pb::LogChunk { data: first }));
+        if !req.follow {
+            return Ok(Response::new(Box::pin(head)));
+        }
+        let follow = futures::stream::unfold((path, start), |(path, offset)| async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                match crate::logs::read_from(&path, offset) {
+                    Ok((data, next)) if !data.is_empty() => {
+                        return Some((Ok(pb::LogChunk { data }), (path, next)));
+                    }
+                    Ok((_, next)) if next != offset => {
+                        return Some((Ok(pb::LogChunk { data: vec![] }), (path, next)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Some((Err(to_status(e)), (path, offset))),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(head.chain(follow))))
+    }
+
+    async fn import_image(
+        &self,
+        req: Request<pb::ImportImageRequest>,
+    ) -> Result<Response<pb::ImportImageReply>, Status> {
+        let path = PathBuf::from(req.into_inner().path);
+        if !path.is_absolute() {
+            return Err(Status::invalid_argument("the archive path must be absolute"));
+        }
+        let imported = self.engine.import(path).await.map_err(to_status)?;
+        Ok(Response::new(pb::ImportImageReply {
+            images: imported.iter().map(|(n, _)| n.clone()).collect(),
+            digests: imported.into_iter().map(|(_, d)| d).collect(),
+        }))
+    }
+
+    type EventsStream = BoxStream<pb::Event>;
+
+    async fn events(
+        &self,
+        _: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let rx = self.engine.subscribe();
+        let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| {
+            r.ok().map(|e| {
+                Ok(pb::Event {
+                    at_unix_ms: i64::try_from(e.at_ms).unwrap_or(0),
+                    workload: e.workload,
+                    kind: e.kind,
+                    message: e.message,
+                })
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_cannot_escape_the_log_folder() {
+        assert!(super::valid_name("orders-2"));
+        assert!(!super::valid_name("../etc"));
+        assert!(!super::valid_name(""));
+        assert!(!super::valid_name("a/b"));
+    }
+}

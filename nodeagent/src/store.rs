@@ -1,0 +1,168 @@
+//! Durable node state under the state folder, written crash-safely (write a temporary file,
+//! fsync, rename, fsync the folder): the desired, applied and last-known-good revisions
+//! (`node.json`, the profiles themselves in `revisions/<id>.yaml`) and the workload records
+//! (`workloads.json`). A revision is on disk before nodeagent acts on it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use backroom_profiles::Rendered;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::record::Records;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// The revision the node works towards.
+    pub desired: Option<String>,
+    /// Where it came from (a file path, `nodectl apply`, central).
+    pub desired_source: String,
+    /// The last revision whose network, VMs and containers were all carried out.
+    pub applied: Option<String>,
+    /// The last revision whose workloads all became healthy.
+    pub last_known_good: Option<String>,
+    /// The revision of the `--profile` file when nodeagent last took it.
+    pub boot_profile_revision: Option<String>,
+    pub network_applied: Option<String>,
+    pub vms_applied: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old or the new content, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("write", &tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Self> {
+        for d in [dir.to_path_buf(), dir.join("revisions")] {
+            std::fs::create_dir_all(&d).map_err(|e| Error::io("create the folder", &d, e))?;
+        }
+        Ok(Store { dir: dir.to_path_buf() })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn revision_path(&self, revision: &str) -> PathBuf {
+        self.dir.join("revisions").join(format!("{revision}.yaml"))
+    }
+
+    pub fn save_revision(&self, r: &Rendered) -> Result<()> {
+        write_atomic(&self.revision_path(r.revision.as_str()), r.to_yaml().as_bytes())
+    }
+
+    pub fn load_revision(&self, revision: &str) -> Result<Rendered> {
+        let path = self.revision_path(revision);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+        let r = backroom_profiles::render_str(&path.display().to_string(), &text)
+            .map_err(|e| Error::State { path: path.clone(), message: e.to_string() })?;
+        if r.revision.as_str() != revision {
+            return Err(Error::State {
+                path,
+                message: format!("it renders to revision {}, not {revision}", r.revision),
+            });
+        }
+        Ok(r)
+    }
+
+    /// Removes stored revisions other than `keep`.
+    pub fn prune_revisions(&self, keep: &[&str]) {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("revisions")) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let rev = name.trim_end_matches(".yaml");
+            if !keep.contains(&rev) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    fn load_json<T: for<'de> Deserialize<'de> + Default>(&self, name: &str) -> Result<T> {
+        let path = self.dir.join(name);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::State { path, message: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+            Err(e) => Err(Error::io("read", &path, e)),
+        }
+    }
+
+    fn save_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(value)
+            .map_err(|e| Error::Other(format!("cannot encode {name}: {e}")))?;
+        write_atomic(&self.dir.join(name), &bytes)
+    }
+
+    pub fn load_node(&self) -> Result<NodeState> {
+        self.load_json("node.json")
+    }
+
+    pub fn save_node(&self, s: &NodeState) -> Result<()> {
+        self.save_json("node.json", s)
+    }
+
+    pub fn load_records(&self) -> Result<Records> {
+        self.load_json("workloads.json")
+    }
+
+    pub fn save_records(&self, r: &Records) -> Result<()> {
+        self.save_json("workloads.json", r)
+    }
+
+    /// The latest action results (shown by `nodectl status`, kept across restarts).
+    pub fn load_actions<T: for<'de> Deserialize<'de>>(&self) -> Result<Vec<T>> {
+        self.load_json("actions.json")
+    }
+
+    pub fn save_actions<T: Serialize>(&self, actions: &[T]) -> Result<()> {
+        self.save_json("actions.json", &actions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revisions_and_state_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let r = backroom_profiles::render_str(
+            "p.yaml",
+            "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {name: p}\n",
+        )
+        .unwrap();
+        s.save_revision(&r).unwrap();
+        assert_eq!(s.load_revision(r.revision.as_str()).unwrap().revision, r.revision);
+        assert!(s.load_revision("0000").is_err());
+        assert_eq!(s.load_node().unwrap(), NodeState::default());
+        let n = NodeState { desired: Some(r.revision.to_string()), ..Default::default() };
+        s.save_node(&n).unwrap();
+        assert_eq!(s.load_node().unwrap(), n);
+        let mut recs = Records::new();
+        recs.insert("w".into(), crate::record::WorkloadRecord::new("w"));
+        s.save_records(&recs).unwrap();
+        assert_eq!(s.load_records().unwrap(), recs);
+        s.prune_revisions(&[]);
+        assert!(s.load_revision(r.revision.as_str()).is_err());
+        std::fs::write(dir.path().join("node.json"), b"{not json").unwrap();
+        assert!(s.load_node().unwrap_err().to_string().contains("node.json"));
+    }
+}
