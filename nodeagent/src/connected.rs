@@ -163,14 +163,11 @@ impl Supervisor {
                             "central's profile is revision {}, not {short}",
                             r.revision.short()
                         ),
-                        false,
                     )
                     .await;
             }
             Err(e) => {
-                return self
-                    .failed(&revision, format!("the profile does not validate: {e}"), false)
-                    .await;
+                return self.failed(&revision, format!("the profile does not validate: {e}")).await;
             }
         };
         let before = match self.engine.status().await {
@@ -217,7 +214,6 @@ impl Supervisor {
                 .failed(
                     revision,
                     format!("{why}; there is no last-known-good revision to go back to"),
-                    false,
                 )
                 .await;
         }
@@ -242,19 +238,14 @@ impl Supervisor {
                     );
                 }
                 Err(e) => {
-                    self.failed(
-                        revision,
-                        format!("{why}; going back to {lkg} failed too: {e}"),
-                        false,
-                    )
-                    .await
+                    self.failed(revision, format!("{why}; going back to {lkg} failed too: {e}"))
+                        .await
                 }
             },
             Err(e) => {
                 self.failed(
                     revision,
                     format!("{why}; the last-known-good revision cannot be read: {e}"),
-                    false,
                 )
                 .await
             }
