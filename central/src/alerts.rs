@@ -41,10 +41,12 @@ pub async fn evaluate(app: &App) -> Result<(), DbError> {
             continue;
         }
         let online = app.hub.is_online(&store.id);
-        let quiet = now - store.last_seen_ms;
+        // A store enrolled but not yet connected counts from its enrollment.
+        let last = store.last_seen_ms.max(store.enrolled_ms);
+        let quiet = now - last;
         if !online && quiet > s.offline_alert_ms {
             let msg = format!("no session with the store for {}", minutes(quiet));
-            open_alert(db, "store_offline", &store.id, "", &msg, store.last_seen_ms).await?;
+            open_alert(db, "store_offline", &store.id, "", &msg, last).await?;
         } else if online {
             db.resolve_alert("store_offline", &store.id, "", now).await?;
         }

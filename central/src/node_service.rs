@@ -12,8 +12,8 @@ use backroom_api::node::central_message::Body as CBody;
 use backroom_api::node::node_message::Body as NBody;
 use backroom_api::node::node_service_server::NodeService;
 use backroom_api::node::{
-    CentralMessage, Command, Desired, EnrollReply, EnrollRequest, EventAck, NodeMessage,
-    RenewReply, RenewRequest, Welcome,
+    CentralMessage, Command, Desired, EnrollReply, EnrollRequest, EventAck, HeartbeatAck,
+    NodeMessage, RenewReply, RenewRequest, Welcome,
 };
 use backroom_session::pki::{self, CertInfo};
 use backroom_session::token::EnrollToken;
@@ -277,7 +277,16 @@ async fn read_session(
                     .await
                     .map_err(|e| e.to_string())
             }
-            Some(NBody::Heartbeat(_)) | Some(NBody::Hello(_)) | None => Ok(()),
+            Some(NBody::Heartbeat(_)) => {
+                let ack = CentralMessage {
+                    body: Some(CBody::HeartbeatAck(HeartbeatAck { at_unix_ms: now })),
+                };
+                if tx.send(Ok(ack)).await.is_err() {
+                    break;
+                }
+                Ok(())
+            }
+            Some(NBody::Hello(_)) | None => Ok(()),
         };
         if let Err(e) = result {
             tracing::error!(store = %store, error = %e, "could not record what the node sent; closing the session so it sends again");

@@ -19,6 +19,7 @@
 //! [`engine::EngineHandle::status`] and [`engine::EngineHandle::subscribe`]).
 
 pub mod admission;
+pub mod connected;
 pub mod engine;
 pub mod error;
 pub mod grpc;

@@ -33,10 +33,15 @@ pub fn to_status(e: Error) -> Status {
 
 pub struct Service {
     engine: EngineHandle,
+    central: tokio::sync::watch::Receiver<String>,
 }
 
-pub fn service(engine: EngineHandle) -> NodeAgentServer<Service> {
-    NodeAgentServer::new(Service { engine })
+/// The nodectl service; `central` says how the link with central is (see `connected`).
+pub fn service(
+    engine: EngineHandle,
+    central: tokio::sync::watch::Receiver<String>,
+) -> NodeAgentServer<Service> {
+    NodeAgentServer::new(Service { engine, central })
 }
 
 fn ms_to_unix(ms: u64) -> i64 {
@@ -52,6 +57,7 @@ pub fn status_reply(s: EngineStatus) -> pb::StatusReply {
         profile_version: s.profile_version,
         network: s.network,
         source: s.source,
+        central: String::new(),
         workloads: s
             .workloads
             .into_iter()
@@ -101,7 +107,9 @@ impl NodeAgent for Service {
         _: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
         let s = self.engine.status().await.map_err(to_status)?;
-        Ok(Response::new(status_reply(s)))
+        let mut reply = status_reply(s);
+        reply.central = self.central.borrow().clone();
+        Ok(Response::new(reply))
     }
 
     async fn apply(

@@ -79,6 +79,7 @@ pub struct Link {
     status: watch::Receiver<Status>,
     inbound: mpsc::Sender<Inbound>,
     online: watch::Sender<bool>,
+    contact: watch::Sender<i64>,
 }
 
 impl Link {
@@ -89,12 +90,26 @@ impl Link {
         status: watch::Receiver<Status>,
         inbound: mpsc::Sender<Inbound>,
     ) -> Self {
-        Link { cfg, identity, outbox, status, inbound, online: watch::Sender::new(false) }
+        Link {
+            cfg,
+            identity,
+            outbox,
+            status,
+            inbound,
+            online: watch::Sender::new(false),
+            contact: watch::Sender::new(0),
+        }
     }
 
     /// Whether a session is up right now.
     pub fn online(&self) -> watch::Receiver<bool> {
         self.online.subscribe()
+    }
+
+    /// When central last said anything to this node (unix ms): a heartbeat answered proves the
+    /// path works right now.
+    pub fn contact(&self) -> watch::Receiver<i64> {
+        self.contact.subscribe()
     }
 
     /// Keeps a session open forever; returns only if the node's side (the inbound channel) is gone.
@@ -173,6 +188,7 @@ impl Link {
         };
         self.outbox.ack(welcome.acked_event_seq)?;
         self.online.send_replace(true);
+        self.contact.send_replace(crate::now_ms());
         tracing::info!(store = %self.identity.store_id, "session with central up");
         let mut last_sent = welcome.acked_event_seq.max(self.outbox.acked());
         let first_status = self.status.borrow_and_update().clone();
@@ -207,7 +223,9 @@ impl Link {
             let pushed = outbox.notified();
             tokio::select! {
                 msg = incoming.next() => match msg {
-                    Some(Ok(m)) => match m.body {
+                    Some(Ok(m)) => {
+                    self.contact.send_replace(crate::now_ms());
+                    match m.body {
                         Some(CBody::Desired(d)) => {
                             let ask = Inbound::Desired { revision: d.revision, profile_yaml: d.profile_yaml };
                             if self.inbound.send(ask).await.is_err() { return Ok(()); }
@@ -227,8 +245,9 @@ impl Link {
                             });
                         }
                         Some(CBody::EventAck(a)) => outbox.ack(a.acked_event_seq)?,
-                        Some(CBody::Welcome(_)) | None => {}
-                    },
+                        Some(CBody::HeartbeatAck(_)) | Some(CBody::Welcome(_)) | None => {}
+                    }
+                    }
                     Some(Err(s)) => return Err(LinkError::Broken(s.message().to_string())),
                     None => return Err(LinkError::Broken("central ended the session".into())),
                 },

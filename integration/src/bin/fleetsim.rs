@@ -32,6 +32,9 @@ struct Cli {
     /// Events each node records (into its outbox) once its session is up.
     #[arg(long, default_value_t = 0)]
     events: usize,
+    /// Pause between events (spreads them over time, e.g. across a link outage).
+    #[arg(long, default_value_t = 0)]
+    event_interval_ms: u64,
     /// Exit once every node's outbox is empty (all events acknowledged) and print "acked".
     #[arg(long)]
     until_acked: bool,
@@ -46,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     procs::raise_nofile();
     let cli = Cli::parse();
@@ -78,9 +82,14 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     println!("online {}", nodes.len());
-    for n in &nodes {
-        for i in 0..cli.events {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    for i in 0..cli.events {
+        for n in &nodes {
             n.outbox.push(backroom_session::now_ms(), "sim_event", "app", &format!("event {i}"))?;
+        }
+        if cli.event_interval_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(cli.event_interval_ms)).await;
         }
     }
     if cli.until_acked {

@@ -49,9 +49,24 @@ struct Args {
     #[arg(long)]
     profile: Option<PathBuf>,
     /// Ask netd for commit-confirm: the network comes back by itself unless confirmed within
-    /// this many seconds (0: off).
-    #[arg(long, default_value_t = 0)]
-    confirm_seconds: u32,
+    /// this many seconds (0: off). Default: off standalone; 120 with --central, where the
+    /// change is confirmed only once central answers after it.
+    #[arg(long)]
+    confirm_seconds: Option<u32>,
+    /// central's node endpoint (e.g. https://central.example:7443): enroll once, then keep a
+    /// session for status, events and desired revisions. Without it nodeagent runs standalone.
+    #[arg(long, env = "BACKROOM_CENTRAL")]
+    central: Option<String>,
+    /// The one-time enrollment token from `centralctl token create` (only needed once).
+    #[arg(long, env = "BACKROOM_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// A file holding the enrollment token.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// How long a revision from central has to become healthy before the node goes back to its
+    /// last-known-good revision.
+    #[arg(long, default_value = "5m")]
+    apply_deadline: backroom_profiles::Duration,
     /// A registry reached over plain HTTP (host[:port]); repeat for several. Loopback
     /// registries always are.
     #[arg(long = "insecure-registry")]
@@ -117,11 +132,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.state_dir.clone(),
         args.volumes_dir.clone().unwrap_or_else(|| args.state_dir.join("volumes")),
     );
-    cfg.confirm_seconds = args.confirm_seconds;
+    let contact = tokio::sync::watch::Sender::new(0i64);
+    let central_state = tokio::sync::watch::Sender::new(String::from("standalone (no --central)"));
+    cfg.confirm_seconds =
+        args.confirm_seconds.unwrap_or(if args.central.is_some() { 120 } else { 0 });
+    if args.central.is_some() {
+        cfg.confirm_gate = Some(backroom_nodeagent::connected::confirm_gate(contact.subscribe()));
+    }
     cfg.backoff = Backoff { base_ms: args.restart_backoff_ms.max(1), ..Backoff::default() };
     cfg.stop_grace = Duration::from_secs(args.stop_grace_seconds);
     cfg.image_grace_ms = args.image_grace_hours * 3600 * 1000;
     let (engine, handle) = Engine::new(cfg, runtime, net, vms)?;
+    if let Some(url) = &args.central {
+        let token = match (&args.token, &args.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read the token file {}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let opts = backroom_nodeagent::connected::CentralOptions {
+            url: url.clone(),
+            token,
+            state_dir: args.state_dir.clone(),
+            agent_version: format!("nodeagent {}", env!("CARGO_PKG_VERSION")),
+            apply_deadline: args.apply_deadline.to_std(),
+            outbox_limits: backroom_session::outbox::Limits::default(),
+            disk_low_percent: 10,
+        };
+        backroom_nodeagent::connected::spawn(opts, handle.clone(), central_state.clone(), contact);
+    }
     let incoming = backroom_nodeagent::grpc::listen(&args.socket)?;
     tracing::info!("serving nodectl on {}", args.socket.display());
 
@@ -138,7 +181,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     let server = tonic::transport::Server::builder()
-        .add_service(backroom_nodeagent::server::service(handle))
+        .add_service(backroom_nodeagent::server::service(handle, central_state.subscribe()))
         .serve_with_incoming(incoming);
     let ready = || {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

@@ -234,6 +234,7 @@ fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         "profile_version": s.profile_version,
         "source": s.source,
         "network": s.network,
+        "central": s.central,
         "workloads": s.workloads.iter().map(|w| json!({
             "name": w.name, "kind": w.kind, "state": w.state, "health": w.health,
             "reason": w.reason, "since_unix": w.since_unix, "restarts": w.restarts,
@@ -265,7 +266,11 @@ fn status_text(s: &pb::StatusReply, now: i64) -> String {
             short(&s.last_known_good)
         ));
     }
-    o.push_str(&format!("network: {}\n\n", s.network));
+    o.push_str(&format!("network: {}\n", s.network));
+    if !s.central.is_empty() {
+        o.push_str(&format!("central: {}\n", s.central));
+    }
+    o.push('\n');
     let rows: Vec<[String; 8]> = s
         .workloads
         .iter()

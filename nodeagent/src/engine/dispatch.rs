@@ -39,13 +39,27 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 let net = self.ctx.net.clone();
                 let tx = self.tx.clone();
                 let confirm = self.cfg.confirm_seconds;
+                let gate = self.cfg.confirm_gate.clone();
                 tokio::spawn(async move {
                     let r = async {
                         let applied = net.apply(&revision, &yaml, confirm).await?;
-                        // Standalone: nodeagent still reaches netd after the change, which is
-                        // what the confirmation asks. The central session (issue 6) confirms
-                        // once central is reachable again instead.
                         if applied.confirm_deadline > 0 {
+                            // Standalone: nodeagent still reaches netd after the change, which is
+                            // what the confirmation asks. Connected: only once central answered
+                            // after the change; otherwise netd restores the previous network.
+                            let window = std::time::Duration::from_secs(u64::from(confirm));
+                            let reachable = match &gate {
+                                Some(g) => g(crate::now_ms(), window).await,
+                                None => true,
+                            };
+                            if !reachable {
+                                return Err(Error::Netd {
+                                    op: "confirm",
+                                    message: format!(
+                                        "central did not answer within {confirm} s of the network change; netd restores the previous network"
+                                    ),
+                                });
+                            }
                             net.confirm(&revision).await?;
                         }
                         Ok::<_, Error>(applied.actions)

@@ -28,8 +28,15 @@ use crate::record::Exit;
 use crate::restart::Backoff;
 use crate::vms::{VmEvent, VmState};
 
+/// Decides whether to confirm a network change netd applied with commit-confirm: given when
+/// the change was applied (unix ms) and how long netd waits, it resolves to true once the node
+/// knows the change left it reachable (connected mode: central answered after the change).
+pub type ConfirmGate = std::sync::Arc<
+    dyn Fn(u64, Duration) -> futures::future::BoxFuture<'static, bool> + Send + Sync,
+>;
+
 /// The engine's settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     pub state_dir: PathBuf,
     pub volumes_dir: PathBuf,
@@ -48,6 +55,19 @@ pub struct Config {
     pub image_grace_ms: u64,
     /// Retry delay of a failed network or VM apply.
     pub retry_ms: u64,
+    /// With commit-confirm: when to confirm. `None`: at once, since nodeagent still reaches
+    /// netd after the change (standalone mode).
+    pub confirm_gate: Option<ConfirmGate>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("state_dir", &self.state_dir)
+            .field("confirm_seconds", &self.confirm_seconds)
+            .field("confirm_gate", &self.confirm_gate.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -63,6 +83,7 @@ impl Config {
             resync: Duration::from_secs(30),
             image_grace_ms: 24 * 3600 * 1000,
             retry_ms: 10_000,
+            confirm_gate: None,
         }
     }
 }

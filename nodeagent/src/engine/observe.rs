@@ -368,6 +368,15 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             }
             _ => "pending".into(),
         };
+        let vms = match (&self.desired, &self.vm_phase) {
+            (None, _) => String::new(),
+            (_, PhaseState { busy: true, .. }) => "applying".into(),
+            (_, PhaseState { error: Some(e), .. }) => format!("failed: {e}; retrying"),
+            (Some(d), PhaseState { done: Some(r), .. }) if *r == d.revision.as_str() => {
+                format!("applied (revision {})", short(r))
+            }
+            _ => "pending".into(),
+        };
         Status {
             desired: self.node.desired.clone().unwrap_or_default(),
             applied: self.node.applied.clone().unwrap_or_default(),
@@ -376,6 +385,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             profile_name: profile.map(|p| p.metadata.name.to_string()).unwrap_or_default(),
             profile_version: profile.and_then(|p| p.metadata.version.clone()).unwrap_or_default(),
             network,
+            vms,
             workloads,
             actions: self.actions.iter().cloned().collect(),
         }

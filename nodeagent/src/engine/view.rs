@@ -50,6 +50,8 @@ pub struct Status {
     pub profile_name: String,
     pub profile_version: String,
     pub network: String,
+    /// Like `network`, for the VM phase (vmd's apply).
+    pub vms: String,
     pub workloads: Vec<WorkloadView>,
     pub actions: Vec<ActionResult>,
 }

@@ -1,0 +1,730 @@
+//! nodeagent connected to central: enrollment, the session, the durable event outbox, status
+//! reports, central's desired revisions (applied with a fall back to the last-known-good one)
+//! and commands.
+//!
+//! The session itself is the `backroom-session` crate; this module joins it to the engine:
+//! engine events → outbox, engine status → status reports, desired revisions → the apply
+//! supervisor, commands → engine calls. When central is unreachable nothing here stops the
+//! store: the engine keeps running, restarting and probing on its own.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backroom_api::node::{ApplyResult, Command, CommandResult, Status as PbStatus, WorkloadStatus};
+use backroom_profiles::Rendered;
+use backroom_session::enroll::{self, Identity};
+use backroom_session::link::{Inbound, Link, LinkConfig};
+use backroom_session::outbox::{Limits, Outbox};
+use backroom_session::token::EnrollToken;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::engine::{ConfirmGate, EngineHandle, Status};
+use crate::store::{Store, write_atomic};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectedError {
+    #[error(
+        "this node has not enrolled with central yet: give it an enrollment token (--token or --token-file)"
+    )]
+    NoToken,
+    #[error(transparent)]
+    Token(#[from] backroom_session::token::BadToken),
+    #[error(transparent)]
+    Enroll(#[from] enroll::EnrollError),
+    #[error(transparent)]
+    Outbox(#[from] backroom_session::outbox::OutboxError),
+}
+
+#[derive(Clone, Debug)]
+pub struct CentralOptions {
+    /// central's node endpoint, e.g. `https://central.example:7443`.
+    pub url: String,
+    pub token: Option<String>,
+    /// nodeagent's state folder; the link keeps its files in `<state>/central/`.
+    pub state_dir: PathBuf,
+    pub agent_version: String,
+    /// How long a new revision has to become healthy before the node goes back to its
+    /// last-known-good revision.
+    pub apply_deadline: Duration,
+    pub outbox_limits: Limits,
+    /// Below this share of free space on the state folder's filesystem, a `disk_low` event.
+    pub disk_low_percent: u8,
+}
+
+fn central_dir(state: &Path) -> PathBuf {
+    state.join("central")
+}
+
+/// Enrolls once (retrying while central cannot be reached: a store plugged in before its WAN
+/// works enrolls when it does), then returns the node's identity.
+pub async fn identity(opts: &CentralOptions) -> Result<Identity, ConnectedError> {
+    let dir = central_dir(&opts.state_dir);
+    if let Some(id) = Identity::load(&dir)? {
+        return Ok(id);
+    }
+    let token = EnrollToken::parse(opts.token.as_deref().ok_or(ConnectedError::NoToken)?)?;
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match enroll::enroll_once(&opts.url, &token, &dir, &opts.agent_version, &host).await {
+            Ok(id) => {
+                tracing::info!(store = %id.store_id, "enrolled with central");
+                return Ok(id);
+            }
+            // A refusal is final: the token is wrong, used or expired. Say so and stop.
+            Err(e @ enroll::EnrollError::Refused(_))
+            | Err(e @ enroll::EnrollError::WrongStore { .. }) => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                tracing::warn!("cannot enroll yet ({e}); trying again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+/// A confirm gate that says yes once central has answered after the change.
+pub fn confirm_gate(contact: watch::Receiver<i64>) -> ConfirmGate {
+    Arc::new(move |since_ms: u64, window: Duration| {
+        let mut contact = contact.clone();
+        let since = i64::try_from(since_ms).unwrap_or(i64::MAX);
+        Box::pin(async move {
+            // Leave netd time to restore the network itself if the answer never comes.
+            let wait = window.saturating_sub(Duration::from_secs(5));
+            tokio::time::timeout(wait, contact.wait_for(|t| *t > since))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        })
+    })
+}
+
+/// What the node last heard from central about its desired revision, and how applying it went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct CentralDesired {
+    revision: String,
+    /// applying | applied | failed
+    state: String,
+    message: String,
+    rolled_back_to: String,
+}
+
+struct Supervisor {
+    engine: EngineHandle,
+    store: Store,
+    dir: PathBuf,
+    deadline: Duration,
+    outbox: Arc<Outbox>,
+    desired: Mutex<CentralDesired>,
+    report: watch::Sender<CentralDesired>,
+}
+
+impl Supervisor {
+    fn file(&self) -> PathBuf {
+        self.dir.join("desired.json")
+    }
+
+    async fn set(&self, d: CentralDesired) {
+        if let Err(e) = write_atomic(&self.file(), &serde_json::to_vec(&d).unwrap_or_default()) {
+            tracing::error!("cannot keep central's desired revision on disk: {e}");
+        }
+        *self.desired.lock().await = d.clone();
+        self.report.send_replace(d);
+    }
+
+    fn event(&self, kind: &str, workload: &str, message: String) {
+        tracing::info!(kind, workload, "{message}");
+        if let Err(e) = self.outbox.push(backroom_session::now_ms(), kind, workload, &message) {
+            tracing::error!("cannot record an event: {e}");
+        }
+    }
+
+    /// Applies a revision from central; on failure goes back to the last-known-good one.
+    async fn apply(&self, revision: String, yaml: String) {
+        let short = revision.get(..12).unwrap_or(&revision).to_string();
+        self.set(CentralDesired {
+            revision: revision.clone(),
+            state: "applying".into(),
+            ..Default::default()
+        })
+        .await;
+        let rendered = match backroom_profiles::render_str(&format!("central-{short}.yaml"), &yaml)
+        {
+            Ok(r) if r.revision.as_str() == revision => r,
+            Ok(r) => {
+                return self
+                    .failed(
+                        &revision,
+                        format!(
+                            "central's profile is revision {}, not {short}",
+                            r.revision.short()
+                        ),
+                    )
+                    .await;
+            }
+            Err(e) => {
+                return self.failed(&revision, format!("the profile does not validate: {e}")).await;
+            }
+        };
+        let before = match self.engine.status().await {
+            Ok(s) => s,
+            Err(e) => return self.failed(&revision, e.to_string()).await,
+        };
+        if let Err(e) = self.engine.apply(rendered, "central".into()).await {
+            return self.failed(&revision, e.to_string()).await;
+        }
+        let started = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if self.desired.lock().await.revision != revision {
+                return; // a newer revision took over
+            }
+            let Ok(s) = self.engine.status().await else { continue };
+            if s.last_known_good == revision {
+                self.event("apply_done", "", format!("revision {short} is applied and healthy"));
+                self.set(CentralDesired {
+                    revision,
+                    state: "applied".into(),
+                    ..Default::default()
+                })
+                .await;
+                return;
+            }
+            if s.desired != revision {
+                return; // someone (nodectl apply, rollback) changed course
+            }
+            if let Some(why) = hard_failure(&s) {
+                return self.failed_with_rollback(&revision, why, &before).await;
+            }
+            if started.elapsed() > self.deadline {
+                let why = format!("not healthy within {:?}: {}", self.deadline, not_ready(&s));
+                return self.failed_with_rollback(&revision, why, &before).await;
+            }
+        }
+    }
+
+    async fn failed_with_rollback(&self, revision: &str, why: String, before: &Status) {
+        let lkg = before.last_known_good.clone();
+        if lkg.is_empty() || lkg == revision {
+            return self
+                .failed(
+                    revision,
+                    format!("{why}; there is no last-known-good revision to go back to"),
+                )
+                .await;
+        }
+        match self.store.load_revision(&lkg).map(|r: Rendered| r) {
+            Ok(r) => match self.engine.apply(r, "rollback to last-known-good".into()).await {
+                Ok(_) => {
+                    let msg = format!(
+                        "{why}; went back to the last-known-good revision {}",
+                        lkg.get(..12).unwrap_or(&lkg)
+                    );
+                    self.set(CentralDesired {
+                        revision: revision.into(),
+                        state: "failed".into(),
+                        message: msg.clone(),
+                        rolled_back_to: lkg,
+                    })
+                    .await;
+                    self.event(
+                        "apply_failed",
+                        "",
+                        format!("revision {}: {msg}", revision.get(..12).unwrap_or(revision)),
+                    );
+                }
+                Err(e) => {
+                    self.failed(revision, format!("{why}; going back to {lkg} failed too: {e}"))
+                        .await
+                }
+            },
+            Err(e) => {
+                self.failed(
+                    revision,
+                    format!("{why}; the last-known-good revision cannot be read: {e}"),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn failed(&self, revision: &str, message: String) {
+        self.event(
+            "apply_failed",
+            "",
+            format!("revision {}: {message}", revision.get(..12).unwrap_or(revision)),
+        );
+        self.set(CentralDesired {
+            revision: revision.into(),
+            state: "failed".into(),
+            message,
+            rolled_back_to: String::new(),
+        })
+        .await;
+    }
+
+    /// `rollback` command: the last-known-good revision, now.
+    async fn rollback(&self) -> Result<String, String> {
+        let s = self.engine.status().await.map_err(|e| e.to_string())?;
+        if s.last_known_good.is_empty() {
+            return Err("this node has no last-known-good revision yet".into());
+        }
+        if s.desired == s.last_known_good {
+            return Ok(format!(
+                "already on the last-known-good revision {}",
+                short(&s.last_known_good)
+            ));
+        }
+        let r = self.store.load_revision(&s.last_known_good).map_err(|e| e.to_string())?;
+        self.engine.apply(r, "rollback command".into()).await.map_err(|e| e.to_string())?;
+        Ok(format!("back on the last-known-good revision {}", short(&s.last_known_good)))
+    }
+}
+
+fn short(rev: &str) -> &str {
+    rev.get(..12).unwrap_or(rev)
+}
+
+/// A failure that waiting will not fix: netd or vmd refused the revision, or a workload is
+/// failed (crash loop, bad image, update rolled back).
+fn hard_failure(s: &Status) -> Option<String> {
+    if let Some(e) = s.network.strip_prefix("failed: ") {
+        return Some(format!("the network failed: {e}"));
+    }
+    if let Some(e) = s.vms.strip_prefix("failed: ") {
+        return Some(format!("the VMs failed: {e}"));
+    }
+    let failed: Vec<String> = s
+        .workloads
+        .iter()
+        .filter(|w| w.state == "failed")
+        .map(|w| format!("{} failed: {}", w.name, w.reason))
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("; "))
+}
+
+fn not_ready(s: &Status) -> String {
+    let list: Vec<String> = s
+        .workloads
+        .iter()
+        .filter(|w| !healthy(&w.state, &w.health))
+        .map(|w| {
+            if w.reason.is_empty() {
+                format!("{} {}", w.name, w.state)
+            } else {
+                format!("{} {}: {}", w.name, w.state, w.reason)
+            }
+        })
+        .collect();
+    if list.is_empty() { format!("network {}", s.network) } else { list.join("; ") }
+}
+
+fn healthy(state: &str, health: &str) -> bool {
+    state == "running" && health != "unhealthy"
+}
+
+/// The status report central gets.
+fn report(s: &Status, d: &CentralDesired, agent_version: &str) -> PbStatus {
+    PbStatus {
+        applied_revision: s.applied.clone(),
+        desired_revision: d.revision.clone(),
+        last_apply: (!d.revision.is_empty()).then(|| ApplyResult {
+            revision: d.revision.clone(),
+            ok: d.state != "failed",
+            message: if d.state == "applying" { "applying".into() } else { d.message.clone() },
+            rolled_back_to: d.rolled_back_to.clone(),
+        }),
+        workloads: s
+            .workloads
+            .iter()
+            .map(|w| WorkloadStatus {
+                name: w.name.clone(),
+                kind: w.kind.clone(),
+                state: w.state.clone(),
+                healthy: healthy(&w.state, &w.health),
+                since_unix_ms: i64::try_from(w.since_ms).unwrap_or(0),
+                restarts: w.restarts,
+                reason: w.reason.clone(),
+                addresses: w.addresses.clone(),
+            })
+            .collect(),
+        agent_version: agent_version.to_string(),
+        at_unix_ms: 0,
+    }
+}
+
+/// An engine event as central's event kinds (see the proto's `Event.kind`).
+fn central_kind(kind: &str, message: &str, last_state: Option<&str>) -> Option<String> {
+    Some(match kind {
+        "health" if message.contains(" is unhealthy") => "workload_unhealthy".into(),
+        "health" if message.contains(" is healthy") => "workload_recovered".into(),
+        "exit" => "workload_crashed".into(),
+        "action" if message.starts_with("restart") => "workload_restarted".into(),
+        "state" if message.starts_with("failed: crash loop") => "crash_loop".into(),
+        "state"
+            if message.starts_with("running")
+                && matches!(last_state, Some("failed" | "backoff")) =>
+        {
+            "workload_recovered".into()
+        }
+        "vm" => match message.split(':').next().unwrap_or_default() {
+            "crashed" => "workload_crashed".into(),
+            "restarted" => "workload_restarted".into(),
+            other => format!("vm_{other}"),
+        },
+        "revision" => "revision".into(),
+        // Everything else stays on the node (nodectl shows it).
+        _ => return None,
+    })
+}
+
+/// Starts the link with central in the background: enrollment (if needed), then the session
+/// for as long as the process lives. `state` tells nodectl how the link is; `contact` feeds the
+/// confirm gate. A refused enrollment leaves the node running standalone and says why.
+pub fn spawn(
+    opts: CentralOptions,
+    engine: EngineHandle,
+    state: watch::Sender<String>,
+    contact: watch::Sender<i64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        state.send_replace(format!("enrolling with central at {}", opts.url));
+        let id = match identity(&opts).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!("not connected to central: {e}");
+                state.send_replace(format!("not enrolled: {e}"));
+                return;
+            }
+        };
+        if let Err(e) = run(opts, id, engine, state.clone(), contact).await {
+            tracing::error!("the link with central stopped: {e}");
+            state.send_replace(format!("stopped: {e}"));
+        }
+    })
+}
+
+async fn run(
+    opts: CentralOptions,
+    id: Identity,
+    engine: EngineHandle,
+    state: watch::Sender<String>,
+    link_contact: watch::Sender<i64>,
+) -> Result<(), ConnectedError> {
+    let dir = central_dir(&opts.state_dir);
+    let outbox = Arc::new(Outbox::open(&dir.join("outbox"), opts.outbox_limits)?);
+    let saved: CentralDesired = std::fs::read(dir.join("desired.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let (report_tx, report_rx) = watch::channel(saved.clone());
+    let store = match Store::open(&opts.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot open the state folder: {e}");
+            return Ok(());
+        }
+    };
+    let sup = Arc::new(Supervisor {
+        engine: engine.clone(),
+        store,
+        dir: dir.clone(),
+        deadline: opts.apply_deadline,
+        outbox: Arc::clone(&outbox),
+        desired: Mutex::new(saved.clone()),
+        report: report_tx,
+    });
+    // nodeagent died while applying: watch that revision through again.
+    if saved.state == "applying"
+        && let Ok(r) = sup.store.load_revision(&saved.revision)
+    {
+        let s = Arc::clone(&sup);
+        let rev = saved.revision.clone();
+        tokio::spawn(async move { s.apply(rev, r.to_yaml()).await });
+    }
+
+    // Engine events → outbox.
+    let mut events = engine.subscribe();
+    let ob = Arc::clone(&outbox);
+    tokio::spawn(async move {
+        let mut last: std::collections::HashMap<String, String> = Default::default();
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    let state = e.message.split(':').next().unwrap_or_default().to_string();
+                    let kind = central_kind(
+                        &e.kind,
+                        &e.message,
+                        last.get(&e.workload).map(String::as_str),
+                    );
+                    if e.kind == "state" {
+                        last.insert(e.workload.clone(), state);
+                    }
+                    if let Some(kind) = kind
+                        && let Err(err) = ob.push(
+                            i64::try_from(e.at_ms).unwrap_or(0),
+                            &kind,
+                            &e.workload,
+                            &e.message,
+                        )
+                    {
+                        tracing::error!("cannot record an event: {err}");
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let msg = format!("{n} node events were lost before they reached the outbox");
+                    let _ = ob.push(backroom_session::now_ms(), "events_dropped", "", &msg);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+
+    // Disk space.
+    let ob = Arc::clone(&outbox);
+    let state_dir = opts.state_dir.clone();
+    let threshold = u64::from(opts.disk_low_percent);
+    tokio::spawn(async move {
+        let mut low = false;
+        loop {
+            if let Ok(st) = rustix::fs::statvfs(&state_dir) {
+                let free = st.f_bavail.saturating_mul(100) / st.f_blocks.max(1);
+                if free < threshold && !low {
+                    let msg = format!("{free}% free on the filesystem of {}", state_dir.display());
+                    let _ = ob.push(backroom_session::now_ms(), "disk_low", "", &msg);
+                }
+                low = free < threshold;
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    });
+
+    // Engine status → status reports, on change.
+    let first =
+        engine.status().await.map(|s| report(&s, &saved, &opts.agent_version)).unwrap_or_default();
+    let (status_tx, status_rx) = watch::channel(first);
+    let e2 = engine.clone();
+    let version = opts.agent_version.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tick.tick().await;
+            let Ok(s) = e2.status().await else { continue };
+            let d = report_rx.borrow().clone();
+            let r = report(&s, &d, &version);
+            status_tx.send_if_modified(|cur| {
+                if *cur == r {
+                    false
+                } else {
+                    *cur = r;
+                    true
+                }
+            });
+        }
+    });
+
+    // Central's requests.
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(16);
+    let id_store = id.store_id.clone();
+    let link = Link::new(
+        LinkConfig::new(&opts.url, dir.clone(), &opts.agent_version),
+        id,
+        Arc::clone(&outbox),
+        status_rx,
+        in_tx,
+    );
+    let mut contact = link.contact();
+    tokio::spawn(async move {
+        while contact.changed().await.is_ok() {
+            let t = *contact.borrow();
+            link_contact.send_replace(t);
+        }
+    });
+    let mut online = link.online();
+    let store_id = id_store.clone();
+    let url = opts.url.clone();
+    tokio::spawn(async move {
+        state.send_replace(format!("connecting to {url} as {store_id}"));
+        while online.changed().await.is_ok() {
+            let up = *online.borrow();
+            state.send_replace(if up {
+                format!("online ({store_id} at {url})")
+            } else {
+                format!(
+                    "offline since {} (unix ms; reconnecting, the store keeps running)",
+                    backroom_session::now_ms()
+                )
+            });
+        }
+    });
+    tokio::spawn(link.run());
+    let mut current: Option<tokio::task::JoinHandle<()>> = None;
+    while let Some(msg) = in_rx.recv().await {
+        match msg {
+            Inbound::Desired { revision, profile_yaml } => {
+                if sup.desired.lock().await.revision == revision {
+                    continue;
+                }
+                if let Some(t) = current.take() {
+                    t.abort();
+                }
+                let s = Arc::clone(&sup);
+                current = Some(tokio::spawn(async move { s.apply(revision, profile_yaml).await }));
+            }
+            Inbound::Command { command, reply } => {
+                let r = execute(&sup, &engine, &command, &mut current).await;
+                let (ok, message) = match r {
+                    Ok(m) => (true, m),
+                    Err(m) => (false, m),
+                };
+                let _ = reply.send(CommandResult { id: command.id, ok, message });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn execute(
+    sup: &Arc<Supervisor>,
+    engine: &EngineHandle,
+    c: &Command,
+    current: &mut Option<tokio::task::JoinHandle<()>>,
+) -> Result<String, String> {
+    if c.expires_unix_ms != 0 && c.expires_unix_ms < backroom_session::now_ms() {
+        return Err("the command expired before it reached the node".into());
+    }
+    match c.kind.as_str() {
+        "restart" => engine.restart(&c.workload).await.map_err(|e| e.to_string()),
+        // Try central's desired revision again (after a fix elsewhere, say).
+        "reconcile" => {
+            let d = sup.desired.lock().await.clone();
+            if d.revision.is_empty() {
+                return Ok(
+                    "no revision from central yet; the node keeps reconciling what it runs".into()
+                );
+            }
+            let yaml = sup
+                .store
+                .load_revision(&d.revision)
+                .map_err(|e| format!("the desired revision is not on this node: {e}"))?
+                .to_yaml();
+            if let Some(t) = current.take() {
+                t.abort();
+            }
+            let s = Arc::clone(sup);
+            let rev = d.revision.clone();
+            *current = Some(tokio::spawn(async move {
+                s.desired.lock().await.revision.clear();
+                s.apply(rev, yaml).await
+            }));
+            Ok(format!("applying revision {} again", short(&d.revision)))
+        }
+        "rollback" => sup.rollback().await,
+        other => Err(format!("this node does not know the command `{other}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::WorkloadView;
+
+    #[test]
+    fn engine_events_map_to_central_kinds() {
+        assert_eq!(
+            central_kind("health", "c1 is unhealthy: 503", None).as_deref(),
+            Some("workload_unhealthy")
+        );
+        assert_eq!(
+            central_kind("health", "c1 is healthy: ok", None).as_deref(),
+            Some("workload_recovered")
+        );
+        assert_eq!(
+            central_kind("exit", "container c1 exited with code 1", None).as_deref(),
+            Some("workload_crashed")
+        );
+        assert_eq!(
+            central_kind("action", "restart: done", None).as_deref(),
+            Some("workload_restarted")
+        );
+        assert_eq!(
+            central_kind("state", "failed: crash loop (5 exits in a row)", None).as_deref(),
+            Some("crash_loop")
+        );
+        assert_eq!(
+            central_kind("state", "running", Some("failed")).as_deref(),
+            Some("workload_recovered")
+        );
+        assert_eq!(central_kind("state", "running", Some("starting")), None);
+        assert_eq!(
+            central_kind("vm", "crashed: qemu died", None).as_deref(),
+            Some("workload_crashed")
+        );
+        assert_eq!(central_kind("vm", "update_done: ok", None).as_deref(), Some("vm_update_done"));
+    }
+
+    fn status(network: &str, states: &[(&str, &str, &str)]) -> Status {
+        Status {
+            network: network.into(),
+            workloads: states
+                .iter()
+                .map(|(n, st, h)| WorkloadView {
+                    name: (*n).into(),
+                    state: (*st).into(),
+                    health: (*h).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn failures_that_waiting_will_not_fix_are_told_apart() {
+        assert!(
+            hard_failure(&status("applied (revision x)", &[("a", "running", "healthy")])).is_none()
+        );
+        assert!(hard_failure(&status("pending", &[("a", "starting", "unknown")])).is_none());
+        assert!(
+            hard_failure(&status("failed: VLAN 10 refused; retrying", &[]))
+                .unwrap()
+                .contains("network failed")
+        );
+        assert!(
+            hard_failure(&status("applied", &[("a", "failed", "unknown")]))
+                .unwrap()
+                .contains("a failed")
+        );
+        assert!(
+            not_ready(&status(
+                "applied",
+                &[("a", "unhealthy", "unhealthy"), ("b", "running", "unknown")]
+            ))
+            .starts_with("a unhealthy")
+        );
+    }
+
+    #[test]
+    fn a_failed_revision_is_reported_with_where_the_node_went() {
+        let d = CentralDesired {
+            revision: "r2".into(),
+            state: "failed".into(),
+            message: "boom".into(),
+            rolled_back_to: "r1".into(),
+        };
+        let mut s =
+            status("applied", &[("a", "running", "unknown"), ("b", "unhealthy", "unhealthy")]);
+        s.applied = "r1".into();
+        let r = report(&s, &d, "v");
+        assert_eq!(r.applied_revision, "r1");
+        assert_eq!(r.desired_revision, "r2");
+        let last = r.last_apply.unwrap();
+        assert!(!last.ok);
+        assert_eq!(last.rolled_back_to, "r1");
+        assert_eq!(r.workloads.iter().filter(|w| w.healthy).count(), 1);
+    }
+}
