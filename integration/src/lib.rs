@@ -4,8 +4,10 @@
 //! - [`genfleet`]: writes synthetic fleet folders (the profile-engine benchmark);
 //! - [`sim`]: simulated store nodes holding real mTLS sessions to a real central, through the
 //!   same link code nodeagent uses (the `fleetsim` binary and the fleet benchmark);
-//! - [`procs`]: starting and measuring real processes (central) for tests and benchmarks.
+//! - [`procs`]: starting and measuring real processes (central) for tests and benchmarks;
+//! - [`ociimage`]: small OCI images built around busybox-static, for tests and `make run`.
 
 pub mod genfleet;
+pub mod ociimage;
 pub mod procs;
 pub mod sim;
