@@ -454,8 +454,8 @@ workloads:
         let p = backroom_profiles::render_str("t.yaml", PROFILE).unwrap().profile;
         let rs = build(&p, &ctx());
         let text = rs.to_string();
-        assert!(text.contains("iifname \"br-pos\" meta protocol ip ip daddr 172.30.0.10 meta l4proto tcp th dport 8443 counter name \"pos-to-orders\" accept"), "{text}");
-        assert!(text.contains("oifname \"br-mgmt\" meta protocol ip ip saddr 172.30.0.0/24 ip daddr != 10.1.0.0/24"), "{text}");
+        assert!(text.contains("iifname \"br-pos\" meta nfproto ipv4 ip daddr 172.30.0.10 meta l4proto tcp th dport 8443 counter name \"pos-to-orders\" accept"), "{text}");
+        assert!(text.contains("oifname \"br-mgmt\" meta nfproto ipv4 ip saddr 172.30.0.0/24 ip daddr != 10.1.0.0/24"), "{text}");
         assert!(text.contains("iifname \"br-mgmt\" meta l4proto tcp th dport 22 counter name \"mgmt-ssh\" accept"), "{text}");
         // Only netd's bridges lead into its zones.
         let fwd = rs.tables[0].chain("forward").unwrap();

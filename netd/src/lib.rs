@@ -22,7 +22,7 @@ pub mod netns;
 pub mod nft;
 pub mod nl;
 pub mod rtnl;
-
+pub mod server;
 pub mod state;
 
 pub use engine::{Engine, Outcome};

@@ -123,7 +123,7 @@ fn addr_bytes(a: IpAddr) -> Vec<u8> {
 }
 
 /// The expressions that check one match.
-fn lower_match(m: &Match, out: &mut Vec<Raw>) {
+fn lower_match(m: &Match, family: Family, out: &mut Vec<Raw>) {
     use libc::{
         NFT_CMP_EQ as EQ, NFT_CMP_GTE as GTE, NFT_CMP_LTE as LTE, NFT_CMP_NEQ as NEQ,
         NFT_PAYLOAD_NETWORK_HEADER as NET, NFT_PAYLOAD_TRANSPORT_HEADER as TH,
@@ -156,12 +156,20 @@ fn lower_match(m: &Match, out: &mut Vec<Raw>) {
             out.push(meta(libc::NFT_META_OIFNAME));
             out.push(cmp(EQ, ifname(n)));
         }
+        Match::Proto(l3) if family == Family::Inet => {
+            out.push(meta(libc::NFT_META_NFPROTO));
+            let v = match l3 {
+                L3::V4 => libc::NFPROTO_IPV4,
+                L3::V6 => libc::NFPROTO_IPV6,
+            };
+            out.push(cmp(EQ, vec![v as u8]));
+        }
         Match::Proto(l3) => {
-            out.push(meta(libc::NFT_META_PROTOCOL));
+            out.push(payload(libc::NFT_PAYLOAD_LL_HEADER, 12, 2));
             out.push(cmp(EQ, ethertype(*l3)));
         }
         Match::NotIp => {
-            out.push(meta(libc::NFT_META_PROTOCOL));
+            out.push(payload(libc::NFT_PAYLOAD_LL_HEADER, 12, 2));
             out.push(cmp(NEQ, ethertype(L3::V4)));
             out.push(cmp(NEQ, ethertype(L3::V6)));
         }
@@ -213,10 +221,10 @@ fn verdict(code: i32) -> Raw {
 
 /// The expressions of a whole rule, the verdict last. A reject becomes a TCP reset rule for
 /// TCP plus an ICMP(x) one for the rest, as `nft`'s bare `reject` does.
-fn lower_rule(r: &Rule) -> Vec<Vec<Raw>> {
+fn lower_rule(r: &Rule, family: Family) -> Vec<Vec<Raw>> {
     let mut base = Vec::new();
     for m in &r.matches {
-        lower_match(m, &mut base);
+        lower_match(m, family, &mut base);
     }
     if let Some(c) = &r.counter {
         base.push(
@@ -329,7 +337,7 @@ pub fn probe_batch(t: &Table) -> FinalizedBatch {
         batch.add(ch, MsgType::Add);
     }
     for (spec, ch) in t.chains.iter().zip(&chains) {
-        add_rules(&mut batch, ch, spec);
+        add_rules(&mut batch, ch, spec, t.family);
     }
     batch.add(&table, MsgType::Del);
     batch.finalize()
@@ -357,7 +365,7 @@ fn add_table(batch: &mut Batch, t: &Table, seed: &CounterSeed) {
         batch.add(ch, MsgType::Add);
     }
     for (spec, ch) in t.chains.iter().zip(&chains) {
-        add_rules(batch, ch, spec);
+        add_rules(batch, ch, spec, t.family);
     }
 }
 
@@ -377,9 +385,9 @@ fn make_chain<'a>(table: &'a nftnl::Table, c: &Chain) -> nftnl::Chain<'a> {
     ch
 }
 
-fn add_rules(batch: &mut Batch, ch: &nftnl::Chain<'_>, spec: &Chain) {
+fn add_rules(batch: &mut Batch, ch: &nftnl::Chain<'_>, spec: &Chain, family: Family) {
     for r in &spec.rules {
-        for exprs in lower_rule(r) {
+        for exprs in lower_rule(r, family) {
             let mut rule = nftnl::Rule::new(ch);
             for e in &exprs {
                 rule.add_expr(e);

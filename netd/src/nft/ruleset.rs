@@ -164,19 +164,24 @@ impl Rule {
         let mut h = Sha256::new();
         h.update(chain.as_bytes());
         h.update([0]);
-        h.update(self.body().as_bytes());
+        h.update(self.body_in(Family::Inet).as_bytes());
         let d = h.finalize();
         format!("{} #{}", self.label, hex::encode(&d[..5]))
     }
 
-    /// The rule in nft syntax, without its comment.
+    /// The rule in nft syntax (as in an inet table), without its comment.
     pub fn body(&self) -> String {
+        self.body_in(Family::Inet)
+    }
+
+    /// The rule in nft syntax for a table of `family`, without its comment.
+    pub fn body_in(&self, family: Family) -> String {
         let mut s = String::new();
         for m in &self.matches {
             if !s.is_empty() {
                 s.push(' ');
             }
-            s.push_str(&match_text(m));
+            s.push_str(&match_text(m, family));
         }
         if let Some(c) = &self.counter {
             let _ = write!(s, " counter name \"{c}\"");
@@ -195,15 +200,17 @@ impl Rule {
     }
 }
 
-fn match_text(m: &Match) -> String {
+fn match_text(m: &Match, family: Family) -> String {
     match m {
         Match::IifName(n) => format!("iifname \"{n}\""),
         Match::OifName(n) => format!("oifname \"{n}\""),
-        Match::Proto(l3) => match l3 {
-            L3::V4 => "meta protocol ip".to_string(),
-            L3::V6 => "meta protocol ip6".to_string(),
+        Match::Proto(l3) => match (family, l3) {
+            (Family::Inet, L3::V4) => "meta nfproto ipv4".to_string(),
+            (Family::Inet, L3::V6) => "meta nfproto ipv6".to_string(),
+            (Family::Bridge, L3::V4) => "ether type ip".to_string(),
+            (Family::Bridge, L3::V6) => "ether type ip6".to_string(),
         },
-        Match::NotIp => "meta protocol != ip meta protocol != ip6".to_string(),
+        Match::NotIp => "ether type != ip ether type != ip6".to_string(),
         Match::Src(n) => format!("{} saddr {}", L3::of(n.addr()).word(), net_text(n)),
         Match::Dst(n) => format!("{} daddr {}", L3::of(n.addr()).word(), net_text(n)),
         Match::NotSrc(n) => format!("{} saddr != {}", L3::of(n.addr()).word(), net_text(n)),
@@ -280,7 +287,7 @@ impl fmt::Display for Ruleset {
                     )?;
                 }
                 for r in &c.rules {
-                    writeln!(f, "\t\t{} comment \"{}\"", r.body(), r.comment(&c.name))?;
+                    writeln!(f, "\t\t{} comment \"{}\"", r.body_in(t.family), r.comment(&c.name))?;
                 }
                 writeln!(f, "\t}}")?;
             }
@@ -310,7 +317,7 @@ mod tests {
         r.counter = Some("pos-to-orders".into());
         assert_eq!(
             r.body(),
-            "iifname \"br-pos\" meta protocol ip ip daddr 172.30.0.10 meta l4proto tcp th dport 8443 counter name \"pos-to-orders\" accept"
+            "iifname \"br-pos\" meta nfproto ipv4 ip daddr 172.30.0.10 meta l4proto tcp th dport 8443 counter name \"pos-to-orders\" accept"
         );
         let c = r.comment("allow");
         assert!(c.starts_with("pos-to-orders #"));
