@@ -130,7 +130,13 @@ impl Builder<'_> {
             return out;
         }
         if let Some(seg) = self.segment(end) {
-            return vec![vec![Self::ifname(side, &seg.bridge())]];
+            // The bridge and, when known, the subnet: a segment carried on the uplink also
+            // carries the internet behind the store router, which is not "from the segment".
+            let mut m = vec![Self::ifname(side, &seg.bridge())];
+            if let Some(n) = subnet_of(seg, self.ctx) {
+                m.extend(Self::addr_match(side, n));
+            }
+            return vec![m];
         }
         self.workload(end, None, side)
     }
@@ -175,7 +181,12 @@ impl Builder<'_> {
         if self.segment(end).is_some() {
             return Vec::new();
         }
-        self.workload(end, Some(seg.name.as_str()), side)
+        // A workload on this segment, by any of its addresses: a reply to a flow routed to its
+        // address on another segment may leave by its interface on this one.
+        if self.workload(end, Some(seg.name.as_str()), side).is_empty() {
+            return Vec::new();
+        }
+        self.workload(end, None, side)
     }
 
     fn ports(rule: &AllowRule) -> Alts {
@@ -454,9 +465,9 @@ workloads:
         let p = backroom_profiles::render_str("t.yaml", PROFILE).unwrap().profile;
         let rs = build(&p, &ctx());
         let text = rs.to_string();
-        assert!(text.contains("iifname \"br-pos\" meta nfproto ipv4 ip daddr 172.30.0.10 meta l4proto tcp th dport 8443 counter name \"pos-to-orders\" accept"), "{text}");
+        assert!(text.contains("iifname \"br-pos\" meta nfproto ipv4 ip saddr 10.1.0.0/24 ip daddr 172.30.0.10 meta l4proto tcp th dport 8443 counter name \"pos-to-orders\" accept"), "{text}");
         assert!(text.contains("oifname \"br-mgmt\" meta nfproto ipv4 ip saddr 172.30.0.0/24 ip daddr != 10.1.0.0/24"), "{text}");
-        assert!(text.contains("iifname \"br-mgmt\" meta l4proto tcp th dport 22 counter name \"mgmt-ssh\" accept"), "{text}");
+        assert!(text.contains("iifname \"br-mgmt\" meta nfproto ipv4 ip saddr 10.9.0.0/24 meta l4proto tcp th dport 22 counter name \"mgmt-ssh\" accept"), "{text}");
         // Only netd's bridges lead into its zones.
         let fwd = rs.tables[0].chain("forward").unwrap();
         assert!(fwd.rules.iter().all(|r| matches!(r.verdict, Verdict::Jump(_))));
