@@ -65,7 +65,7 @@ fn the_allow_matrix_holds_routed_and_inside_segments() {
     s.attach_all();
     s.plug_clients();
     let flows = [(L4::Tcp, 8443), (L4::Tcp, 8080), (L4::Tcp, 443), (L4::Tcp, 22), (L4::Udp, 53), (L4::Tcp, 9)];
-    let (total, bad) = s.matrix(&flows, Some("mgmt"));
+    let (total, bad) = s.matrix(&flows, Some(("mgmt", None)));
     assert!(bad.is_empty(), "{} of {total} flows disagree with the profile:\n{}", bad.len(), bad.join("\n"));
     assert!(total > 200, "only {total} flows checked");
     // Counters count what the rules let through.

@@ -326,8 +326,8 @@ fn c_name(s: &str) -> CString {
     CString::new(s.replace('\0', "")).unwrap_or_default()
 }
 
-/// One batch that adds table `backroom_probe` with `t`'s chains and rules and deletes it again:
-/// the kernel checks every rule, and nothing stays behind whether it accepts them or not.
+/// One batch that adds table `backroom_probe` with `t`'s chains and rules. (Deleting it in the
+/// same batch would skip the kernel's hook validation of the rules: see [`probe_cleanup`].)
 pub fn probe_batch(t: &Table) -> FinalizedBatch {
     let mut batch = Batch::new();
     let table = nftnl::Table::new(c"backroom_probe", proto_family(t.family));
@@ -339,6 +339,14 @@ pub fn probe_batch(t: &Table) -> FinalizedBatch {
     for (spec, ch) in t.chains.iter().zip(&chains) {
         add_rules(&mut batch, ch, spec, t.family);
     }
+    batch.finalize()
+}
+
+/// Deletes table `backroom_probe` (adding it first, so the batch never fails on its absence).
+pub fn probe_cleanup(family: Family) -> FinalizedBatch {
+    let mut batch = Batch::new();
+    let table = nftnl::Table::new(c"backroom_probe", proto_family(family));
+    batch.add(&table, MsgType::Add);
     batch.add(&table, MsgType::Del);
     batch.finalize()
 }

@@ -264,11 +264,12 @@ impl NetlinkFirewall {
 
     fn probe(&mut self, rule: crate::nft::ruleset::Rule) -> bool {
         use crate::nft::ruleset::{BaseHook, Chain, Table};
-        // A throwaway table in one batch that also deletes it: nothing stays behind.
+        // A throwaway table with one base chain on the forward hook, deleted right after.
         let mut t = Table::new(Family::Bridge);
         t.chains.push(Chain { name: "probe".into(), base: Some(BaseHook { hook: Hook::Forward, nat: false, priority: 0 }), rules: vec![rule] });
-        let probe_batch = batch::probe_batch(&t);
-        self.send_batch(&probe_batch, "probes the kernel").is_ok()
+        let ok = self.send_batch(&batch::probe_batch(&t), "probes the kernel").is_ok();
+        let _ = self.send_batch(&batch::probe_cleanup(Family::Bridge), "removes the probe table");
+        ok
     }
 }
 

@@ -237,6 +237,9 @@ pub struct End {
     pub ns_path: String,
     /// Names rules may use for it as a source (its segment, its workload name, host, internet).
     pub from_ids: BTreeSet<String>,
+    /// Only destinations in this subnet are reachable from it (a device whose gateway is not
+    /// the store); `None`: everything.
+    pub reach: Option<ipnet::IpNet>,
 }
 
 /// A destination: an address and what rules may call it.
@@ -267,18 +270,50 @@ pub fn allowed(p: &Profile, from: &BTreeSet<String>, to: &BTreeSet<String>, l4: 
     })
 }
 
+/// The flows worth checking towards `d`: the ports of every rule that names it (allowed or not
+/// depending on the source) and the given `others` (which no rule should allow).
+pub fn focused(p: &Profile, d: &Dest, others: &[(L4, u16)]) -> Vec<(L4, u16)> {
+    let mut v: Vec<(L4, u16)> = p
+        .network
+        .firewall
+        .allow
+        .iter()
+        .filter(|r| d.to_ids.contains(r.to.as_str()))
+        .flat_map(|r| r.ports.iter())
+        .filter_map(|s| match (s.proto, s.ports) {
+            (Proto::Tcp, Some((lo, _))) => Some((L4::Tcp, lo)),
+            (Proto::Udp, Some((lo, _))) => Some((L4::Udp, lo)),
+            _ => None,
+        })
+        .collect();
+    v.extend_from_slice(others);
+    v.sort_by_key(|f| (f.0 == L4::Udp, f.1));
+    v.dedup();
+    v
+}
+
 /// Every (source, destination, protocol, port) of the matrix, checked with real connections
-/// in parallel; returns the mismatches.
+/// in parallel; returns the mismatches. With `focus`, each destination gets the flows
+/// [`focused`] picks (`flows` then being the unrelated ones) instead of all of `flows`.
 pub fn check_matrix(p: &Profile, froms: &[End], dests: &[Dest], flows: &[(L4, u16)]) -> (usize, Vec<String>) {
+    check_matrix_with(p, froms, dests, flows, false)
+}
+
+pub fn check_matrix_with(p: &Profile, froms: &[End], dests: &[Dest], flows: &[(L4, u16)], focus: bool) -> (usize, Vec<String>) {
     let mut jobs = Vec::new();
     for f in froms {
         for d in dests {
             // Not through the store: a source to itself, the router or internet to the internet.
             let upstream = f.label.starts_with("router") || f.from_ids.contains(INTERNET);
-            if f.from_ids.contains(HOST) || f.label == d.label || (d.to_ids.contains(INTERNET) && upstream) {
+            let beyond_store = d.to_ids.contains(INTERNET) || d.label.contains("behind the router");
+            if f.from_ids.contains(HOST) || f.label == d.label || (beyond_store && upstream) {
                 continue;
             }
-            for &(l4, port) in flows {
+            if f.reach.is_some_and(|n| !n.contains(&d.addr)) {
+                continue;
+            }
+            let picked = if focus { focused(p, d, flows) } else { flows.to_vec() };
+            for (l4, port) in picked {
                 jobs.push((f.clone(), d.clone(), l4, port));
             }
         }
@@ -287,7 +322,7 @@ pub fn check_matrix(p: &Profile, froms: &[End], dests: &[Dest], flows: &[(L4, u1
     let jobs = Arc::new(Mutex::new(jobs));
     let bad = Arc::new(Mutex::new(Vec::new()));
     let profile = Arc::new(p.clone());
-    let workers: Vec<_> = (0..24)
+    let workers: Vec<_> = (0..32)
         .map(|_| {
             let (jobs, bad, profile) = (jobs.clone(), bad.clone(), profile.clone());
             std::thread::spawn(move || {

@@ -16,6 +16,8 @@ pub struct Store {
     pub router: Ns,
     pub internet: Ns,
     pub clients: Vec<(String, Ns, String)>,
+    /// More sources (and destinations) for the matrix: devices behind the router, VM stand-ins.
+    pub extra: Vec<(End, Option<Dest>, Ns)>,
     pub netd: Netd,
     pub profile: Profile,
     pub file: std::path::PathBuf,
@@ -34,6 +36,11 @@ impl Store {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("store.yaml");
         std::fs::write(&file, text).unwrap();
+        Store::from_file(file, dir, up)
+    }
+
+    /// A store from a profile file (its layers beside it), applied unless DHCP must be set up first.
+    pub fn from_file(file: std::path::PathBuf, dir: tempfile::TempDir, up: &Upstream) -> Store {
         let rendered: Rendered = common::render(&file);
         let mut store = Ns::new("s");
         let names: Vec<String> = rendered.profile.workloads.iter().flat_map(|w| {
@@ -55,7 +62,7 @@ impl Store {
         internet.ip("route add default via 203.0.113.1");
         must(&format!("ip netns exec {} sysctl -qw net.ipv4.ip_forward=1", store.name));
         let netd = Netd::new(&store);
-        let s = Store { store, router, internet, clients: Vec::new(), netd, profile: rendered.profile, file, _dir: dir };
+        let s = Store { store, router, internet, clients: Vec::new(), extra: Vec::new(), netd, profile: rendered.profile, file, _dir: dir };
         if !up.dhcp {
             s.apply();
         }
@@ -117,18 +124,47 @@ impl Store {
     /// The matrix of the profile: every client, workload, the router (on the untagged
     /// segment) and the internet, to every workload address, host address, client and the
     /// internet.
-    pub fn matrix(&self, flows: &[(L4, u16)], untagged: Option<&str>) -> (usize, Vec<String>) {
-        let tcp: Vec<u16> = flows.iter().filter(|f| f.0 == L4::Tcp).map(|f| f.1).collect();
-        let udp: Vec<u16> = flows.iter().filter(|f| f.0 == L4::Udp).map(|f| f.1).collect();
+    pub fn matrix(&self, flows: &[(L4, u16)], untagged: Option<(&str, Option<ipnet::IpNet>)>) -> (usize, Vec<String>) {
+        self.matrix_with(flows, untagged, false)
+    }
+
+    /// The matrix with all `flows` to every destination, or (`focus`) only the ports the rules
+    /// name for each destination plus `flows`.
+    pub fn matrix_with(&self, flows: &[(L4, u16)], untagged: Option<(&str, Option<ipnet::IpNet>)>, focus: bool) -> (usize, Vec<String>) {
+        let all: Vec<(L4, u16)> = if focus {
+            let mut v = flows.to_vec();
+            for r in &self.profile.network.firewall.allow {
+                for sp in &r.ports {
+                    match (sp.proto, sp.ports) {
+                        (backroom_profiles::Proto::Tcp, Some((lo, _))) => v.push((L4::Tcp, lo)),
+                        (backroom_profiles::Proto::Udp, Some((lo, _))) => v.push((L4::Udp, lo)),
+                        _ => {}
+                    }
+                }
+            }
+            v.sort_by_key(|f| (f.0 == L4::Udp, f.1));
+            v.dedup();
+            v
+        } else {
+            flows.to_vec()
+        };
+        let flows_listen = &all;
+        let tcp: Vec<u16> = flows_listen.iter().filter(|f| f.0 == L4::Tcp).map(|f| f.1).collect();
+        let udp: Vec<u16> = flows_listen.iter().filter(|f| f.0 == L4::Udp).map(|f| f.1).collect();
         let mut servers = Vec::new();
         let mut froms = Vec::new();
         let mut dests = Vec::new();
         servers.push(Servers::start(&Self::ns_path(&self.store), &tcp, &udp, "host"));
         servers.push(Servers::start(&Self::ns_path(&self.internet), &tcp, &udp, "internet"));
-        froms.push(End { label: "internet".into(), ns_path: Self::ns_path(&self.internet), from_ids: ids(&["internet"]) });
+        froms.push(End { label: "internet".into(), ns_path: Self::ns_path(&self.internet), from_ids: ids(&["internet"]), reach: None });
         dests.push(Dest { label: "internet".into(), addr: INTERNET_ADDR.parse().unwrap(), to_ids: ids(&["internet"]) });
-        if let Some(seg) = untagged {
-            froms.push(End { label: format!("router on {seg}"), ns_path: Self::ns_path(&self.router), from_ids: ids(&[seg]) });
+        if let Some((seg, net)) = untagged {
+            froms.push(End { label: format!("router on {seg}"), ns_path: Self::ns_path(&self.router), from_ids: ids(&[seg]), reach: net });
+        }
+        for (e, d, _) in &self.extra {
+            servers.push(Servers::start(&e.ns_path, &tcp, &udp, &e.label));
+            froms.push(e.clone());
+            dests.extend(d.clone());
         }
         for seg in &self.profile.network.segments {
             if let HostAddress::Static(n) = seg.address {
@@ -138,7 +174,7 @@ impl Store {
         for (seg, c, addr) in &self.clients {
             let path = Self::ns_path(c);
             servers.push(Servers::start(&path, &tcp, &udp, seg));
-            froms.push(End { label: format!("client on {seg}"), ns_path: path, from_ids: ids(&[seg]) });
+            froms.push(End { label: format!("client on {seg}"), ns_path: path, from_ids: ids(&[seg]), reach: None });
             dests.push(Dest { label: format!("client on {seg}"), addr: addr.parse().unwrap(), to_ids: ids(&[seg]) });
         }
         let mut workload_froms = Vec::new();
@@ -152,7 +188,7 @@ impl Store {
             }
             workload_froms.push((name.to_string(), path, addrs));
         }
-        let (mut total, mut bad) = common::check_matrix(&self.profile, &froms, &dests, flows);
+        let (mut total, mut bad) = common::check_matrix_with(&self.profile, &froms, &dests, flows, focus);
         // A workload's traffic leaves by the interface on the destination's subnet, else by its
         // default route (its first segment with a host address): that decides its segment.
         for (name, path, addrs) in &workload_froms {
@@ -166,11 +202,11 @@ impl Store {
                     .find(|s| s.subnet.is_some_and(|n| n.0.contains(&d.addr)) && addrs.iter().any(|(x, _)| x == s.name.as_str()))
                     .map(|s| s.name.as_str().to_string())
                     .unwrap_or_else(|| default_seg.clone());
-                let from = End { label: format!("{name} (via {seg})"), ns_path: path.clone(), from_ids: ids(&[name, &seg]) };
+                let from = End { label: format!("{name} (via {seg})"), ns_path: path.clone(), from_ids: ids(&[name, &seg]), reach: None };
                 if d.label.starts_with(&format!("{name} ")) {
                     continue;
                 }
-                let (t, b) = common::check_matrix(&self.profile, &[from], std::slice::from_ref(d), flows);
+                let (t, b) = common::check_matrix_with(&self.profile, &[from], std::slice::from_ref(d), flows, focus);
                 total += t;
                 bad.extend(b);
             }
