@@ -23,7 +23,9 @@ struct Ns(String);
 impl Ns {
     fn new(tag: &str) -> Ns {
         let name = format!("nb{}{tag}", std::process::id());
-        sh(&format!("ip netns add {name} && ip link add up0 netns {name} type veth peer name up1 netns {name}"));
+        sh(&format!(
+            "ip netns add {name} && ip link add up0 netns {name} type veth peer name up1 netns {name}"
+        ));
         Ns(name)
     }
 }
@@ -39,7 +41,9 @@ const RULES: usize = 500;
 const WORKLOADS: usize = 12;
 
 fn profile() -> String {
-    let mut p = String::from("apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {name: bench}\nnetwork:\n  uplink: {interface: up0}\n  segments:\n");
+    let mut p = String::from(
+        "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {name: bench}\nnetwork:\n  uplink: {interface: up0}\n  segments:\n",
+    );
     p.push_str("    - {name: s0, vlan: untagged, subnet: 10.200.0.0/24, address: 10.200.0.2/24, gateway: 10.200.0.1}\n");
     for i in 1..SEGMENTS {
         let nat = if i % 3 == 0 { ", nat: true" } else { "" };
@@ -60,7 +64,11 @@ fn profile() -> String {
             to = "host".into();
         }
         let port = 1000 + r;
-        writeln!(p, "      - {{name: r{r}, from: {from}, to: {to}, ports: [tcp/{port}, udp/{port}]}}").unwrap();
+        writeln!(
+            p,
+            "      - {{name: r{r}, from: {from}, to: {to}, ports: [tcp/{port}, udp/{port}]}}"
+        )
+        .unwrap();
     }
     p.push_str("workloads:\n");
     for w in 0..WORKLOADS {
@@ -80,7 +88,10 @@ fn script(ns: &str, p: &backroom_profiles::Profile, nft_file: &Path) -> String {
     let mut s = String::from("set -e\n");
     for (i, seg) in p.network.segments.iter().enumerate() {
         let br = seg.bridge();
-        let mac = backroom_profiles::naming::mac_string(backroom_profiles::naming::mac("host", seg.name.as_str()));
+        let mac = backroom_profiles::naming::mac_string(backroom_profiles::naming::mac(
+            "host",
+            seg.name.as_str(),
+        ));
         writeln!(s, "ip -n {ns} link add {br} address {mac} type bridge").unwrap();
         writeln!(s, "ip -n {ns} link set {br} alias backroom-netd").unwrap();
         writeln!(s, "ip -n {ns} link set {br} up").unwrap();
@@ -91,7 +102,12 @@ fn script(ns: &str, p: &backroom_profiles::Profile, nft_file: &Path) -> String {
             writeln!(s, "ip -n {ns} link set up0 master {br} up").unwrap();
         }
         if let Some(g) = seg.gateway {
-            writeln!(s, "ip -n {ns} route add default via {g} dev {br} proto 176 metric {}", 100 + i).unwrap();
+            writeln!(
+                s,
+                "ip -n {ns} route add default via {g} dev {br} proto 176 metric {}",
+                100 + i
+            )
+            .unwrap();
         }
     }
     writeln!(s, "ip netns exec {ns} nft -f {}", nft_file.display()).unwrap();
@@ -126,7 +142,17 @@ fn main() {
         let ns = Ns::new("p");
         let state = tempfile::tempdir().unwrap();
         let o = Command::new(netd)
-            .args(["--netns", &ns.0, "--state-dir", state.path().to_str().unwrap(), "plan", "--nft", f, "--uplink", "up0"])
+            .args([
+                "--netns",
+                &ns.0,
+                "--state-dir",
+                state.path().to_str().unwrap(),
+                "plan",
+                "--nft",
+                f,
+                "--uplink",
+                "up0",
+            ])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -148,7 +174,16 @@ fn main() {
         let state = tempfile::tempdir().unwrap();
         let run = || {
             let o = Command::new(netd)
-                .args(["--netns", &ns.0, "--state-dir", state.path().to_str().unwrap(), "apply", f, "--uplink", "up0"])
+                .args([
+                    "--netns",
+                    &ns.0,
+                    "--state-dir",
+                    state.path().to_str().unwrap(),
+                    "apply",
+                    f,
+                    "--uplink",
+                    "up0",
+                ])
                 .env("RUST_LOG", "warn")
                 .output()
                 .unwrap();
@@ -157,7 +192,12 @@ fn main() {
         };
         let mut out = String::new();
         apply_times.push(time(|| out = run()));
-        if let Some(n) = out.lines().find_map(|l| l.split(" (").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<usize>().ok())) {
+        if let Some(n) = out.lines().find_map(|l| {
+            l.split(" (")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse::<usize>().ok())
+        }) {
             rules = n;
         }
         noop_process.push(time(|| assert!(run().contains("nothing to do"))));
@@ -171,7 +211,10 @@ fn main() {
     let noop_daemon = std::thread::spawn(move || {
         let nsf = std::fs::File::open(path).unwrap();
         // SAFETY: setns on this thread only.
-        assert_eq!(unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&nsf), libc::CLONE_NEWNET) }, 0);
+        assert_eq!(
+            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&nsf), libc::CLONE_NEWNET) },
+            0
+        );
         let mut e = backroom_netd::Engine::open(&sd).unwrap();
         let r = backroom_profiles::render_file(&fpath).unwrap();
         e.apply(&r, Some("up0"), 0).unwrap();
@@ -187,11 +230,26 @@ fn main() {
     .join()
     .unwrap();
 
-    let (s, a, np, nd) = (median(script_times), median(apply_times), median(noop_process), median(noop_daemon));
+    let (s, a, np, nd) =
+        (median(script_times), median(apply_times), median(noop_process), median(noop_daemon));
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("netd apply benchmark: {SEGMENTS} segments, {RULES} allow rules ({rules} nftables rules), median of {runs}");
+    println!(
+        "netd apply benchmark: {SEGMENTS} segments, {RULES} allow rules ({rules} nftables rules), median of {runs}"
+    );
     println!("  script (ip commands + one nft -f)   {:8.1} ms", ms(s));
-    println!("  netd apply, full                    {:8.1} ms   script/netd = {:5.2}  (goal >= 1)", ms(a), ms(s) / ms(a));
-    println!("  netd serve, no-op reconcile         {:8.1} ms   script/netd = {:5.1}  (goal >= 10)", ms(nd), ms(s) / ms(nd));
-    println!("  netd apply again (process), no-op   {:8.1} ms   script/netd = {:5.1}", ms(np), ms(s) / ms(np));
+    println!(
+        "  netd apply, full                    {:8.1} ms   script/netd = {:5.2}  (goal >= 1)",
+        ms(a),
+        ms(s) / ms(a)
+    );
+    println!(
+        "  netd serve, no-op reconcile         {:8.1} ms   script/netd = {:5.1}  (goal >= 10)",
+        ms(nd),
+        ms(s) / ms(nd)
+    );
+    println!(
+        "  netd apply again (process), no-op   {:8.1} ms   script/netd = {:5.1}",
+        ms(np),
+        ms(s) / ms(np)
+    );
 }

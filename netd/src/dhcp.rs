@@ -43,7 +43,13 @@ const REQUEST: u8 = 3;
 const ACK: u8 = 5;
 const NAK: u8 = 6;
 
-fn packet(xid: u32, mac: [u8; 6], kind: u8, requested: Option<Ipv4Addr>, server: Option<Ipv4Addr>) -> Vec<u8> {
+fn packet(
+    xid: u32,
+    mac: [u8; 6],
+    kind: u8,
+    requested: Option<Ipv4Addr>,
+    server: Option<Ipv4Addr>,
+) -> Vec<u8> {
     let mut p = vec![0u8; 236];
     p[0] = 1; // BOOTREQUEST
     p[1] = 1; // Ethernet
@@ -79,10 +85,17 @@ struct Reply {
 }
 
 fn parse(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Reply> {
-    if buf.len() < 240 || buf[0] != 2 || buf[4..8] != xid.to_be_bytes() || buf[28..34] != mac || buf[236..240] != [99, 130, 83, 99] {
+    if buf.len() < 240
+        || buf[0] != 2
+        || buf[4..8] != xid.to_be_bytes()
+        || buf[28..34] != mac
+        || buf[236..240] != [99, 130, 83, 99]
+    {
         return None;
     }
-    let ip = |b: &[u8]| -> Option<Ipv4Addr> { (b.len() >= 4).then(|| Ipv4Addr::new(b[0], b[1], b[2], b[3])) };
+    let ip = |b: &[u8]| -> Option<Ipv4Addr> {
+        (b.len() >= 4).then(|| Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    };
     let mut r = Reply { yiaddr: ip(&buf[16..20]), ..Reply::default() };
     let mut o = &buf[240..];
     while let Some(&code) = o.first() {
@@ -109,7 +122,9 @@ fn parse(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Reply> {
 }
 
 fn socket(ifname: &str) -> Result<UdpSocket> {
-    let fail = |e: std::io::Error| Error::kernel(format!("cannot open a DHCP client socket on {ifname}"), e);
+    let fail = |e: std::io::Error| {
+        Error::kernel(format!("cannot open a DHCP client socket on {ifname}"), e)
+    };
     // SAFETY: plain socket calls on a descriptor we own; the option values are valid.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -120,7 +135,10 @@ fn socket(ifname: &str) -> Result<UdpSocket> {
     let one: libc::c_int = 1;
     let set = |opt: libc::c_int, val: *const libc::c_void, len: usize| -> std::io::Result<()> {
         // SAFETY: setsockopt with a pointer and length that match.
-        if unsafe { libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, opt, val, len as libc::socklen_t) } != 0 {
+        if unsafe {
+            libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, opt, val, len as libc::socklen_t)
+        } != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
         Ok(())
@@ -135,29 +153,56 @@ fn socket(ifname: &str) -> Result<UdpSocket> {
         sin_zero: [0; 8],
     };
     // SAFETY: bind with a sockaddr_in of the right size.
-    if unsafe { libc::bind(sock.as_raw_fd(), (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) } != 0 {
+    if unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    } != 0
+    {
         return Err(fail(std::io::Error::last_os_error()));
     }
     Ok(sock)
 }
 
-fn exchange(sock: &UdpSocket, ifname: &str, msg: &[u8], xid: u32, mac: [u8; 6], want: &[u8], wait: Duration) -> Result<Option<Reply>> {
+fn exchange(
+    sock: &UdpSocket,
+    ifname: &str,
+    msg: &[u8],
+    xid: u32,
+    mac: [u8; 6],
+    want: &[u8],
+    wait: Duration,
+) -> Result<Option<Reply>> {
     let dst = SocketAddr::from((Ipv4Addr::BROADCAST, 67));
-    sock.send_to(msg, dst).map_err(|e| Error::kernel(format!("cannot send a DHCP request on {ifname}"), e))?;
+    sock.send_to(msg, dst)
+        .map_err(|e| Error::kernel(format!("cannot send a DHCP request on {ifname}"), e))?;
     let deadline = Instant::now() + wait;
     let mut buf = [0u8; 1500];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) {
-        sock.set_read_timeout(Some(left)).map_err(|e| Error::kernel("cannot set a DHCP timeout", e))?;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+    {
+        sock.set_read_timeout(Some(left))
+            .map_err(|e| Error::kernel("cannot set a DHCP timeout", e))?;
         match sock.recv(&mut buf) {
             Ok(n) => {
-                if let Some(r) = parse(&buf[..n], xid, mac) {
-                    if want.contains(&r.kind) {
-                        return Ok(Some(r));
-                    }
+                if let Some(r) = parse(&buf[..n], xid, mac)
+                    && want.contains(&r.kind)
+                {
+                    return Ok(Some(r));
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
-            Err(e) => return Err(Error::kernel(format!("cannot read DHCP replies on {ifname}"), e)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => {
+                return Err(Error::kernel(format!("cannot read DHCP replies on {ifname}"), e));
+            }
         }
     }
     Ok(None)
@@ -186,26 +231,34 @@ pub fn obtain(ifname: &str, mac: [u8; 6], previous: Option<&Lease>) -> Result<Le
     let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ (now_unix() as u32);
     if let Some(IpNet::V4(prev)) = previous.map(|l| l.address) {
         let req = packet(xid, mac, REQUEST, Some(prev.addr()), None);
-        if let Some(r) = exchange(&sock, ifname, &req, xid, mac, &[ACK, NAK], Duration::from_secs(2))? {
-            if r.kind == ACK {
-                if let Some(l) = lease_from(&r) {
-                    return Ok(l);
-                }
-            }
+        if let Some(r) =
+            exchange(&sock, ifname, &req, xid, mac, &[ACK, NAK], Duration::from_secs(2))?
+            && r.kind == ACK
+            && let Some(l) = lease_from(&r)
+        {
+            return Ok(l);
         }
     }
     for attempt in 0..3u64 {
         let wait = Duration::from_secs(2 + attempt * 2);
-        let Some(offer) = exchange(&sock, ifname, &packet(xid, mac, DISCOVER, None, None), xid, mac, &[OFFER], wait)? else {
+        let Some(offer) = exchange(
+            &sock,
+            ifname,
+            &packet(xid, mac, DISCOVER, None, None),
+            xid,
+            mac,
+            &[OFFER],
+            wait,
+        )?
+        else {
             continue;
         };
         let req = packet(xid, mac, REQUEST, offer.yiaddr, offer.server);
-        if let Some(r) = exchange(&sock, ifname, &req, xid, mac, &[ACK, NAK], wait)? {
-            if r.kind == ACK {
-                if let Some(l) = lease_from(&r) {
-                    return Ok(l);
-                }
-            }
+        if let Some(r) = exchange(&sock, ifname, &req, xid, mac, &[ACK, NAK], wait)?
+            && r.kind == ACK
+            && let Some(l) = lease_from(&r)
+        {
+            return Ok(l);
         }
     }
     Err(Error::Rejected(format!("no DHCP server answered on {ifname} (3 tries)")))
@@ -224,7 +277,10 @@ mod tests {
         r[0] = 2;
         r[16..20].copy_from_slice(&[10, 9, 0, 50]);
         r.truncate(240);
-        r.extend_from_slice(&[53, 1, ACK, 1, 4, 255, 255, 255, 0, 3, 4, 10, 9, 0, 1, 54, 4, 10, 9, 0, 1, 51, 4, 0, 0, 0, 120, 255]);
+        r.extend_from_slice(&[
+            53, 1, ACK, 1, 4, 255, 255, 255, 0, 3, 4, 10, 9, 0, 1, 54, 4, 10, 9, 0, 1, 51, 4, 0, 0,
+            0, 120, 255,
+        ]);
         let rep = parse(&r, 7, mac).unwrap();
         let l = lease_from(&rep).unwrap();
         assert_eq!(l.address.to_string(), "10.9.0.50/24");

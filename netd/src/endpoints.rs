@@ -53,7 +53,11 @@ impl Endpoint {
 }
 
 /// The gateway a workload's default route uses: (index of its interface, gateway).
-pub fn default_gateway(p: &Profile, w: &Workload, host_addr: &dyn Fn(&str) -> Option<IpAddr>) -> Option<(usize, IpAddr)> {
+pub fn default_gateway(
+    p: &Profile,
+    w: &Workload,
+    host_addr: &dyn Fn(&str) -> Option<IpAddr>,
+) -> Option<(usize, IpAddr)> {
     for (i, n) in w.networks().iter().enumerate() {
         if let Some(a) = host_addr(n.segment.as_str()) {
             return Some((i, a));
@@ -98,7 +102,10 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
 /// Creates the namespace and veths of a container endpoint and configures the inside.
 /// `host` is the netlink socket of netd's own namespace.
 pub fn create_container(host: &mut Rtnl, ep: &Endpoint) -> Result<()> {
-    let ns = ep.netns.clone().ok_or_else(|| Error::Rejected("a container endpoint needs a namespace".into()))?;
+    let ns = ep
+        .netns
+        .clone()
+        .ok_or_else(|| Error::Rejected("a container endpoint needs a namespace".into()))?;
     netns::create(&ns)?;
     let nsfile = netns::open(&ns)?;
     for i in &ep.interfaces {
@@ -118,7 +125,10 @@ pub fn create_container(host: &mut Rtnl, ep: &Endpoint) -> Result<()> {
         r.set_up("lo")?;
         for i in &ifaces {
             // Removing the first address of a subnet must keep the others (Promote relies on it).
-            let _ = write_sysctl(&format!("/proc/sys/net/ipv4/conf/{}/promote_secondaries", i.name), "1");
+            let _ = write_sysctl(
+                &format!("/proc/sys/net/ipv4/conf/{}/promote_secondaries", i.name),
+                "1",
+            );
             if let Some(a) = i.address {
                 r.apply(&crate::links::LinkOp::AddAddr { link: i.name.clone(), net: a })?;
             }
@@ -143,16 +153,16 @@ pub fn remove_container(host: &mut Rtnl, ep: &Endpoint) -> Vec<Error> {
     };
     for i in &ep.interfaces {
         let Some(hv) = &i.host_veth else { continue };
-        if have.link(hv).is_some() {
-            if let Err(e) = host.apply(&crate::links::LinkOp::DelLink { name: hv.clone() }) {
-                errors.push(e);
-            }
-        }
-    }
-    if let Some(ns) = &ep.netns {
-        if let Err(e) = netns::delete(ns) {
+        if have.link(hv).is_some()
+            && let Err(e) = host.apply(&crate::links::LinkOp::DelLink { name: hv.clone() })
+        {
             errors.push(e);
         }
+    }
+    if let Some(ns) = &ep.netns
+        && let Err(e) = netns::delete(ns)
+    {
+        errors.push(e);
     }
     errors
 }
@@ -164,25 +174,28 @@ pub fn swap_addresses(ns: &str, from: &Endpoint, to: &Endpoint) -> Result<()> {
     netns::run_in(ns, move || {
         let mut r = Rtnl::open()?;
         for (old, new) in from.iter().zip(&to) {
-            if let Some(a) = new.address {
-                if Some(a) != old.address {
-                    r.apply(&crate::links::LinkOp::AddAddr { link: new.name.clone(), net: a })?;
-                }
+            if let Some(a) = new.address
+                && Some(a) != old.address
+            {
+                r.apply(&crate::links::LinkOp::AddAddr { link: new.name.clone(), net: a })?;
             }
             if old.mac != new.mac {
                 r.modify(&new.name, None, Some(parse_mac(&new.mac)), None)?;
             }
-            if let Some(a) = old.address {
-                if Some(a) != new.address {
-                    r.apply(&crate::links::LinkOp::DelAddr { link: old.name.clone(), net: a })?;
-                }
+            if let Some(a) = old.address
+                && Some(a) != new.address
+            {
+                r.apply(&crate::links::LinkOp::DelAddr { link: old.name.clone(), net: a })?;
             }
         }
         let st = r.observe()?;
         for i in &to {
             let Some(g) = i.gateway else { continue };
             let idx = st.link(&i.name).map(|l| l.index);
-            let present = st.routes.iter().any(|rt| rt.dst.prefix_len() == 0 && rt.gateway == Some(g) && rt.oif == idx);
+            let present = st
+                .routes
+                .iter()
+                .any(|rt| rt.dst.prefix_len() == 0 && rt.gateway == Some(g) && rt.oif == idx);
             if !present {
                 r.add_route(&i.name, g, 0)?;
             }
@@ -193,10 +206,10 @@ pub fn swap_addresses(ns: &str, from: &Endpoint, to: &Endpoint) -> Result<()> {
 
 /// Whether the kernel still has what `ep` describes (its namespace and host veths).
 pub fn container_intact(host: &mut Rtnl, ep: &Endpoint) -> Result<bool> {
-    if let Some(ns) = &ep.netns {
-        if !netns::exists(ns) {
-            return Ok(false);
-        }
+    if let Some(ns) = &ep.netns
+        && !netns::exists(ns)
+    {
+        return Ok(false);
     }
     let have = host.observe()?;
     Ok(ep.interfaces.iter().filter_map(|i| i.host_veth.as_ref()).all(|hv| have.link(hv).is_some()))

@@ -70,7 +70,10 @@ pub fn now_unix() -> i64 {
 pub fn parse_profile(revision: &str, yaml: &str) -> Result<Rendered> {
     let r = backroom_profiles::render_str("profile.yaml", yaml).map_err(Error::Profile)?;
     if !revision.is_empty() && r.revision.as_str() != revision {
-        return Err(Error::RevisionMismatch { expected: revision.to_string(), actual: r.revision.as_str().to_string() });
+        return Err(Error::RevisionMismatch {
+            expected: revision.to_string(),
+            actual: r.revision.as_str().to_string(),
+        });
     }
     Ok(r)
 }
@@ -85,7 +88,8 @@ fn resolve_uplink(p: &Profile, over: Option<&str>, have: &LinkState) -> Option<S
     if let Some(u) = over.filter(|u| !u.is_empty()) {
         return Some(u.to_string());
     }
-    let name = p.network.uplink.as_ref().map(|u| u.interface.clone()).unwrap_or_else(|| "auto".into());
+    let name =
+        p.network.uplink.as_ref().map(|u| u.interface.clone()).unwrap_or_else(|| "auto".into());
     if name != "auto" {
         return Some(name);
     }
@@ -104,11 +108,20 @@ impl Engine {
     /// An engine on the real kernel, in the calling thread's network namespace.
     pub fn open(dir: &std::path::Path) -> Result<Engine> {
         let state = StateDir::open(dir)?;
-        Ok(Engine { state, links: Box::new(Rtnl::open()?), fw: Box::new(nft::NetlinkFirewall::open()?), real: true })
+        Ok(Engine {
+            state,
+            links: Box::new(Rtnl::open()?),
+            fw: Box::new(nft::NetlinkFirewall::open()?),
+            real: true,
+        })
     }
 
     /// An engine on given kernel implementations (in-memory ones in unit tests).
-    pub fn with(state: StateDir, links: Box<dyn Links + Send>, fw: Box<dyn Firewall + Send>) -> Engine {
+    pub fn with(
+        state: StateDir,
+        links: Box<dyn Links + Send>,
+        fw: Box<dyn Firewall + Send>,
+    ) -> Engine {
         Engine { state, links, fw, real: false }
     }
 
@@ -121,7 +134,10 @@ impl Engine {
     }
 
     fn applied_profile(&self) -> Result<(Applied, Rendered)> {
-        let a = self.applied()?.applied.ok_or_else(|| Error::Rejected("no profile has been applied".into()))?;
+        let a = self
+            .applied()?
+            .applied
+            .ok_or_else(|| Error::Rejected("no profile has been applied".into()))?;
         let r = parse_profile(&a.revision, &a.profile_yaml)?;
         Ok((a, r))
     }
@@ -131,7 +147,13 @@ impl Engine {
     }
 
     /// The links and ruleset wanted for `p`, given what the kernel has now.
-    fn desired(&mut self, p: &Profile, uplink_over: Option<&str>, have: &LinkState, ipam: &Ipam) -> Result<(DesiredLinks, Ruleset)> {
+    fn desired(
+        &mut self,
+        p: &Profile,
+        uplink_over: Option<&str>,
+        have: &LinkState,
+        ipam: &Ipam,
+    ) -> Result<(DesiredLinks, Ruleset)> {
         let leases: Leases = self.state.load(state::DHCP)?;
         let eps = self.endpoints()?;
         let uplink = resolve_uplink(p, uplink_over, have);
@@ -150,7 +172,12 @@ impl Engine {
             if let Some(l) = lease {
                 ctx.learned.insert(seg.name.as_str().to_string(), l.address.trunc());
             }
-            want.bridges.push(DesiredBridge { name: br.clone(), mac: naming::mac("host", seg.name.as_str()), addrs, routes });
+            want.bridges.push(DesiredBridge {
+                name: br.clone(),
+                mac: naming::mac("host", seg.name.as_str()),
+                addrs,
+                routes,
+            });
             let mut ports = Vec::new();
             if let (Some(u), false) = (&uplink, seg.internal) {
                 match seg.vlan {
@@ -160,7 +187,11 @@ impl Engine {
                     }
                     Some(Vlan::Id(id)) => {
                         let name = firewall::uplink_port(seg, u).unwrap_or_default();
-                        want.vlans.push(DesiredVlan { name: name.clone(), parent: u.clone(), id: id.get() });
+                        want.vlans.push(DesiredVlan {
+                            name: name.clone(),
+                            parent: u.clone(),
+                            id: id.get(),
+                        });
                         want.ports.push((name.clone(), br.clone()));
                         ports.push(name);
                     }
@@ -169,17 +200,19 @@ impl Engine {
             }
             // Ports netd did not make (VM taps): filtered like the rest of the segment.
             if let Some(b) = have.link(&br) {
-                ports.extend(have.links.iter().filter(|l| l.master == Some(b.index)).map(|l| l.name.clone()));
+                ports.extend(
+                    have.links.iter().filter(|l| l.master == Some(b.index)).map(|l| l.name.clone()),
+                );
             }
             ctx.ports.insert(seg.name.as_str().to_string(), ports);
         }
         for ep in &eps {
             for i in &ep.interfaces {
-                if let Some(hv) = &i.host_veth {
-                    if p.segment(&i.segment).is_some() {
-                        want.ports.push((hv.clone(), i.bridge.clone()));
-                        ctx.ports.entry(i.segment.clone()).or_default().push(hv.clone());
-                    }
+                if let Some(hv) = &i.host_veth
+                    && p.segment(&i.segment).is_some()
+                {
+                    want.ports.push((hv.clone(), i.bridge.clone()));
+                    ctx.ports.entry(i.segment.clone()).or_default().push(hv.clone());
                 }
             }
         }
@@ -193,10 +226,10 @@ impl Engine {
             }
             for ep in eps.iter().filter(|e| e.workload == name) {
                 for i in &ep.interfaces {
-                    if let Some(a) = i.address {
-                        if !v.contains(&(i.segment.clone(), a.addr())) {
-                            v.push((i.segment.clone(), a.addr()));
-                        }
+                    if let Some(a) = i.address
+                        && !v.contains(&(i.segment.clone(), a.addr()))
+                    {
+                        v.push((i.segment.clone(), a.addr()));
                     }
                 }
             }
@@ -252,7 +285,10 @@ impl Engine {
         out.actions = steps.iter().map(|s| s.op.to_string()).collect();
         links::run(self.links.as_mut(), &steps)?;
         if !diffs.is_empty() {
-            out.actions.push(format!("replace tables inet backroom and bridge backroom ({} rules)", rs.rule_count()));
+            out.actions.push(format!(
+                "replace tables inet backroom and bridge backroom ({} rules)",
+                rs.rule_count()
+            ));
             let seed = self.fw.counters().unwrap_or_default();
             if let Err(e) = self.fw.replace(&rs, &seed) {
                 let undo = links::undo(self.links.as_mut(), &steps);
@@ -269,7 +305,12 @@ impl Engine {
 
     /// Applies a rendered profile. With `confirm_seconds > 0` the previous applied state comes
     /// back by itself unless [`Engine::confirm`] is called in time.
-    pub fn apply(&mut self, r: &Rendered, uplink: Option<&str>, confirm_seconds: u32) -> Result<Outcome> {
+    pub fn apply(
+        &mut self,
+        r: &Rendered,
+        uplink: Option<&str>,
+        confirm_seconds: u32,
+    ) -> Result<Outcome> {
         let before = self.applied()?;
         let mut out = self.converge(r, uplink)?;
         if self.real {
@@ -308,7 +349,13 @@ impl Engine {
             }
             let mac = naming::mac("host", name);
             let lease = dhcp::obtain(&seg.bridge(), mac, leases.get(name))?;
-            actions.push(format!("got DHCP lease {} on {} from {} for {}s", lease.address, seg.bridge(), lease.server, lease.lease_seconds));
+            actions.push(format!(
+                "got DHCP lease {} on {} from {} for {}s",
+                lease.address,
+                seg.bridge(),
+                lease.server,
+                lease.lease_seconds
+            ));
             leases.insert(name.to_string(), lease);
         }
         if !actions.is_empty() {
@@ -338,15 +385,25 @@ impl Engine {
         let ipam: Ipam = self.state.load(state::IPAM)?;
         let have = self.links.observe()?;
         let (want, rs) = self.desired(&r.profile, a.uplink_override.as_deref(), &have, &ipam)?;
-        let mut out: Vec<String> = links::plan(&want, &have)?.iter().map(|s| format!("the kernel differs: netd would {}", s.op)).collect();
+        let mut out: Vec<String> = links::plan(&want, &have)?
+            .iter()
+            .map(|s| format!("the kernel differs: netd would {}", s.op))
+            .collect();
         out.extend(nft::differences(&rs, &self.fw.read()?));
         for ep in self.endpoints()? {
             if ep.vm {
                 continue;
             }
-            let intact = if self.real { endpoints::container_intact(&mut Rtnl::open()?, &ep)? } else { true };
+            let intact = if self.real {
+                endpoints::container_intact(&mut Rtnl::open()?, &ep)?
+            } else {
+                true
+            };
             if !intact {
-                out.push(format!("endpoint of {} (instance `{}`) lost its namespace or veths", ep.workload, ep.instance));
+                out.push(format!(
+                    "endpoint of {} (instance `{}`) lost its namespace or veths",
+                    ep.workload, ep.instance
+                ));
             }
         }
         Ok(out)
@@ -359,7 +416,10 @@ impl Engine {
             return Err(Error::NotFound("no apply is waiting for confirmation".into()));
         };
         if !revision.is_empty() && a.revision != revision {
-            return Err(Error::NotFound(format!("the pending apply is revision {}, not {revision}", a.revision)));
+            return Err(Error::NotFound(format!(
+                "the pending apply is revision {}, not {revision}",
+                a.revision
+            )));
         }
         let rev = a.revision.clone();
         f.pending = None;
@@ -379,12 +439,18 @@ impl Engine {
             Some(prev) => {
                 let r = parse_profile(&prev.revision, &prev.profile_yaml)?;
                 let out = self.converge(&r, prev.uplink_override.as_deref())?;
-                self.state.save(state::APPLIED, &AppliedFile { applied: Some(prev.clone()), pending: None })?;
+                self.state.save(
+                    state::APPLIED,
+                    &AppliedFile { applied: Some(prev.clone()), pending: None },
+                )?;
                 Ok(Some((prev.revision, out)))
             }
             None => {
                 let removed = self.teardown()?;
-                Ok(Some((String::new(), Outcome { changed: true, actions: removed, confirm_deadline_unix: 0 })))
+                Ok(Some((
+                    String::new(),
+                    Outcome { changed: true, actions: removed, confirm_deadline_unix: 0 },
+                )))
             }
         }
     }
@@ -409,10 +475,21 @@ impl Engine {
                     bridge: br.clone(),
                     present: l.is_some(),
                     addresses: l
-                        .map(|l| have.addrs_of(l.index).filter(|a| !a.link_scope).map(|a| a.net.to_string()).collect())
+                        .map(|l| {
+                            have.addrs_of(l.index)
+                                .filter(|a| !a.link_scope)
+                                .map(|a| a.net.to_string())
+                                .collect()
+                        })
                         .unwrap_or_default(),
                     ports: l
-                        .map(|b| have.links.iter().filter(|x| x.master == Some(b.index)).map(|x| x.name.clone()).collect())
+                        .map(|b| {
+                            have.links
+                                .iter()
+                                .filter(|x| x.master == Some(b.index))
+                                .map(|x| x.name.clone())
+                                .collect()
+                        })
                         .unwrap_or_default(),
                 });
             }
@@ -439,15 +516,22 @@ impl Engine {
         let mut ipam: Ipam = self.state.load(state::IPAM)?;
         let leases: Leases = self.state.load(state::DHCP)?;
         let host_addr = |seg: &str| {
-            endpoints::static_host_addr(p, seg).or_else(|| leases.get(seg).map(|l| l.address.addr()))
+            endpoints::static_host_addr(p, seg)
+                .or_else(|| leases.get(seg).map(|l| l.address.addr()))
         };
         let gw = endpoints::default_gateway(p, w, &host_addr);
         let mut ifaces = Vec::new();
         for (i, n) in w.networks().iter().enumerate() {
             let seg = n.segment.as_str();
-            let s = p.segment(seg).ok_or_else(|| Error::NotFound(format!("segment {seg} is not in the applied profile")))?;
+            let s = p.segment(seg).ok_or_else(|| {
+                Error::NotFound(format!("segment {seg} is not in the applied profile"))
+            })?;
             let temporary = !instance.is_empty() && s.subnet.is_some();
-            let addr = if temporary { Some(ipam.lend(p, name, instance, seg)?) } else { ipam.stable_address(p, name, seg) };
+            let addr = if temporary {
+                Some(ipam.lend(p, name, instance, seg)?)
+            } else {
+                ipam.stable_address(p, name, seg)
+            };
             let prefix = s.subnet.map(|n| n.0.prefix_len()).unwrap_or(32);
             ifaces.push(Iface {
                 name: if vm { String::new() } else { naming::container_ifname(i) },
@@ -491,9 +575,17 @@ impl Engine {
     /// endpoint is returned as it is.
     pub fn attach(&mut self, workload: &str, instance: &str) -> Result<Endpoint> {
         let (_, r) = self.applied_profile()?;
-        let w = r.profile.workload(workload).ok_or_else(|| Error::NotFound(format!("workload {workload} is not in the applied profile")))?.clone();
+        let w = r
+            .profile
+            .workload(workload)
+            .ok_or_else(|| {
+                Error::NotFound(format!("workload {workload} is not in the applied profile"))
+            })?
+            .clone();
         let mut eps = self.endpoints()?;
-        if let Some(ep) = eps.iter().find(|e| e.workload == workload && e.instance == instance).cloned() {
+        if let Some(ep) =
+            eps.iter().find(|e| e.workload == workload && e.instance == instance).cloned()
+        {
             if ep.vm || !self.real || endpoints::container_intact(&mut Rtnl::open()?, &ep)? {
                 return Ok(ep);
             }
@@ -509,7 +601,9 @@ impl Engine {
         }
         // The firewall learns the new ports and addresses before the veths exist, so the
         // container is never on a bridge unfiltered.
-        let made = self.refresh_firewall().and_then(|()| endpoints::create_container(&mut Rtnl::open()?, &ep));
+        let made = self
+            .refresh_firewall()
+            .and_then(|()| endpoints::create_container(&mut Rtnl::open()?, &ep));
         if let Err(e) = made {
             let mut errs = vec![e];
             errs.extend(endpoints::remove_container(&mut Rtnl::open()?, &ep));
@@ -525,8 +619,12 @@ impl Engine {
     /// Removes a workload instance's endpoints and gives back its temporary addresses.
     pub fn detach(&mut self, workload: &str, instance: &str) -> Result<()> {
         let mut eps = self.endpoints()?;
-        let Some(ep) = eps.iter().find(|e| e.workload == workload && e.instance == instance).cloned() else {
-            return Err(Error::NotFound(format!("workload {workload} (instance `{instance}`) has no endpoints")));
+        let Some(ep) =
+            eps.iter().find(|e| e.workload == workload && e.instance == instance).cloned()
+        else {
+            return Err(Error::NotFound(format!(
+                "workload {workload} (instance `{instance}`) has no endpoints"
+            )));
         };
         let mut errs = Vec::new();
         if !ep.vm && self.real {
@@ -537,10 +635,10 @@ impl Engine {
         self.state.save(state::IPAM, &ipam)?;
         eps.retain(|x| !(x.workload == workload && x.instance == instance));
         self.save_endpoints(&eps)?;
-        if self.applied()?.applied.is_some() {
-            if let Err(e) = self.refresh_firewall() {
-                errs.push(e);
-            }
+        if self.applied()?.applied.is_some()
+            && let Err(e) = self.refresh_firewall()
+        {
+            errs.push(e);
         }
         match errs.len() {
             0 => Ok(()),
@@ -554,21 +652,35 @@ impl Engine {
     /// host veths take the primary's names.
     pub fn promote(&mut self, workload: &str, instance: &str) -> Result<Endpoint> {
         if instance.is_empty() {
-            return Err(Error::Rejected("the primary instance is already primary: name the instance to promote".into()));
+            return Err(Error::Rejected(
+                "the primary instance is already primary: name the instance to promote".into(),
+            ));
         }
         let (_, r) = self.applied_profile()?;
-        let w = r.profile.workload(workload).ok_or_else(|| Error::NotFound(format!("workload {workload} is not in the applied profile")))?.clone();
+        let w = r
+            .profile
+            .workload(workload)
+            .ok_or_else(|| {
+                Error::NotFound(format!("workload {workload} is not in the applied profile"))
+            })?
+            .clone();
         let mut eps = self.endpoints()?;
         let next = eps
             .iter()
             .find(|e| e.workload == workload && e.instance == instance)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("workload {workload} has no instance `{instance}` attached")))?;
+            .ok_or_else(|| {
+            Error::NotFound(format!("workload {workload} has no instance `{instance}` attached"))
+        })?;
         if next.vm {
-            return Err(Error::Rejected(format!("{workload} is a VM: VMs have no instances to promote")));
+            return Err(Error::Rejected(format!(
+                "{workload} is a VM: VMs have no instances to promote"
+            )));
         }
         let mut errs = Vec::new();
-        if let Some(old) = eps.iter().find(|e| e.workload == workload && e.instance.is_empty()).cloned() {
+        if let Some(old) =
+            eps.iter().find(|e| e.workload == workload && e.instance.is_empty()).cloned()
+        {
             if self.real {
                 errs.extend(endpoints::remove_container(&mut Rtnl::open()?, &old));
             }
@@ -635,7 +747,11 @@ impl Engine {
         match self.links.observe() {
             Ok(have) => {
                 // Endpoint veths netd made but lost track of.
-                for l in have.links.iter().filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with(ENDPOINT_ALIAS))) {
+                for l in have
+                    .links
+                    .iter()
+                    .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with(ENDPOINT_ALIAS)))
+                {
                     match self.links.apply(&links::LinkOp::DelLink { name: l.name.clone() }) {
                         Ok(()) => removed.push(format!("link {}", l.name)),
                         Err(e) => errs.push(e),
@@ -656,7 +772,9 @@ impl Engine {
             }
             Err(e) => errs.push(e),
         }
-        for (name, v) in [(state::ENDPOINTS, serde_json::json!([])), (state::DHCP, serde_json::json!({}))] {
+        for (name, v) in
+            [(state::ENDPOINTS, serde_json::json!([])), (state::DHCP, serde_json::json!({}))]
+        {
             if let Err(e) = self.state.save(name, &v) {
                 errs.push(e);
             }
@@ -674,7 +792,14 @@ impl Engine {
         let mut m = BTreeMap::new();
         for w in &r.profile.workloads {
             let name = w.name().as_str();
-            let v = w.networks().iter().filter_map(|n| ipam.stable_address(&r.profile, name, n.segment.as_str()).map(|a| (n.segment.as_str().to_string(), a))).collect();
+            let v = w
+                .networks()
+                .iter()
+                .filter_map(|n| {
+                    ipam.stable_address(&r.profile, name, n.segment.as_str())
+                        .map(|a| (n.segment.as_str().to_string(), a))
+                })
+                .collect();
             m.insert(name.to_string(), v);
         }
         Ok(m)

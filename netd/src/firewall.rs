@@ -16,11 +16,15 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use backroom_profiles::{AllowRule, HOST, INTERNET, Profile, Proto, Segment, Verdict as ProfileVerdict, Vlan};
+use backroom_profiles::{
+    AllowRule, HOST, INTERNET, Profile, Proto, Segment, Verdict as ProfileVerdict, Vlan,
+};
 use ipnet::IpNet;
 
 use crate::nft::kernel::Caps;
-use crate::nft::ruleset::{BaseHook, Chain, Family, Hook, L3, L4, Match, Rule, Ruleset, Table, Verdict};
+use crate::nft::ruleset::{
+    BaseHook, Chain, Family, Hook, L3, L4, Match, Rule, Ruleset, Table, Verdict,
+};
 
 /// Everything the firewall depends on besides the profile.
 #[derive(Clone, Debug, Default)]
@@ -219,10 +223,10 @@ fn join(parts: &[&[Match]]) -> Option<Vec<Match>> {
                     None => l3 = Some(*p),
                 }
             }
-            if let Match::L4(L4::Icmp) = m {
-                if l3 == Some(L3::V6) {
-                    return None;
-                }
+            if let Match::L4(L4::Icmp) = m
+                && l3 == Some(L3::V6)
+            {
+                return None;
             }
             out.push(m.clone());
         }
@@ -250,7 +254,7 @@ fn mirror(m: &Match) -> Match {
 /// TCP never a bare SYN.
 fn replies(matches: &[Match]) -> Vec<Vec<Match>> {
     let mirrored: Vec<Match> = matches.iter().map(mirror).collect();
-    let tcp = mirrored.iter().any(|m| *m == Match::L4(L4::Tcp));
+    let tcp = mirrored.contains(&Match::L4(L4::Tcp));
     let l4 = mirrored.iter().any(|m| matches!(m, Match::L4(_)));
     if tcp {
         let mut v = mirrored;
@@ -278,7 +282,11 @@ fn default_rule(v: ProfileVerdict, can_reject: bool) -> Rule {
 }
 
 fn base(name: &str, hook: Hook, nat: bool, priority: i32) -> Chain {
-    Chain { name: name.to_string(), base: Some(BaseHook { hook, nat, priority }), rules: Vec::new() }
+    Chain {
+        name: name.to_string(),
+        base: Some(BaseHook { hook, nat, priority }),
+        rules: Vec::new(),
+    }
 }
 
 fn regular(name: &str) -> Chain {
@@ -315,10 +323,26 @@ pub fn build(p: &Profile, ctx: &Context) -> Ruleset {
     let mut output = base("output", Hook::Output, false, 0);
     let mut post = base("postrouting", Hook::Postrouting, true, 100);
     for br in &bridges {
-        forward.rules.push(Rule::new("netd:own", vec![Match::IifName(br.clone())], Verdict::Jump("zone-forward".into())));
-        forward.rules.push(Rule::new("netd:own", vec![Match::OifName(br.clone())], Verdict::Jump("zone-forward".into())));
-        input.rules.push(Rule::new("netd:own", vec![Match::IifName(br.clone())], Verdict::Jump("zone-input".into())));
-        output.rules.push(Rule::new("netd:own", vec![Match::OifName(br.clone())], Verdict::Jump("zone-output".into())));
+        forward.rules.push(Rule::new(
+            "netd:own",
+            vec![Match::IifName(br.clone())],
+            Verdict::Jump("zone-forward".into()),
+        ));
+        forward.rules.push(Rule::new(
+            "netd:own",
+            vec![Match::OifName(br.clone())],
+            Verdict::Jump("zone-forward".into()),
+        ));
+        input.rules.push(Rule::new(
+            "netd:own",
+            vec![Match::IifName(br.clone())],
+            Verdict::Jump("zone-input".into()),
+        ));
+        output.rules.push(Rule::new(
+            "netd:own",
+            vec![Match::OifName(br.clone())],
+            Verdict::Jump("zone-output".into()),
+        ));
     }
     let mut zf = regular("zone-forward");
     let mut zi = regular("zone-input");
@@ -364,7 +388,11 @@ pub fn build(p: &Profile, ctx: &Context) -> Ruleset {
             let mut m = vec![Match::OifName(u.clone()), Match::Src(net)];
             m.extend(b.not_store(Side::To, l3_of_net(&net)));
             if let Some(m) = join(&[&m]) {
-                post.rules.push(Rule::new(&format!("netd:nat-{}", seg.name), m, Verdict::Masquerade));
+                post.rules.push(Rule::new(
+                    &format!("netd:nat-{}", seg.name),
+                    m,
+                    Verdict::Masquerade,
+                ));
             }
         }
     }
@@ -381,14 +409,26 @@ pub fn build(p: &Profile, ctx: &Context) -> Ruleset {
         ports.sort();
         ports.dedup();
         for port in &ports {
-            bforward.rules.push(Rule::new("netd:port", vec![Match::IifName(port.clone())], Verdict::Jump(chain_name.clone())));
+            bforward.rules.push(Rule::new(
+                "netd:port",
+                vec![Match::IifName(port.clone())],
+                Verdict::Jump(chain_name.clone()),
+            ));
         }
         let mut c = regular(&chain_name);
         c.rules.push(Rule::new("netd:non-ip", vec![Match::NotIp], Verdict::Accept));
-        c.rules.push(Rule::new("netd:dhcp", vec![Match::L4(L4::Udp), Match::Dport(67, 68)], Verdict::Accept));
+        c.rules.push(Rule::new(
+            "netd:dhcp",
+            vec![Match::L4(L4::Udp), Match::Dport(67, 68)],
+            Verdict::Accept,
+        ));
         c.rules.push(Rule::new("netd:icmpv6", vec![Match::L4(L4::Icmpv6)], Verdict::Accept));
         if ctx.bridge_conntrack {
-            c.rules.push(Rule::new("netd:established", vec![Match::CtEstablished], Verdict::Accept));
+            c.rules.push(Rule::new(
+                "netd:established",
+                vec![Match::CtEstablished],
+                Verdict::Accept,
+            ));
         }
         let mut mirrors = Vec::new();
         for r in &fw.allow {
@@ -401,7 +441,11 @@ pub fn build(p: &Profile, ctx: &Context) -> Ruleset {
                         if !ctx.bridge_conntrack {
                             for back in replies(&m) {
                                 if let Some(back) = join(&[&back]) {
-                                    mirrors.push(Rule::new(&format!("{}:reply", r.name), back, Verdict::Accept));
+                                    mirrors.push(Rule::new(
+                                        &format!("{}:reply", r.name),
+                                        back,
+                                        Verdict::Accept,
+                                    ));
                                 }
                             }
                         }
@@ -454,7 +498,10 @@ workloads:
         let mut c = Context { uplink: Some("up0".into()), ..Context::default() };
         c.addresses.insert(
             "orders".into(),
-            vec![("apps".into(), "172.30.0.10".parse().unwrap()), ("pos".into(), "10.1.0.254".parse().unwrap())],
+            vec![
+                ("apps".into(), "172.30.0.10".parse().unwrap()),
+                ("pos".into(), "10.1.0.254".parse().unwrap()),
+            ],
         );
         c.ports.insert("pos".into(), vec!["bkaaaa0".into()]);
         c
@@ -479,9 +526,23 @@ workloads:
         let rs = build(&p, &ctx());
         let seg = rs.tables[1].chain("seg-pos").unwrap();
         let text: Vec<String> = seg.rules.iter().map(Rule::body).collect();
-        assert!(text.iter().any(|t| t.contains("ip saddr 10.1.0.0/24 ip daddr 10.1.0.254 meta l4proto tcp th dport 8443")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("ip daddr 10.1.0.0/24 ip saddr 10.1.0.254 meta l4proto tcp th sport 8443 tcp flags")), "{text:?}");
-        assert_eq!(text.last().unwrap(), "drop", "no bridge reject here: reject falls back to drop");
+        assert!(
+            text.iter().any(|t| t.contains(
+                "ip saddr 10.1.0.0/24 ip daddr 10.1.0.254 meta l4proto tcp th dport 8443"
+            )),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains(
+                "ip daddr 10.1.0.0/24 ip saddr 10.1.0.254 meta l4proto tcp th sport 8443 tcp flags"
+            )),
+            "{text:?}"
+        );
+        assert_eq!(
+            text.last().unwrap(),
+            "drop",
+            "no bridge reject here: reject falls back to drop"
+        );
         let with_ct = build(&p, &Context { bridge_conntrack: true, bridge_reject: true, ..ctx() });
         let seg = with_ct.tables[1].chain("seg-pos").unwrap();
         assert!(seg.rules.iter().all(|r| !r.label.ends_with(":reply")));

@@ -33,10 +33,10 @@ fn reserved(p: &Profile, seg: &Segment) -> Vec<IpAddr> {
     v.extend(seg.gateway);
     for w in &p.workloads {
         for n in w.networks() {
-            if n.segment == seg.name {
-                if let WorkloadAddress::Static(a) = n.address {
-                    v.push(a);
-                }
+            if n.segment == seg.name
+                && let WorkloadAddress::Static(a) = n.address
+            {
+                v.push(a);
             }
         }
     }
@@ -65,20 +65,29 @@ fn candidates(net: IpNet) -> Box<dyn Iterator<Item = IpAddr>> {
 
 impl Ipam {
     fn taken(&self, seg: &str) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self.stable.get(seg).map(|m| m.values().copied().collect()).unwrap_or_default();
-        v.extend(self.temporary.get(seg).map(|m| m.values().copied().collect::<Vec<_>>()).unwrap_or_default());
+        let mut v: Vec<IpAddr> =
+            self.stable.get(seg).map(|m| m.values().copied().collect()).unwrap_or_default();
+        v.extend(
+            self.temporary
+                .get(seg)
+                .map(|m| m.values().copied().collect::<Vec<_>>())
+                .unwrap_or_default(),
+        );
         v
     }
 
     fn pick(&self, p: &Profile, seg: &Segment) -> Result<IpAddr> {
         let Some(net) = seg.subnet else {
-            return Err(Error::Rejected(format!("segment {} has no subnet: `auto` addresses need one", seg.name)));
+            return Err(Error::Rejected(format!(
+                "segment {} has no subnet: `auto` addresses need one",
+                seg.name
+            )));
         };
         let mut busy = reserved(p, seg);
         busy.extend(self.taken(seg.name.as_str()));
-        candidates(net.0)
-            .find(|a| !busy.contains(a))
-            .ok_or_else(|| Error::Rejected(format!("segment {} has no free address left in {}", seg.name, net)))
+        candidates(net.0).find(|a| !busy.contains(a)).ok_or_else(|| {
+            Error::Rejected(format!("segment {} has no free address left in {}", seg.name, net))
+        })
     }
 
     /// Gives every `auto` attachment of `p` its stable address (keeping existing ones), and
@@ -123,12 +132,20 @@ impl Ipam {
 
     /// Lends `workload`'s `instance` a temporary address on `segment` (the same one again if
     /// it already has one).
-    pub fn lend(&mut self, p: &Profile, workload: &str, instance: &str, segment: &str) -> Result<IpAddr> {
+    pub fn lend(
+        &mut self,
+        p: &Profile,
+        workload: &str,
+        instance: &str,
+        segment: &str,
+    ) -> Result<IpAddr> {
         let key = format!("{workload}/{instance}");
         if let Some(a) = self.temporary.get(segment).and_then(|m| m.get(&key)) {
             return Ok(*a);
         }
-        let seg = p.segment(segment).ok_or_else(|| Error::NotFound(format!("segment {segment} is not in the applied profile")))?;
+        let seg = p.segment(segment).ok_or_else(|| {
+            Error::NotFound(format!("segment {segment} is not in the applied profile"))
+        })?;
         let a = self.pick(p, seg)?;
         self.temporary.entry(segment.to_string()).or_default().insert(key, a);
         Ok(a)
@@ -184,7 +201,11 @@ workloads:
             "  - name: menu\n    kind: container\n    image: r/m:1@sha256:b517ff710669f502d9f7f4f564f0a93f9a87241817e28f9de1288a9d6f91a447\n    networks: [{segment: pos, address: auto}]\n",
         );
         ipam.sync(&p2).unwrap();
-        assert_eq!(ipam.stable_address(&p2, "orders", "pos"), Some(a), "adding a workload moves no one");
+        assert_eq!(
+            ipam.stable_address(&p2, "orders", "pos"),
+            Some(a),
+            "adding a workload moves no one"
+        );
         let mut empty = p2.clone();
         empty.workloads.clear();
         ipam.sync(&empty).unwrap();

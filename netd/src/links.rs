@@ -19,16 +19,44 @@ pub const RTPROT_NETD: u8 = 176;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkOp {
-    AddBridge { name: String, mac: [u8; 6] },
-    AddVlan { name: String, parent: String, id: u16 },
-    SetMaster { link: String, master: Option<String> },
-    SetUp { link: String },
-    AddAddr { link: String, net: IpNet },
-    DelAddr { link: String, net: IpNet },
+    AddBridge {
+        name: String,
+        mac: [u8; 6],
+    },
+    AddVlan {
+        name: String,
+        parent: String,
+        id: u16,
+    },
+    SetMaster {
+        link: String,
+        master: Option<String>,
+    },
+    SetUp {
+        link: String,
+    },
+    AddAddr {
+        link: String,
+        net: IpNet,
+    },
+    DelAddr {
+        link: String,
+        net: IpNet,
+    },
     /// A default route.
-    AddRoute { link: String, gateway: IpAddr, metric: u32 },
-    DelRoute { link: String, gateway: IpAddr, metric: u32 },
-    DelLink { name: String },
+    AddRoute {
+        link: String,
+        gateway: IpAddr,
+        metric: u32,
+    },
+    DelRoute {
+        link: String,
+        gateway: IpAddr,
+        metric: u32,
+    },
+    DelLink {
+        name: String,
+    },
 }
 
 impl fmt::Display for LinkOp {
@@ -98,12 +126,12 @@ pub fn plan(want: &DesiredLinks, have: &LinkState) -> Result<Vec<Step>> {
     let mut steps = Vec::new();
     let push = |steps: &mut Vec<Step>, op: LinkOp, undo: Vec<LinkOp>| steps.push(Step { op, undo });
 
-    if let Some(u) = &want.uplink {
-        if have.link(u).is_none() {
-            return Err(Error::Rejected(format!(
-                "the uplink {u} does not exist: give the right one with --uplink or in the profile"
-            )));
-        }
+    if let Some(u) = &want.uplink
+        && have.link(u).is_none()
+    {
+        return Err(Error::Rejected(format!(
+            "the uplink {u} does not exist: give the right one with --uplink or in the profile"
+        )));
     }
     for b in &want.bridges {
         match have.link(&b.name) {
@@ -142,7 +170,11 @@ pub fn plan(want: &DesiredLinks, have: &LinkState) -> Result<Vec<Step>> {
                     push(&mut steps, LinkOp::DelLink { name: v.name.clone() }, vec![]);
                     push(
                         &mut steps,
-                        LinkOp::AddVlan { name: v.name.clone(), parent: v.parent.clone(), id: v.id },
+                        LinkOp::AddVlan {
+                            name: v.name.clone(),
+                            parent: v.parent.clone(),
+                            id: v.id,
+                        },
                         vec![LinkOp::DelLink { name: v.name.clone() }],
                     );
                 }
@@ -214,7 +246,11 @@ pub fn plan(want: &DesiredLinks, have: &LinkState) -> Result<Vec<Step>> {
             .map(|l| {
                 have.routes
                     .iter()
-                    .filter(|r| r.oif == Some(l.index) && r.protocol == RTPROT_NETD && r.dst.prefix_len() == 0)
+                    .filter(|r| {
+                        r.oif == Some(l.index)
+                            && r.protocol == RTPROT_NETD
+                            && r.dst.prefix_len() == 0
+                    })
                     .filter_map(|r| r.gateway.map(|g| (g, r.metric)))
                     .collect()
             })
@@ -275,8 +311,15 @@ pub fn plan(want: &DesiredLinks, have: &LinkState) -> Result<Vec<Step>> {
                 if l.mac.len() == 6 {
                     mac.copy_from_slice(&l.mac);
                 }
-                let mut u = vec![LinkOp::AddBridge { name: l.name.clone(), mac }, LinkOp::SetUp { link: l.name.clone() }];
-                u.extend(have.addrs_of(l.index).filter(|a| !a.link_scope).map(|a| LinkOp::AddAddr { link: l.name.clone(), net: a.net }));
+                let mut u = vec![
+                    LinkOp::AddBridge { name: l.name.clone(), mac },
+                    LinkOp::SetUp { link: l.name.clone() },
+                ];
+                u.extend(
+                    have.addrs_of(l.index)
+                        .filter(|a| !a.link_scope)
+                        .map(|a| LinkOp::AddAddr { link: l.name.clone(), net: a.net }),
+                );
                 u
             }
             _ => vec![],
@@ -369,12 +412,19 @@ mod tests {
         let mut k = MemLinks::default().with_link("up0");
         let steps = plan(&want(), &k.observe().unwrap()).unwrap();
         run(&mut k, &steps).unwrap();
-        k.apply(&LinkOp::AddAddr { link: "br-pos".into(), net: "10.0.0.99/24".parse().unwrap() }).unwrap();
+        k.apply(&LinkOp::AddAddr { link: "br-pos".into(), net: "10.0.0.99/24".parse().unwrap() })
+            .unwrap();
         let steps = plan(&want(), &k.observe().unwrap()).unwrap();
         assert_eq!(steps.len(), 1);
         assert!(matches!(steps[0].op, LinkOp::DelAddr { .. }));
         let steps = plan(&DesiredLinks::default(), &k.observe().unwrap()).unwrap();
-        let dels: Vec<_> = steps.iter().filter_map(|s| match &s.op { LinkOp::DelLink { name } => Some(name.as_str()), _ => None }).collect();
+        let dels: Vec<_> = steps
+            .iter()
+            .filter_map(|s| match &s.op {
+                LinkOp::DelLink { name } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
         assert_eq!(dels, ["up0.10", "br-pos"]);
     }
 }

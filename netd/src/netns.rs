@@ -33,7 +33,8 @@ fn cpath(p: &Path) -> CString {
 /// thread before any other thread exists, it moves the whole process.
 pub fn enter(name: &str) -> Result<()> {
     let p = path(name);
-    let f = File::open(&p).map_err(|e| Error::kernel(format!("cannot open network namespace {}", p.display()), e))?;
+    let f = File::open(&p)
+        .map_err(|e| Error::kernel(format!("cannot open network namespace {}", p.display()), e))?;
     // SAFETY: setns on a namespace file we hold open.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(io_last(format!("cannot enter network namespace {name}")));
@@ -63,19 +64,40 @@ fn is_mount_point(p: &Path) -> bool {
 /// Makes `/run/netns` exist as a shared mount, as iproute2 does.
 fn prepare_run_netns() -> Result<()> {
     let dir = Path::new(RUN_NETNS);
-    std::fs::create_dir_all(dir).map_err(|e| Error::kernel(format!("cannot create {RUN_NETNS}"), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::kernel(format!("cannot create {RUN_NETNS}"), e))?;
     let c = cpath(dir);
     // SAFETY: mount(2) with valid C strings; null fs type/data are allowed for these flags.
     unsafe {
-        if libc::mount(std::ptr::null(), c.as_ptr(), std::ptr::null(), libc::MS_SHARED | libc::MS_REC, std::ptr::null()) == 0 {
+        if libc::mount(
+            std::ptr::null(),
+            c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_SHARED | libc::MS_REC,
+            std::ptr::null(),
+        ) == 0
+        {
             return Ok(());
         }
         if !is_mount_point(dir)
-            && libc::mount(c.as_ptr(), c.as_ptr(), c"none".as_ptr(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0
+            && libc::mount(
+                c.as_ptr(),
+                c.as_ptr(),
+                c"none".as_ptr(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) != 0
         {
             return Err(io_last(format!("cannot bind-mount {RUN_NETNS} on itself")));
         }
-        if libc::mount(std::ptr::null(), c.as_ptr(), std::ptr::null(), libc::MS_SHARED | libc::MS_REC, std::ptr::null()) != 0 {
+        if libc::mount(
+            std::ptr::null(),
+            c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_SHARED | libc::MS_REC,
+            std::ptr::null(),
+        ) != 0
+        {
             return Err(io_last(format!("cannot make {RUN_NETNS} a shared mount")));
         }
     }
@@ -94,7 +116,8 @@ pub fn create(name: &str) -> Result<()> {
     }
     prepare_run_netns()?;
     let target = path(name);
-    File::create(&target).map_err(|e| Error::kernel(format!("cannot create {}", target.display()), e))?;
+    File::create(&target)
+        .map_err(|e| Error::kernel(format!("cannot create {}", target.display()), e))?;
     let t = target.clone();
     let made = std::thread::spawn(move || -> Result<()> {
         // SAFETY: unshare affects only this short-lived thread.
@@ -104,7 +127,16 @@ pub fn create(name: &str) -> Result<()> {
         let src = cpath(Path::new("/proc/thread-self/ns/net"));
         let dst = cpath(&t);
         // SAFETY: bind mount between two valid paths.
-        if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), c"none".as_ptr(), libc::MS_BIND, std::ptr::null()) } != 0 {
+        if unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                c"none".as_ptr(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        } != 0
+        {
             return Err(io_last(format!("cannot bind-mount the new namespace on {}", t.display())));
         }
         Ok(())
@@ -122,11 +154,15 @@ pub fn link(from: &str, to: &str) -> Result<()> {
     prepare_run_netns()?;
     let (src, dst) = (path(from), path(to));
     if !dst.exists() {
-        File::create(&dst).map_err(|e| Error::kernel(format!("cannot create {}", dst.display()), e))?;
+        File::create(&dst)
+            .map_err(|e| Error::kernel(format!("cannot create {}", dst.display()), e))?;
     }
     let (s, d) = (cpath(&src), cpath(&dst));
     // SAFETY: bind mount between two valid paths.
-    if unsafe { libc::mount(s.as_ptr(), d.as_ptr(), c"none".as_ptr(), libc::MS_BIND, std::ptr::null()) } != 0 {
+    if unsafe {
+        libc::mount(s.as_ptr(), d.as_ptr(), c"none".as_ptr(), libc::MS_BIND, std::ptr::null())
+    } != 0
+    {
         return Err(io_last(format!("cannot bind-mount {} on {}", src.display(), dst.display())));
     }
     Ok(())
@@ -147,9 +183,13 @@ pub fn delete(name: &str) -> Result<()> {
 }
 
 /// Runs `f` on a thread inside the namespace `/run/netns/<name>`.
-pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+pub fn run_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     let p = path(name);
-    let file = File::open(&p).map_err(|e| Error::kernel(format!("cannot open network namespace {}", p.display()), e))?;
+    let file = File::open(&p)
+        .map_err(|e| Error::kernel(format!("cannot open network namespace {}", p.display()), e))?;
     let name = name.to_string();
     std::thread::spawn(move || {
         // SAFETY: setns on this thread only, with a namespace file we hold open.
@@ -165,5 +205,6 @@ pub fn run_in<T: Send + 'static>(name: &str, f: impl FnOnce() -> Result<T> + Sen
 /// Opens the namespace file (for `IFLA_NET_NS_FD`).
 pub fn open(name: &str) -> Result<File> {
     let p = path(name);
-    File::open(&p).map_err(|e| Error::kernel(format!("cannot open network namespace {}", p.display()), e))
+    File::open(&p)
+        .map_err(|e| Error::kernel(format!("cannot open network namespace {}", p.display()), e))
 }

@@ -103,7 +103,8 @@ pub struct Rtnl {
 
 impl Rtnl {
     pub fn open() -> Result<Rtnl> {
-        let sock = NlSocket::open(0).map_err(|e| Error::kernel("cannot open a route netlink socket", e))?;
+        let sock = NlSocket::open(0)
+            .map_err(|e| Error::kernel("cannot open a route netlink socket", e))?;
         Ok(Rtnl { sock, writes: 0 })
     }
 
@@ -113,7 +114,9 @@ impl Rtnl {
     }
 
     pub fn index(&mut self, name: &str) -> Result<u32> {
-        let st = self.links().map_err(|e| Error::kernel(format!("cannot list links to find {name}"), e))?;
+        let st = self
+            .links()
+            .map_err(|e| Error::kernel(format!("cannot list links to find {name}"), e))?;
         st.iter()
             .find(|l| l.name == name)
             .map(|l| l.index)
@@ -146,14 +149,14 @@ impl Rtnl {
                     _ => None,
                 })
             });
-            if let Some(ip) = ip {
-                if let Ok(net) = IpNet::new(ip, m.header.prefix_len) {
-                    out.push(Addr {
-                        index: m.header.index,
-                        net,
-                        link_scope: m.header.scope == AddressScope::Link,
-                    });
-                }
+            if let Some(ip) = ip
+                && let Ok(net) = IpNet::new(ip, m.header.prefix_len)
+            {
+                out.push(Addr {
+                    index: m.header.index,
+                    net,
+                    link_scope: m.header.scope == AddressScope::Link,
+                });
             }
         }
         Ok(out)
@@ -192,7 +195,13 @@ impl Rtnl {
                     None => Some(default_net(fam == AddressFamily::Inet6)),
                 };
                 if let Some(dst) = dst {
-                    out.push(Route { dst, gateway, oif, protocol: u8::from(m.header.protocol), metric });
+                    out.push(Route {
+                        dst,
+                        gateway,
+                        oif,
+                        protocol: u8::from(m.header.protocol),
+                        metric,
+                    });
                 }
             }
         }
@@ -224,8 +233,9 @@ impl Rtnl {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
-        self.write(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &emit(&m))
-            .map_err(|e| Error::kernel(format!("cannot create veth {name} (peer {peer_name}) on {master}"), e))?;
+        self.write(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &emit(&m)).map_err(|e| {
+            Error::kernel(format!("cannot create veth {name} (peer {peer_name}) on {master}"), e)
+        })?;
         self.set_alias(name, alias)
     }
 
@@ -234,7 +244,8 @@ impl Rtnl {
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
-        self.write(RTM_NEWLINK, 0, &emit(&m)).map_err(|e| Error::kernel(format!("cannot mark link {name} as netd's"), e))
+        self.write(RTM_NEWLINK, 0, &emit(&m))
+            .map_err(|e| Error::kernel(format!("cannot mark link {name} as netd's"), e))
     }
 
     /// Brings a link up (loopback and the interfaces inside a workload namespace).
@@ -243,7 +254,13 @@ impl Rtnl {
     }
 
     /// Changes a link's name, MAC or up state (a rename needs the link down).
-    pub fn modify(&mut self, name: &str, new_name: Option<&str>, mac: Option<[u8; 6]>, up: Option<bool>) -> Result<()> {
+    pub fn modify(
+        &mut self,
+        name: &str,
+        new_name: Option<&str>,
+        mac: Option<[u8; 6]>,
+        up: Option<bool>,
+    ) -> Result<()> {
         let index = self.index(name)?;
         let mut m = LinkMessage::default();
         m.header.index = index;
@@ -257,7 +274,8 @@ impl Rtnl {
         if let Some(mac) = mac {
             m.attributes.push(LinkAttribute::Address(mac.to_vec()));
         }
-        self.write(RTM_NEWLINK, 0, &emit(&m)).map_err(|e| Error::kernel(format!("cannot change link {name}"), e))
+        self.write(RTM_NEWLINK, 0, &emit(&m))
+            .map_err(|e| Error::kernel(format!("cannot change link {name}"), e))
     }
 
     pub fn add_route(&mut self, link: &str, gateway: IpAddr, metric: u32) -> Result<()> {
@@ -337,11 +355,11 @@ fn addr_msg(index: u32, net: &IpNet) -> AddressMessage {
     m.header.index = index;
     m.attributes.push(AddressAttribute::Local(net.addr()));
     m.attributes.push(AddressAttribute::Address(net.addr()));
-    if let IpAddr::V4(a) = net.addr() {
-        if net.prefix_len() < 31 {
-            let bcast = ipnet::Ipv4Net::new(a, net.prefix_len()).map(|n| n.broadcast()).unwrap_or(a);
-            m.attributes.push(AddressAttribute::Broadcast(bcast));
-        }
+    if let IpAddr::V4(a) = net.addr()
+        && net.prefix_len() < 31
+    {
+        let bcast = ipnet::Ipv4Net::new(a, net.prefix_len()).map(|n| n.broadcast()).unwrap_or(a);
+        m.attributes.push(AddressAttribute::Broadcast(bcast));
     }
     m
 }
@@ -430,7 +448,8 @@ impl Links for Rtnl {
             }
             LinkOp::AddAddr { link, net } => {
                 let index = self.index(link)?;
-                self.write(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &emit(&addr_msg(index, net))).map_err(fail)
+                self.write(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &emit(&addr_msg(index, net)))
+                    .map_err(fail)
             }
             LinkOp::DelAddr { link, net } => {
                 let index = self.index(link)?;
@@ -439,13 +458,18 @@ impl Links for Rtnl {
             LinkOp::AddRoute { link, gateway, metric } => {
                 let index = self.index(link)?;
                 let dst = default_net(gateway.is_ipv6());
-                self.write(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, &emit(&route_msg(index, dst, Some(*gateway), *metric)))
-                    .map_err(fail)
+                self.write(
+                    RTM_NEWROUTE,
+                    NLM_F_CREATE | NLM_F_EXCL,
+                    &emit(&route_msg(index, dst, Some(*gateway), *metric)),
+                )
+                .map_err(fail)
             }
             LinkOp::DelRoute { link, gateway, metric } => {
                 let index = self.index(link)?;
                 let dst = default_net(gateway.is_ipv6());
-                self.write(RTM_DELROUTE, 0, &emit(&route_msg(index, dst, Some(*gateway), *metric))).map_err(fail)
+                self.write(RTM_DELROUTE, 0, &emit(&route_msg(index, dst, Some(*gateway), *metric)))
+                    .map_err(fail)
             }
             LinkOp::DelLink { name } => {
                 let index = self.index(name)?;
@@ -483,7 +507,10 @@ impl MemLinks {
     }
 
     fn index(&self, name: &str) -> Result<u32> {
-        self.state.link(name).map(|l| l.index).ok_or_else(|| Error::NotFound(format!("link {name} does not exist")))
+        self.state
+            .link(name)
+            .map(|l| l.index)
+            .ok_or_else(|| Error::NotFound(format!("link {name} does not exist")))
     }
 }
 
@@ -564,7 +591,9 @@ impl Links for MemLinks {
             }
             LinkOp::DelRoute { link, gateway, metric } => {
                 let index = self.index(link)?;
-                self.state.routes.retain(|r| !(r.oif == Some(index) && r.gateway == Some(*gateway) && r.metric == *metric));
+                self.state.routes.retain(|r| {
+                    !(r.oif == Some(index) && r.gateway == Some(*gateway) && r.metric == *metric)
+                });
             }
             LinkOp::DelLink { name } => {
                 let index = self.index(name)?;
@@ -581,4 +610,3 @@ impl Links for MemLinks {
         Ok(())
     }
 }
-

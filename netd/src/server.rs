@@ -43,7 +43,10 @@ impl Daemon {
         Daemon { engine: Arc::new(Mutex::new(engine)), events, check_now: Arc::new(Notify::new()) }
     }
 
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut Engine) -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Engine) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = engine.lock().unwrap_or_else(|p| p.into_inner());
@@ -71,10 +74,20 @@ impl Daemon {
         let drift = self.run(|e| e.drift()).await;
         match drift {
             Ok(d) if !d.is_empty() => {
-                self.emit("drift_found", format!("the network differs from the applied profile: {}", d.join("; ")), "");
+                self.emit(
+                    "drift_found",
+                    format!("the network differs from the applied profile: {}", d.join("; ")),
+                    "",
+                );
                 match self.run(|e| e.reconcile()).await {
-                    Ok(o) => self.emit("drift_repaired", format!("repaired: {}", o.actions.join("; ")), ""),
-                    Err(e) => self.emit("apply_failed", format!("drift repair failed: {}", full(&e)), ""),
+                    Ok(o) => self.emit(
+                        "drift_repaired",
+                        format!("repaired: {}", o.actions.join("; ")),
+                        "",
+                    ),
+                    Err(e) => {
+                        self.emit("apply_failed", format!("drift repair failed: {}", full(&e)), "")
+                    }
                 }
             }
             Ok(_) => {}
@@ -166,7 +179,10 @@ fn interface(i: &crate::endpoints::Iface) -> pb::Interface {
 }
 
 pub fn attach_reply(ep: &Endpoint) -> pb::AttachReply {
-    pb::AttachReply { netns_path: ep.netns_path(), interfaces: ep.interfaces.iter().map(interface).collect() }
+    pb::AttachReply {
+        netns_path: ep.netns_path(),
+        interfaces: ep.interfaces.iter().map(interface).collect(),
+    }
 }
 
 fn observe_reply(o: Observation) -> pb::ObserveReply {
@@ -177,9 +193,19 @@ fn observe_reply(o: Observation) -> pb::ObserveReply {
         segments: o
             .segments
             .into_iter()
-            .map(|s| pb::SegmentState { name: s.name, bridge: s.bridge, present: s.present, addresses: s.addresses, ports: s.ports })
+            .map(|s| pb::SegmentState {
+                name: s.name,
+                bridge: s.bridge,
+                present: s.present,
+                addresses: s.addresses,
+                ports: s.ports,
+            })
             .collect(),
-        rules: o.counters.into_iter().map(|(rule, packets, bytes)| pb::RuleCounter { rule, packets, bytes }).collect(),
+        rules: o
+            .counters
+            .into_iter()
+            .map(|(rule, packets, bytes)| pb::RuleCounter { rule, packets, bytes })
+            .collect(),
         drift: o.drift,
         endpoints: o
             .endpoints
@@ -198,7 +224,10 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>
 
 #[tonic::async_trait]
 impl Netd for Daemon {
-    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
         let r = req.into_inner();
         let rendered = parse_profile(&r.revision, &r.profile_yaml).map_err(status)?;
         let rev = rendered.revision.as_str().to_string();
@@ -207,17 +236,32 @@ impl Netd for Daemon {
         let res = self.run(move |e| e.apply(&rendered, uplink.as_deref(), confirm)).await;
         match res {
             Ok(o) => {
-                self.emit("apply_done", format!("revision {rev} applied ({} steps)", o.actions.len()), &rev);
-                Ok(Response::new(pb::ApplyReply { changed: o.changed, actions: o.actions, confirm_deadline_unix: o.confirm_deadline_unix }))
+                self.emit(
+                    "apply_done",
+                    format!("revision {rev} applied ({} steps)", o.actions.len()),
+                    &rev,
+                );
+                Ok(Response::new(pb::ApplyReply {
+                    changed: o.changed,
+                    actions: o.actions,
+                    confirm_deadline_unix: o.confirm_deadline_unix,
+                }))
             }
             Err(e) => {
-                self.emit("apply_failed", format!("revision {rev} could not be applied: {}", full(&e)), &rev);
+                self.emit(
+                    "apply_failed",
+                    format!("revision {rev} could not be applied: {}", full(&e)),
+                    &rev,
+                );
                 Err(status(e))
             }
         }
     }
 
-    async fn confirm(&self, req: Request<pb::ConfirmRequest>) -> Result<Response<pb::ConfirmReply>, Status> {
+    async fn confirm(
+        &self,
+        req: Request<pb::ConfirmRequest>,
+    ) -> Result<Response<pb::ConfirmReply>, Status> {
         let rev = req.into_inner().revision;
         let confirmed = self.run(move |e| e.confirm(&rev)).await.map_err(status)?;
         self.emit("confirmed", format!("revision {confirmed} is confirmed"), &confirmed);
@@ -228,41 +272,60 @@ impl Netd for Daemon {
         let r = req.into_inner();
         let rendered = parse_profile(&r.revision, &r.profile_yaml).map_err(status)?;
         let uplink = Some(r.uplink_override).filter(|u| !u.is_empty());
-        let actions = self.run(move |e| e.plan(&rendered, uplink.as_deref())).await.map_err(status)?;
+        let actions =
+            self.run(move |e| e.plan(&rendered, uplink.as_deref())).await.map_err(status)?;
         Ok(Response::new(pb::PlanReply { actions }))
     }
 
-    async fn observe(&self, _req: Request<pb::ObserveRequest>) -> Result<Response<pb::ObserveReply>, Status> {
+    async fn observe(
+        &self,
+        _req: Request<pb::ObserveRequest>,
+    ) -> Result<Response<pb::ObserveReply>, Status> {
         let o = self.run(|e| e.observe()).await.map_err(status)?;
         Ok(Response::new(observe_reply(o)))
     }
 
-    async fn attach(&self, req: Request<pb::AttachRequest>) -> Result<Response<pb::AttachReply>, Status> {
+    async fn attach(
+        &self,
+        req: Request<pb::AttachRequest>,
+    ) -> Result<Response<pb::AttachReply>, Status> {
         let r = req.into_inner();
         let ep = self.run(move |e| e.attach(&r.workload, &r.instance)).await.map_err(status)?;
         Ok(Response::new(attach_reply(&ep)))
     }
 
-    async fn detach(&self, req: Request<pb::DetachRequest>) -> Result<Response<pb::DetachReply>, Status> {
+    async fn detach(
+        &self,
+        req: Request<pb::DetachRequest>,
+    ) -> Result<Response<pb::DetachReply>, Status> {
         let r = req.into_inner();
         self.run(move |e| e.detach(&r.workload, &r.instance)).await.map_err(status)?;
         Ok(Response::new(pb::DetachReply {}))
     }
 
-    async fn promote(&self, req: Request<pb::PromoteRequest>) -> Result<Response<pb::PromoteReply>, Status> {
+    async fn promote(
+        &self,
+        req: Request<pb::PromoteRequest>,
+    ) -> Result<Response<pb::PromoteReply>, Status> {
         let r = req.into_inner();
         let ep = self.run(move |e| e.promote(&r.workload, &r.instance)).await.map_err(status)?;
         Ok(Response::new(pb::PromoteReply { endpoints: Some(attach_reply(&ep)) }))
     }
 
-    async fn teardown(&self, _req: Request<pb::TeardownRequest>) -> Result<Response<pb::TeardownReply>, Status> {
+    async fn teardown(
+        &self,
+        _req: Request<pb::TeardownRequest>,
+    ) -> Result<Response<pb::TeardownReply>, Status> {
         let removed = self.run(|e| e.teardown()).await.map_err(status)?;
         Ok(Response::new(pb::TeardownReply { removed }))
     }
 
     type EventsStream = EventStream;
 
-    async fn events(&self, _req: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+    async fn events(
+        &self,
+        _req: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
         let rx = self.events.subscribe();
         let s = futures::stream::unfold(rx, |mut rx| async move {
             loop {
@@ -281,17 +344,21 @@ impl Netd for Daemon {
 /// feeds its watchdog.
 pub async fn serve(daemon: Daemon, socket: PathBuf, interval: Duration) -> Result<(), Error> {
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::state(format!("cannot create {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::state(format!("cannot create {}", dir.display()), e))?;
     }
     if socket.exists() {
-        std::fs::remove_file(&socket).map_err(|e| Error::state(format!("cannot remove the old socket {}", socket.display()), e))?;
+        std::fs::remove_file(&socket).map_err(|e| {
+            Error::state(format!("cannot remove the old socket {}", socket.display()), e)
+        })?;
     }
     let listener = tokio::net::UnixListener::bind(&socket)
         .map_err(|e| Error::state(format!("cannot listen on {}", socket.display()), e))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::state(format!("cannot restrict {} to root", socket.display()), e))?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            Error::state(format!("cannot restrict {} to root", socket.display()), e)
+        })?;
     }
     // Re-adopt what exists: repair whatever drifted while netd was not running.
     daemon.check().await;
@@ -316,14 +383,25 @@ pub async fn serve(daemon: Daemon, socket: PathBuf, interval: Duration) -> Resul
 }
 
 /// A client of a running netd on `socket`.
-pub async fn client(socket: PathBuf) -> Result<backroom_api::netd::netd_client::NetdClient<tonic::transport::Channel>, Error> {
+pub async fn client(
+    socket: PathBuf,
+) -> Result<backroom_api::netd::netd_client::NetdClient<tonic::transport::Channel>, Error> {
     let ch = tonic::transport::Endpoint::try_from("http://[::]:50051")
         .map_err(|e| Error::state("bad endpoint", std::io::Error::other(e)))?
         .connect_with_connector(tower::service_fn(move |_| {
             let p = socket.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(p).await?,
+                ))
+            }
         }))
         .await
-        .map_err(|e| Error::state("cannot connect to netd's socket (is `netd serve` running?)", std::io::Error::other(e)))?;
+        .map_err(|e| {
+            Error::state(
+                "cannot connect to netd's socket (is `netd serve` running?)",
+                std::io::Error::other(e),
+            )
+        })?;
     Ok(backroom_api::netd::netd_client::NetdClient::new(ch))
 }

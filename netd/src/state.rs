@@ -45,7 +45,9 @@ pub struct StateDir {
 impl StateDir {
     /// Opens (creating) the directory and takes its lock; fails when another netd holds it.
     pub fn open(dir: &Path) -> Result<StateDir> {
-        fs::create_dir_all(dir).map_err(|e| Error::state(format!("cannot create state directory {}", dir.display()), e))?;
+        fs::create_dir_all(dir).map_err(|e| {
+            Error::state(format!("cannot create state directory {}", dir.display()), e)
+        })?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)

@@ -64,13 +64,28 @@ fn the_allow_matrix_holds_routed_and_inside_segments() {
     route_router_to_store(&s);
     s.attach_all();
     s.plug_clients();
-    let flows = [(L4::Tcp, 8443), (L4::Tcp, 8080), (L4::Tcp, 443), (L4::Tcp, 22), (L4::Udp, 53), (L4::Tcp, 9)];
+    let flows = [
+        (L4::Tcp, 8443),
+        (L4::Tcp, 8080),
+        (L4::Tcp, 443),
+        (L4::Tcp, 22),
+        (L4::Udp, 53),
+        (L4::Tcp, 9),
+    ];
     let (total, bad) = s.matrix(&flows, Some(("mgmt", None)));
-    assert!(bad.is_empty(), "{} of {total} flows disagree with the profile:\n{}", bad.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} of {total} flows disagree with the profile:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
     assert!(total > 200, "only {total} flows checked");
     // Counters count what the rules let through.
     let show = s.netd.ok(&["show"]);
-    assert!(show.lines().any(|l| l.starts_with("rule pos-to-orders:") && !l.contains(": 0 packets")), "{show}");
+    assert!(
+        show.lines().any(|l| l.starts_with("rule pos-to-orders:") && !l.contains(": 0 packets")),
+        "{show}"
+    );
 }
 
 #[test]
@@ -84,11 +99,22 @@ fn guests_reach_the_internet_through_nat_and_no_private_segment() {
     let _srv = Servers::start(&Store::ns_path(&s.internet), &[443, 8443], &[53], "internet");
     let _wl = Servers::start("/run/netns/bk-orders", &[8443], &[], "orders");
     // The router knows no route back to 192.168.40/24: only a masqueraded flow can work.
-    assert_eq!(probe(&gpath, L4::Tcp, "203.0.113.10:443".parse().unwrap(), Duration::from_secs(2)).as_deref(), Some("internet"));
-    assert_eq!(probe(&gpath, L4::Udp, "203.0.113.10:53".parse().unwrap(), Duration::from_secs(2)).as_deref(), Some("internet"));
+    assert_eq!(
+        probe(&gpath, L4::Tcp, "203.0.113.10:443".parse().unwrap(), Duration::from_secs(2))
+            .as_deref(),
+        Some("internet")
+    );
+    assert_eq!(
+        probe(&gpath, L4::Udp, "203.0.113.10:53".parse().unwrap(), Duration::from_secs(2))
+            .as_deref(),
+        Some("internet")
+    );
     for dst in ["172.30.0.10:8443", "10.1.0.1:22", "10.9.0.1:22"] {
         let a: SocketAddr = dst.parse().unwrap();
-        assert!(probe(&gpath, L4::Tcp, a, Duration::from_millis(800)).is_none(), "guest reached {dst}");
+        assert!(
+            probe(&gpath, L4::Tcp, a, Duration::from_millis(800)).is_none(),
+            "guest reached {dst}"
+        );
     }
 }
 
@@ -126,7 +152,12 @@ fn drift_is_reported_and_repaired() {
     let show = s.netd.ok(&["show"]);
     assert!(show.contains("segment pos br-pos MISSING"), "{show}");
     assert!(show.contains("drift: the kernel differs: netd would create bridge br-pos"), "{show}");
-    assert!(show.contains("drift: the kernel differs: netd would remove address 10.9.0.77/24 from br-mgmt"), "{show}");
+    assert!(
+        show.contains(
+            "drift: the kernel differs: netd would remove address 10.9.0.77/24 from br-mgmt"
+        ),
+        "{show}"
+    );
     assert!(show.contains("drift: chain inet backroom zone-forward differs"), "{show}");
     let out = s.apply();
     assert!(out.contains("create bridge br-pos"), "{out}");
@@ -149,7 +180,11 @@ fn a_batch_the_kernel_refuses_leaves_the_old_ruleset() {
         let r = backroom_profiles::render_file(&file).unwrap();
         let mut rs = e.ruleset(&r, Some("up0")).unwrap();
         // A jump to a chain that does not exist: the kernel refuses the whole transaction.
-        rs.tables[1].chains[0].rules.push(Rule::new("broken", vec![Match::IifName("x".into())], Verdict::Jump("no-such-chain".into())));
+        rs.tables[1].chains[0].rules.push(Rule::new(
+            "broken",
+            vec![Match::IifName("x".into())],
+            Verdict::Jump("no-such-chain".into()),
+        ));
         let mut fw = backroom_netd::nft::NetlinkFirewall::open().unwrap();
         backroom_netd::error::full(&fw.replace(&rs, &Default::default()).unwrap_err())
     });
@@ -172,7 +207,8 @@ fn teardown_leaves_no_owned_object_and_foreign_ones_untouched() {
         "ip netns exec {} nft 'add table inet foreign; add chain inet foreign c {{ type filter hook forward priority 0; }}; add rule inet foreign c iifname \"fx0\" counter accept'",
         s.store.name
     ));
-    let foreign_before = must(&format!("ip netns exec {} nft -j list table inet foreign", s.store.name));
+    let foreign_before =
+        must(&format!("ip netns exec {} nft -j list table inet foreign", s.store.name));
     s.attach_all();
     s.apply();
     assert!(must("ip netns list").contains("bk-orders"));
@@ -182,15 +218,24 @@ fn teardown_leaves_no_owned_object_and_foreign_ones_untouched() {
     assert!(!links.contains("backroom-netd"), "owned links left:\n{links}");
     assert!(!links.contains("br-"), "{links}");
     assert!(s.store.ip("route show proto 176").trim().is_empty());
-    assert!(!sh(&format!("ip netns exec {} nft list table inet backroom", s.store.name)).status.success());
-    assert!(!sh(&format!("ip netns exec {} nft list table bridge backroom", s.store.name)).status.success());
+    assert!(
+        !sh(&format!("ip netns exec {} nft list table inet backroom", s.store.name))
+            .status
+            .success()
+    );
+    assert!(
+        !sh(&format!("ip netns exec {} nft list table bridge backroom", s.store.name))
+            .status
+            .success()
+    );
     assert!(!std::path::Path::new("/run/netns/bk-orders").exists());
     assert!(!std::path::Path::new("/run/netns/bk-menu").exists());
     // Foreign objects are as they were.
     assert!(s.store.ip("-br addr show fx0").contains("198.51.100.1/24"));
     assert!(s.store.ip("route").contains("198.18.0.0/16 via 198.51.100.2"));
     assert!(s.store.ip("link show up0").contains("up0"), "the uplink itself stays");
-    let foreign_after = must(&format!("ip netns exec {} nft -j list table inet foreign", s.store.name));
+    let foreign_after =
+        must(&format!("ip netns exec {} nft -j list table inet foreign", s.store.name));
     assert_eq!(foreign_before, foreign_after);
 }
 
@@ -204,32 +249,59 @@ fn endpoints_attach_detach_promote_and_keep_their_addresses_across_restarts() {
     let pos_addr = s.workload_addrs("orders").into_iter().find(|(seg, _)| seg == "pos").unwrap().1;
     // The namespace is usable by other processes (ip netns exec, containerd).
     let inside = must("ip netns exec bk-orders ip -br addr");
-    assert!(inside.contains("eth0") && inside.contains("172.30.0.10/24") && inside.contains(&pos_addr.to_string()), "{inside}");
+    assert!(
+        inside.contains("eth0")
+            && inside.contains("172.30.0.10/24")
+            && inside.contains(&pos_addr.to_string()),
+        "{inside}"
+    );
     assert!(must("ip netns exec bk-orders ip route").contains("default via 172.30.0.1 dev eth0"));
-    assert!(must("ip netns exec bk-orders ip -br link").contains("lo               UNKNOWN") || must("ip netns exec bk-orders ip -br link").contains("lo "));
+    assert!(
+        must("ip netns exec bk-orders ip -br link").contains("lo               UNKNOWN")
+            || must("ip netns exec bk-orders ip -br link").contains("lo ")
+    );
     let mac = must("ip netns exec bk-orders cat /sys/class/net/eth0/address");
-    let expect = backroom_profiles::naming::mac_string(backroom_profiles::naming::mac("orders", "apps"));
+    let expect =
+        backroom_profiles::naming::mac_string(backroom_profiles::naming::mac("orders", "apps"));
     assert_eq!(mac.trim(), expect);
 
     // Stable across detach, a netd restart (a new process) and attach.
     s.netd.ok(&["detach", "orders"]);
     assert!(!std::path::Path::new("/run/netns/bk-orders").exists());
     s.netd.ok(&["attach", s.file.to_str().unwrap(), "orders", "--uplink", "up0"]);
-    assert_eq!(s.workload_addrs("orders").into_iter().find(|(seg, _)| seg == "pos").unwrap().1, pos_addr);
+    assert_eq!(
+        s.workload_addrs("orders").into_iter().find(|(seg, _)| seg == "pos").unwrap().1,
+        pos_addr
+    );
 
     // Start-first update: `next` gets temporary addresses, then takes over the stable ones.
     let pos_client = Store::ns_path(&s.clients.iter().find(|c| c.0 == "pos").unwrap().1);
     let _old = Servers::start("/run/netns/bk-orders", &[8443], &[], "old");
     let dst = SocketAddr::new(pos_addr, 8443);
     assert_eq!(probe(&pos_client, L4::Tcp, dst, Duration::from_secs(2)).as_deref(), Some("old"));
-    let next = s.netd.ok(&["attach", s.file.to_str().unwrap(), "orders", "--instance", "next", "--uplink", "up0"]);
-    assert!(next.contains("netns /run/netns/bk-orders--next") && next.contains("(temporary)"), "{next}");
+    let next = s.netd.ok(&[
+        "attach",
+        s.file.to_str().unwrap(),
+        "orders",
+        "--instance",
+        "next",
+        "--uplink",
+        "up0",
+    ]);
+    assert!(
+        next.contains("netns /run/netns/bk-orders--next") && next.contains("(temporary)"),
+        "{next}"
+    );
     let _new = Servers::start("/run/netns/bk-orders--next", &[8443], &[], "new");
-    let next_ino = std::fs::metadata("/run/netns/bk-orders--next").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    let next_ino = std::fs::metadata("/run/netns/bk-orders--next")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
     let promoted = s.netd.ok(&["promote", "orders", "next"]);
     assert!(!promoted.contains("(temporary)"), "{promoted}");
     assert!(!std::path::Path::new("/run/netns/bk-orders--next").exists());
-    let now_ino = std::fs::metadata("/run/netns/bk-orders").map(|m| std::os::unix::fs::MetadataExt::ino(&m)).unwrap();
+    let now_ino = std::fs::metadata("/run/netns/bk-orders")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
     assert_eq!(now_ino, next_ino, "bk-orders is now the promoted instance's namespace");
     // The listener on 0.0.0.0 in the promoted namespace answers on the stable address.
     assert_eq!(probe(&pos_client, L4::Tcp, dst, Duration::from_secs(2)).as_deref(), Some("new"));

@@ -30,15 +30,21 @@ fn kernel_lab_runs_the_vlan_and_bridge_conntrack_tests() {
         kernel.display()
     );
     let exe = std::env::current_exe().unwrap();
-    let result = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("netd-lab-{}.result", std::process::id()));
+    let result = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("netd-lab-{}.result", std::process::id()));
     let _ = std::fs::remove_file(&result);
-    let path = format!("{}:{}", Path::new(LAB).join("venv/bin").display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        Path::new(LAB).join("venv/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let inner = format!(
         "env BACKROOM_LAB_OUT={} RUST_BACKTRACE=1 {} --ignored --exact lab_inner --nocapture --test-threads=1",
         result.display(),
         exe.display()
     );
-    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("netd-lab-{}.log", std::process::id()));
+    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("netd-lab-{}.log", std::process::id()));
     let started = Instant::now();
     let mut child = Command::new(&vng)
         .args(["--run"])
@@ -58,15 +64,25 @@ fn kernel_lab_runs_the_vlan_and_bridge_conntrack_tests() {
         if started.elapsed() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the kernel lab did not finish in {deadline:?}; its console is in {}", log.display());
+            panic!(
+                "the kernel lab did not finish in {deadline:?}; its console is in {}",
+                log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     let verdict = std::fs::read_to_string(&result).unwrap_or_default();
     let _ = std::fs::remove_file(&result);
-    let tail: Vec<&str> = console.lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
-    assert_eq!(verdict.trim(), "PASS", "the kernel lab run failed after {:?}; its console ends with:\n{}", started.elapsed(), tail.join("\n"));
+    let tail: Vec<&str> =
+        console.lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
+    assert_eq!(
+        verdict.trim(),
+        "PASS",
+        "the kernel lab run failed after {:?}; its console ends with:\n{}",
+        started.elapsed(),
+        tail.join("\n")
+    );
     eprintln!("kernel lab passed in {:?}", started.elapsed());
 }
 
@@ -120,7 +136,8 @@ fn sample_store(name: &str) {
     // The store file and its layers, as they are in the fleet.
     must(&format!("cp -r {}/. {}", src.display(), dir.path().display()));
     let file = dir.path().join(format!("stores/{name}.yaml"));
-    let mut s = Store::from_file(file, dir, &Upstream { router_addr: "10.99.0.1/24".into(), dhcp: true });
+    let mut s =
+        Store::from_file(file, dir, &Upstream { router_addr: "10.99.0.1/24".into(), dhcp: true });
     let _dhcp = dnsmasq(&s);
     let out = s.apply();
     assert!(out.contains("got DHCP lease 10.99.0."), "{out}");
@@ -134,8 +151,12 @@ fn sample_store(name: &str) {
             assert!(d.contains(&format!("master {}", seg.bridge())), "{d}");
         }
     }
-    let bridge_table = must(&format!("ip netns exec {} nft list table bridge backroom", s.store.name));
-    assert!(bridge_table.contains("ct state established,related accept"), "this kernel has bridge conntrack: netd must use it\n{bridge_table}");
+    let bridge_table =
+        must(&format!("ip netns exec {} nft list table bridge backroom", s.store.name));
+    assert!(
+        bridge_table.contains("ct state established,related accept"),
+        "this kernel has bridge conntrack: netd must use it\n{bridge_table}"
+    );
     assert!(!bridge_table.contains(":reply"), "no stateless mirrors where conntrack exists");
 
     // The router carries the VLANs: a switch bridge per VLAN with a device behind it.
@@ -152,7 +173,10 @@ fn sample_store(name: &str) {
             s.router.ip(&format!("addr add {g}/{} dev sw{id}", net.0.prefix_len()));
         }
         let c = Ns::new("v");
-        must(&format!("ip link add ac{id} netns {} type veth peer name eth0 netns {}", s.router.name, c.name));
+        must(&format!(
+            "ip link add ac{id} netns {} type veth peer name eth0 netns {}",
+            s.router.name, c.name
+        ));
         s.router.ip(&format!("link set ac{id} master sw{id} up"));
         let addr = offset(net.0, 60);
         c.ip(&format!("addr add {addr}/{} dev eth0", net.0.prefix_len()));
@@ -168,7 +192,12 @@ fn sample_store(name: &str) {
         }
         let behind = if gw_on_router.is_some() { " behind the router" } else { "" };
         let label = format!("VLAN {id} device on {}{behind}", seg.name);
-        let end = End { label: label.clone(), ns_path: Store::ns_path(&c), from_ids: ids(&[seg.name.as_str()]), reach };
+        let end = End {
+            label: label.clone(),
+            ns_path: Store::ns_path(&c),
+            from_ids: ids(&[seg.name.as_str()]),
+            reach,
+        };
         let dest = Dest { label, addr: addr.parse().unwrap(), to_ids: ids(&[seg.name.as_str()]) };
         s.extra.push((end, Some(dest), c));
     }
@@ -183,14 +212,22 @@ fn sample_store(name: &str) {
             let (seg, bridge, mac, addr) = (p[1], p[2], p[4], p[5]);
             let c = Ns::new("m");
             let port = format!("vm{}", c.name.len() + s.extra.len());
-            must(&format!("ip link add {port} netns {} type veth peer name eth0 netns {}", s.store.name, c.name));
+            must(&format!(
+                "ip link add {port} netns {} type veth peer name eth0 netns {}",
+                s.store.name, c.name
+            ));
             s.store.ip(&format!("link set {port} master {bridge} up"));
             c.ip(&format!("link set eth0 address {mac}"));
             c.ip(&format!("addr add {addr} dev eth0"));
             c.ip("link set eth0 up");
             let net: ipnet::IpNet = addr.parse().unwrap();
             let label = format!("VM {n} on {seg}");
-            let end = End { label: label.clone(), ns_path: Store::ns_path(&c), from_ids: ids(&[n, seg]), reach: Some(net.trunc()) };
+            let end = End {
+                label: label.clone(),
+                ns_path: Store::ns_path(&c),
+                from_ids: ids(&[n, seg]),
+                reach: Some(net.trunc()),
+            };
             let dest = Dest { label, addr: net.addr(), to_ids: ids(&[n, seg]) };
             s.extra.push((end, Some(dest), c));
         }
@@ -201,10 +238,20 @@ fn sample_store(name: &str) {
 
     // Per destination: the ports its rules name, plus ports no rule allows.
     let flows = [(L4::Tcp, 9), (L4::Udp, 9)];
-    let mgmt = profile.network.segments.iter().find(|s| s.vlan == Some(Vlan::Untagged)).map(|s| s.name.as_str().to_string());
+    let mgmt = profile
+        .network
+        .segments
+        .iter()
+        .find(|s| s.vlan == Some(Vlan::Untagged))
+        .map(|s| s.name.as_str().to_string());
     let mgmt_net: ipnet::IpNet = "10.99.0.0/24".parse().unwrap();
     let (total, bad) = s.matrix_with(&flows, mgmt.as_deref().map(|m| (m, Some(mgmt_net))), true);
-    assert!(bad.is_empty(), "{name}: {} of {total} flows disagree with the profile:\n{}", bad.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{name}: {} of {total} flows disagree with the profile:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
     eprintln!("LAB: {name}: {total} flows as the profile says");
     s.netd.ok(&["teardown"]);
     assert!(!s.store.ip("-d link show").contains("backroom-netd"));

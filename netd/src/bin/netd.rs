@@ -127,7 +127,9 @@ fn print_endpoint(ep: &backroom_netd::endpoints::Endpoint) {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     // Before any thread exists, so that every thread netd starts lives in that namespace.
@@ -137,7 +139,10 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { socket, check_interval } => {
             let engine = engine(&cli.state_dir)?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(4).build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(4)
+                .build()?;
             let daemon = server::Daemon::new(engine);
             rt.block_on(server::serve(daemon, socket, Duration::from_secs(check_interval.max(1))))
                 .map_err(|e| anyhow::anyhow!(full(&e)))
@@ -151,13 +156,21 @@ fn main() -> Result<()> {
                 }
                 return Ok(());
             }
-            let out = kernel(e.apply(&r, uplink.as_deref(), 0))
-                .with_context(|| format!("cannot apply {} (revision {}); the previous state is still in force", file.display(), &r.revision.as_str()[..12]))?;
+            let out = kernel(e.apply(&r, uplink.as_deref(), 0)).with_context(|| {
+                format!(
+                    "cannot apply {} (revision {}); the previous state is still in force",
+                    file.display(),
+                    &r.revision.as_str()[..12]
+                )
+            })?;
             for a in &out.actions {
                 println!("{a}");
             }
             if !out.changed {
-                println!("nothing to do: the kernel already matches revision {}", &r.revision.as_str()[..12]);
+                println!(
+                    "nothing to do: the kernel already matches revision {}",
+                    &r.revision.as_str()[..12]
+                );
             } else {
                 println!("applied revision {}", &r.revision.as_str()[..12]);
             }
@@ -192,7 +205,13 @@ fn main() -> Result<()> {
             }
             for s in &o.segments {
                 let state = if s.present { "present" } else { "MISSING" };
-                println!("segment {} {} {state} addresses [{}] ports [{}]", s.name, s.bridge, s.addresses.join(", "), s.ports.join(", "));
+                println!(
+                    "segment {} {} {state} addresses [{}] ports [{}]",
+                    s.name,
+                    s.bridge,
+                    s.addresses.join(", "),
+                    s.ports.join(", ")
+                );
             }
             for (rule, p, b) in &o.counters {
                 println!("rule {rule}: {p} packets, {b} bytes");

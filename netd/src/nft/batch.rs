@@ -79,9 +79,7 @@ impl Expression for Raw {
 }
 
 fn meta(key: i32) -> Raw {
-    Raw::new(c"meta")
-        .u32(sys::NFTNL_EXPR_META_KEY, key as u32)
-        .u32(sys::NFTNL_EXPR_META_DREG, REG1)
+    Raw::new(c"meta").u32(sys::NFTNL_EXPR_META_KEY, key as u32).u32(sys::NFTNL_EXPR_META_DREG, REG1)
 }
 
 fn payload(base: i32, offset: u32, len: u32) -> Raw {

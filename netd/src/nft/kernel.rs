@@ -148,13 +148,20 @@ impl NetlinkFirewall {
         Ok(NetlinkFirewall { sock, caps: None })
     }
 
-    fn dump(&mut self, msg: u16, family: Family, table_attr: Option<u16>) -> io::Result<Vec<Vec<u8>>> {
+    fn dump(
+        &mut self,
+        msg: u16,
+        family: Family,
+        table_attr: Option<u16>,
+    ) -> io::Result<Vec<Vec<u8>>> {
         let mut payload = vec![nfproto(family), 0, 0, 0];
         if let Some(a) = table_attr {
             nl::put_attr(&mut payload, a, b"backroom\0");
         }
         match self.sock.dump((NFNL_SUBSYS_NFTABLES << 8) | msg, &payload) {
-            Ok(v) => Ok(v.into_iter().map(|r| r.payload.get(4..).unwrap_or(&[]).to_vec()).collect()),
+            Ok(v) => {
+                Ok(v.into_iter().map(|r| r.payload.get(4..).unwrap_or(&[]).to_vec()).collect())
+            }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
@@ -232,7 +239,9 @@ impl NetlinkFirewall {
         for part in b {
             bytes.extend_from_slice(part);
         }
-        self.sock.send(&bytes).map_err(|e| Error::kernel(format!("cannot send the nftables batch that {what}"), e))?;
+        self.sock
+            .send(&bytes)
+            .map_err(|e| Error::kernel(format!("cannot send the nftables batch that {what}"), e))?;
         // The kernel handles a batch inside the send: every reply is queued when it returns.
         let mut failures = Vec::new();
         loop {
@@ -248,7 +257,12 @@ impl NetlinkFirewall {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(Error::kernel(format!("cannot read the kernel's answer to the batch that {what}"), e)),
+                Err(e) => {
+                    return Err(Error::kernel(
+                        format!("cannot read the kernel's answer to the batch that {what}"),
+                        e,
+                    ));
+                }
             }
         }
         match failures.first() {
@@ -266,7 +280,11 @@ impl NetlinkFirewall {
         use crate::nft::ruleset::{BaseHook, Chain, Table};
         // A throwaway table with one base chain on the forward hook, deleted right after.
         let mut t = Table::new(Family::Bridge);
-        t.chains.push(Chain { name: "probe".into(), base: Some(BaseHook { hook: Hook::Forward, nat: false, priority: 0 }), rules: vec![rule] });
+        t.chains.push(Chain {
+            name: "probe".into(),
+            base: Some(BaseHook { hook: Hook::Forward, nat: false, priority: 0 }),
+            rules: vec![rule],
+        });
         let ok = self.send_batch(&batch::probe_batch(&t), "probes the kernel").is_ok();
         let _ = self.send_batch(&batch::probe_cleanup(Family::Bridge), "removes the probe table");
         ok
@@ -296,14 +314,16 @@ fn udata_comment(mut v: &[u8]) -> String {
 impl Firewall for NetlinkFirewall {
     fn read(&mut self) -> Result<Seen> {
         let rd = |s: &mut Self, f: Family| {
-            s.read_table(f).map_err(|e| Error::kernel(format!("cannot read table {} {TABLE}", f.as_str()), e))
+            s.read_table(f)
+                .map_err(|e| Error::kernel(format!("cannot read table {} {TABLE}", f.as_str()), e))
         };
         Ok(Seen { inet: rd(self, Family::Inet)?, bridge: rd(self, Family::Bridge)? })
     }
 
     fn replace(&mut self, rs: &Ruleset, seed: &CounterSeed) -> Result<()> {
         let b = batch::replace(rs, seed);
-        let names: Vec<String> = rs.tables.iter().map(|t| format!("{} {TABLE}", t.family.as_str())).collect();
+        let names: Vec<String> =
+            rs.tables.iter().map(|t| format!("{} {TABLE}", t.family.as_str())).collect();
         self.send_batch(&b, &format!("replaces table(s) {}", names.join(" and ")))
     }
 
@@ -326,9 +346,12 @@ impl Firewall for NetlinkFirewall {
     fn counters(&mut self) -> Result<CounterSeed> {
         let mut out = HashMap::new();
         for f in [Family::Inet, Family::Bridge] {
-            let msgs = self
-                .dump(NFT_MSG_GETOBJ, f, Some(1))
-                .map_err(|e| Error::kernel(format!("cannot read the counters of table {} {TABLE}", f.as_str()), e))?;
+            let msgs = self.dump(NFT_MSG_GETOBJ, f, Some(1)).map_err(|e| {
+                Error::kernel(
+                    format!("cannot read the counters of table {} {TABLE}", f.as_str()),
+                    e,
+                )
+            })?;
             for m in msgs {
                 let (mut table, mut name, mut pk, mut by) = (String::new(), String::new(), 0, 0);
                 for (ty, v) in nl::attrs(&m) {
@@ -361,7 +384,11 @@ impl Firewall for NetlinkFirewall {
             return Ok(c);
         }
         let c = Caps {
-            bridge_conntrack: self.probe(Rule::new("probe", vec![Match::CtEstablished], Verdict::Accept)),
+            bridge_conntrack: self.probe(Rule::new(
+                "probe",
+                vec![Match::CtEstablished],
+                Verdict::Accept,
+            )),
             bridge_reject: self.probe(Rule::new("probe", vec![], Verdict::Reject)),
         };
         self.caps = Some(c);
@@ -387,9 +414,16 @@ impl Firewall for MemFirewall {
             for t in &rs.tables {
                 let mut st = SeenTable::default();
                 for c in &t.chains {
-                    st.chains.push(SeenChain { name: c.name.clone(), hook: c.base.map(|b| (hook_number(b.hook), b.priority)) });
+                    st.chains.push(SeenChain {
+                        name: c.name.clone(),
+                        hook: c.base.map(|b| (hook_number(b.hook), b.priority)),
+                    });
                     for r in &c.rules {
-                        st.rules.push(SeenRule { chain: c.name.clone(), handle: h.next().copied().unwrap_or(0), comment: r.comment(&c.name) });
+                        st.rules.push(SeenRule {
+                            chain: c.name.clone(),
+                            handle: h.next().copied().unwrap_or(0),
+                            comment: r.comment(&c.name),
+                        });
                     }
                 }
                 match t.family {
@@ -403,14 +437,25 @@ impl Firewall for MemFirewall {
 
     fn replace(&mut self, rs: &Ruleset, _seed: &CounterSeed) -> Result<()> {
         self.writes += 1;
-        self.handles = (0..rs.rule_count()).map(|_| { self.next_handle += 1; self.next_handle }).collect();
+        self.handles = (0..rs.rule_count())
+            .map(|_| {
+                self.next_handle += 1;
+                self.next_handle
+            })
+            .collect();
         self.tables = Some(rs.clone());
         Ok(())
     }
 
     fn delete(&mut self) -> Result<Vec<String>> {
         self.writes += 1;
-        Ok(self.tables.take().map(|rs| rs.tables.iter().map(|t| format!("table {} {TABLE}", t.family.as_str())).collect()).unwrap_or_default())
+        Ok(self
+            .tables
+            .take()
+            .map(|rs| {
+                rs.tables.iter().map(|t| format!("table {} {TABLE}", t.family.as_str())).collect()
+            })
+            .unwrap_or_default())
     }
 
     fn counters(&mut self) -> Result<CounterSeed> {

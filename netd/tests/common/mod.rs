@@ -35,7 +35,12 @@ pub fn sh(cmd: &str) -> Output {
 /// Runs a shell command and fails the test when it fails.
 pub fn must(cmd: &str) -> String {
     let o = sh(cmd);
-    assert!(o.status.success(), "`{cmd}` failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -98,7 +103,10 @@ pub fn in_ns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'stat
 pub fn plug_client(store: &Ns, bridge: &str, addr: &str, gw: Option<&str>) -> Ns {
     let c = Ns::new("c");
     let port = format!("tc{}", COUNTER.fetch_add(1, Ordering::SeqCst) % 100_000);
-    must(&format!("ip link add {port} netns {} type veth peer name eth0 netns {}", store.name, c.name));
+    must(&format!(
+        "ip link add {port} netns {} type veth peer name eth0 netns {}",
+        store.name, c.name
+    ));
     store.ip(&format!("link set {port} master {bridge} up"));
     c.ip(&format!("addr add {addr} dev eth0"));
     c.ip("link set eth0 up");
@@ -116,7 +124,11 @@ pub struct Netd {
 
 impl Netd {
     pub fn new(store: &Ns) -> Netd {
-        Netd { bin: PathBuf::from(env!("CARGO_BIN_EXE_netd")), state: tempfile::tempdir().unwrap(), netns: store.name.clone() }
+        Netd {
+            bin: PathBuf::from(env!("CARGO_BIN_EXE_netd")),
+            state: tempfile::tempdir().unwrap(),
+            netns: store.name.clone(),
+        }
     }
 
     pub fn cmd(&self, args: &[&str]) -> Output {
@@ -133,7 +145,12 @@ impl Netd {
 
     pub fn ok(&self, args: &[&str]) -> String {
         let o = self.cmd(args);
-        assert!(o.status.success(), "netd {args:?} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "netd {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 }
@@ -255,7 +272,13 @@ pub fn ids(v: &[&str]) -> BTreeSet<String> {
 }
 
 /// Whether the profile's rules allow `from` to reach `to` on (l4, port).
-pub fn allowed(p: &Profile, from: &BTreeSet<String>, to: &BTreeSet<String>, l4: L4, port: u16) -> bool {
+pub fn allowed(
+    p: &Profile,
+    from: &BTreeSet<String>,
+    to: &BTreeSet<String>,
+    l4: L4,
+    port: u16,
+) -> bool {
     if p.network.firewall.default == backroom_profiles::Verdict::Accept {
         return true;
     }
@@ -264,7 +287,8 @@ pub fn allowed(p: &Profile, from: &BTreeSet<String>, to: &BTreeSet<String>, l4: 
             && to.contains(r.to.as_str())
             && (r.ports.is_empty()
                 || r.ports.iter().any(|s| {
-                    let proto_ok = matches!((s.proto, l4), (Proto::Tcp, L4::Tcp) | (Proto::Udp, L4::Udp));
+                    let proto_ok =
+                        matches!((s.proto, l4), (Proto::Tcp, L4::Tcp) | (Proto::Udp, L4::Udp));
                     proto_ok && s.ports.is_some_and(|(lo, hi)| lo <= port && port <= hi)
                 }))
     })
@@ -295,11 +319,22 @@ pub fn focused(p: &Profile, d: &Dest, others: &[(L4, u16)]) -> Vec<(L4, u16)> {
 /// Every (source, destination, protocol, port) of the matrix, checked with real connections
 /// in parallel; returns the mismatches. With `focus`, each destination gets the flows
 /// [`focused`] picks (`flows` then being the unrelated ones) instead of all of `flows`.
-pub fn check_matrix(p: &Profile, froms: &[End], dests: &[Dest], flows: &[(L4, u16)]) -> (usize, Vec<String>) {
+pub fn check_matrix(
+    p: &Profile,
+    froms: &[End],
+    dests: &[Dest],
+    flows: &[(L4, u16)],
+) -> (usize, Vec<String>) {
     check_matrix_with(p, froms, dests, flows, false)
 }
 
-pub fn check_matrix_with(p: &Profile, froms: &[End], dests: &[Dest], flows: &[(L4, u16)], focus: bool) -> (usize, Vec<String>) {
+pub fn check_matrix_with(
+    p: &Profile,
+    froms: &[End],
+    dests: &[Dest],
+    flows: &[(L4, u16)],
+    focus: bool,
+) -> (usize, Vec<String>) {
     let mut jobs = Vec::new();
     for f in froms {
         for d in dests {
@@ -329,10 +364,22 @@ pub fn check_matrix_with(p: &Profile, froms: &[End], dests: &[Dest], flows: &[(L
                 loop {
                     let Some((f, d, l4, port)) = jobs.lock().unwrap().pop() else { return };
                     let want = allowed(&profile, &f.from_ids, &d.to_ids, l4, port);
-                    let got = probe(&f.ns_path, l4, SocketAddr::new(d.addr, port), Duration::from_millis(700)).is_some();
+                    let got = probe(
+                        &f.ns_path,
+                        l4,
+                        SocketAddr::new(d.addr, port),
+                        Duration::from_millis(700),
+                    )
+                    .is_some();
                     if want != got {
                         // One more try before calling it: a lost first packet is not a verdict.
-                        let again = probe(&f.ns_path, l4, SocketAddr::new(d.addr, port), Duration::from_millis(1500)).is_some();
+                        let again = probe(
+                            &f.ns_path,
+                            l4,
+                            SocketAddr::new(d.addr, port),
+                            Duration::from_millis(1500),
+                        )
+                        .is_some();
                         if again != want {
                             bad.lock().unwrap().push(format!(
                                 "{} -> {} ({}) {l4:?}/{port}: expected {}, got {}",

@@ -43,15 +43,26 @@ impl Store {
     pub fn from_file(file: std::path::PathBuf, dir: tempfile::TempDir, up: &Upstream) -> Store {
         let rendered: Rendered = common::render(&file);
         let mut store = Ns::new("s");
-        let names: Vec<String> = rendered.profile.workloads.iter().flat_map(|w| {
-            let n = w.name().as_str();
-            [format!("bk-{n}"), format!("bk-{n}--next")]
-        }).collect();
+        let names: Vec<String> = rendered
+            .profile
+            .workloads
+            .iter()
+            .flat_map(|w| {
+                let n = w.name().as_str();
+                [format!("bk-{n}"), format!("bk-{n}--next")]
+            })
+            .collect();
         store.also_remove(&names.iter().map(String::as_str).collect::<Vec<_>>());
         let router = Ns::new("r");
         let internet = Ns::new("i");
-        must(&format!("ip link add up0 netns {} type veth peer name rt0 netns {}", store.name, router.name));
-        must(&format!("ip link add ri0 netns {} type veth peer name eth0 netns {}", router.name, internet.name));
+        must(&format!(
+            "ip link add up0 netns {} type veth peer name rt0 netns {}",
+            store.name, router.name
+        ));
+        must(&format!(
+            "ip link add ri0 netns {} type veth peer name eth0 netns {}",
+            router.name, internet.name
+        ));
         router.ip("link set rt0 up");
         router.ip("link set ri0 up");
         router.ip(&format!("addr add {} dev rt0", up.router_addr));
@@ -62,7 +73,17 @@ impl Store {
         internet.ip("route add default via 203.0.113.1");
         must(&format!("ip netns exec {} sysctl -qw net.ipv4.ip_forward=1", store.name));
         let netd = Netd::new(&store);
-        let s = Store { store, router, internet, clients: Vec::new(), extra: Vec::new(), netd, profile: rendered.profile, file, _dir: dir };
+        let s = Store {
+            store,
+            router,
+            internet,
+            clients: Vec::new(),
+            extra: Vec::new(),
+            netd,
+            profile: rendered.profile,
+            file,
+            _dir: dir,
+        };
         if !up.dhcp {
             s.apply();
         }
@@ -80,12 +101,23 @@ impl Store {
     /// Plugs a client into every segment that has a subnet and a host address (its gateway).
     pub fn plug_clients(&mut self) {
         for seg in self.profile.network.segments.clone() {
-            let (Some(net), HostAddress::Static(host)) = (seg.subnet, seg.address) else { continue };
+            let (Some(net), HostAddress::Static(host)) = (seg.subnet, seg.address) else {
+                continue;
+            };
             let IpAddr::V4(base) = net.0.network() else { continue };
             let o = base.octets();
             let addr = format!("{}.{}.{}.{}/{}", o[0], o[1], o[2], o[3] + 50, net.0.prefix_len());
-            let c = common::plug_client(&self.store, &seg.bridge(), &addr, Some(&host.addr().to_string()));
-            self.clients.push((seg.name.as_str().to_string(), c, addr.split('/').next().unwrap().to_string()));
+            let c = common::plug_client(
+                &self.store,
+                &seg.bridge(),
+                &addr,
+                Some(&host.addr().to_string()),
+            );
+            self.clients.push((
+                seg.name.as_str().to_string(),
+                c,
+                addr.split('/').next().unwrap().to_string(),
+            ));
         }
         // netd takes the new ports of its bridges into its firewall, as it does for VM taps.
         self.apply();
@@ -124,13 +156,22 @@ impl Store {
     /// The matrix of the profile: every client, workload, the router (on the untagged
     /// segment) and the internet, to every workload address, host address, client and the
     /// internet.
-    pub fn matrix(&self, flows: &[(L4, u16)], untagged: Option<(&str, Option<ipnet::IpNet>)>) -> (usize, Vec<String>) {
+    pub fn matrix(
+        &self,
+        flows: &[(L4, u16)],
+        untagged: Option<(&str, Option<ipnet::IpNet>)>,
+    ) -> (usize, Vec<String>) {
         self.matrix_with(flows, untagged, false)
     }
 
     /// The matrix with all `flows` to every destination, or (`focus`) only the ports the rules
     /// name for each destination plus `flows`.
-    pub fn matrix_with(&self, flows: &[(L4, u16)], untagged: Option<(&str, Option<ipnet::IpNet>)>, focus: bool) -> (usize, Vec<String>) {
+    pub fn matrix_with(
+        &self,
+        flows: &[(L4, u16)],
+        untagged: Option<(&str, Option<ipnet::IpNet>)>,
+        focus: bool,
+    ) -> (usize, Vec<String>) {
         let all: Vec<(L4, u16)> = if focus {
             let mut v = flows.to_vec();
             for r in &self.profile.network.firewall.allow {
@@ -156,10 +197,24 @@ impl Store {
         let mut dests = Vec::new();
         servers.push(Servers::start(&Self::ns_path(&self.store), &tcp, &udp, "host"));
         servers.push(Servers::start(&Self::ns_path(&self.internet), &tcp, &udp, "internet"));
-        froms.push(End { label: "internet".into(), ns_path: Self::ns_path(&self.internet), from_ids: ids(&["internet"]), reach: None });
-        dests.push(Dest { label: "internet".into(), addr: INTERNET_ADDR.parse().unwrap(), to_ids: ids(&["internet"]) });
+        froms.push(End {
+            label: "internet".into(),
+            ns_path: Self::ns_path(&self.internet),
+            from_ids: ids(&["internet"]),
+            reach: None,
+        });
+        dests.push(Dest {
+            label: "internet".into(),
+            addr: INTERNET_ADDR.parse().unwrap(),
+            to_ids: ids(&["internet"]),
+        });
         if let Some((seg, net)) = untagged {
-            froms.push(End { label: format!("router on {seg}"), ns_path: Self::ns_path(&self.router), from_ids: ids(&[seg]), reach: net });
+            froms.push(End {
+                label: format!("router on {seg}"),
+                ns_path: Self::ns_path(&self.router),
+                from_ids: ids(&[seg]),
+                reach: net,
+            });
         }
         for (e, d, _) in &self.extra {
             servers.push(Servers::start(&e.ns_path, &tcp, &udp, &e.label));
@@ -168,14 +223,27 @@ impl Store {
         }
         for seg in &self.profile.network.segments {
             if let HostAddress::Static(n) = seg.address {
-                dests.push(Dest { label: format!("host on {}", seg.name), addr: n.addr(), to_ids: ids(&["host"]) });
+                dests.push(Dest {
+                    label: format!("host on {}", seg.name),
+                    addr: n.addr(),
+                    to_ids: ids(&["host"]),
+                });
             }
         }
         for (seg, c, addr) in &self.clients {
             let path = Self::ns_path(c);
             servers.push(Servers::start(&path, &tcp, &udp, seg));
-            froms.push(End { label: format!("client on {seg}"), ns_path: path, from_ids: ids(&[seg]), reach: None });
-            dests.push(Dest { label: format!("client on {seg}"), addr: addr.parse().unwrap(), to_ids: ids(&[seg]) });
+            froms.push(End {
+                label: format!("client on {seg}"),
+                ns_path: path,
+                from_ids: ids(&[seg]),
+                reach: None,
+            });
+            dests.push(Dest {
+                label: format!("client on {seg}"),
+                addr: addr.parse().unwrap(),
+                to_ids: ids(&[seg]),
+            });
         }
         let mut workload_froms = Vec::new();
         for w in self.profile.containers() {
@@ -184,11 +252,16 @@ impl Store {
             servers.push(Servers::start(&path, &tcp, &udp, name));
             let addrs = self.workload_addrs(name);
             for (seg, a) in &addrs {
-                dests.push(Dest { label: format!("{name} on {seg}"), addr: *a, to_ids: ids(&[name, seg]) });
+                dests.push(Dest {
+                    label: format!("{name} on {seg}"),
+                    addr: *a,
+                    to_ids: ids(&[name, seg]),
+                });
             }
             workload_froms.push((name.to_string(), path, addrs));
         }
-        let (mut total, mut bad) = common::check_matrix_with(&self.profile, &froms, &dests, flows, focus);
+        let (mut total, mut bad) =
+            common::check_matrix_with(&self.profile, &froms, &dests, flows, focus);
         // A workload's traffic leaves by the interface on the destination's subnet, else by its
         // default route (its first segment with a host address): that decides its segment.
         for (name, path, addrs) in &workload_froms {
@@ -199,14 +272,28 @@ impl Store {
                     .network
                     .segments
                     .iter()
-                    .find(|s| s.subnet.is_some_and(|n| n.0.contains(&d.addr)) && addrs.iter().any(|(x, _)| x == s.name.as_str()))
+                    .find(|s| {
+                        s.subnet.is_some_and(|n| n.0.contains(&d.addr))
+                            && addrs.iter().any(|(x, _)| x == s.name.as_str())
+                    })
                     .map(|s| s.name.as_str().to_string())
                     .unwrap_or_else(|| default_seg.clone());
-                let from = End { label: format!("{name} (via {seg})"), ns_path: path.clone(), from_ids: ids(&[name, &seg]), reach: None };
+                let from = End {
+                    label: format!("{name} (via {seg})"),
+                    ns_path: path.clone(),
+                    from_ids: ids(&[name, &seg]),
+                    reach: None,
+                };
                 if d.label.starts_with(&format!("{name} ")) {
                     continue;
                 }
-                let (t, b) = common::check_matrix_with(&self.profile, &[from], std::slice::from_ref(d), flows, focus);
+                let (t, b) = common::check_matrix_with(
+                    &self.profile,
+                    &[from],
+                    std::slice::from_ref(d),
+                    flows,
+                    focus,
+                );
                 total += t;
                 bad.extend(b);
             }
