@@ -30,3 +30,4 @@ lint:
 ## make bench: benchmarks; each prints ratios against a baseline measured in the same run.
 bench: deps
 	$(CARGO) bench -p backroom-integration
+	$(CARGO) bench -p backroom-netd --bench apply

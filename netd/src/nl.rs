@@ -93,6 +93,28 @@ impl NlSocket {
         }
     }
 
+    /// Sends one request and returns the payload of its one answer (a GET by name or index).
+    pub fn request(&mut self, ty: u16, payload: &[u8]) -> io::Result<Vec<u8>> {
+        let seq = self.next_seq();
+        self.send(&message(ty, NLM_F_REQUEST, seq, payload))?;
+        loop {
+            for r in self.recv(false)? {
+                if r.seq != seq {
+                    continue;
+                }
+                if r.ty == NLMSG_ERROR {
+                    let code = error_code(&r.payload);
+                    return Err(io::Error::from_raw_os_error(if code == 0 {
+                        libc::EIO
+                    } else {
+                        -code
+                    }));
+                }
+                return Ok(r.payload);
+            }
+        }
+    }
+
     /// Sends a dump request and returns every message of the reply.
     pub fn dump(&mut self, ty: u16, payload: &[u8]) -> io::Result<Vec<Reply>> {
         let seq = self.next_seq();

@@ -114,13 +114,20 @@ impl Rtnl {
     }
 
     pub fn index(&mut self, name: &str) -> Result<u32> {
-        let st = self
-            .links()
-            .map_err(|e| Error::kernel(format!("cannot list links to find {name}"), e))?;
-        st.iter()
-            .find(|l| l.name == name)
-            .map(|l| l.index)
-            .ok_or_else(|| Error::NotFound(format!("link {name} does not exist")))
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.sock.request(RTM_GETLINK, &emit(&m)) {
+            Ok(payload) => LinkMessage::parse(&payload[..]).map(|l| l.header.index).map_err(|e| {
+                Error::kernel(
+                    format!("cannot read link {name}"),
+                    std::io::Error::other(e.to_string()),
+                )
+            }),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                Err(Error::NotFound(format!("link {name} does not exist")))
+            }
+            Err(e) => Err(Error::kernel(format!("cannot look up link {name}"), e)),
+        }
     }
 
     fn links(&mut self) -> std::io::Result<Vec<Link>> {

@@ -10,11 +10,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use backroom_profiles::{HostAddress, Profile, Rendered, Vlan, Workload, naming};
-use ipnet::IpNet;
+use backroom_profiles::{HostAddress, Profile, Rendered, Vlan, naming};
 
 use crate::dhcp::{self, Leases};
-use crate::endpoints::{self, Endpoint, Iface};
+use crate::endpoints::{self, Endpoint};
 use crate::error::{Error, Result};
 use crate::firewall::{self, Context};
 use crate::ipam::Ipam;
@@ -22,6 +21,10 @@ use crate::links::{self, DesiredBridge, DesiredLinks, DesiredVlan, ENDPOINT_ALIA
 use crate::nft::{self, Firewall, Ruleset};
 use crate::rtnl::{LinkState, Links, Rtnl};
 use crate::state::{self, Applied, AppliedFile, Pending, StateDir};
+
+mod attach;
+#[cfg(test)]
+mod tests;
 
 /// What an apply or reconcile did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,6 +63,7 @@ pub struct Engine {
     fw: Box<dyn Firewall + Send>,
     /// Whether endpoints and DHCP touch the real kernel (false in unit tests).
     real: bool,
+    parsed: Option<(String, Rendered)>,
 }
 
 pub fn now_unix() -> i64 {
@@ -113,6 +117,7 @@ impl Engine {
             links: Box::new(Rtnl::open()?),
             fw: Box::new(nft::NetlinkFirewall::open()?),
             real: true,
+            parsed: None,
         })
     }
 
@@ -122,7 +127,7 @@ impl Engine {
         links: Box<dyn Links + Send>,
         fw: Box<dyn Firewall + Send>,
     ) -> Engine {
-        Engine { state, links, fw, real: false }
+        Engine { state, links, fw, real: false, parsed: None }
     }
 
     pub fn netlink_writes(&self) -> usize {
@@ -133,13 +138,25 @@ impl Engine {
         self.state.load(state::APPLIED)
     }
 
-    fn applied_profile(&self) -> Result<(Applied, Rendered)> {
+    fn applied_profile(&mut self) -> Result<(Applied, Rendered)> {
         let a = self
             .applied()?
             .applied
             .ok_or_else(|| Error::Rejected("no profile has been applied".into()))?;
-        let r = parse_profile(&a.revision, &a.profile_yaml)?;
+        let r = self.parse_cached(&a)?;
         Ok((a, r))
+    }
+
+    /// The applied profile parsed once per revision (the daemon's drift checks reuse it).
+    fn parse_cached(&mut self, a: &Applied) -> Result<Rendered> {
+        if let Some((rev, r)) = &self.parsed {
+            if *rev == a.revision {
+                return Ok(r.clone());
+            }
+        }
+        let r = parse_profile(&a.revision, &a.profile_yaml)?;
+        self.parsed = Some((a.revision.clone(), r.clone()));
+        Ok(r)
     }
 
     fn endpoints(&self) -> Result<Vec<Endpoint>> {
@@ -323,8 +340,8 @@ impl Engine {
         };
         let pending = if confirm_seconds > 0 {
             // A pending apply replaced by another keeps the last confirmed state to go back to.
-            let previous = match before.pending {
-                Some(p) => p.previous,
+            let previous = match &before.pending {
+                Some(p) => p.previous.clone(),
                 None => before.applied.clone(),
             };
             out.confirm_deadline_unix = now_unix() + i64::from(confirm_seconds);
@@ -332,7 +349,10 @@ impl Engine {
         } else {
             None
         };
-        self.state.save(state::APPLIED, &AppliedFile { applied: Some(applied), pending })?;
+        let file = AppliedFile { applied: Some(applied), pending };
+        if file != before {
+            self.state.save(state::APPLIED, &file)?;
+        }
         Ok(out)
     }
 
@@ -381,7 +401,7 @@ impl Engine {
     /// What differs between the kernel and the applied profile right now.
     pub fn drift(&mut self) -> Result<Vec<String>> {
         let Some(a) = self.applied()?.applied else { return Ok(Vec::new()) };
-        let r = parse_profile(&a.revision, &a.profile_yaml)?;
+        let r = self.parse_cached(&a)?;
         let ipam: Ipam = self.state.load(state::IPAM)?;
         let have = self.links.observe()?;
         let (want, rs) = self.desired(&r.profile, a.uplink_override.as_deref(), &have, &ipam)?;
@@ -510,222 +530,6 @@ impl Engine {
         Ok(o)
     }
 
-    fn endpoint_for(&mut self, p: &Profile, w: &Workload, instance: &str) -> Result<Endpoint> {
-        let name = w.name().as_str();
-        let vm = matches!(w, Workload::Vm(_));
-        let mut ipam: Ipam = self.state.load(state::IPAM)?;
-        let leases: Leases = self.state.load(state::DHCP)?;
-        let host_addr = |seg: &str| {
-            endpoints::static_host_addr(p, seg)
-                .or_else(|| leases.get(seg).map(|l| l.address.addr()))
-        };
-        let gw = endpoints::default_gateway(p, w, &host_addr);
-        let mut ifaces = Vec::new();
-        for (i, n) in w.networks().iter().enumerate() {
-            let seg = n.segment.as_str();
-            let s = p.segment(seg).ok_or_else(|| {
-                Error::NotFound(format!("segment {seg} is not in the applied profile"))
-            })?;
-            let temporary = !instance.is_empty() && s.subnet.is_some();
-            let addr = if temporary {
-                Some(ipam.lend(p, name, instance, seg)?)
-            } else {
-                ipam.stable_address(p, name, seg)
-            };
-            let prefix = s.subnet.map(|n| n.0.prefix_len()).unwrap_or(32);
-            ifaces.push(Iface {
-                name: if vm { String::new() } else { naming::container_ifname(i) },
-                segment: seg.to_string(),
-                bridge: s.bridge(),
-                mac: naming::mac_string(endpoints::mac_for(name, instance, seg)),
-                address: addr.and_then(|a| IpNet::new(a, prefix).ok()),
-                gateway: gw.filter(|(gi, _)| *gi == i).map(|(_, g)| g),
-                temporary,
-                host_veth: (!vm).then(|| naming::host_veth(name, instance, i)),
-            });
-        }
-        self.state.save(state::IPAM, &ipam)?;
-        Ok(Endpoint {
-            workload: name.to_string(),
-            instance: instance.to_string(),
-            vm,
-            netns: (!vm).then(|| naming::netns(name, instance)),
-            interfaces: ifaces,
-        })
-    }
-
-    fn save_endpoints(&self, eps: &[Endpoint]) -> Result<()> {
-        self.state.save(state::ENDPOINTS, &eps.to_vec())
-    }
-
-    /// Updates only the firewall to the present profile and endpoints.
-    fn refresh_firewall(&mut self) -> Result<()> {
-        let (a, r) = self.applied_profile()?;
-        let ipam: Ipam = self.state.load(state::IPAM)?;
-        let have = self.links.observe()?;
-        let (_, rs) = self.desired(&r.profile, a.uplink_override.as_deref(), &have, &ipam)?;
-        if !nft::differences(&rs, &self.fw.read()?).is_empty() {
-            let seed = self.fw.counters().unwrap_or_default();
-            self.fw.replace(&rs, &seed)?;
-        }
-        Ok(())
-    }
-
-    /// Gives `workload` (its `instance`; "" = the primary) its endpoints. Idempotent: an intact
-    /// endpoint is returned as it is.
-    pub fn attach(&mut self, workload: &str, instance: &str) -> Result<Endpoint> {
-        let (_, r) = self.applied_profile()?;
-        let w = r
-            .profile
-            .workload(workload)
-            .ok_or_else(|| {
-                Error::NotFound(format!("workload {workload} is not in the applied profile"))
-            })?
-            .clone();
-        let mut eps = self.endpoints()?;
-        if let Some(ep) =
-            eps.iter().find(|e| e.workload == workload && e.instance == instance).cloned()
-        {
-            if ep.vm || !self.real || endpoints::container_intact(&mut Rtnl::open()?, &ep)? {
-                return Ok(ep);
-            }
-            self.detach(workload, instance)?;
-            eps = self.endpoints()?;
-        }
-        let ep = self.endpoint_for(&r.profile, &w, instance)?;
-        eps.push(ep.clone());
-        self.save_endpoints(&eps)?;
-        if ep.vm || !self.real {
-            self.refresh_firewall()?;
-            return Ok(ep);
-        }
-        // The firewall learns the new ports and addresses before the veths exist, so the
-        // container is never on a bridge unfiltered.
-        let made = self
-            .refresh_firewall()
-            .and_then(|()| endpoints::create_container(&mut Rtnl::open()?, &ep));
-        if let Err(e) = made {
-            let mut errs = vec![e];
-            errs.extend(endpoints::remove_container(&mut Rtnl::open()?, &ep));
-            eps.retain(|x| !(x.workload == workload && x.instance == instance));
-            if let Err(e) = self.save_endpoints(&eps) {
-                errs.push(e);
-            }
-            return Err(if errs.len() == 1 { errs.remove(0) } else { Error::Many(errs) });
-        }
-        Ok(ep)
-    }
-
-    /// Removes a workload instance's endpoints and gives back its temporary addresses.
-    pub fn detach(&mut self, workload: &str, instance: &str) -> Result<()> {
-        let mut eps = self.endpoints()?;
-        let Some(ep) =
-            eps.iter().find(|e| e.workload == workload && e.instance == instance).cloned()
-        else {
-            return Err(Error::NotFound(format!(
-                "workload {workload} (instance `{instance}`) has no endpoints"
-            )));
-        };
-        let mut errs = Vec::new();
-        if !ep.vm && self.real {
-            errs.extend(endpoints::remove_container(&mut Rtnl::open()?, &ep));
-        }
-        let mut ipam: Ipam = self.state.load(state::IPAM)?;
-        ipam.give_back(workload, instance);
-        self.state.save(state::IPAM, &ipam)?;
-        eps.retain(|x| !(x.workload == workload && x.instance == instance));
-        self.save_endpoints(&eps)?;
-        if self.applied()?.applied.is_some()
-            && let Err(e) = self.refresh_firewall()
-        {
-            errs.push(e);
-        }
-        match errs.len() {
-            0 => Ok(()),
-            1 => Err(errs.remove(0)),
-            _ => Err(Error::Many(errs)),
-        }
-    }
-
-    /// Makes `instance` the primary: the stable addresses and MACs move onto its interfaces,
-    /// the old primary's endpoints go, its namespace becomes /run/netns/bk-<workload> and its
-    /// host veths take the primary's names.
-    pub fn promote(&mut self, workload: &str, instance: &str) -> Result<Endpoint> {
-        if instance.is_empty() {
-            return Err(Error::Rejected(
-                "the primary instance is already primary: name the instance to promote".into(),
-            ));
-        }
-        let (_, r) = self.applied_profile()?;
-        let w = r
-            .profile
-            .workload(workload)
-            .ok_or_else(|| {
-                Error::NotFound(format!("workload {workload} is not in the applied profile"))
-            })?
-            .clone();
-        let mut eps = self.endpoints()?;
-        let next = eps
-            .iter()
-            .find(|e| e.workload == workload && e.instance == instance)
-            .cloned()
-            .ok_or_else(|| {
-            Error::NotFound(format!("workload {workload} has no instance `{instance}` attached"))
-        })?;
-        if next.vm {
-            return Err(Error::Rejected(format!(
-                "{workload} is a VM: VMs have no instances to promote"
-            )));
-        }
-        let mut errs = Vec::new();
-        if let Some(old) =
-            eps.iter().find(|e| e.workload == workload && e.instance.is_empty()).cloned()
-        {
-            if self.real {
-                errs.extend(endpoints::remove_container(&mut Rtnl::open()?, &old));
-            }
-            eps.retain(|e| !(e.workload == workload && e.instance.is_empty()));
-        }
-        let mut primary = self.endpoint_for(&r.profile, &w, "")?;
-        // The promoted instance keeps its interface names inside the namespace.
-        for (p, n) in primary.interfaces.iter_mut().zip(&next.interfaces) {
-            p.name = n.name.clone();
-        }
-        if self.real {
-            let ns = next.netns.clone().unwrap_or_default();
-            endpoints::swap_addresses(&ns, &next, &primary)?;
-            let mut host = Rtnl::open()?;
-            for (p, n) in primary.interfaces.iter().zip(&next.interfaces) {
-                if let (Some(old), Some(new)) = (&n.host_veth, &p.host_veth) {
-                    host.modify(old, None, None, Some(false))?;
-                    host.modify(old, Some(new), None, Some(true))?;
-                }
-            }
-            let target = primary.netns.clone().unwrap_or_default();
-            crate::netns::delete(&target)?;
-            crate::netns::link(&ns, &target)?;
-            crate::netns::delete(&ns)?;
-        }
-        let mut ipam: Ipam = self.state.load(state::IPAM)?;
-        ipam.give_back(workload, instance);
-        self.state.save(state::IPAM, &ipam)?;
-        eps.retain(|e| !(e.workload == workload && e.instance == instance));
-        eps.push(primary.clone());
-        self.save_endpoints(&eps)?;
-        if let Err(e) = self.refresh_firewall() {
-            errs.push(e);
-        }
-        match errs.len() {
-            0 => Ok(primary),
-            1 => Err(errs.remove(0)),
-            _ => Err(Error::Many(errs)),
-        }
-    }
-
-    pub fn endpoint(&self, workload: &str, instance: &str) -> Result<Option<Endpoint>> {
-        Ok(self.endpoints()?.into_iter().find(|e| e.workload == workload && e.instance == instance))
-    }
-
     /// Removes every object netd owns: endpoints, its tables, its links and routes. Every
     /// failure is collected; the applied profile is forgotten (IPAM leases are kept).
     pub fn teardown(&mut self) -> Result<Vec<String>> {
@@ -786,7 +590,7 @@ impl Engine {
     }
 
     /// Addresses by workload, for tools: (segment, address).
-    pub fn workload_addresses(&self) -> Result<BTreeMap<String, Vec<(String, IpAddr)>>> {
+    pub fn workload_addresses(&mut self) -> Result<BTreeMap<String, Vec<(String, IpAddr)>>> {
         let (_, r) = self.applied_profile()?;
         let ipam: Ipam = self.state.load(state::IPAM)?;
         let mut m = BTreeMap::new();
