@@ -91,6 +91,13 @@ fn kernel_lab_runs_the_vlan_and_bridge_conntrack_tests() {
 #[ignore = "runs inside the kernel lab; kernel_lab_runs_the_vlan_and_bridge_conntrack_tests starts it"]
 fn lab_inner() {
     let out = std::env::var("BACKROOM_LAB_OUT").expect("lab_inner runs inside the kernel lab only");
+    // The guest reads the host's files over 9p, slowly: run netd from memory.
+    must(&format!(
+        "mkdir -p /run/backroom-lab && cp {} /run/backroom-lab/netd",
+        env!("CARGO_BIN_EXE_netd")
+    ));
+    // SAFETY: set before any test thread starts; this test runs alone in the lab.
+    unsafe { std::env::set_var("BACKROOM_NETD_BIN", "/run/backroom-lab/netd") };
     must("modprobe 8021q");
     let _ = sh("modprobe nf_conntrack_bridge");
     for store in ["store-0042", "store-2001"] {
@@ -139,8 +146,10 @@ fn sample_store(name: &str) {
     let mut s =
         Store::from_file(file, dir, &Upstream { router_addr: "10.99.0.1/24".into(), dhcp: true });
     let _dhcp = dnsmasq(&s);
+    let t = Instant::now();
     let out = s.apply();
     assert!(out.contains("got DHCP lease 10.99.0."), "{out}");
+    eprintln!("LAB: {name}: applied with a DHCP lease in {:?}", t.elapsed());
     let profile = s.profile.clone();
 
     // 802.1q: each VLAN segment's sub-interface of the uplink is a port of its bridge.
@@ -164,14 +173,17 @@ fn sample_store(name: &str) {
     for seg in profile.network.segments.clone() {
         let (Some(Vlan::Id(id)), Some(net)) = (seg.vlan, seg.subnet) else { continue };
         let id = id.get();
-        s.router.ip(&format!("link add link rt0 name rt0.{id} type vlan id {id}"));
-        s.router.ip(&format!("link add sw{id} type bridge"));
-        s.router.ip(&format!("link set rt0.{id} master sw{id} up"));
-        s.router.ip(&format!("link set sw{id} up"));
+        let mut cmds = vec![
+            format!("link add link rt0 name rt0.{id} type vlan id {id}"),
+            format!("link add sw{id} type bridge"),
+            format!("link set rt0.{id} master sw{id} up"),
+            format!("link set sw{id} up"),
+        ];
         let gw_on_router = seg.gateway.map(|g| g.to_string());
         if let Some(g) = &gw_on_router {
-            s.router.ip(&format!("addr add {g}/{} dev sw{id}", net.0.prefix_len()));
+            cmds.push(format!("addr add {g}/{} dev sw{id}", net.0.prefix_len()));
         }
+        s.router.ip_batch(&cmds);
         let c = Ns::new("v");
         must(&format!(
             "ip link add ac{id} netns {} type veth peer name eth0 netns {}",
@@ -179,8 +191,10 @@ fn sample_store(name: &str) {
         ));
         s.router.ip(&format!("link set ac{id} master sw{id} up"));
         let addr = offset(net.0, 60);
-        c.ip(&format!("addr add {addr}/{} dev eth0", net.0.prefix_len()));
-        c.ip("link set eth0 up");
+        c.ip_batch(&[
+            format!("addr add {addr}/{} dev eth0", net.0.prefix_len()),
+            "link set eth0 up".into(),
+        ]);
         // A device that uses the store as its gateway can reach beyond its segment.
         let (gw, reach) = match (&gw_on_router, seg.address) {
             (Some(g), _) => (Some(g.clone()), Some(net.0)),
@@ -202,7 +216,9 @@ fn sample_store(name: &str) {
         s.extra.push((end, Some(dest), c));
     }
 
+    let t = Instant::now();
     s.attach_all();
+    eprintln!("LAB: {name}: containers attached in {:?}", t.elapsed());
     // VMs: netd gives the bridge, MAC and address; a stand-in namespace plays the VM's tap.
     for vm in profile.vms() {
         let n = vm.name.as_str();
@@ -245,6 +261,7 @@ fn sample_store(name: &str) {
         .find(|s| s.vlan == Some(Vlan::Untagged))
         .map(|s| s.name.as_str().to_string());
     let mgmt_net: ipnet::IpNet = "10.99.0.0/24".parse().unwrap();
+    let t = Instant::now();
     let (total, bad) = s.matrix_with(&flows, mgmt.as_deref().map(|m| (m, Some(mgmt_net))), true);
     assert!(
         bad.is_empty(),
@@ -252,7 +269,7 @@ fn sample_store(name: &str) {
         bad.len(),
         bad.join("\n")
     );
-    eprintln!("LAB: {name}: {total} flows as the profile says");
+    eprintln!("LAB: {name}: {total} flows as the profile says, checked in {:?}", t.elapsed());
     s.netd.ok(&["teardown"]);
     assert!(!s.store.ip("-d link show").contains("backroom-netd"));
 }

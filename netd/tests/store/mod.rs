@@ -260,8 +260,7 @@ impl Store {
             }
             workload_froms.push((name.to_string(), path, addrs));
         }
-        let (mut total, mut bad) =
-            common::check_matrix_with(&self.profile, &froms, &dests, flows, focus);
+        let mut all_jobs = common::jobs(&self.profile, &froms, &dests, flows, focus);
         // A workload's traffic leaves by the interface on the destination's subnet, else by its
         // default route (its first segment with a host address): that decides its segment.
         for (name, path, addrs) in &workload_froms {
@@ -287,18 +286,17 @@ impl Store {
                 if d.label.starts_with(&format!("{name} ")) {
                     continue;
                 }
-                let (t, b) = common::check_matrix_with(
+                all_jobs.extend(common::jobs(
                     &self.profile,
                     &[from],
                     std::slice::from_ref(d),
                     flows,
                     focus,
-                );
-                total += t;
-                bad.extend(b);
+                ));
             }
         }
+        let result = common::run_jobs(&self.profile, all_jobs);
         drop(servers);
-        (total, bad)
+        result
     }
 }
