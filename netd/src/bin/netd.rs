@@ -55,7 +55,9 @@ enum Command {
     },
     /// Print what `apply` would do, without doing it.
     Plan {
+        /// The store profile (its layers are read from beside it).
         file: PathBuf,
+        /// Use this interface as the uplink instead of the profile's.
         #[arg(long)]
         uplink: Option<String>,
         /// Print the whole nftables ruleset (nft syntax) instead of the plan.
@@ -69,27 +71,38 @@ enum Command {
     /// Make a workload's endpoints as nodeagent or vmd would (applying FILE first when it is
     /// not the applied profile) and print the namespace and addresses.
     Attach {
+        /// The store profile the workload is in.
         file: PathBuf,
+        /// The workload's name in the profile.
         workload: String,
         /// A non-primary instance, e.g. `next` during an update (gets temporary addresses).
         #[arg(long, default_value = "")]
         instance: String,
+        /// Use this interface as the uplink instead of the profile's (when FILE gets applied).
         #[arg(long)]
         uplink: Option<String>,
     },
     /// Remove a workload's endpoints.
     Detach {
+        /// The workload's name.
         workload: String,
+        /// The instance to remove; by default the primary.
         #[arg(long, default_value = "")]
         instance: String,
     },
     /// Make an instance the workload's primary: the stable addresses move onto it.
-    Promote { workload: String, instance: String },
+    Promote {
+        /// The workload's name.
+        workload: String,
+        /// The instance that becomes the primary, e.g. `next`.
+        instance: String,
+    },
     /// Confirm the pending apply of the running daemon (before its deadline passes).
     Confirm {
         /// The revision to confirm; by default whatever is pending.
         #[arg(default_value = "")]
         revision: String,
+        /// The daemon's API socket.
         #[arg(long, default_value = "/run/backroom/netd.sock")]
         socket: PathBuf,
     },

@@ -149,10 +149,10 @@ impl Engine {
 
     /// The applied profile parsed once per revision (the daemon's drift checks reuse it).
     fn parse_cached(&mut self, a: &Applied) -> Result<Rendered> {
-        if let Some((rev, r)) = &self.parsed {
-            if *rev == a.revision {
-                return Ok(r.clone());
-            }
+        if let Some((rev, r)) = &self.parsed
+            && *rev == a.revision
+        {
+            return Ok(r.clone());
         }
         let r = parse_profile(&a.revision, &a.profile_yaml)?;
         self.parsed = Some((a.revision.clone(), r.clone()));
