@@ -185,7 +185,7 @@ pub fn attach_reply(ep: &Endpoint) -> pb::AttachReply {
     }
 }
 
-fn observe_reply(o: Observation) -> pb::ObserveReply {
+pub fn observe_reply(o: Observation) -> pb::ObserveReply {
     pb::ObserveReply {
         applied_revision: o.applied_revision,
         pending_revision: o.pending_revision,

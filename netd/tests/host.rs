@@ -374,6 +374,9 @@ fn a_daemon_rolls_back_an_unconfirmed_apply_and_repairs_drift() {
         assert_eq!(o.applied_revision, first.applied_revision);
         assert!(o.pending_revision.is_empty());
         assert!(!s.store.ip("-br link").contains("br-spare"), "the unconfirmed segment is gone");
+        // `netd show` asks the running daemon, which holds the state directory.
+        let show = s.netd.ok(&["show", "--socket", sock.to_str().unwrap()]);
+        assert!(show.contains(&format!("applied revision {}", first.applied_revision)), "{show}");
 
         // Confirmed applies stay.
         let rep = c

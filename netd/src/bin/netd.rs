@@ -64,8 +64,13 @@ enum Command {
         #[arg(long)]
         nft: bool,
     },
-    /// Show what is applied: segments, counters per allow rule, drift and endpoints.
-    Show,
+    /// Show what is applied: segments, counters per allow rule, drift and endpoints (asking
+    /// the daemon when it is running).
+    Show {
+        /// The daemon's API socket, used when the daemon holds the state directory.
+        #[arg(long, default_value = "/run/backroom/netd.sock")]
+        socket: PathBuf,
+    },
     /// Remove everything netd made: endpoints, bridges, VLAN sub-interfaces, routes, its tables.
     Teardown,
     /// Make a workload's endpoints as nodeagent or vmd would (applying FILE first when it is
@@ -123,17 +128,58 @@ fn kernel<T>(r: backroom_netd::Result<T>) -> Result<T> {
     r.map_err(|e| anyhow::anyhow!(full(&e)))
 }
 
-fn print_endpoint(ep: &backroom_netd::endpoints::Endpoint) {
-    if let Some(ns) = &ep.netns {
-        println!("netns {}", netns::path(ns).display());
+fn print_endpoint(ep: &backroom_api::netd::AttachReply) {
+    print_interfaces(&ep.netns_path, &ep.interfaces);
+}
+
+fn print_interfaces(netns_path: &str, interfaces: &[backroom_api::netd::Interface]) {
+    if !netns_path.is_empty() {
+        println!("netns {netns_path}");
     }
-    for i in &ep.interfaces {
-        let addr = i.address.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-        let gw = i.gateway.map(|g| format!(" default via {g}")).unwrap_or_default();
+    for i in interfaces {
+        let addr = if i.address.is_empty() { "-" } else { &i.address };
+        let gw = if i.gateway.is_empty() {
+            String::new()
+        } else {
+            format!(" default via {}", i.gateway)
+        };
         let tmp = if i.temporary { " (temporary)" } else { "" };
         let name = if i.name.is_empty() { "nic" } else { &i.name };
-        let hv = i.host_veth.as_deref().map(|h| format!(" host {h}")).unwrap_or_default();
+        let hv =
+            if i.host_veth.is_empty() { String::new() } else { format!(" host {}", i.host_veth) };
         println!("{name} {} {} mac {} {addr}{tmp}{gw}{hv}", i.segment, i.bridge, i.mac);
+    }
+}
+
+fn print_observation(o: &backroom_api::netd::ObserveReply) {
+    if o.applied_revision.is_empty() {
+        println!("no profile applied");
+    } else {
+        println!("applied revision {}", o.applied_revision);
+    }
+    if !o.pending_revision.is_empty() {
+        println!("waiting for confirmation until {} (unix time)", o.confirm_deadline_unix);
+    }
+    for s in &o.segments {
+        let state = if s.present { "present" } else { "MISSING" };
+        println!(
+            "segment {} {} {state} addresses [{}] ports [{}]",
+            s.name,
+            s.bridge,
+            s.addresses.join(", "),
+            s.ports.join(", ")
+        );
+    }
+    for r in &o.rules {
+        println!("rule {}: {} packets, {} bytes", r.rule, r.packets, r.bytes);
+    }
+    for d in &o.drift {
+        println!("drift: {d}");
+    }
+    for ep in &o.endpoints {
+        let inst = if ep.instance.is_empty() { "primary" } else { &ep.instance };
+        println!("endpoint {} ({inst})", ep.workload);
+        print_interfaces(&ep.netns_path, &ep.interfaces);
     }
 }
 
@@ -206,38 +252,24 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Show => {
-            let mut e = engine(&cli.state_dir)?;
-            let o = kernel(e.observe())?;
-            if o.applied_revision.is_empty() {
-                println!("no profile applied");
-            } else {
-                println!("applied revision {}", o.applied_revision);
-            }
-            if !o.pending_revision.is_empty() {
-                println!("waiting for confirmation until {} (unix time)", o.confirm_deadline_unix);
-            }
-            for s in &o.segments {
-                let state = if s.present { "present" } else { "MISSING" };
-                println!(
-                    "segment {} {} {state} addresses [{}] ports [{}]",
-                    s.name,
-                    s.bridge,
-                    s.addresses.join(", "),
-                    s.ports.join(", ")
-                );
-            }
-            for (rule, p, b) in &o.counters {
-                println!("rule {rule}: {p} packets, {b} bytes");
-            }
-            for d in &o.drift {
-                println!("drift: {d}");
-            }
-            for ep in &o.endpoints {
-                let inst = if ep.instance.is_empty() { "primary" } else { &ep.instance };
-                println!("endpoint {} ({inst})", ep.workload);
-                print_endpoint(ep);
-            }
+        Command::Show { socket } => {
+            let reply = match Engine::open(&cli.state_dir) {
+                Ok(mut e) => server::observe_reply(kernel(e.observe())?),
+                // The daemon holds the state: ask it.
+                Err(backroom_netd::Error::Rejected(_)) if socket.exists() => {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    rt.block_on(async {
+                        let mut c =
+                            server::client(socket).await.map_err(|e| anyhow::anyhow!(full(&e)))?;
+                        c.observe(backroom_api::netd::ObserveRequest {})
+                            .await
+                            .map(|r| r.into_inner())
+                            .map_err(|s| anyhow::anyhow!("netd refused: {}", s.message()))
+                    })?
+                }
+                Err(e) => bail!(full(&e)),
+            };
+            print_observation(&reply);
             Ok(())
         }
         Command::Teardown => {
@@ -255,7 +287,7 @@ fn main() -> Result<()> {
                 kernel(e.apply(&r, uplink.as_deref(), 0))?;
             }
             let ep = kernel(e.attach(&workload, &instance))?;
-            print_endpoint(&ep);
+            print_endpoint(&server::attach_reply(&ep));
             Ok(())
         }
         Command::Detach { workload, instance } => {
@@ -267,7 +299,7 @@ fn main() -> Result<()> {
         Command::Promote { workload, instance } => {
             let mut e = engine(&cli.state_dir)?;
             let ep = kernel(e.promote(&workload, &instance))?;
-            print_endpoint(&ep);
+            print_endpoint(&server::attach_reply(&ep));
             Ok(())
         }
         Command::Confirm { revision, socket } => {

@@ -576,6 +576,16 @@ impl Engine {
             }
             Err(e) => errs.push(e),
         }
+        // Temporary addresses belong to endpoints, which are gone; stable ones are kept.
+        match self.state.load::<Ipam>(state::IPAM) {
+            Ok(mut ipam) => {
+                ipam.temporary.clear();
+                if let Err(e) = self.state.save(state::IPAM, &ipam) {
+                    errs.push(e);
+                }
+            }
+            Err(e) => errs.push(e),
+        }
         for (name, v) in
             [(state::ENDPOINTS, serde_json::json!([])), (state::DHCP, serde_json::json!({}))]
         {
