@@ -107,6 +107,8 @@ pub struct DesiredLinks {
     pub vlans: Vec<DesiredVlan>,
     /// (port, bridge): the uplink, VLAN sub-interfaces and endpoint veths.
     pub ports: Vec<(String, String)>,
+    /// Uplinks of earlier applies, released from netd's bridges when no longer the uplink.
+    pub former_uplinks: Vec<String>,
 }
 
 /// One planned step and the steps that undo it.
@@ -275,12 +277,13 @@ pub fn plan(want: &DesiredLinks, have: &LinkState) -> Result<Vec<Step>> {
         }
     }
     steps.extend(removals);
-    // The uplink released when no segment takes it untagged any more.
+    // The uplink released when no segment takes it untagged any more, and a former uplink.
     for l in &have.links {
         let Some(m) = l.master.and_then(|m| have.by_index(m)) else { continue };
         let ours_bridge = is_ours(&m.alias) && m.kind.as_deref() == Some("bridge");
         let wanted = want.ports.iter().any(|(p, b)| p == &l.name && b == &m.name);
-        let is_uplink = want.uplink.as_deref() == Some(l.name.as_str());
+        let is_uplink = want.uplink.as_deref() == Some(l.name.as_str())
+            || want.former_uplinks.contains(&l.name);
         if ours_bridge && !wanted && is_uplink {
             push(
                 &mut steps,
@@ -375,6 +378,7 @@ mod tests {
             }],
             vlans: vec![DesiredVlan { name: "up0.10".into(), parent: "up0".into(), id: 10 }],
             ports: vec![("up0.10".into(), "br-pos".into())],
+            former_uplinks: vec![],
         }
     }
 

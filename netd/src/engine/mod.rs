@@ -175,6 +175,18 @@ impl Engine {
         let eps = self.endpoints()?;
         let uplink = resolve_uplink(p, uplink_over, have);
         let mut want = DesiredLinks { uplink: uplink.clone(), ..DesiredLinks::default() };
+        if let Some(a) = self.applied()?.applied {
+            let former = match a.uplink_override.clone() {
+                Some(u) => Some(u),
+                None => self
+                    .parse_cached(&a)
+                    .ok()
+                    .and_then(|r| r.profile.network.uplink.map(|u| u.interface)),
+            };
+            if let Some(f) = former.filter(|f| f != "auto" && Some(f) != uplink.as_ref()) {
+                want.former_uplinks.push(f);
+            }
+        }
         let mut ctx = Context { uplink: uplink.clone(), ..Context::default() };
         for (i, seg) in p.network.segments.iter().enumerate() {
             let br = seg.bridge();
@@ -216,9 +228,20 @@ impl Engine {
                 }
             }
             // Ports netd did not make (VM taps): filtered like the rest of the segment.
+            // netd's own links are accounted for above and below; a former uplink is released.
             if let Some(b) = have.link(&br) {
                 ports.extend(
-                    have.links.iter().filter(|l| l.master == Some(b.index)).map(|l| l.name.clone()),
+                    have.links
+                        .iter()
+                        .filter(|l| l.master == Some(b.index))
+                        .filter(|l| {
+                            !l.alias.as_deref().is_some_and(|a| a.starts_with(links::ALIAS))
+                        })
+                        .filter(|l| {
+                            !want.former_uplinks.contains(&l.name)
+                                && Some(&l.name) != uplink.as_ref()
+                        })
+                        .map(|l| l.name.clone()),
                 );
             }
             ctx.ports.insert(seg.name.as_str().to_string(), ports);

@@ -115,3 +115,26 @@ fn attach_gives_stable_addresses_and_the_default_route_through_the_host() {
     assert!(e.detach("orders", "").is_err());
     assert!(e.attach("nope", "").is_err());
 }
+
+#[test]
+fn a_new_uplink_takes_the_old_ones_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = Engine::with(
+        StateDir::open(dir.path()).unwrap(),
+        Box::new(MemLinks::default().with_link("up0").with_link("up1")),
+        Box::new(MemFirewall::default()),
+    );
+    let r = profile(PROFILE);
+    e.apply(&r, None, 0).unwrap();
+    let out = e.apply(&r, Some("up1"), 0).unwrap();
+    assert!(out.actions.iter().any(|a| a == "enslave up1 to br-mgmt"), "{:?}", out.actions);
+    assert!(out.actions.iter().any(|a| a == "release up0 from its bridge"), "{:?}", out.actions);
+    assert!(
+        out.actions.iter().any(|a| a == "create VLAN 10 sub-interface up1.10 of up1"),
+        "{:?}",
+        out.actions
+    );
+    assert!(out.actions.iter().any(|a| a == "delete link up0.10"), "{:?}", out.actions);
+    let third = e.apply(&r, Some("up1"), 0).unwrap();
+    assert!(!third.changed, "{:?}", third.actions);
+}
