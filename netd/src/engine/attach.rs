@@ -119,15 +119,15 @@ impl Engine {
         Ok(ep)
     }
 
-    /// Removes a workload instance's endpoints and gives back its temporary addresses.
+    /// Removes a workload instance's endpoints and gives back its temporary addresses; nothing
+    /// to do (and no error) when it has none.
     pub fn detach(&mut self, workload: &str, instance: &str) -> Result<()> {
         let mut eps = self.endpoints()?;
         let Some(ep) =
             eps.iter().find(|e| e.workload == workload && e.instance == instance).cloned()
         else {
-            return Err(Error::NotFound(format!(
-                "workload {workload} (instance `{instance}`) has no endpoints"
-            )));
+            // Nothing to remove: detaching is "make sure it is gone", so callers may repeat it.
+            return Ok(());
         };
         let mut errs = Vec::new();
         if !ep.vm && self.real {
