@@ -33,3 +33,4 @@ bench: deps services
 	$(CARGO) bench -p backroom-integration
 	$(CARGO) bench -p backroom-nodeagent
 	$(CARGO) bench -p backroom-vmd
+	$(CARGO) bench -p backroom-netd --bench apply

@@ -1,6 +1,29 @@
 //! netd: the store's networks from the profile.
 //!
-//! It will own the host's networking on a store server: the uplink's VLAN sub-interfaces, the
-//! segment bridges, host addresses, workload endpoints and IPAM, and the `inet`/`bridge`
-//! `backroom` nftables tables, with commit-confirm rollback. Not built yet (issue 3): this crate
-//! holds no code that pretends to work.
+//! netd owns the host's networking on a store server: the uplink's VLAN sub-interfaces, the
+//! segment bridges `br-<segment>`, the host's addresses and default routes on them, workload
+//! endpoints (container namespaces and veths; bridge, MAC and address for VM NICs) with their
+//! IPAM, and the nftables tables `inet backroom` and `bridge backroom`, with commit-confirm
+//! rollback and drift repair.
+//!
+//! It touches only what it made: links carry the alias `backroom-netd`, routes the protocol
+//! number [`links::RTPROT_NETD`], namespaces are recorded in its state directory, and the two
+//! tables are its own. It does not run containers or VMs (nodeagent and vmd do), and it does not
+//! filter traffic the host itself sends.
+
+pub mod dhcp;
+pub mod endpoints;
+pub mod engine;
+pub mod error;
+pub mod firewall;
+pub mod ipam;
+pub mod links;
+pub mod netns;
+pub mod nft;
+pub mod nl;
+pub mod rtnl;
+pub mod server;
+pub mod state;
+
+pub use engine::{Engine, Outcome};
+pub use error::{Error, Result};

@@ -1,6 +1,320 @@
-//! Placeholder: `netd` is not built yet (the network daemon).
+//! netd: the store's networks from the profile.
+//!
+//! `netd serve` is the daemon nodeagent and vmd talk to. The other commands act directly on the
+//! kernel, for operators and tests; they refuse to run while `netd serve` holds the same state
+//! directory (talk to the daemon instead).
 
-fn main() {
-    eprintln!("netd: not built yet: the network daemon lands with issue 3");
-    std::process::exit(2);
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use backroom_netd::engine::Engine;
+use backroom_netd::error::full;
+use backroom_netd::{netns, server};
+use clap::{Parser, Subcommand};
+
+/// The store's network daemon: VLANs, bridges, host addresses, workload endpoints and the
+/// nftables firewall, all from the `network` part of the store profile.
+#[derive(Parser)]
+#[command(name = "netd", version)]
+struct Cli {
+    /// Do all the work inside this named network namespace (/run/netns/NAME) instead of the
+    /// host's: how tests and `make run` leave the machine's own networking alone.
+    #[arg(long, global = true, value_name = "NAME")]
+    netns: Option<String>,
+    /// Where netd keeps what it applied, its address leases and endpoints.
+    #[arg(long, global = true, value_name = "DIR", default_value = "/var/lib/backroom/netd")]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: the local API on a unix socket, drift repair, DHCP renewal and the
+    /// commit-confirm deadline.
+    Serve {
+        /// The API socket (created with mode 0600).
+        #[arg(long, default_value = "/run/backroom/netd.sock")]
+        socket: PathBuf,
+        /// Seconds between drift checks (link changes trigger one at once too).
+        #[arg(long, default_value_t = 30)]
+        check_interval: u64,
+    },
+    /// Apply a store profile: print the plan, carry it out, exit non-zero with a clear message
+    /// when it cannot (the previous state is left in force).
+    Apply {
+        /// The store profile (its layers are read from beside it).
+        file: PathBuf,
+        /// Use this interface as the uplink instead of the profile's.
+        #[arg(long)]
+        uplink: Option<String>,
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print what `apply` would do, without doing it.
+    Plan {
+        /// The store profile (its layers are read from beside it).
+        file: PathBuf,
+        /// Use this interface as the uplink instead of the profile's.
+        #[arg(long)]
+        uplink: Option<String>,
+        /// Print the whole nftables ruleset (nft syntax) instead of the plan.
+        #[arg(long)]
+        nft: bool,
+    },
+    /// Show what is applied: segments, counters per allow rule, drift and endpoints (asking
+    /// the daemon when it is running).
+    Show {
+        /// The daemon's API socket, used when the daemon holds the state directory.
+        #[arg(long, default_value = "/run/backroom/netd.sock")]
+        socket: PathBuf,
+    },
+    /// Remove everything netd made: endpoints, bridges, VLAN sub-interfaces, routes, its tables.
+    Teardown,
+    /// Make a workload's endpoints as nodeagent or vmd would (applying FILE first when it is
+    /// not the applied profile) and print the namespace and addresses.
+    Attach {
+        /// The store profile the workload is in.
+        file: PathBuf,
+        /// The workload's name in the profile.
+        workload: String,
+        /// A non-primary instance, e.g. `next` during an update (gets temporary addresses).
+        #[arg(long, default_value = "")]
+        instance: String,
+        /// Use this interface as the uplink instead of the profile's (when FILE gets applied).
+        #[arg(long)]
+        uplink: Option<String>,
+    },
+    /// Remove a workload's endpoints.
+    Detach {
+        /// The workload's name.
+        workload: String,
+        /// The instance to remove; by default the primary.
+        #[arg(long, default_value = "")]
+        instance: String,
+    },
+    /// Make an instance the workload's primary: the stable addresses move onto it.
+    Promote {
+        /// The workload's name.
+        workload: String,
+        /// The instance that becomes the primary, e.g. `next`.
+        instance: String,
+    },
+    /// Confirm the pending apply of the running daemon (before its deadline passes).
+    Confirm {
+        /// The revision to confirm; by default whatever is pending.
+        #[arg(default_value = "")]
+        revision: String,
+        /// The daemon's API socket.
+        #[arg(long, default_value = "/run/backroom/netd.sock")]
+        socket: PathBuf,
+    },
+}
+
+fn render(file: &Path) -> Result<backroom_profiles::Rendered> {
+    backroom_profiles::render_file(file).map_err(|e| {
+        let lines: Vec<String> = e.diagnostics.iter().map(|d| d.to_string()).collect();
+        anyhow::anyhow!("{} is not a usable store profile:\n{}", file.display(), lines.join("\n"))
+    })
+}
+
+fn engine(dir: &Path) -> Result<Engine> {
+    Engine::open(dir).map_err(|e| anyhow::anyhow!(full(&e)))
+}
+
+fn kernel<T>(r: backroom_netd::Result<T>) -> Result<T> {
+    r.map_err(|e| anyhow::anyhow!(full(&e)))
+}
+
+fn print_endpoint(ep: &backroom_api::netd::AttachReply) {
+    print_interfaces(&ep.netns_path, &ep.interfaces);
+}
+
+fn print_interfaces(netns_path: &str, interfaces: &[backroom_api::netd::Interface]) {
+    if !netns_path.is_empty() {
+        println!("netns {netns_path}");
+    }
+    for i in interfaces {
+        let addr = if i.address.is_empty() { "-" } else { &i.address };
+        let gw = if i.gateway.is_empty() {
+            String::new()
+        } else {
+            format!(" default via {}", i.gateway)
+        };
+        let tmp = if i.temporary { " (temporary)" } else { "" };
+        let name = if i.name.is_empty() { "nic" } else { &i.name };
+        let hv =
+            if i.host_veth.is_empty() { String::new() } else { format!(" host {}", i.host_veth) };
+        println!("{name} {} {} mac {} {addr}{tmp}{gw}{hv}", i.segment, i.bridge, i.mac);
+    }
+}
+
+fn print_observation(o: &backroom_api::netd::ObserveReply) {
+    if o.applied_revision.is_empty() {
+        println!("no profile applied");
+    } else {
+        println!("applied revision {}", o.applied_revision);
+    }
+    if !o.pending_revision.is_empty() {
+        println!("waiting for confirmation until {} (unix time)", o.confirm_deadline_unix);
+    }
+    for s in &o.segments {
+        let state = if s.present { "present" } else { "MISSING" };
+        println!(
+            "segment {} {} {state} addresses [{}] ports [{}]",
+            s.name,
+            s.bridge,
+            s.addresses.join(", "),
+            s.ports.join(", ")
+        );
+    }
+    for r in &o.rules {
+        println!("rule {}: {} packets, {} bytes", r.rule, r.packets, r.bytes);
+    }
+    for d in &o.drift {
+        println!("drift: {d}");
+    }
+    for ep in &o.endpoints {
+        let inst = if ep.instance.is_empty() { "primary" } else { &ep.instance };
+        println!("endpoint {} ({inst})", ep.workload);
+        print_interfaces(&ep.netns_path, &ep.interfaces);
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    // Before any thread exists, so that every thread netd starts lives in that namespace.
+    if let Some(ns) = &cli.netns {
+        kernel(netns::enter(ns)).with_context(|| format!("--netns {ns}"))?;
+    }
+    match cli.command {
+        Command::Serve { socket, check_interval } => {
+            let engine = engine(&cli.state_dir)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(4)
+                .build()?;
+            let daemon = server::Daemon::new(engine);
+            rt.block_on(server::serve(daemon, socket, Duration::from_secs(check_interval.max(1))))
+                .map_err(|e| anyhow::anyhow!(full(&e)))
+        }
+        Command::Apply { file, uplink, dry_run } => {
+            let r = render(&file)?;
+            let mut e = engine(&cli.state_dir)?;
+            if dry_run {
+                for a in kernel(e.plan(&r, uplink.as_deref()))? {
+                    println!("{a}");
+                }
+                return Ok(());
+            }
+            let out = kernel(e.apply(&r, uplink.as_deref(), 0)).with_context(|| {
+                format!(
+                    "cannot apply {} (revision {}); the previous state is still in force",
+                    file.display(),
+                    &r.revision.as_str()[..12]
+                )
+            })?;
+            for a in &out.actions {
+                println!("{a}");
+            }
+            if !out.changed {
+                println!(
+                    "nothing to do: the kernel already matches revision {}",
+                    &r.revision.as_str()[..12]
+                );
+            } else {
+                println!("applied revision {}", &r.revision.as_str()[..12]);
+            }
+            Ok(())
+        }
+        Command::Plan { file, uplink, nft } => {
+            let r = render(&file)?;
+            let mut e = engine(&cli.state_dir)?;
+            if nft {
+                print!("{}", kernel(e.ruleset(&r, uplink.as_deref()))?);
+            } else {
+                let plan = kernel(e.plan(&r, uplink.as_deref()))?;
+                if plan.is_empty() {
+                    println!("nothing to do");
+                }
+                for a in plan {
+                    println!("{a}");
+                }
+            }
+            Ok(())
+        }
+        Command::Show { socket } => {
+            let reply = match Engine::open(&cli.state_dir) {
+                Ok(mut e) => server::observe_reply(kernel(e.observe())?),
+                // The daemon holds the state: ask it.
+                Err(backroom_netd::Error::Rejected(_)) if socket.exists() => {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    rt.block_on(async {
+                        let mut c =
+                            server::client(socket).await.map_err(|e| anyhow::anyhow!(full(&e)))?;
+                        c.observe(backroom_api::netd::ObserveRequest {})
+                            .await
+                            .map(|r| r.into_inner())
+                            .map_err(|s| anyhow::anyhow!("netd refused: {}", s.message()))
+                    })?
+                }
+                Err(e) => bail!(full(&e)),
+            };
+            print_observation(&reply);
+            Ok(())
+        }
+        Command::Teardown => {
+            let mut e = engine(&cli.state_dir)?;
+            for r in kernel(e.teardown())? {
+                println!("removed {r}");
+            }
+            Ok(())
+        }
+        Command::Attach { file, workload, instance, uplink } => {
+            let r = render(&file)?;
+            let mut e = engine(&cli.state_dir)?;
+            let applied = kernel(e.applied())?.applied;
+            if applied.as_ref().map(|a| a.revision.as_str()) != Some(r.revision.as_str()) {
+                kernel(e.apply(&r, uplink.as_deref(), 0))?;
+            }
+            let ep = kernel(e.attach(&workload, &instance))?;
+            print_endpoint(&server::attach_reply(&ep));
+            Ok(())
+        }
+        Command::Detach { workload, instance } => {
+            let mut e = engine(&cli.state_dir)?;
+            kernel(e.detach(&workload, &instance))?;
+            println!("detached {workload}");
+            Ok(())
+        }
+        Command::Promote { workload, instance } => {
+            let mut e = engine(&cli.state_dir)?;
+            let ep = kernel(e.promote(&workload, &instance))?;
+            print_endpoint(&server::attach_reply(&ep));
+            Ok(())
+        }
+        Command::Confirm { revision, socket } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let mut c = server::client(socket).await.map_err(|e| anyhow::anyhow!(full(&e)))?;
+                let r = c.confirm(backroom_api::netd::ConfirmRequest { revision }).await;
+                match r {
+                    Ok(r) => {
+                        println!("confirmed revision {}", r.into_inner().revision);
+                        Ok(())
+                    }
+                    Err(s) => bail!("netd refused: {}", s.message()),
+                }
+            })
+        }
+    }
 }

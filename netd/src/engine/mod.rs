@@ -1,0 +1,644 @@
+//! The core every front end calls (CLI one-shots and the daemon): apply a profile, plan,
+//! observe, confirm or roll back, attach/detach/promote endpoints, tear down. Blocking: the
+//! daemon runs it on a blocking thread.
+//!
+//! An apply computes the desired links and ruleset as data, compares them with what the kernel
+//! has, and writes only the differences: links in a planned order (undone if a later step or the
+//! nftables batch fails), then both tables replaced in one nftables transaction.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use backroom_profiles::{HostAddress, Profile, Rendered, Vlan, naming};
+
+use crate::dhcp::{self, Leases};
+use crate::endpoints::{self, Endpoint};
+use crate::error::{Error, Result};
+use crate::firewall::{self, Context};
+use crate::ipam::Ipam;
+use crate::links::{self, DesiredBridge, DesiredLinks, DesiredVlan, ENDPOINT_ALIAS};
+use crate::nft::{self, Firewall, Ruleset};
+use crate::rtnl::{LinkState, Links, Rtnl};
+use crate::state::{self, Applied, AppliedFile, Pending, StateDir};
+
+mod attach;
+#[cfg(test)]
+mod tests;
+
+/// What an apply or reconcile did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// False when the kernel already matched: nothing was written.
+    pub changed: bool,
+    pub actions: Vec<String>,
+    pub confirm_deadline_unix: i64,
+}
+
+/// A segment as observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentView {
+    pub name: String,
+    pub bridge: String,
+    pub present: bool,
+    pub addresses: Vec<String>,
+    pub ports: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observation {
+    pub applied_revision: String,
+    pub pending_revision: String,
+    pub confirm_deadline_unix: i64,
+    pub segments: Vec<SegmentView>,
+    /// Allow rule → (packets, bytes), both tables added up.
+    pub counters: Vec<(String, u64, u64)>,
+    pub drift: Vec<String>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+pub struct Engine {
+    state: StateDir,
+    links: Box<dyn Links + Send>,
+    fw: Box<dyn Firewall + Send>,
+    /// Whether endpoints and DHCP touch the real kernel (false in unit tests).
+    real: bool,
+    parsed: Option<(String, Rendered)>,
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// Parses a profile the way it travels between daemons and checks its revision.
+pub fn parse_profile(revision: &str, yaml: &str) -> Result<Rendered> {
+    let r = backroom_profiles::render_str("profile.yaml", yaml).map_err(Error::Profile)?;
+    if !revision.is_empty() && r.revision.as_str() != revision {
+        return Err(Error::RevisionMismatch {
+            expected: revision.to_string(),
+            actual: r.revision.as_str().to_string(),
+        });
+    }
+    Ok(r)
+}
+
+/// The uplink a profile uses: the override, the profile's name, or for `auto` the first
+/// physical NIC (a link of no kind with a device behind it) in name order.
+fn resolve_uplink(p: &Profile, over: Option<&str>, have: &LinkState) -> Option<String> {
+    let needed = p.network.segments.iter().any(|s| !s.internal && s.vlan.is_some());
+    if !needed {
+        return None;
+    }
+    if let Some(u) = over.filter(|u| !u.is_empty()) {
+        return Some(u.to_string());
+    }
+    let name =
+        p.network.uplink.as_ref().map(|u| u.interface.clone()).unwrap_or_else(|| "auto".into());
+    if name != "auto" {
+        return Some(name);
+    }
+    let mut phys: Vec<&str> = have
+        .links
+        .iter()
+        .filter(|l| l.kind.is_none() && l.name != "lo")
+        .filter(|l| std::path::Path::new(&format!("/sys/class/net/{}/device", l.name)).exists())
+        .map(|l| l.name.as_str())
+        .collect();
+    phys.sort_unstable();
+    phys.first().map(|s| s.to_string()).or(Some(name))
+}
+
+impl Engine {
+    /// An engine on the real kernel, in the calling thread's network namespace.
+    pub fn open(dir: &std::path::Path) -> Result<Engine> {
+        let state = StateDir::open(dir)?;
+        Ok(Engine {
+            state,
+            links: Box::new(Rtnl::open()?),
+            fw: Box::new(nft::NetlinkFirewall::open()?),
+            real: true,
+            parsed: None,
+        })
+    }
+
+    /// An engine on given kernel implementations (in-memory ones in unit tests).
+    pub fn with(
+        state: StateDir,
+        links: Box<dyn Links + Send>,
+        fw: Box<dyn Firewall + Send>,
+    ) -> Engine {
+        Engine { state, links, fw, real: false, parsed: None }
+    }
+
+    pub fn netlink_writes(&self) -> usize {
+        self.links.writes()
+    }
+
+    pub fn applied(&self) -> Result<AppliedFile> {
+        self.state.load(state::APPLIED)
+    }
+
+    fn applied_profile(&mut self) -> Result<(Applied, Rendered)> {
+        let a = self
+            .applied()?
+            .applied
+            .ok_or_else(|| Error::Rejected("no profile has been applied".into()))?;
+        let r = self.parse_cached(&a)?;
+        Ok((a, r))
+    }
+
+    /// The applied profile parsed once per revision (the daemon's drift checks reuse it).
+    fn parse_cached(&mut self, a: &Applied) -> Result<Rendered> {
+        if let Some((rev, r)) = &self.parsed
+            && *rev == a.revision
+        {
+            return Ok(r.clone());
+        }
+        let r = parse_profile(&a.revision, &a.profile_yaml)?;
+        self.parsed = Some((a.revision.clone(), r.clone()));
+        Ok(r)
+    }
+
+    fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        self.state.load(state::ENDPOINTS)
+    }
+
+    /// The links and ruleset wanted for `p`, given what the kernel has now.
+    fn desired(
+        &mut self,
+        p: &Profile,
+        uplink_over: Option<&str>,
+        have: &LinkState,
+        ipam: &Ipam,
+    ) -> Result<(DesiredLinks, Ruleset)> {
+        let leases: Leases = self.state.load(state::DHCP)?;
+        let eps = self.endpoints()?;
+        let uplink = resolve_uplink(p, uplink_over, have);
+        let mut want = DesiredLinks { uplink: uplink.clone(), ..DesiredLinks::default() };
+        if let Some(a) = self.applied()?.applied {
+            let former = match a.uplink_override.clone() {
+                Some(u) => Some(u),
+                None => self
+                    .parse_cached(&a)
+                    .ok()
+                    .and_then(|r| r.profile.network.uplink.map(|u| u.interface)),
+            };
+            if let Some(f) = former.filter(|f| f != "auto" && Some(f) != uplink.as_ref()) {
+                want.former_uplinks.push(f);
+            }
+        }
+        let mut ctx = Context { uplink: uplink.clone(), ..Context::default() };
+        for (i, seg) in p.network.segments.iter().enumerate() {
+            let br = seg.bridge();
+            let lease = leases.get(seg.name.as_str()).filter(|l| l.valid_at(now_unix()));
+            let addrs = match seg.address {
+                HostAddress::Static(n) => vec![n],
+                HostAddress::Dhcp => lease.map(|l| vec![l.address]).into_iter().flatten().collect(),
+                HostAddress::None => vec![],
+            };
+            let gw = seg.gateway.or_else(|| lease.and_then(|l| l.router));
+            let routes = gw.map(|g| vec![(g, 100 + i as u32)]).unwrap_or_default();
+            if let Some(l) = lease {
+                ctx.learned.insert(seg.name.as_str().to_string(), l.address.trunc());
+            }
+            want.bridges.push(DesiredBridge {
+                name: br.clone(),
+                mac: naming::mac("host", seg.name.as_str()),
+                addrs,
+                routes,
+            });
+            let mut ports = Vec::new();
+            if let (Some(u), false) = (&uplink, seg.internal) {
+                match seg.vlan {
+                    Some(Vlan::Untagged) => {
+                        want.ports.push((u.clone(), br.clone()));
+                        ports.push(u.clone());
+                    }
+                    Some(Vlan::Id(id)) => {
+                        let name = firewall::uplink_port(seg, u).unwrap_or_default();
+                        want.vlans.push(DesiredVlan {
+                            name: name.clone(),
+                            parent: u.clone(),
+                            id: id.get(),
+                        });
+                        want.ports.push((name.clone(), br.clone()));
+                        ports.push(name);
+                    }
+                    None => {}
+                }
+            }
+            // Ports netd did not make (VM taps): filtered like the rest of the segment.
+            // netd's own links are accounted for above and below; a former uplink is released.
+            if let Some(b) = have.link(&br) {
+                ports.extend(
+                    have.links
+                        .iter()
+                        .filter(|l| l.master == Some(b.index))
+                        .filter(|l| {
+                            !l.alias.as_deref().is_some_and(|a| a.starts_with(links::ALIAS))
+                        })
+                        .filter(|l| {
+                            !want.former_uplinks.contains(&l.name)
+                                && Some(&l.name) != uplink.as_ref()
+                        })
+                        .map(|l| l.name.clone()),
+                );
+            }
+            ctx.ports.insert(seg.name.as_str().to_string(), ports);
+        }
+        for ep in &eps {
+            for i in &ep.interfaces {
+                if let Some(hv) = &i.host_veth
+                    && p.segment(&i.segment).is_some()
+                {
+                    want.ports.push((hv.clone(), i.bridge.clone()));
+                    ctx.ports.entry(i.segment.clone()).or_default().push(hv.clone());
+                }
+            }
+        }
+        for w in &p.workloads {
+            let name = w.name().as_str();
+            let mut v = Vec::new();
+            for n in w.networks() {
+                if let Some(a) = ipam.stable_address(p, name, n.segment.as_str()) {
+                    v.push((n.segment.as_str().to_string(), a));
+                }
+            }
+            for ep in eps.iter().filter(|e| e.workload == name) {
+                for i in &ep.interfaces {
+                    if let Some(a) = i.address
+                        && !v.contains(&(i.segment.clone(), a.addr()))
+                    {
+                        v.push((i.segment.clone(), a.addr()));
+                    }
+                }
+            }
+            ctx.addresses.insert(name.to_string(), v);
+        }
+        let caps = self.fw.caps()?;
+        let rs = firewall::build(p, &ctx.with_caps(caps));
+        Ok((want, rs))
+    }
+
+    /// What applying `r` would do, one line per step; empty when the kernel already matches.
+    pub fn plan(&mut self, r: &Rendered, uplink: Option<&str>) -> Result<Vec<String>> {
+        let mut ipam: Ipam = self.state.load(state::IPAM)?;
+        ipam.sync(&r.profile)?;
+        let have = self.links.observe()?;
+        let (want, rs) = self.desired(&r.profile, uplink, &have, &ipam)?;
+        let steps = links::plan(&want, &have)?;
+        let mut out: Vec<String> = steps.iter().map(|s| s.op.to_string()).collect();
+        let diffs = nft::differences(&rs, &self.fw.read()?);
+        if !diffs.is_empty() {
+            out.push(format!(
+                "replace tables inet backroom and bridge backroom ({} rules) in one transaction because: {}",
+                rs.rule_count(),
+                diffs.join("; ")
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The ruleset `r` would install (for `netd plan --nft` and the benchmark).
+    pub fn ruleset(&mut self, r: &Rendered, uplink: Option<&str>) -> Result<Ruleset> {
+        let mut ipam: Ipam = self.state.load(state::IPAM)?;
+        ipam.sync(&r.profile)?;
+        let have = self.links.observe()?;
+        Ok(self.desired(&r.profile, uplink, &have, &ipam)?.1)
+    }
+
+    /// Makes the kernel match `r`; writes nothing when it already does.
+    fn converge(&mut self, r: &Rendered, uplink: Option<&str>) -> Result<Outcome> {
+        let mut ipam: Ipam = self.state.load(state::IPAM)?;
+        if ipam.sync(&r.profile)? {
+            self.state.save(state::IPAM, &ipam)?;
+        }
+        let have = self.links.observe()?;
+        let (want, rs) = self.desired(&r.profile, uplink, &have, &ipam)?;
+        let steps = links::plan(&want, &have)?;
+        let diffs = nft::differences(&rs, &self.fw.read()?);
+        let mut out = Outcome::default();
+        if steps.is_empty() && diffs.is_empty() {
+            return Ok(out);
+        }
+        out.changed = true;
+        out.actions = steps.iter().map(|s| s.op.to_string()).collect();
+        links::run(self.links.as_mut(), &steps)?;
+        if !diffs.is_empty() {
+            out.actions.push(format!(
+                "replace tables inet backroom and bridge backroom ({} rules)",
+                rs.rule_count()
+            ));
+            let seed = self.fw.counters().unwrap_or_default();
+            if let Err(e) = self.fw.replace(&rs, &seed) {
+                let undo = links::undo(self.links.as_mut(), &steps);
+                if undo.is_empty() {
+                    return Err(e);
+                }
+                let mut all = vec![e];
+                all.extend(undo);
+                return Err(Error::Many(all));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a rendered profile. With `confirm_seconds > 0` the previous applied state comes
+    /// back by itself unless [`Engine::confirm`] is called in time.
+    pub fn apply(
+        &mut self,
+        r: &Rendered,
+        uplink: Option<&str>,
+        confirm_seconds: u32,
+    ) -> Result<Outcome> {
+        let before = self.applied()?;
+        let mut out = self.converge(r, uplink)?;
+        if self.real {
+            out.actions.extend(self.acquire_dhcp(r, uplink)?);
+        }
+        let applied = Applied {
+            revision: r.revision.as_str().to_string(),
+            profile_yaml: r.to_yaml(),
+            uplink_override: uplink.filter(|u| !u.is_empty()).map(str::to_string),
+        };
+        let pending = if confirm_seconds > 0 {
+            // A pending apply replaced by another keeps the last confirmed state to go back to.
+            let previous = match &before.pending {
+                Some(p) => p.previous.clone(),
+                None => before.applied.clone(),
+            };
+            out.confirm_deadline_unix = now_unix() + i64::from(confirm_seconds);
+            Some(Pending { deadline_unix: out.confirm_deadline_unix, previous })
+        } else {
+            None
+        };
+        let file = AppliedFile { applied: Some(applied), pending };
+        if file != before {
+            self.state.save(state::APPLIED, &file)?;
+        }
+        Ok(out)
+    }
+
+    /// Brings DHCP segments without a valid lease one (a real exchange on the segment's bridge),
+    /// then converges again so the address and route land. Returns what it did.
+    fn acquire_dhcp(&mut self, r: &Rendered, uplink: Option<&str>) -> Result<Vec<String>> {
+        let mut leases: Leases = self.state.load(state::DHCP)?;
+        let mut actions = Vec::new();
+        let now = now_unix();
+        for seg in r.profile.network.segments.iter().filter(|s| s.address == HostAddress::Dhcp) {
+            let name = seg.name.as_str();
+            if leases.get(name).is_some_and(|l| l.renew_at > now) {
+                continue;
+            }
+            let mac = naming::mac("host", name);
+            let lease = dhcp::obtain(&seg.bridge(), mac, leases.get(name))?;
+            actions.push(format!(
+                "got DHCP lease {} on {} from {} for {}s",
+                lease.address,
+                seg.bridge(),
+                lease.server,
+                lease.lease_seconds
+            ));
+            leases.insert(name.to_string(), lease);
+        }
+        if !actions.is_empty() {
+            self.state.save(state::DHCP, &leases)?;
+            let more = self.converge(r, uplink)?;
+            actions.extend(more.actions);
+        }
+        Ok(actions)
+    }
+
+    /// Renews DHCP leases that are due (the daemon calls this periodically).
+    pub fn renew_dhcp(&mut self) -> Result<Vec<String>> {
+        let (a, r) = self.applied_profile()?;
+        self.acquire_dhcp(&r, a.uplink_override.as_deref())
+    }
+
+    /// Re-applies the applied profile: repairs drift. Nothing is written when there is none.
+    pub fn reconcile(&mut self) -> Result<Outcome> {
+        let (a, r) = self.applied_profile()?;
+        self.converge(&r, a.uplink_override.as_deref())
+    }
+
+    /// What differs between the kernel and the applied profile right now.
+    pub fn drift(&mut self) -> Result<Vec<String>> {
+        let Some(a) = self.applied()?.applied else { return Ok(Vec::new()) };
+        let r = self.parse_cached(&a)?;
+        let ipam: Ipam = self.state.load(state::IPAM)?;
+        let have = self.links.observe()?;
+        let (want, rs) = self.desired(&r.profile, a.uplink_override.as_deref(), &have, &ipam)?;
+        let mut out: Vec<String> = links::plan(&want, &have)?
+            .iter()
+            .map(|s| format!("the kernel differs: netd would {}", s.op))
+            .collect();
+        out.extend(nft::differences(&rs, &self.fw.read()?));
+        for ep in self.endpoints()? {
+            if ep.vm {
+                continue;
+            }
+            let intact = if self.real {
+                endpoints::container_intact(&mut Rtnl::open()?, &ep)?
+            } else {
+                true
+            };
+            if !intact {
+                out.push(format!(
+                    "endpoint of {} (instance `{}`) lost its namespace or veths",
+                    ep.workload, ep.instance
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Confirms the pending apply (`revision` empty: whatever is pending).
+    pub fn confirm(&mut self, revision: &str) -> Result<String> {
+        let mut f = self.applied()?;
+        let (Some(a), Some(_)) = (&f.applied, &f.pending) else {
+            return Err(Error::NotFound("no apply is waiting for confirmation".into()));
+        };
+        if !revision.is_empty() && a.revision != revision {
+            return Err(Error::NotFound(format!(
+                "the pending apply is revision {}, not {revision}",
+                a.revision
+            )));
+        }
+        let rev = a.revision.clone();
+        f.pending = None;
+        self.state.save(state::APPLIED, &f)?;
+        Ok(rev)
+    }
+
+    /// When a pending apply's deadline has passed: restores the previous applied state (or
+    /// removes everything when there was none). Returns the revision restored (`""`: none).
+    pub fn rollback_if_due(&mut self, now: i64) -> Result<Option<(String, Outcome)>> {
+        let f = self.applied()?;
+        let Some(p) = f.pending else { return Ok(None) };
+        if now < p.deadline_unix {
+            return Ok(None);
+        }
+        match p.previous {
+            Some(prev) => {
+                let r = parse_profile(&prev.revision, &prev.profile_yaml)?;
+                let out = self.converge(&r, prev.uplink_override.as_deref())?;
+                self.state.save(
+                    state::APPLIED,
+                    &AppliedFile { applied: Some(prev.clone()), pending: None },
+                )?;
+                Ok(Some((prev.revision, out)))
+            }
+            None => {
+                let removed = self.teardown()?;
+                Ok(Some((
+                    String::new(),
+                    Outcome { changed: true, actions: removed, confirm_deadline_unix: 0 },
+                )))
+            }
+        }
+    }
+
+    /// The present state: what is applied, segments, counters, drift, endpoints.
+    pub fn observe(&mut self) -> Result<Observation> {
+        let f = self.applied()?;
+        let mut o = Observation::default();
+        let have = self.links.observe()?;
+        if let Some(a) = &f.applied {
+            if f.pending.is_some() {
+                o.pending_revision = a.revision.clone();
+                o.confirm_deadline_unix = f.pending.as_ref().map(|p| p.deadline_unix).unwrap_or(0);
+            }
+            o.applied_revision = a.revision.clone();
+            let r = parse_profile(&a.revision, &a.profile_yaml)?;
+            for seg in &r.profile.network.segments {
+                let br = seg.bridge();
+                let l = have.link(&br);
+                o.segments.push(SegmentView {
+                    name: seg.name.as_str().to_string(),
+                    bridge: br.clone(),
+                    present: l.is_some(),
+                    addresses: l
+                        .map(|l| {
+                            have.addrs_of(l.index)
+                                .filter(|a| !a.link_scope)
+                                .map(|a| a.net.to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    ports: l
+                        .map(|b| {
+                            have.links
+                                .iter()
+                                .filter(|x| x.master == Some(b.index))
+                                .map(|x| x.name.clone())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+            }
+            let counters = self.fw.counters()?;
+            for rule in &r.profile.network.firewall.allow {
+                let (mut pk, mut by) = (0, 0);
+                for ((_, n), (p, b)) in &counters {
+                    if n == rule.name.as_str() {
+                        pk += p;
+                        by += b;
+                    }
+                }
+                o.counters.push((rule.name.as_str().to_string(), pk, by));
+            }
+            o.drift = self.drift()?;
+        }
+        o.endpoints = self.endpoints()?;
+        Ok(o)
+    }
+
+    /// Removes every object netd owns: endpoints, its tables, its links and routes. Every
+    /// failure is collected; the applied profile is forgotten (IPAM leases are kept).
+    pub fn teardown(&mut self) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        let mut errs = Vec::new();
+        for ep in self.endpoints()? {
+            if !ep.vm && self.real {
+                match Rtnl::open() {
+                    Ok(mut h) => errs.extend(endpoints::remove_container(&mut h, &ep)),
+                    Err(e) => errs.push(e),
+                }
+            }
+            removed.push(format!("endpoints of {} (instance `{}`)", ep.workload, ep.instance));
+        }
+        match self.fw.delete() {
+            Ok(v) => removed.extend(v),
+            Err(e) => errs.push(e),
+        }
+        match self.links.observe() {
+            Ok(have) => {
+                // Endpoint veths netd made but lost track of.
+                for l in have
+                    .links
+                    .iter()
+                    .filter(|l| l.alias.as_deref().is_some_and(|a| a.starts_with(ENDPOINT_ALIAS)))
+                {
+                    match self.links.apply(&links::LinkOp::DelLink { name: l.name.clone() }) {
+                        Ok(()) => removed.push(format!("link {}", l.name)),
+                        Err(e) => errs.push(e),
+                    }
+                }
+                let have = self.links.observe().unwrap_or(have);
+                match links::plan(&DesiredLinks::default(), &have) {
+                    Ok(steps) => {
+                        for s in steps {
+                            match self.links.apply(&s.op) {
+                                Ok(()) => removed.push(s.op.to_string()),
+                                Err(e) => errs.push(e),
+                            }
+                        }
+                    }
+                    Err(e) => errs.push(e),
+                }
+            }
+            Err(e) => errs.push(e),
+        }
+        // Temporary addresses belong to endpoints, which are gone; stable ones are kept.
+        match self.state.load::<Ipam>(state::IPAM) {
+            Ok(mut ipam) => {
+                ipam.temporary.clear();
+                if let Err(e) = self.state.save(state::IPAM, &ipam) {
+                    errs.push(e);
+                }
+            }
+            Err(e) => errs.push(e),
+        }
+        for (name, v) in
+            [(state::ENDPOINTS, serde_json::json!([])), (state::DHCP, serde_json::json!({}))]
+        {
+            if let Err(e) = self.state.save(name, &v) {
+                errs.push(e);
+            }
+        }
+        if let Err(e) = self.state.save(state::APPLIED, &AppliedFile::default()) {
+            errs.push(e);
+        }
+        if errs.is_empty() { Ok(removed) } else { Err(Error::Many(errs)) }
+    }
+
+    /// Addresses by workload, for tools: (segment, address).
+    pub fn workload_addresses(&mut self) -> Result<BTreeMap<String, Vec<(String, IpAddr)>>> {
+        let (_, r) = self.applied_profile()?;
+        let ipam: Ipam = self.state.load(state::IPAM)?;
+        let mut m = BTreeMap::new();
+        for w in &r.profile.workloads {
+            let name = w.name().as_str();
+            let v = w
+                .networks()
+                .iter()
+                .filter_map(|n| {
+                    ipam.stable_address(&r.profile, name, n.segment.as_str())
+                        .map(|a| (n.segment.as_str().to_string(), a))
+                })
+                .collect();
+            m.insert(name.to_string(), v);
+        }
+        Ok(m)
+    }
+}
