@@ -2,11 +2,17 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run test deps services build lint bench
+.PHONY: run stop test deps services build lint bench
 
-## make run: build, then validate and render the sample fleet and print a summary per store.
-run: deps build
+## make run: a working HQ (central) and one store node (netd, vmd, nodeagent) on this machine,
+## the sample fleet pushed, the store enrolled; prints where to look. `make stop` ends it.
+run: deps services build
 	./target/debug/centralctl profile validate --summary profiles/fleet
+	scripts/run/up
+
+## make stop: stop what `make run` started (by pid) and remove what it made.
+stop:
+	scripts/run/down
 
 ## make test: install what the tests need (idempotent), then run every test and lint.
 test: deps services
