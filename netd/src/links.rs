@@ -57,6 +57,11 @@ pub enum LinkOp {
     DelLink {
         name: String,
     },
+    /// Lets the host route what arrives on this (netd's) bridge: between segments, to the
+    /// uplink (NAT), back from it. Only netd's own bridges, never the host-wide switch.
+    SetForwarding {
+        link: String,
+    },
 }
 
 impl fmt::Display for LinkOp {
@@ -78,6 +83,7 @@ impl fmt::Display for LinkOp {
                 write!(f, "remove default route via {gateway} dev {link} metric {metric}")
             }
             LinkOp::DelLink { name } => write!(f, "delete link {name}"),
+            LinkOp::SetForwarding { link } => write!(f, "enable IPv4 forwarding on {link}"),
         }
     }
 }
@@ -220,6 +226,12 @@ pub fn plan(want: &DesiredLinks, have: &LinkState) -> Result<Vec<Step>> {
             || want.vlans.iter().any(|v| v.name == name);
         if !up && exists_or_planned {
             push(&mut steps, LinkOp::SetUp { link: name.to_string() }, vec![]);
+        }
+    }
+    // Routing through netd's bridges (a new bridge starts with the host's default, usually off).
+    for b in &want.bridges {
+        if have.link(&b.name).and_then(|l| l.forwarding) != Some(true) {
+            push(&mut steps, LinkOp::SetForwarding { link: b.name.clone() }, vec![]);
         }
     }
     // Addresses and routes on netd's bridges.

@@ -9,7 +9,8 @@ use netlink_packet_core::{Emitable, Parseable};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet, AfSpecUnspec, InfoData, InfoKind, InfoVeth, InfoVlan, LinkAttribute, LinkFlags,
+    LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -42,6 +43,9 @@ pub struct Link {
     pub mac: Vec<u8>,
     pub vlan: Option<u16>,
     pub parent: Option<u32>,
+    /// IPv4 forwarding of packets that arrive on this link (`net.ipv4.conf.<link>.forwarding`),
+    /// when the kernel reported it.
+    pub forwarding: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -323,9 +327,21 @@ fn parse_link(m: &LinkMessage) -> Link {
         mac: Vec::new(),
         vlan: None,
         parent: None,
+        forwarding: None,
     };
     for a in &m.attributes {
         match a {
+            LinkAttribute::AfSpecUnspec(specs) => {
+                for spec in specs {
+                    if let AfSpecUnspec::Inet(inet) = spec {
+                        for i in inet {
+                            if let AfSpecInet::DevConf(c) = i {
+                                l.forwarding = Some(c.forwarding != 0);
+                            }
+                        }
+                    }
+                }
+            }
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::IfAlias(s) => l.alias = Some(s.clone()),
             LinkAttribute::Controller(i) => l.master = Some(*i),
@@ -484,6 +500,12 @@ impl Links for Rtnl {
                 m.header.index = index;
                 self.write(RTM_DELLINK, 0, &emit(&m)).map_err(fail)
             }
+            LinkOp::SetForwarding { link } => {
+                // The process (or this thread) is in netd's namespace, so /proc/sys/net is its.
+                self.writes += 1;
+                let path = format!("/proc/sys/net/ipv4/conf/{link}/forwarding");
+                std::fs::write(&path, "1").map_err(fail)
+            }
         }
     }
 }
@@ -509,6 +531,7 @@ impl MemLinks {
             mac: vec![0; 6],
             vlan: None,
             parent: None,
+            forwarding: Some(false),
         });
         self
     }
@@ -545,6 +568,7 @@ impl Links for MemLinks {
                     mac: mac.to_vec(),
                     vlan: None,
                     parent: None,
+                    forwarding: Some(false),
                 });
             }
             LinkOp::AddVlan { name, parent, id } => {
@@ -560,6 +584,7 @@ impl Links for MemLinks {
                     mac: vec![0; 6],
                     vlan: Some(*id),
                     parent: Some(p),
+                    forwarding: Some(false),
                 });
             }
             LinkOp::SetMaster { link, master } => {
@@ -611,6 +636,12 @@ impl Links for MemLinks {
                     if l.master == Some(index) {
                         l.master = None;
                     }
+                }
+            }
+            LinkOp::SetForwarding { link } => {
+                let i = self.index(link)?;
+                if let Some(l) = self.state.links.iter_mut().find(|l| l.index == i) {
+                    l.forwarding = Some(true);
                 }
             }
         }
