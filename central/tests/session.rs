@@ -452,3 +452,28 @@ async fn nodes_reconnect_after_central_restarts_and_nothing_is_lost() {
     assert_eq!(s.events.len(), 10);
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_renewed_certificate_replaces_the_old_one() {
+    let data = tempfile::tempdir().unwrap();
+    let c = start(data.path(), Arc::new(SystemClock), any_port(), any_port()).await;
+    let mut admin = admin(&c, data.path()).await;
+    let d = tempfile::tempdir().unwrap();
+    let old = enroll(&c, &mut admin, "store-0042", d.path()).await;
+    let new = backroom_session::enroll::renew(&node_url(&c), &old, d.path()).await.unwrap();
+    assert_eq!(new.store_id, "store-0042");
+    assert_ne!(new.cert_pem, old.cert_pem);
+    assert_ne!(new.key_pem, old.key_pem, "a renewal makes a new key too");
+    // Kept on disk for the next start.
+    assert_eq!(Identity::load(d.path()).unwrap().unwrap().cert_pem, new.cert_pem);
+    let stale = run_node(&node_url(&c), old, d.path(), mem_outbox());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !*stale.online.borrow(),
+        "the certificate a renewal replaced no longer opens a session"
+    );
+    stale.task.abort();
+    let mut fresh = run_node(&node_url(&c), new, d.path(), mem_outbox());
+    fresh.wait_online(true).await;
+    c.stop().await;
+}

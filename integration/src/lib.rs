@@ -5,9 +5,11 @@
 //! - [`sim`]: simulated store nodes holding real mTLS sessions to a real central, through the
 //!   same link code nodeagent uses (the `fleetsim` binary and the fleet benchmark);
 //! - [`procs`]: starting and measuring real processes (central) for tests and benchmarks;
-//! - [`ociimage`]: small OCI images built around busybox-static, for tests and `make run`.
+//! - [`ociimage`]: small OCI images built around busybox-static, for tests and `make run`;
+//! - [`kernel_lab`]: running a test inside Debian's kernel (VLANs, bridge conntrack, netem).
 
 pub mod genfleet;
+pub mod kernel_lab;
 pub mod ociimage;
 pub mod procs;
 pub mod sim;

@@ -5,65 +5,27 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use backroom_integration::kernel_lab;
 use backroom_integration::procs::require_bin;
-
-const LAB: &str = "/opt/backroom/kernel-lab";
 
 #[test]
 fn a_lossy_slow_link_that_breaks_recovers_and_loses_nothing() {
-    let vng = Path::new(LAB).join("venv/bin/vng");
-    let kernel = Path::new(LAB).join("kernel/vmlinuz");
-    assert!(
-        vng.exists() && kernel.exists(),
-        "the kernel lab is missing ({} and {}): run scripts/install-deps",
-        vng.display(),
-        kernel.display()
-    );
     // The binaries the inner run starts must exist before the lab boots.
     require_bin("central");
     require_bin("centralctl");
     require_bin("fleetsim");
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let result = tmp.join(format!("lossy-link-{}.result", std::process::id()));
-    let log = tmp.join(format!("lossy-link-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&result);
-    let inner = format!(
-        "env BACKROOM_LAB_OUT={} RUST_BACKTRACE=1 {} --ignored --exact lab_inner --nocapture --test-threads=1",
-        result.display(),
-        std::env::current_exe().unwrap().display()
+    let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let run = kernel_lab::run_inner("lab_inner", Duration::from_secs(1200), &scratch);
+    assert!(
+        run.passed,
+        "the lossy-link run failed in the kernel lab after {:?}:\n{}",
+        run.elapsed, run.console_tail
     );
-    let path = format!(
-        "{}:{}",
-        Path::new(LAB).join("venv/bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let started = Instant::now();
-    let status = Command::new(&vng)
-        .args(["--run"])
-        .arg(&kernel)
-        .args(["--disable-kvm", "--memory", "2G", "--cpus", "2", "--rw", "-v", "--exec", &inner])
-        .env("PATH", path)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
-        .status()
-        .expect("cannot start vng");
-    let verdict = std::fs::read_to_string(&result).unwrap_or_default();
-    let console = std::fs::read_to_string(&log).unwrap_or_default();
-    let tail: Vec<&str> =
-        console.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
-    assert_eq!(
-        verdict.trim(),
-        "PASS",
-        "lab run failed ({status}) after {:?}:\n{}",
-        started.elapsed(),
-        tail.join("\n")
-    );
-    eprintln!("lossy link test passed in the kernel lab in {:?}", started.elapsed());
+    eprintln!("lossy link test passed in the kernel lab in {:?}", run.elapsed);
 }
 
 fn sh(cmd: &str) -> String {
@@ -98,7 +60,10 @@ impl Drop for Cleanup {
 #[test]
 #[ignore = "runs inside the kernel lab; a_lossy_slow_link_that_breaks_recovers_and_loses_nothing starts it"]
 fn lab_inner() {
-    let out = std::env::var("BACKROOM_LAB_OUT").expect("lab_inner runs inside the kernel lab only");
+    assert!(
+        backroom_integration::kernel_lab::inside(),
+        "lab_inner runs inside the kernel lab only"
+    );
     let _ = Command::new("modprobe").arg("sch_netem").status();
     let pid = std::process::id();
     let (hq, store) = (format!("bkhq{pid}"), format!("bkst{pid}"));
@@ -205,5 +170,5 @@ fn lab_inner() {
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
     drop(guard);
-    std::fs::write(out, "PASS\n").unwrap();
+    kernel_lab::pass();
 }

@@ -9,88 +9,34 @@ mod common;
 mod store;
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use backroom_integration::kernel_lab;
 use backroom_profiles::{HostAddress, Vlan};
 use common::{Dest, End, L4, Ns, ids, must, sh};
 use store::{Store, Upstream};
 
-const LAB: &str = "/opt/backroom/kernel-lab";
-
 #[test]
 fn kernel_lab_runs_the_vlan_and_bridge_conntrack_tests() {
-    let vng = Path::new(LAB).join("venv/bin/vng");
-    let kernel = Path::new(LAB).join("kernel/vmlinuz");
+    let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let run = kernel_lab::run_inner("lab_inner", Duration::from_secs(1200), &scratch);
     assert!(
-        vng.exists() && kernel.exists(),
-        "the kernel lab is missing ({} and {}): run scripts/install-deps (scripts/deps.d/netd-kernel-lab.sh)",
-        vng.display(),
-        kernel.display()
-    );
-    let exe = std::env::current_exe().unwrap();
-    let result = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("netd-lab-{}.result", std::process::id()));
-    let _ = std::fs::remove_file(&result);
-    let path = format!(
-        "{}:{}",
-        Path::new(LAB).join("venv/bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let inner = format!(
-        "env BACKROOM_LAB_OUT={} RUST_BACKTRACE=1 {} --ignored --exact lab_inner --nocapture --test-threads=1",
-        result.display(),
-        exe.display()
-    );
-    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("netd-lab-{}.log", std::process::id()));
-    let started = Instant::now();
-    let mut child = Command::new(&vng)
-        .args(["--run"])
-        .arg(&kernel)
-        .args(["--disable-kvm", "--memory", "2G", "--cpus", "2", "--rw", "-v", "--exec", &inner])
-        .env("PATH", path)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
-        .spawn()
-        .expect("cannot start vng");
-    let deadline = Duration::from_secs(1200);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if started.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the kernel lab did not finish in {deadline:?}; its console is in {}",
-                log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let console = std::fs::read_to_string(&log).unwrap_or_default();
-    let verdict = std::fs::read_to_string(&result).unwrap_or_default();
-    let _ = std::fs::remove_file(&result);
-    let tail: Vec<&str> =
-        console.lines().rev().take(80).collect::<Vec<_>>().into_iter().rev().collect();
-    assert_eq!(
-        verdict.trim(),
-        "PASS",
+        run.passed,
         "the kernel lab run failed after {:?}; its console ends with:\n{}",
-        started.elapsed(),
-        tail.join("\n")
+        run.elapsed, run.console_tail
     );
-    eprintln!("kernel lab passed in {:?}", started.elapsed());
+    eprintln!("kernel lab passed in {:?}", run.elapsed);
 }
 
 /// Runs inside the lab (Debian's kernel): started by the test above, never on the host.
 #[test]
 #[ignore = "runs inside the kernel lab; kernel_lab_runs_the_vlan_and_bridge_conntrack_tests starts it"]
 fn lab_inner() {
-    let out = std::env::var("BACKROOM_LAB_OUT").expect("lab_inner runs inside the kernel lab only");
+    assert!(
+        backroom_integration::kernel_lab::inside(),
+        "lab_inner runs inside the kernel lab only"
+    );
     // The guest reads the host's files over 9p, slowly: run netd from memory.
     must(&format!(
         "mkdir -p /run/backroom-lab && cp {} /run/backroom-lab/netd",
@@ -105,7 +51,7 @@ fn lab_inner() {
         sample_store(store);
         eprintln!("LAB: {store} checked in {:?}", t.elapsed());
     }
-    std::fs::write(out, "PASS\n").unwrap();
+    backroom_integration::kernel_lab::pass();
 }
 
 fn dnsmasq(s: &Store) -> scopeguard::Pid {

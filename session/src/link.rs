@@ -198,6 +198,9 @@ impl Link {
         )));
         heartbeat.tick().await;
         let mut poll = tokio::time::interval(Duration::from_millis(500));
+        // A session can last longer than a certificate: renew while it runs, not only between.
+        let mut renewal = tokio::time::interval(Duration::from_secs(3600));
+        renewal.tick().await;
         let outbox = Arc::clone(&self.outbox);
         loop {
             // Send what the outbox holds, a window at a time.
@@ -261,6 +264,7 @@ impl Link {
                 }
                 _ = pushed => {}
                 _ = poll.tick() => {}
+                _ = renewal.tick() => self.renew_if_due().await,
             }
         }
     }
