@@ -35,7 +35,8 @@ lint:
 
 ## make bench: benchmarks; each prints ratios against a baseline measured in the same run.
 bench: deps services
-	$(CARGO) build --release -p backroom-central
+	$(CARGO) build --release --bins
+	$(CARGO) build --profile dist --bin netd --bin vmd --bin nodeagent
 	$(CARGO) bench -p backroom-integration
 	$(CARGO) bench -p backroom-nodeagent
 	$(CARGO) bench -p backroom-vmd

@@ -87,6 +87,8 @@ async fn create_start(ns: &Namespace, image: &str) {
         net: Arc::new(NoNetwork),
         logs: Logs::new(state.path()),
         volumes_dir: state.path().join("volumes"),
+        etc_dir: state.path().join("etc"),
+        resolv_conf: "/etc/resolv.conf".into(),
         stop_grace: Duration::from_secs(1),
     };
     let spec = container_spec(image, "one");

@@ -22,6 +22,7 @@ pub mod admission;
 pub mod connected;
 pub mod engine;
 pub mod error;
+pub mod etc;
 pub mod grpc;
 pub mod logs;
 pub mod network;

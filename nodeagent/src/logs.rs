@@ -2,6 +2,11 @@
 //! task reads them and appends timestamped lines to `<state>/logs/<workload>.log`, rotated by
 //! size (`.1`, `.2`, … kept). The FIFOs survive a restart of nodeagent (containerd's shim
 //! keeps them open), so an adopted container's pump simply opens them again.
+//!
+//! While nodeagent is down nobody drains the FIFOs: a container that writes more than the pipe
+//! holds blocks on its next write until nodeagent is back. Each FIFO's buffer is therefore
+//! raised to [`FIFO_BYTES`] (from Linux's 64 KiB), which the kernel fills page by page, so it
+//! costs nothing while the FIFO is drained.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -12,6 +17,9 @@ use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+
+/// The pipe buffer of each log FIFO: what a container may write while nodeagent is down.
+pub const FIFO_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Debug)]
 pub struct Logs {
@@ -148,6 +156,9 @@ impl Logs {
                 .read_write(true)
                 .open_receiver(&path)
                 .map_err(|e| Error::io("open the FIFO", &path, e))?;
+            if let Err(e) = rustix::pipe::fcntl_setpipe_size(&rx, FIFO_BYTES) {
+                tracing::warn!(fifo = %path.display(), "cannot raise the FIFO's buffer to {FIFO_BYTES} bytes: {e}");
+            }
             let file = file.clone();
             let id = container_id.to_string();
             handles.push(tokio::spawn(async move {
@@ -229,6 +240,7 @@ pub fn read_from(path: &Path, offset: u64) -> Result<(Vec<u8>, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
 
     #[test]
     fn logs_rotate_by_size_and_tail_spans_files() {
@@ -267,6 +279,49 @@ mod tests {
             }
         }
         assert!(text.contains(" out hello\n") && text.contains(" out world\n"), "{text}");
+        for h in handles {
+            h.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_container_may_write_a_megabyte_while_nobody_drains_its_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::new(dir.path());
+        let (out, _) = logs.fifos("pos.1");
+        let handles = logs.pump("pos", "pos.1").unwrap();
+        // containerd's shim keeps a read end of its FIFOs, so the pipe outlives nodeagent.
+        let _shim = std::fs::OpenOptions::new().read(true).write(true).open(&out).unwrap();
+        // nodeagent goes away.
+        for h in handles {
+            h.abort();
+            let _ = h.await;
+        }
+        let mut w = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&out)
+            .unwrap();
+        let line = [b'x'; 1023];
+        let mut written = 0;
+        while written < FIFO_BYTES - 1024 {
+            w.write_all(&line).unwrap_or_else(|e| panic!("blocked after {written} bytes: {e}"));
+            w.write_all(b"\n").unwrap();
+            written += 1024;
+        }
+        assert!(written > 64 << 10, "more than Linux's default pipe buffer");
+        // nodeagent comes back and drains what was written meanwhile.
+        let handles = logs.pump("pos", "pos.1").unwrap();
+        let path = logs.log_path("pos");
+        let mut lines = 0;
+        for _ in 0..200 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            lines = std::fs::read_to_string(&path).unwrap_or_default().lines().count();
+            if lines * 1024 >= written {
+                break;
+            }
+        }
+        assert_eq!(lines * 1024, written, "every line reached the log");
         for h in handles {
             h.abort();
         }

@@ -61,6 +61,9 @@ pub struct SpecInput<'a> {
     pub netns: Option<&'a str>,
     /// Where volumes live on the host (`<state>/volumes`).
     pub volumes_dir: &'a Path,
+    /// The host files mounted read-only as `/etc/resolv.conf` and `/etc/hosts` (see
+    /// [`crate::etc`]); None: the image's own.
+    pub etc_files: Option<(&'a Path, &'a Path)>,
 }
 
 const CAPS: &[Capability] = &[
@@ -194,6 +197,10 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
     for v in &c.volumes {
         mounts.push(bind(&volume_dir(input.volumes_dir, v.name.as_str()), &v.path, false)?);
     }
+    if let Some((resolv, hosts)) = input.etc_files {
+        mounts.push(bind(resolv, "/etc/resolv.conf", true)?);
+        mounts.push(bind(hosts, "/etc/hosts", true)?);
+    }
 
     let namespaces: Vec<LinuxNamespace> = get_default_namespaces()
         .into_iter()
@@ -291,6 +298,7 @@ mod tests {
             cgroups_path: "/backroom/ns/web.1".into(),
             netns: Some("/run/netns/bk-web"),
             volumes_dir: Path::new("/var/lib/backroom/volumes"),
+            etc_files: Some((Path::new("/s/etc/web/resolv.conf"), Path::new("/s/etc/web/hosts"))),
         })
         .unwrap();
         let json = serde_json::to_value(&spec).unwrap();
@@ -338,6 +346,7 @@ mod tests {
             cgroups_path: "/backroom/ns/web.1".into(),
             netns: None,
             volumes_dir: Path::new("/v"),
+            etc_files: None,
         })
         .unwrap();
         let json = serde_json::to_value(&spec).unwrap();

@@ -3,7 +3,6 @@
 //! (`node.json`, the profiles themselves in `revisions/<id>.yaml`) and the workload records
 //! (`workloads.json`). A revision is on disk before nodeagent acts on it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use backroom_profiles::Rendered;
@@ -33,19 +32,11 @@ pub struct Store {
     dir: PathBuf,
 }
 
-/// Writes `bytes` to `path` so that a crash leaves the old or the new content, never a mix.
+/// Writes `bytes` to `path` (0600) so that a crash leaves the old or the new content, never a
+/// mix (the session crate's temporary-file, fsync, rename, fsync-the-folder sequence).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io("write", &tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
-    f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    backroom_session::files::write_atomic(path, bytes, 0o600)
+        .map_err(|e| Error::io("write", path, e))
 }
 
 impl Store {

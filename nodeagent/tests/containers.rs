@@ -16,6 +16,8 @@ use common::image::TestImage;
 use common::net::{TestNetwork, http_get_in};
 use common::{Namespace, require_services, unique, wait_for};
 
+const HOST_RESOLV: &str = "search store.test\nnameserver 127.0.0.53\nnameserver 192.0.2.53\n";
+
 struct Node {
     handle: EngineHandle,
     state: tempfile::TempDir,
@@ -35,6 +37,9 @@ async fn node<N: Network>(ns: &Namespace, net: N, backoff_ms: u64) -> Node {
     cfg.stop_grace = Duration::from_secs(2);
     cfg.tick = Duration::from_millis(200);
     cfg.image_grace_ms = 0;
+    // The host's resolv.conf as a test stand-in: a loopback resolver and a reachable one.
+    cfg.resolv_conf = state.path().join("host-resolv.conf");
+    std::fs::write(&cfg.resolv_conf, HOST_RESOLV).unwrap();
     let runtime = common::containerd(&ns.name).await;
     let (engine, handle) = Engine::new(cfg, runtime, net, NoVms).unwrap();
     let task = tokio::spawn(async move {
@@ -82,7 +87,7 @@ async fn http_is_served_on_the_segment_address_with_the_profile_spec() {
         &[
             "/bin/sh",
             "-c",
-            "hostname; echo A=$A; grep NoNewPrivs /proc/self/status; grep CapEff /proc/self/status; echo kept > /data/hello; exec /bin/busybox httpd -f -p 8080 -h /www",
+            "hostname; cat /etc/resolv.conf /etc/hosts; echo A=$A; grep NoNewPrivs /proc/self/status; grep CapEff /proc/self/status; echo kept > /data/hello; exec /bin/busybox httpd -f -p 8080 -h /www",
         ],
         "version web-1\n",
     );
@@ -110,6 +115,12 @@ async fn http_is_served_on_the_segment_address_with_the_profile_spec() {
     let log = std::fs::read_to_string(node.state.path().join("logs/web.log")).unwrap();
     assert!(log.contains(" out web\n"), "hostname is the workload's name: {log}");
     assert!(log.contains("A=from-profile"), "{log}");
+    assert!(
+        log.contains(" out search store.test\n") && log.contains(" out nameserver 192.0.2.53\n"),
+        "the host's resolv.conf: {log}"
+    );
+    assert!(!log.contains("127.0.0.53"), "no loopback nameserver: {log}");
+    assert!(log.contains(" out 127.0.1.1\tweb\n"), "/etc/hosts names the workload: {log}");
     assert!(log.contains("NoNewPrivs:\t1"), "{log}");
     let cap_eff = log.lines().find(|l| l.contains("CapEff")).unwrap();
     let caps = u64::from_str_radix(cap_eff.rsplit('\t').next().unwrap().trim(), 16).unwrap();

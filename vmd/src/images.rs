@@ -23,12 +23,33 @@ pub struct ImageCache {
 }
 
 impl ImageCache {
+    /// https downloads trust the system's certificate store.
     pub fn new(layout: Layout) -> Result<Self> {
+        Self::with_ca(layout, None)
+    }
+
+    /// Like [`ImageCache::new`]; https downloads also trust the PEM certificates in `ca` (e.g.
+    /// HQ's private CA, for an image server the system's store does not know).
+    pub fn with_ca(layout: Layout, ca: Option<&Path>) -> Result<Self> {
         // Installing twice is harmless (the first provider stays).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(20))
-            .read_timeout(Duration::from_secs(60))
+            .read_timeout(Duration::from_secs(60));
+        if let Some(ca) = ca {
+            let ca_err = |message: String| Error::Image {
+                image: format!("(the image CA {})", ca.display()),
+                message,
+            };
+            let pem = std::fs::read(ca).map_err(|e| ca_err(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ca_err(format!("not PEM certificates: {e}")))?;
+            if certs.is_empty() {
+                return Err(ca_err("holds no PEM certificate".into()));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
             .build()
             .map_err(|e| Error::Image { image: "(http client)".into(), message: e.to_string() })?;
         Ok(ImageCache { layout, http })

@@ -53,7 +53,12 @@ pub struct FsStorage {
 
 impl FsStorage {
     pub fn new(layout: Layout) -> Result<Self> {
-        Ok(FsStorage { images: ImageCache::new(layout.clone())?, layout })
+        Self::with_image_ca(layout, None)
+    }
+
+    /// Image downloads also trust the PEM certificates in `ca` (see [`ImageCache::with_ca`]).
+    pub fn with_image_ca(layout: Layout, ca: Option<&Path>) -> Result<Self> {
+        Ok(FsStorage { images: ImageCache::with_ca(layout.clone(), ca)?, layout })
     }
 
     pub fn images(&self) -> &ImageCache {

@@ -1,6 +1,6 @@
-//! Base images over HTTP (a loopback server started by the test; plain http — the https path
-//! is the same client with TLS) and from node paths; and the netd client against a stand-in
-//! netd on a unix socket.
+//! Base images over http and https (loopback servers started by the test; https with a CA
+//! made by the test, given as vmd's `--image-ca`) and from node paths; and the netd client
+//! against a stand-in netd on a unix socket.
 
 #![allow(clippy::unwrap_used)]
 
@@ -38,6 +38,40 @@ async fn download_is_resumed_verified_and_cached() {
     // Cached by digest: no request the second time.
     cache.fetch_url(&url, &sha).await.unwrap();
     assert_eq!(http.requests.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn https_downloads_trust_the_image_ca_given_and_refuse_an_unknown_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("base.img"), blob(1 << 20)).unwrap();
+    let sha = sha256_file(&www.join("base.img"));
+    let tls = TestTls::new();
+    let https = HttpServer::start_tls(www.clone(), &tls);
+    let url = format!("https://127.0.0.1:{}/base.img", https.port);
+
+    // The system's store does not know this CA: refused, nothing kept.
+    let plain = ImageCache::new(Layout::new(tmp.path().join("plain"))).unwrap();
+    let e = plain.fetch_url(&url, &sha).await.unwrap_err();
+    let text = format!("{e} {:?}", std::error::Error::source(&e));
+    assert!(text.contains(&url), "the error names the download: {text}");
+    assert!(plain.cached(&sha).is_none());
+    assert!(https.requests.lock().unwrap().is_empty(), "no request got through the handshake");
+
+    // Given the CA (vmd --image-ca): downloaded, verified, cached.
+    let ca = tmp.path().join("hq-ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).unwrap();
+    let cache = ImageCache::with_ca(Layout::new(tmp.path().join("state")), Some(&ca)).unwrap();
+    let p = cache.fetch_url(&url, &sha).await.unwrap();
+    assert_eq!(sha256_file(&p), sha);
+    assert_eq!(https.requests.lock().unwrap().len(), 1);
+
+    // A file that holds no certificate is refused with its name.
+    let junk = tmp.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let e = ImageCache::with_ca(Layout::new(tmp.path().join("junk")), Some(&junk)).unwrap_err();
+    assert!(e.to_string().contains("junk.pem"), "{e}");
 }
 
 #[tokio::test]

@@ -24,6 +24,13 @@ use crate::vms::{VmState, Vms};
 
 const ACTIONS_KEPT: usize = 100;
 
+/// The node-wide phases a revision goes through before its containers.
+#[derive(Clone, Copy)]
+pub(super) enum Phase {
+    Network,
+    Vms,
+}
+
 /// Node-wide phase bookkeeping (network, VMs).
 #[derive(Default)]
 pub(super) struct PhaseState {
@@ -87,6 +94,8 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             net: Arc::new(net),
             logs,
             volumes_dir: cfg.volumes_dir.clone(),
+            etc_dir: cfg.state_dir.join("etc"),
+            resolv_conf: cfg.resolv_conf.clone(),
             stop_grace: cfg.stop_grace,
         };
         let engine = Engine {
@@ -126,6 +135,38 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             kind: kind.to_string(),
             message,
         });
+    }
+
+    /// Books the end of a node-wide phase; true when it succeeded.
+    fn phase_done(
+        &mut self,
+        phase: Phase,
+        revision: &str,
+        result: std::result::Result<Vec<String>, String>,
+    ) -> bool {
+        let retry_at_ms = crate::now_ms() + self.cfg.retry_ms;
+        let (state, what) = match phase {
+            Phase::Network => (&mut self.network, "network"),
+            Phase::Vms => (&mut self.vm_phase, "VMs"),
+        };
+        state.busy = false;
+        let action = format!("apply the {what} of revision {}", short(revision));
+        match result {
+            Ok(actions) => {
+                state.done = Some(revision.to_string());
+                state.error = None;
+                let msg =
+                    if actions.is_empty() { "no change".to_string() } else { actions.join("; ") };
+                self.record_action("", &action, Ok(msg));
+                true
+            }
+            Err(e) => {
+                state.error = Some(e.clone());
+                state.retry_at_ms = retry_at_ms;
+                self.record_action("", &action, Err(e));
+                false
+            }
+        }
     }
 
     pub(super) fn record_action(
@@ -440,60 +481,11 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 self.on_op_done(&workload, &action, *outcome)
             }
             Msg::NetworkDone { revision, result } => {
-                self.network.busy = false;
-                match result {
-                    Ok(actions) => {
-                        self.network.done = Some(revision.clone());
-                        self.network.error = None;
-                        let msg = if actions.is_empty() {
-                            "no change".to_string()
-                        } else {
-                            actions.join("; ")
-                        };
-                        self.record_action(
-                            "",
-                            &format!("apply the network of revision {}", short(&revision)),
-                            Ok(msg),
-                        );
-                    }
-                    Err(e) => {
-                        self.network.error = Some(e.clone());
-                        self.network.retry_at_ms = crate::now_ms() + self.cfg.retry_ms;
-                        self.record_action(
-                            "",
-                            &format!("apply the network of revision {}", short(&revision)),
-                            Err(e),
-                        );
-                    }
-                }
+                self.phase_done(Phase::Network, &revision, result);
             }
             Msg::VmsDone { revision, result } => {
-                self.vm_phase.busy = false;
-                match result {
-                    Ok(actions) => {
-                        self.vm_phase.done = Some(revision.clone());
-                        self.vm_phase.error = None;
-                        let msg = if actions.is_empty() {
-                            "no change".to_string()
-                        } else {
-                            actions.join("; ")
-                        };
-                        self.record_action(
-                            "",
-                            &format!("apply the VMs of revision {}", short(&revision)),
-                            Ok(msg),
-                        );
-                        self.refresh_vms();
-                    }
-                    Err(e) => {
-                        self.vm_phase.error = Some(e.clone());
-                        self.vm_phase.retry_at_ms = crate::now_ms() + self.cfg.retry_ms;
-                        self.record_action(
-                            "",
-                            &format!("apply the VMs of revision {}", short(&revision)),
-                            Err(e),
-                        );
-                    }
+                if self.phase_done(Phase::Vms, &revision, result) {
+                    self.refresh_vms();
                 }
             }
             Msg::VmList(r) => match r {

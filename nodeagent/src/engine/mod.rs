@@ -40,6 +40,8 @@ pub type ConfirmGate = std::sync::Arc<
 pub struct Config {
     pub state_dir: PathBuf,
     pub volumes_dir: PathBuf,
+    /// The host's resolv.conf, filtered into each container's (see [`crate::etc`]).
+    pub resolv_conf: PathBuf,
     /// netd rolls the network back by itself unless confirmed within this many seconds
     /// (0: no confirmation asked).
     pub confirm_seconds: u32,
@@ -75,6 +77,7 @@ impl Config {
         Config {
             state_dir,
             volumes_dir,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
             confirm_seconds: 0,
             backoff: Backoff::default(),
             settle_ms: 2_000,

@@ -22,6 +22,9 @@ pub struct Ctx<R, N> {
     pub net: Arc<N>,
     pub logs: Logs,
     pub volumes_dir: PathBuf,
+    /// `<state>/etc`: each workload's resolv.conf and hosts.
+    pub etc_dir: PathBuf,
+    pub resolv_conf: PathBuf,
     pub stop_grace: Duration,
 }
 
@@ -32,6 +35,8 @@ impl<R, N> Clone for Ctx<R, N> {
             net: self.net.clone(),
             logs: self.logs.clone(),
             volumes_dir: self.volumes_dir.clone(),
+            etc_dir: self.etc_dir.clone(),
+            resolv_conf: self.resolv_conf.clone(),
             stop_grace: self.stop_grace,
         }
     }
@@ -115,12 +120,14 @@ pub async fn launch<R: Runtime, N: Network>(
             .map_err(|e| Error::io("create the volume folder", &dir, e))?;
     }
     let netns = endpoints.as_ref().map(|e| e.netns_path.clone()).filter(|p| !p.is_empty());
+    let (resolv, hosts) = crate::etc::prepare(&ctx.etc_dir, &ctx.resolv_conf, workload)?;
     let oci = crate::spec::build(&crate::spec::SpecInput {
         container: spec,
         image: &image.config,
         cgroups_path: ctx.runtime.cgroups_path(container_id),
         netns: netns.as_deref(),
         volumes_dir: &ctx.volumes_dir,
+        etc_files: Some((&resolv, &hosts)),
     })?;
     let (stdout, stderr) = ctx.logs.prepare(container_id)?;
     let pumps = ctx.logs.pump(workload, container_id)?;

@@ -337,8 +337,55 @@ pub struct HttpServer {
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// A certificate authority made for one test, and an https server certificate for 127.0.0.1.
+pub struct TestTls {
+    pub ca_pem: String,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+impl TestTls {
+    pub fn new() -> TestTls {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "Backroom test image CA");
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        TestTls { ca_pem, server: Arc::new(server) }
+    }
+}
+
 impl HttpServer {
     pub fn start(root: PathBuf, cut_first: u32) -> HttpServer {
+        Self::start_with(root, cut_first, None)
+    }
+
+    /// An https server (the certificate of `tls`) with the same behaviour.
+    pub fn start_tls(root: PathBuf, tls: &TestTls) -> HttpServer {
+        Self::start_with(root, 0, Some(tls.server.clone()))
+    }
+
+    fn start_with(
+        root: PathBuf,
+        cut_first: u32,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> HttpServer {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         l.set_nonblocking(true).unwrap();
@@ -358,7 +405,15 @@ impl HttpServer {
                 s.set_nonblocking(false).unwrap();
                 let cut = cuts > 0;
                 cuts = cuts.saturating_sub(1);
-                serve_one(s, &root, cut, &req2);
+                match &tls {
+                    None => serve_one(s, &root, cut, &req2),
+                    Some(config) => {
+                        let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                            continue;
+                        };
+                        serve_one(rustls::StreamOwned::new(conn, s), &root, cut, &req2)
+                    }
+                }
             }
         });
         HttpServer { port, requests, stop }
@@ -371,8 +426,8 @@ impl Drop for HttpServer {
     }
 }
 
-fn serve_one(mut s: std::net::TcpStream, root: &Path, cut: bool, log: &Mutex<Vec<String>>) {
-    let mut r = BufReader::new(s.try_clone().unwrap());
+fn serve_one(s: impl Read + Write, root: &Path, cut: bool, log: &Mutex<Vec<String>>) {
+    let mut r = BufReader::new(s);
     let mut first = String::new();
     if r.read_line(&mut first).is_err() {
         return;
@@ -392,7 +447,8 @@ fn serve_one(mut s: std::net::TcpStream, root: &Path, cut: bool, log: &Mutex<Vec
         .unwrap()
         .push(format!("GET /{path} from {range_from}{}", if cut { " (cut)" } else { "" }));
     let Ok(mut f) = std::fs::File::open(root.join(&path)) else {
-        let _ = s
+        let _ = r
+            .get_mut()
             .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     };
@@ -409,6 +465,7 @@ fn serve_one(mut s: std::net::TcpStream, root: &Path, cut: bool, log: &Mutex<Vec
     } else {
         format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", part.len())
     };
+    let s = r.get_mut();
     let _ = s.write_all(head.as_bytes());
     let send = if cut { &part[..part.len() / 2] } else { part };
     let _ = s.write_all(send);
