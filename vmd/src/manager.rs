@@ -638,7 +638,7 @@ impl Vmd {
         for vm in owned {
             self.st().rt.entry(vm.clone()).and_modify(|r| r.busy = true);
             let r = async {
-                self.stop_domain(&vm).await?;
+                let graceful = self.stop_domain(&vm).await?;
                 let (hv, dn) = (self.hv(), xml::domain_name(&vm));
                 blocking(move || hv.undefine(&dn)).await?;
                 let storage = self.storage();
@@ -650,11 +650,15 @@ impl Vmd {
                 if purge {
                     let _ = std::fs::remove_dir(self.inner.layout.vm_dir(&vm));
                 }
-                self.inner.deps.nics.detach(&vm).await
+                self.inner.deps.nics.detach(&vm).await?;
+                Ok::<_, Error>(graceful)
             }
             .await;
             match r {
-                Ok(()) => done.push(format!("{vm}: removed")),
+                Ok(true) => done.push(format!("{vm}: shut down and removed")),
+                Ok(false) => {
+                    done.push(format!("{vm}: destroyed after the shutdown timeout and removed"))
+                }
                 Err(e) => failures.push(format!("{vm}: {e}")),
             }
         }

@@ -17,7 +17,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${1:-${VMD_TESTGUEST_DIR:-/var/cache/backroom/vmd-testguest}}
 # Bump when the recipe changes: a cache made by another recipe is rebuilt.
-RECIPE=6
+RECIPE=7
 say() { printf 'testguest: %s\n' "$*" >&2; }
 fail() { say "$*"; exit 1; }
 
@@ -49,7 +49,7 @@ if [ ! -s "$DIR/vmlinuz" ] || [ ! -d "$DIR/modules" ]; then
   rm -rf "$DIR/modules"
   mkdir -p "$DIR/modules"
   for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk \
-           failover net_failover virtio_net cdrom isofs; do
+           failover net_failover virtio_net cdrom isofs evdev button; do
     f=$(find "$WORK/k/lib/modules/$ver" -name "$m.ko" -o -name "$m.ko.xz" | head -1)
     [ -n "$f" ] || fail "module $m not found in $pkg"
     case "$f" in *.xz) xz -dc "$f" >"$DIR/modules/$m.ko" ;; *) cp "$f" "$DIR/modules/$m.ko" ;; esac
@@ -64,13 +64,18 @@ if [ ! -s "$DIR/initrd.img" ]; then
   mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,mnt/seed,lib/modules,www,etc}
   cp /bin/busybox "$root/bin/busybox"
   for a in sh cat echo mount umount mkdir sleep ip insmod poweroff reboot sed grep cut tr \
-           ls head httpd nc dmesg awk; do
+           ls head httpd nc dmesg awk acpid; do
     ln -s busybox "$root/bin/$a"
   done
   cp "$DIR"/modules/*.ko "$root/lib/modules/"
   cp "$HERE/init.sh" "$root/init"
   chmod 0755 "$root/init"
   echo "backroom test guest" >"$root/www/index.html"
+  # busybox acpid runs /etc/acpi/PWRF/00000080 on the ACPI power button (bk.acpi=1).
+  mkdir -p "$root/etc/acpi/PWRF"
+  printf '#!/bin/sh\necho BACKROOM-GUEST-ACPI-POWEROFF >/dev/console\npoweroff -f\n' \
+    >"$root/etc/acpi/PWRF/00000080"
+  chmod 0755 "$root/etc/acpi/PWRF/00000080"
   (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$DIR/initrd.img.tmp"
   mv "$DIR/initrd.img.tmp" "$DIR/initrd.img"
 fi

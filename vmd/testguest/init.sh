@@ -20,6 +20,17 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
          failover net_failover virtio_net cdrom isofs; do
   insmod /lib/modules/$m.ko 2>/dev/null
 done
+# bk.acpi=1: the guest obeys the ACPI power button (a graceful shutdown); otherwise it ignores
+# it, like a hung guest, and only a destroy stops it.
+if [ "$(arg bk.acpi)" = 1 ]; then
+  insmod /lib/modules/evdev.ko 2>/dev/null
+  insmod /lib/modules/button.ko 2>/dev/null
+  i=0
+  while [ $i -lt 25 ] && [ ! -e /dev/input/event0 ]; do sleep 0.2; i=$((i+1)); done
+  # In the foreground, logging to the console (there is no /var here).
+  acpid -d -p /tmp/acpid.pid &
+  echo "BACKROOM-ACPID $(ls /dev/input 2>/dev/null | tr '\n' ' ')"
+fi
 # virtio devices appear asynchronously after the modules load (slowly under TCG).
 i=0
 while [ $i -lt 50 ] && ! ls /dev/vd? >/dev/null 2>&1 && ! ls /sys/class/net/eth0 >/dev/null 2>&1; do

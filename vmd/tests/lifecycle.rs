@@ -49,7 +49,7 @@ workloads:
     cpus: 1
     memory: 256Mi
     boot:
-      kernel: {{kernel: {kernel}, initrd: {initrd}, cmdline: "console=ttyS0 quiet bk.marker={kern_marker}"}}
+      kernel: {{kernel: {kernel}, initrd: {initrd}, cmdline: "console=ttyS0 quiet bk.acpi=1 bk.marker={kern_marker}"}}
     networks: [{{segment: {seg}, address: auto}}]
     cloud_init:
       user_data: |
@@ -232,6 +232,16 @@ fn vm_lifecycle_against_real_libvirt() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(d.vm(&n.kern).0, "stopped");
     assert!(virsh(&["domstate", &format!("bk-{}", n.kern)]).contains("shut off"));
+    // This guest obeys the ACPI power button (bk.acpi=1): a graceful shutdown, no destroy.
+    let l = d.logs(&n.kern);
+    assert!(l.contains("BACKROOM-GUEST-ACPI-POWEROFF"), "the guest powered itself off: {l}");
+    wait_event(&events, &n.kern, "stopped");
+    let stopped =
+        events.lock().unwrap().iter().rev().find(|e| e.0 == n.kern && e.1 == "stopped").cloned();
+    assert!(
+        stopped.as_ref().is_some_and(|e| e.2.contains("shut down by an operator")),
+        "{stopped:?}"
+    );
     assert!(d.cli(&["start", &n.kern]).status.success());
     d.wait_log(&n.kern, "BACKROOM-GUEST-READY marker=k1", 2, BOOT);
     let o = d.cli(&["restart", &n.kern]);
@@ -317,10 +327,23 @@ fn vm_lifecycle_against_real_libvirt() {
     // 10. Teardown (without the daemon): domains gone, data disks kept.
     d.kill9();
     let o = std::process::Command::new(VMD)
-        .args(["teardown", "--state-dir", &d.state.display().to_string()])
+        .args([
+            "teardown",
+            "--shutdown-timeout",
+            "5s",
+            "--state-dir",
+            &d.state.display().to_string(),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "teardown: {}", String::from_utf8_lossy(&o.stderr));
+    // The kernel guest obeys ACPI; the disk guests ignore it, like a hung guest.
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains(&format!("{}: shut down and removed", n.kern)), "{said}");
+    assert!(
+        said.contains(&format!("{}: destroyed after the shutdown timeout and removed", n.disk)),
+        "{said}"
+    );
     let names = virsh(&["list", "--all", "--name"]);
     assert!(
         !names.contains(&format!("bk-{}", n.kern)) && !names.contains(&format!("bk-{}", n.disk)),
