@@ -17,7 +17,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${1:-${VMD_TESTGUEST_DIR:-/var/cache/backroom/vmd-testguest}}
 # Bump when the recipe changes: a cache made by another recipe is rebuilt.
-RECIPE=7
+RECIPE=8
 say() { printf 'testguest: %s\n' "$*" >&2; }
 fail() { say "$*"; exit 1; }
 

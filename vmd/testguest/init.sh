@@ -10,6 +10,8 @@ exec >/dev/console 2>&1
 arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^$1=//p" | head -1; }
 marker=$(arg bk.marker)
 echo "BACKROOM-GUEST-UP marker=${marker:-none}"
+# UEFI firmware leaves /sys/firmware/efi behind; a BIOS boot does not.
+if [ -d /sys/firmware/efi ]; then echo "BACKROOM-FIRMWARE uefi"; else echo "BACKROOM-FIRMWARE bios"; fi
 
 if [ "$(arg bk.poweroff)" = 1 ]; then
   echo "BACKROOM-GUEST-POWEROFF"

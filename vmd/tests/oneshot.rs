@@ -129,6 +129,7 @@ fn direct_apply_with_profile_nics_boots_and_refusals_change_nothing() {
     assert!(log.contains(&format!("macaddress: \"{mac}\"")), "{log}");
     assert!(log.contains(&format!("BACKROOM-ADDRESS eth0 {net}.5/24")), "{log}");
     assert!(log.contains(&format!("via: {net}.1")), "{log}");
+    assert!(log.contains("BACKROOM-FIRMWARE bios"), "{log}");
     assert_eq!(bridge.ports().len(), 1);
     let o = vmd(&["list", "--state-dir", &st, "--direct", "--virt-type", "qemu"]);
     let l = text(&o);
