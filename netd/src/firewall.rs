@@ -458,6 +458,14 @@ pub fn build(p: &Profile, ctx: &Context) -> Ruleset {
         c.rules.push(default_rule(fw.default, ctx.bridge_reject));
         seg_chains.push(c);
     }
+    // A VM's tap joins its bridge before netd has seen it (the next check puts it above): until
+    // then its traffic inside the segment is held, never let through unfiltered. The taps are
+    // Backroom's own (vmd names them), so no other host traffic is touched.
+    bforward.rules.push(Rule::new(
+        "netd:vm-tap-pending",
+        vec![Match::IifPrefix(backroom_profiles::naming::VM_TAP_PREFIX.to_string())],
+        Verdict::Drop,
+    ));
     let mut bridge = Table::new(Family::Bridge);
     bridge.counters = counters;
     bridge.chains.push(bforward);

@@ -119,6 +119,35 @@ fn guests_reach_the_internet_through_nat_and_no_private_segment() {
 }
 
 #[test]
+fn a_vm_tap_netd_has_not_filtered_yet_is_held_until_it_is() {
+    let _g = serial();
+    let s = Store::new(SHOP, &upstream());
+    s.attach_all();
+    let orders = s.workload_addrs("orders").into_iter().find(|(seg, _)| seg == "pos").unwrap().1;
+    let _wl = Servers::start("/run/netns/bk-orders", &[8443, 9], &[], "orders");
+    // A VM's tap, named as vmd names them, joins br-pos after netd last looked at the bridge.
+    let tap = backroom_profiles::naming::vm_tap("till", 0);
+    let vm = common::plug_client_as(&s.store, &tap, "br-pos", "10.1.0.60/24", Some("10.1.0.1"));
+    let vpath = Store::ns_path(&vm);
+    let to = |port: u16| SocketAddr::new(orders, port);
+    assert!(
+        probe(&vpath, L4::Tcp, to(8443), Duration::from_millis(800)).is_none(),
+        "a tap netd has not filtered yet must not pass traffic inside its segment"
+    );
+    // What `netd serve`'s next check does when a port joins one of its bridges.
+    s.apply();
+    assert_eq!(
+        probe(&vpath, L4::Tcp, to(8443), Duration::from_secs(2)).as_deref(),
+        Some("orders"),
+        "pos-to-orders holds for the VM once netd filters its tap"
+    );
+    assert!(
+        probe(&vpath, L4::Tcp, to(9), Duration::from_millis(800)).is_none(),
+        "and only what the rules allow"
+    );
+}
+
+#[test]
 fn a_second_apply_writes_nothing_and_keeps_the_rule_handles() {
     let _g = serial();
     let s = Store::new(SHOP, &upstream());

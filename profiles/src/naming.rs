@@ -45,6 +45,18 @@ pub fn mac(workload: &str, segment: &str) -> [u8; 6] {
     [0x02, 0x42, h[0], h[1], h[2], h[3]]
 }
 
+/// How the host-side tap of every VM NIC begins (vmd names them; netd holds the traffic of one
+/// it has not put in its firewall yet, so a new VM is never unfiltered inside its segment).
+pub const VM_TAP_PREFIX: &str = "bkt";
+
+/// The host-side tap of a VM's `index`-th NIC: `bkt` and 10 hex digits, stable for the VM (the
+/// kernel allows 15 characters).
+pub fn vm_tap(vm: &str, index: usize) -> String {
+    let h = hash(&["tap", vm, &index.to_string()]);
+    let hex: String = h[..5].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{VM_TAP_PREFIX}{hex}")
+}
+
 pub fn mac_string(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }

@@ -166,10 +166,12 @@ fn render(s: &DomainSpec, meta: Option<&Meta>) -> String {
         let _ = writeln!(x, "      <serial>{}</serial>", esc(&serial));
         x.push_str("    </disk>\n");
     }
-    for n in &s.nics {
+    for (i, n) in s.nics.iter().enumerate() {
         x.push_str("    <interface type='bridge'>\n");
         let _ = writeln!(x, "      <source bridge='{}'/>", esc(&n.bridge));
         let _ = writeln!(x, "      <mac address='{}'/>", esc(&n.mac));
+        let tap = backroom_profiles::naming::vm_tap(&s.workload, i);
+        let _ = writeln!(x, "      <target dev='{}'/>", esc(&tap));
         x.push_str("      <model type='virtio'/>\n");
         x.push_str("    </interface>\n");
     }

@@ -207,6 +207,11 @@ fn vm_lifecycle_against_real_libvirt() {
     assert!(dlog.contains("SYSLINUX"), "the disk VM did not boot from its disk: {dlog}");
     let ports = bridge.ports();
     assert_eq!(ports.len(), 2, "taps on {}: {ports:?}", bridge.name);
+    for vm in [&n.kern, &n.disk] {
+        // Named by vmd (netd holds a tap with this prefix until it has filtered it).
+        let tap = backroom_profiles::naming::vm_tap(vm, 0);
+        assert!(ports.iter().any(|(p, _)| *p == tap), "no tap {tap} for {vm}: {ports:?}");
+    }
     for mac in [&kern_mac, &disk_mac] {
         // A tap's own MAC is the guest's with fe: in front.
         assert!(ports.iter().any(|(_, m)| m[2..] == mac[2..]), "no tap for {mac}: {ports:?}");

@@ -150,6 +150,11 @@ fn lower_match(m: &Match, family: Family, out: &mut Vec<Raw>) {
             out.push(meta(libc::NFT_META_IIFNAME));
             out.push(cmp(EQ, ifname(n)));
         }
+        Match::IifPrefix(p) => {
+            // Compares only the prefix's bytes (no terminating NUL): a wildcard.
+            out.push(meta(libc::NFT_META_IIFNAME));
+            out.push(cmp(EQ, p.as_bytes().to_vec()));
+        }
         Match::OifName(n) => {
             out.push(meta(libc::NFT_META_OIFNAME));
             out.push(cmp(EQ, ifname(n)));

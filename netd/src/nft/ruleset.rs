@@ -115,6 +115,8 @@ impl L4 {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Match {
     IifName(String),
+    /// The input interface's name begins with this (nft's `iifname "bkt*"`).
+    IifPrefix(String),
     OifName(String),
     /// The packet is of this L3 protocol (`meta nfproto` in inet, `ether type` in bridge).
     Proto(L3),
@@ -203,6 +205,7 @@ impl Rule {
 fn match_text(m: &Match, family: Family) -> String {
     match m {
         Match::IifName(n) => format!("iifname \"{n}\""),
+        Match::IifPrefix(p) => format!("iifname \"{p}*\""),
         Match::OifName(n) => format!("oifname \"{n}\""),
         Match::Proto(l3) => match (family, l3) {
             (Family::Inet, L3::V4) => "meta nfproto ipv4".to_string(),

@@ -113,8 +113,13 @@ pub fn in_ns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'stat
 /// Connects `a` (a new namespace `tag` on `a` side) to bridge `bridge` of the store namespace:
 /// a client device on a segment.
 pub fn plug_client(store: &Ns, bridge: &str, addr: &str, gw: Option<&str>) -> Ns {
-    let c = Ns::new("c");
     let port = format!("tc{}", COUNTER.fetch_add(1, Ordering::SeqCst) % 100_000);
+    plug_client_as(store, &port, bridge, addr, gw)
+}
+
+/// Like [`plug_client`], with the bridge port named `port` (e.g. as vmd names a VM's tap).
+pub fn plug_client_as(store: &Ns, port: &str, bridge: &str, addr: &str, gw: Option<&str>) -> Ns {
+    let c = Ns::new("c");
     must(&format!(
         "ip link add {port} netns {} type veth peer name eth0 netns {}",
         store.name, c.name
