@@ -75,6 +75,11 @@ struct Args {
     /// registries always are.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// REGISTRY=FILE: trust the CA certificates in FILE (PEM) for REGISTRY (host[:port]),
+    /// besides the system's store, e.g. HQ's private registry. Such a registry is always reached
+    /// over https. Repeat for several.
+    #[arg(long = "registry-ca", value_name = "REGISTRY=FILE")]
+    registry_cas: Vec<String>,
     /// A JSON file of registry credentials: {"registry.example": {"username": "…", "password": "…"}}.
     #[arg(long)]
     registry_auth: Option<PathBuf>,
@@ -119,11 +124,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => BTreeMap::new(),
     };
+    let mut registry_cas: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for arg in &args.registry_cas {
+        let Some((registry, file)) = arg.split_once('=') else {
+            anyhow::bail!(
+                "--registry-ca {arg}: expected REGISTRY=FILE, e.g. registry.hq.example=/etc/backroom/hq-ca.pem"
+            );
+        };
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("--registry-ca {arg}: cannot read {file}"))?;
+        let certs = backroom_nodeagent::runtime::pem_certificates(&text);
+        if certs.is_empty() {
+            anyhow::bail!("--registry-ca {arg}: {file} holds no PEM certificate");
+        }
+        registry_cas.entry(registry.to_string()).or_default().extend(certs);
+    }
     let ctd_config = ContainerdConfig {
         socket: args.containerd_socket.clone(),
         namespace: args.containerd_namespace.clone(),
         insecure_registries: args.insecure_registries.clone(),
         auth,
+        registry_cas,
     };
     let runtime = loop {
         match Containerd::connect(ctd_config.clone()).await {

@@ -49,6 +49,10 @@ pub struct ContainerdConfig {
     pub insecure_registries: Vec<String>,
     /// Credentials by registry (`host[:port]`).
     pub auth: BTreeMap<String, RegistryAuth>,
+    /// Extra CA certificates (PEM blocks) by registry (`host[:port]`), trusted besides the
+    /// system's store; a registry with a CA here is always reached over https, loopback or not
+    /// (as Docker's `certs.d/<registry>/ca.crt`).
+    pub registry_cas: BTreeMap<String, Vec<String>>,
 }
 
 /// containerd, as nodeagent uses it.

@@ -132,6 +132,20 @@ pub fn images_to_collect(
         .collect()
 }
 
+/// The certificates of a PEM file, each as its own PEM block (other text is ignored).
+pub fn pem_certificates(text: &str) -> Vec<String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(b) = rest.find(BEGIN) {
+        let Some(e) = rest[b..].find(END) else { break };
+        out.push(format!("{}\n", &rest[b..b + e + END.len()]));
+        rest = &rest[b + e + END.len()..];
+    }
+    out
+}
+
 /// Whether a registry is reached over plain HTTP: loopback ones and those the node names.
 pub fn plain_http(registry: &str, insecure: &[String]) -> bool {
     if insecure.iter().any(|r| r == registry) {
@@ -148,6 +162,14 @@ pub fn plain_http(registry: &str, insecure: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pem_files_give_each_certificate() {
+        let one = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----";
+        let text = format!("# HQ\n{one}\njunk\n{one}\n-----BEGIN PRIVATE KEY-----\nx\n");
+        assert_eq!(pem_certificates(&text), vec![format!("{one}\n"), format!("{one}\n")]);
+        assert!(pem_certificates("no certificate here").is_empty());
+    }
 
     #[test]
     fn loopback_and_named_registries_use_plain_http() {

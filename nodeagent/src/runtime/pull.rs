@@ -1,6 +1,7 @@
 //! Getting an image a workload names: found among the images containerd holds (by name, or by
 //! the reference's digest for imported images), else pulled from its registry with
-//! `oci-client` (plain HTTP only for loopback registries and those the node names insecure).
+//! `oci-client` (plain HTTP only for loopback registries and those the node names insecure,
+//! unless the node has a CA for the registry: then https).
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -34,8 +35,24 @@ struct Registry {
     auth: OciAuth,
 }
 
-fn pull_err(image: &str, e: impl std::fmt::Display) -> Error {
-    Error::Image { image: image.to_string(), message: format!("cannot pull it: {e}") }
+fn pull_msg(image: &str, message: impl std::fmt::Display) -> Error {
+    Error::Image { image: image.to_string(), message: format!("cannot pull it: {message}") }
+}
+
+/// A pull error with its causes (e.g. "error sending request: … invalid peer certificate:
+/// UnknownIssuer"), which say what an operator can fix.
+fn pull_err(image: &str, e: &dyn std::error::Error) -> Error {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        cause = c.source();
+    }
+    pull_msg(image, message)
 }
 
 impl BlobSource for Registry {
@@ -46,7 +63,7 @@ impl BlobSource for Registry {
             self.client
                 .pull_manifest_raw(&r, &self.auth, ACCEPTED)
                 .await
-                .map_err(|e| pull_err(&whole, e))?
+                .map_err(|e| pull_err(&whole, &e))?
                 .0
                 .to_vec()
         } else {
@@ -54,11 +71,11 @@ impl BlobSource for Registry {
             self.client
                 .pull_blob(&self.reference, desc.digest.as_str(), &mut out)
                 .await
-                .map_err(|e| pull_err(&whole, e))?;
+                .map_err(|e| pull_err(&whole, &e))?;
             out
         };
         if sha256_digest(&bytes) != desc.digest {
-            return Err(pull_err(
+            return Err(pull_msg(
                 &whole,
                 format!("blob {} does not match its digest", desc.digest),
             ));
@@ -71,7 +88,7 @@ impl BlobSource for Registry {
             .client
             .pull_blob_stream(&self.reference, desc.digest.as_str())
             .await
-            .map_err(|e| pull_err(&self.reference.whole(), e))?;
+            .map_err(|e| pull_err(&self.reference.whole(), &e))?;
         Ok(s.stream.map_err(std::io::Error::other).boxed())
     }
 }
@@ -118,15 +135,25 @@ impl Containerd {
     async fn pull(&self, image: &backroom_profiles::ImageRef) -> Result<ImageInfo> {
         install_crypto_provider();
         let want = image.to_string();
-        let reference: Reference = want.parse().map_err(|e| pull_err(&want, e))?;
+        let reference: Reference = want.parse().map_err(|e| pull_err(&want, &e))?;
         let registry = reference.resolve_registry().to_string();
-        let protocol = if plain_http(&registry, &self.config.insecure_registries) {
+        let cas = self.config.registry_cas.get(&registry);
+        let protocol = if cas.is_none() && plain_http(&registry, &self.config.insecure_registries) {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
         };
+        let extra_root_certificates = cas
+            .into_iter()
+            .flatten()
+            .map(|pem| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Pem,
+                data: pem.as_bytes().to_vec(),
+            })
+            .collect();
         let client = Client::new(ClientConfig {
             protocol,
+            extra_root_certificates,
             connect_timeout: Some(std::time::Duration::from_secs(10)),
             read_timeout: Some(std::time::Duration::from_secs(60)),
             ..Default::default()
@@ -138,11 +165,11 @@ impl Containerd {
         let (bytes, digest) = client
             .pull_manifest_raw(&reference, &auth, ACCEPTED)
             .await
-            .map_err(|e| pull_err(&want, e))?;
+            .map_err(|e| pull_err(&want, &e))?;
         if let Some(d) = &image.digest
             && d != &digest
         {
-            return Err(pull_err(
+            return Err(pull_msg(
                 &want,
                 format!("the registry served {digest}, not the pinned {d}"),
             ));

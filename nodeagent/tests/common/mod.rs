@@ -45,6 +45,7 @@ pub async fn containerd(namespace: &str) -> Containerd {
         namespace: namespace.into(),
         insecure_registries: vec![],
         auth: Default::default(),
+        registry_cas: Default::default(),
     })
     .await
     .expect("containerd answers")
