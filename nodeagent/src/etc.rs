@@ -16,7 +16,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::store::write_atomic;
 
 /// Where systemd-resolved writes the servers it forwards to.
 const RESOLVED_UPSTREAM: &str = "/run/systemd/resolve/resolv.conf";
@@ -75,14 +74,10 @@ pub fn prepare(dir: &Path, resolv_source: &Path, workload: &str) -> Result<(Path
     let files = (wdir.join("resolv.conf"), wdir.join("hosts"));
     for (path, text) in [(&files.0, resolv), (&files.1, container_hosts(workload))] {
         if read(path)?.as_deref() != Some(text.as_str()) {
-            write_atomic(path, text.as_bytes())?;
+            // 0644: readable by the container's (possibly unprivileged) user.
+            backroom_session::files::write_atomic(path, text.as_bytes(), 0o644)
+                .map_err(|e| Error::io("write", path, e))?;
         }
-    }
-    // Readable by the container's (possibly unprivileged) user.
-    for p in [&files.0, &files.1] {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| Error::io("set the mode of", p, e))?;
     }
     Ok(files)
 }

@@ -12,14 +12,6 @@ use std::time::{Duration, Instant};
 use backroom_profiles::naming;
 use common::*;
 
-fn vmd(args: &[&str]) -> std::process::Output {
-    Command::new(VMD).args(args).output().unwrap()
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
 #[test]
 fn virt_type_auto_probes_kvm_and_picks_qemu_here() {
     // On the build machines /dev/kvm exists but nested KVM never runs a guest.
@@ -115,16 +107,8 @@ fn direct_apply_with_profile_nics_boots_and_refusals_change_nothing() {
         "qemu",
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    let t = Instant::now();
-    let log = loop {
-        let o = vmd(&["logs", &vm, "--state-dir", &st, "--direct"]);
-        let l = String::from_utf8_lossy(&o.stdout).to_string();
-        if l.contains("BACKROOM-GUEST-READY marker=oneshot") {
-            break l;
-        }
-        assert!(t.elapsed() < Duration::from_secs(120), "no marker: {l}");
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let log =
+        wait_direct_log(&vm, &st, "BACKROOM-GUEST-READY marker=oneshot", Duration::from_secs(120));
     let mac = naming::mac_string(naming::mac(&vm, &seg));
     assert!(log.contains(&format!("macaddress: \"{mac}\"")), "{log}");
     assert!(log.contains(&format!("BACKROOM-ADDRESS eth0 {net}.5/24")), "{log}");

@@ -7,18 +7,9 @@
 
 mod common;
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-fn vmd(args: &[&str]) -> std::process::Output {
-    Command::new(VMD).args(args).output().unwrap()
-}
-
-fn text(o: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 #[test]
 fn a_uefi_vm_boots_under_ovmf_and_teardown_removes_its_nvram() {
@@ -53,16 +44,8 @@ fn a_uefi_vm_boots_under_ovmf_and_teardown_removes_its_nvram() {
         .and_then(|l| l.split('<').next())
         .unwrap()
         .to_string();
-    let t = Instant::now();
-    let log = loop {
-        let o = vmd(&["logs", &vm, "--state-dir", &st, "--direct"]);
-        let l = String::from_utf8_lossy(&o.stdout).to_string();
-        if l.contains("BACKROOM-GUEST-READY marker=uefi") {
-            break l;
-        }
-        assert!(t.elapsed() < Duration::from_secs(180), "no marker: {l}");
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let log =
+        wait_direct_log(&vm, &st, "BACKROOM-GUEST-READY marker=uefi", Duration::from_secs(180));
     assert!(log.contains("BACKROOM-FIRMWARE uefi"), "the guest booted through UEFI: {log}");
     assert!(std::path::Path::new(&nvram).exists(), "the guest's NVRAM: {nvram}");
 

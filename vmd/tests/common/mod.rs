@@ -478,3 +478,27 @@ pub fn sha256_file(p: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string()
 }
 pub mod fake_netd;
+
+/// Runs the vmd command line once (one-shot commands, no daemon).
+pub fn vmd(args: &[&str]) -> Output {
+    Command::new(VMD).args(args).output().unwrap()
+}
+
+/// A command's stdout and stderr together, for messages.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Polls `vmd logs VM --direct` (state folder `state`) until the console shows `needle`.
+pub fn wait_direct_log(vm: &str, state: &str, needle: &str, timeout: Duration) -> String {
+    let t = Instant::now();
+    loop {
+        let o = vmd(&["logs", vm, "--state-dir", state, "--direct"]);
+        let l = String::from_utf8_lossy(&o.stdout).to_string();
+        if l.contains(needle) {
+            return l;
+        }
+        assert!(t.elapsed() < timeout, "no `{needle}` on {vm}'s console: {l}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
