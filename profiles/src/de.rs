@@ -240,9 +240,13 @@ impl<'a> de::Deserializer<'a> for NodeDe<'a> {
 
     fn deserialize_newtype_struct<V: Visitor<'a>>(
         self,
-        _name: &'static str,
+        name: &'static str,
         visitor: V,
     ) -> Result<V::Value, DeError> {
+        if name == crate::types::TEXT {
+            // A value type reads the scalar's text exactly as written (see `types::TEXT`).
+            return self.deserialize_str(visitor);
+        }
         let node = self.node;
         visitor.visit_newtype_struct(self).map_err(|e: DeError| e.at(node))
     }

@@ -27,16 +27,29 @@ macro_rules! text_type {
     };
 }
 
-/// `Deserialize` only, for types that serialize as numbers.
+/// The name under which the text types ask for their value. serde_json (and every other
+/// self-describing format) hands the value over as it was written, a number or a string; the
+/// profile's own deserializer ([`crate::de`]) hands over the scalar's text exactly as written,
+/// so `1e3` stays `1e3` (and is refused as a size) instead of becoming the number 1000.
+pub(crate) const TEXT: &str = "$backroom::text";
+
+/// `Deserialize` only, for types that serialize as numbers. Numbers are read back through
+/// their text (`0.25` → "0.25"), so what [`Serialize`] writes always reads back.
 macro_rules! text_de {
     ($ty:ty, $what:expr, $num:expr) => {
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 struct V;
-                impl serde::de::Visitor<'_> for V {
+                impl<'de> serde::de::Visitor<'de> for V {
                     type Value = $ty;
                     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                         f.write_str($what)
+                    }
+                    fn visit_newtype_struct<D: Deserializer<'de>>(
+                        self,
+                        d: D,
+                    ) -> Result<$ty, D::Error> {
+                        d.deserialize_any(self)
                     }
                     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
                         v.parse().map_err(E::custom)
@@ -54,7 +67,7 @@ macro_rules! text_de {
                         v.to_string().parse().map_err(E::custom)
                     }
                 }
-                d.deserialize_str(V)
+                d.deserialize_newtype_struct(TEXT, V)
             }
         }
     };
