@@ -14,6 +14,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in PROTOS {
         println!("cargo:rerun-if-changed={p}");
     }
-    tonic_prost_build::configure().compile_protos(PROTOS, &["proto"])?;
+    // The shared messages are generated once, into `crate::common`; the other files refer to
+    // them there (the module tree does not mirror the packages).
+    let (common, rest) = PROTOS.split_at(1);
+    tonic_prost_build::configure().compile_protos(common, &["proto"])?;
+    tonic_prost_build::configure()
+        .extern_path(".backroom.common.v1", "crate::common")
+        .compile_protos(rest, &["proto"])?;
     Ok(())
 }

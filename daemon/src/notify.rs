@@ -139,13 +139,9 @@ mod tests {
     async fn a_loop_that_hangs_counts_as_dead() {
         let pings = Arc::new(AtomicUsize::new(0));
         let p = pings.clone();
-        tokio::spawn(watchdog(
-            Duration::from_secs(4),
-            std::future::pending::<bool>,
-            move || {
-                p.fetch_add(1, Ordering::SeqCst);
-            },
-        ));
+        tokio::spawn(watchdog(Duration::from_secs(4), std::future::pending::<bool>, move || {
+            p.fetch_add(1, Ordering::SeqCst);
+        }));
         tokio::time::sleep(Duration::from_secs(20)).await;
         assert_eq!(pings.load(Ordering::SeqCst), 0);
     }

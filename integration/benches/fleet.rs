@@ -128,6 +128,7 @@ async fn run() -> anyhow::Result<()> {
                     backroom_session::now_ms(),
                     "sim_event",
                     "app",
+                    "",
                     &format!("event {i}"),
                 )?;
             }

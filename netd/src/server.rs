@@ -66,6 +66,7 @@ impl Daemon {
             kind: kind.to_string(),
             message,
             revision: revision.to_string(),
+            subject: String::new(),
         });
     }
 
@@ -187,6 +188,7 @@ pub fn attach_reply(ep: &Endpoint) -> pb::AttachReply {
 
 pub fn observe_reply(o: Observation) -> pb::ObserveReply {
     pb::ObserveReply {
+        problems: Vec::new(),
         applied_revision: o.applied_revision,
         pending_revision: o.pending_revision,
         confirm_deadline_unix: o.confirm_deadline_unix,

@@ -138,7 +138,7 @@ impl Supervisor {
 
     fn event(&self, kind: &str, workload: &str, message: String) {
         tracing::info!(kind, workload, "{message}");
-        if let Err(e) = self.outbox.push(backroom_session::now_ms(), kind, workload, &message) {
+        if let Err(e) = self.outbox.push(backroom_session::now_ms(), kind, workload, "", &message) {
             tracing::error!("cannot record an event: {e}");
         }
     }
@@ -330,6 +330,7 @@ fn healthy(state: &str, health: &str) -> bool {
 /// The status report central gets.
 fn report(s: &Status, d: &CentralDesired, agent_version: &str) -> PbStatus {
     PbStatus {
+        problems: Vec::new(),
         applied_revision: s.applied.clone(),
         desired_revision: d.revision.clone(),
         last_apply: (!d.revision.is_empty()).then(|| ApplyResult {
@@ -469,6 +470,7 @@ async fn run(
                             i64::try_from(e.at_ms).unwrap_or(0),
                             &kind,
                             &e.workload,
+                            "",
                             &e.message,
                         )
                     {
@@ -477,7 +479,7 @@ async fn run(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     let msg = format!("{n} node events were lost before they reached the outbox");
-                    let _ = ob.push(backroom_session::now_ms(), "events_dropped", "", &msg);
+                    let _ = ob.push(backroom_session::now_ms(), "events_dropped", "", "", &msg);
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
@@ -495,7 +497,7 @@ async fn run(
                 let free = st.f_bavail.saturating_mul(100) / st.f_blocks.max(1);
                 if free < threshold && !low {
                     let msg = format!("{free}% free on the filesystem of {}", state_dir.display());
-                    let _ = ob.push(backroom_session::now_ms(), "disk_low", "", &msg);
+                    let _ = ob.push(backroom_session::now_ms(), "disk_low", "", "", &msg);
                 }
                 low = free < threshold;
             }

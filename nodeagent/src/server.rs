@@ -50,6 +50,7 @@ fn ms_to_unix(ms: u64) -> i64 {
 
 pub fn status_reply(s: EngineStatus) -> pb::StatusReply {
     pb::StatusReply {
+        problems: Vec::new(),
         desired_revision: s.desired,
         applied_revision: s.applied,
         last_known_good: s.last_known_good,
@@ -210,6 +211,7 @@ impl NodeAgent for Service {
                     workload: e.workload,
                     kind: e.kind,
                     message: e.message,
+                    subject: String::new(),
                 })
             })
         });

@@ -217,6 +217,7 @@ impl Link {
                             kind: e.kind,
                             workload: e.workload,
                             message: e.message,
+                            subject: e.subject,
                         })
                         .collect();
                     send(&tx, NBody::Events(EventBatch { events })).await?;

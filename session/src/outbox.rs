@@ -25,6 +25,9 @@ pub struct OutEvent {
     pub kind: String,
     pub workload: String,
     pub message: String,
+    /// For `failing` and `recovered`: what (e.g. "uplink eno1"). Absent in older outboxes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subject: String,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -162,6 +165,7 @@ impl Outbox {
         at_ms: i64,
         kind: &str,
         workload: &str,
+        subject: &str,
         message: &str,
     ) -> Result<u64, OutboxError> {
         let seq = {
@@ -173,6 +177,7 @@ impl Outbox {
                 kind: kind.into(),
                 workload: workload.into(),
                 message: message.into(),
+                subject: subject.into(),
             };
             self.append(&mut inner, std::slice::from_ref(&ev))?;
             inner.state.next_seq += 1;
@@ -229,6 +234,7 @@ impl Outbox {
                 kind: "events_dropped".into(),
                 workload: String::new(),
                 message: msg,
+                subject: String::new(),
             };
             self.append(&mut inner, std::slice::from_ref(&ev))?;
             inner.state.next_seq += 1;
@@ -327,7 +333,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let ob = Outbox::open(d.path(), Limits::default()).unwrap();
         for i in 0..5 {
-            assert_eq!(ob.push(i, "k", "w", "m").unwrap(), (i + 1) as u64);
+            assert_eq!(ob.push(i, "k", "w", "", "m").unwrap(), (i + 1) as u64);
         }
         ob.ack(2).unwrap();
         drop(ob);
@@ -339,28 +345,28 @@ mod tests {
         // Everything acknowledged: numbering still goes on from where it was.
         let ob = Outbox::open(d.path(), Limits::default()).unwrap();
         assert_eq!(ob.pending(), 0);
-        assert_eq!(ob.push(9, "k", "", "").unwrap(), 6);
+        assert_eq!(ob.push(9, "k", "", "", "").unwrap(), 6);
     }
 
     #[test]
     fn a_torn_last_line_is_ignored() {
         let d = tempfile::tempdir().unwrap();
         let ob = Outbox::open(d.path(), Limits::default()).unwrap();
-        ob.push(1, "k", "w", "m").unwrap();
+        ob.push(1, "k", "w", "", "m").unwrap();
         drop(ob);
         let mut f = OpenOptions::new().append(true).open(d.path().join(LOG)).unwrap();
         f.write_all(b"{\"seq\":2,\"at_m").unwrap();
         drop(f);
         let ob = Outbox::open(d.path(), Limits::default()).unwrap();
         assert_eq!(ob.pending(), 1);
-        assert_eq!(ob.push(2, "k", "w", "m").unwrap(), 2);
+        assert_eq!(ob.push(2, "k", "w", "", "m").unwrap(), 2);
     }
 
     #[test]
     fn over_its_bound_it_drops_the_oldest_and_says_how_many() {
         let ob = Outbox::in_memory(Limits { max_events: 3, max_age_ms: i64::MAX });
         for i in 0..5 {
-            ob.push(i, "k", "", "").unwrap();
+            ob.push(i, "k", "", "", "").unwrap();
         }
         let evs = ob.unsent_after(0, 100);
         assert!(evs.len() <= 4, "{evs:?}");
@@ -374,8 +380,8 @@ mod tests {
     #[test]
     fn old_events_are_dropped_by_age() {
         let ob = Outbox::in_memory(Limits { max_events: 100, max_age_ms: 1000 });
-        ob.push(0, "old", "", "").unwrap();
-        ob.push(5000, "new", "", "").unwrap();
+        ob.push(0, "old", "", "", "").unwrap();
+        ob.push(5000, "new", "", "", "").unwrap();
         let kinds: Vec<String> = ob.unsent_after(0, 100).into_iter().map(|e| e.kind).collect();
         assert_eq!(kinds, ["new", "events_dropped"]);
     }
@@ -385,7 +391,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let ob = Outbox::open(d.path(), Limits::default()).unwrap();
         for i in 0..1200 {
-            ob.push(i, "k", "", "").unwrap();
+            ob.push(i, "k", "", "", "").unwrap();
         }
         ob.ack(1100).unwrap();
         let lines = std::fs::read_to_string(d.path().join(LOG)).unwrap().lines().count();

@@ -60,7 +60,13 @@ pub fn to_pb(s: VmStatus) -> pb::VmStatus {
 }
 
 fn event_pb(e: VmEvent) -> pb::Event {
-    pb::Event { at_unix_ms: e.at_unix_ms, vm: e.vm, kind: e.kind, message: e.message }
+    pb::Event {
+        at_unix_ms: e.at_unix_ms,
+        vm: e.vm,
+        kind: e.kind,
+        message: e.message,
+        subject: String::new(),
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send + 'static>>;
@@ -85,7 +91,10 @@ impl pb::vmd_server::Vmd for VmdService {
         &self,
         _req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListReply>, Status> {
-        Ok(Response::new(pb::ListReply { vms: self.vmd.list().into_iter().map(to_pb).collect() }))
+        Ok(Response::new(pb::ListReply {
+            vms: self.vmd.list().into_iter().map(to_pb).collect(),
+            problems: Vec::new(),
+        }))
     }
 
     async fn start(&self, req: Request<pb::VmRequest>) -> Result<Response<pb::VmReply>, Status> {

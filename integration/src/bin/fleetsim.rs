@@ -86,7 +86,13 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
     for i in 0..cli.events {
         for n in &nodes {
-            n.outbox.push(backroom_session::now_ms(), "sim_event", "app", &format!("event {i}"))?;
+            n.outbox.push(
+                backroom_session::now_ms(),
+                "sim_event",
+                "app",
+                "",
+                &format!("event {i}"),
+            )?;
         }
         if cli.event_interval_ms > 0 {
             tokio::time::sleep(Duration::from_millis(cli.event_interval_ms)).await;
