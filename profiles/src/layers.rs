@@ -22,7 +22,14 @@ pub struct FsSource;
 
 impl Source for FsSource {
     fn read(&self, path: &Path) -> io::Result<String> {
-        std::fs::read_to_string(path)
+        // Never more than one byte past the limit: the parser then refuses the file by its size
+        // (a device or a huge file named in `extends` must not be read into memory whole).
+        use std::io::Read;
+        let mut text = String::new();
+        std::fs::File::open(path)?
+            .take(yaml::MAX_FILE_BYTES as u64 + 1)
+            .read_to_string(&mut text)?;
+        Ok(text)
     }
 }
 
@@ -378,6 +385,10 @@ fn substitute_node(
 
 type Expanded = (String, Vec<(String, Pos)>);
 
+/// The longest a value may become through `${}` substitution: values are short strings, and a
+/// line of many references to a long value must not make a string of gigabytes.
+pub const MAX_EXPANDED: usize = 64 * 1024;
+
 fn expand(text: &str, values: &HashMap<String, (String, Pos)>) -> Result<Expanded, String> {
     let mut out = String::with_capacity(text.len());
     let mut used = Vec::new();
@@ -397,6 +408,11 @@ fn expand(text: &str, values: &HashMap<String, (String, Pos)>) -> Result<Expande
             let name = &r[..end];
             match values.get(name) {
                 Some((v, pos)) => {
+                    if out.len() + v.len() > MAX_EXPANDED {
+                        return Err(format!(
+                            "substituting values here makes a value longer than {MAX_EXPANDED} characters"
+                        ));
+                    }
                     out.push_str(v);
                     used.push((name.to_string(), pos.clone()));
                 }
@@ -463,6 +479,29 @@ mod tests {
         assert_eq!(n.get("a").unwrap().pos.file.as_ref(), "base.yaml");
         assert_eq!(n.get("list").unwrap().as_seq().unwrap().len(), 1);
         assert!(segs[1].get("remove").is_none());
+    }
+
+    #[test]
+    fn substitution_cannot_blow_a_value_up() {
+        let big = "x".repeat(60_000);
+        let refs = "${big}".repeat(50);
+        let text = format!("values: {{ big: {big} }}\nname: \"{refs}\"\n");
+        let mut l = loader(&[("a.yaml", &text)]);
+        let e = l.load(Path::new("a.yaml")).unwrap_err();
+        assert!(e[0].message.contains("longer than"), "{:?}", e[0].message);
+        assert_eq!(e[0].pos.line, 2);
+    }
+
+    #[test]
+    fn a_huge_file_is_not_read_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("huge.yaml");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(8 << 30).unwrap(); // sparse: 8 GiB of zeros on no disk
+        let text = FsSource.read(&p).unwrap();
+        assert_eq!(text.len(), yaml::MAX_FILE_BYTES + 1);
+        let e = Loader::new(FsSource).load(&p).unwrap_err();
+        assert!(e[0].message.contains("at most"), "{:?}", e[0].message);
     }
 
     #[test]

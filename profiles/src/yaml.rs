@@ -96,19 +96,43 @@ impl Node {
     }
 }
 
-/// Parses one YAML document. An empty file is a null node.
+/// The largest profile file read (a store profile is a few kilobytes; the largest sample is
+/// under 10 KiB). Bigger input is refused before it is parsed.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+/// How deeply maps and lists may nest (the format needs fewer than ten levels). Deeper input is
+/// refused as it is read, so nothing later recurses deeper than this.
+pub const MAX_DEPTH: usize = 64;
+/// How many values a document may hold once its aliases are expanded: a few hundred lines of
+/// aliases can otherwise expand to billions of values ("billion laughs").
+pub const MAX_NODES: usize = 100_000;
+
+/// Parses one YAML document. An empty file is a null node. Input beyond [`MAX_FILE_BYTES`],
+/// [`MAX_DEPTH`] or [`MAX_NODES`] is refused with its position, in bounded memory and stack.
 pub fn parse(file: &Arc<str>, text: &str) -> Result<Node, Diagnostic> {
-    Builder { file, anchors: HashMap::new() }.run(text)
+    if text.len() > MAX_FILE_BYTES {
+        return Err(Diagnostic::error(
+            Pos::start_of(file),
+            format!(
+                "this file is {} bytes: a profile file may hold at most {MAX_FILE_BYTES} bytes",
+                text.len()
+            ),
+        ));
+    }
+    Builder { file, anchors: HashMap::new(), nodes: 0 }.run(text)
 }
 
 struct Builder<'a> {
     file: &'a Arc<str>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchor's node and how many values it holds (an alias to it adds that many).
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Values made so far, aliases expanded.
+    nodes: usize,
 }
 
+/// An open list or map: where it started, its anchor, and the value count when it started.
 enum Frame {
-    Seq(Pos, usize, Vec<Node>),
-    Map(Pos, usize, Vec<(Node, Node)>, Option<Node>),
+    Seq(Pos, usize, usize, Vec<Node>),
+    Map(Pos, usize, usize, Vec<(Node, Node)>, Option<Node>),
 }
 
 impl Builder<'_> {
@@ -116,6 +140,21 @@ impl Builder<'_> {
         let column = u32::try_from(span.start.col() + 1).unwrap_or(u32::MAX);
         let line = u32::try_from(span.start.line()).unwrap_or(u32::MAX);
         Pos::new(self.file, line, column)
+    }
+
+    /// Counts `n` more values; refuses the document past [`MAX_NODES`].
+    fn count(&mut self, n: usize, pos: &Pos) -> Result<(), Diagnostic> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            return Err(Diagnostic::error(
+                pos.clone(),
+                format!(
+                    "this document expands to more than {MAX_NODES} values (aliases included): \
+                     a profile is far smaller, so it is refused"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn run(mut self, text: &str) -> Result<Node, Diagnostic> {
@@ -153,7 +192,11 @@ impl Builder<'_> {
                     None
                 }
                 Event::Alias(id) => match self.anchors.get(&id) {
-                    Some(node) => Some(node.clone()),
+                    Some((node, size)) => {
+                        let (node, size) = (node.clone(), *size);
+                        self.count(size, &pos)?;
+                        Some(node)
+                    }
                     None => {
                         return Err(Diagnostic::error(pos, "this alias names no earlier anchor"));
                     }
@@ -177,35 +220,50 @@ impl Builder<'_> {
                     } else {
                         Value::Scalar(Scalar { text: text.into_owned(), plain })
                     };
+                    self.count(1, &pos)?;
                     let node = Node::new(pos, value);
                     if anchor > 0 {
-                        self.anchors.insert(anchor, node.clone());
+                        self.anchors.insert(anchor, (node.clone(), 1));
                     }
                     Some(node)
                 }
+                Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _)
+                    if stack.len() >= MAX_DEPTH =>
+                {
+                    let _ = anchor;
+                    return Err(Diagnostic::error(
+                        pos,
+                        format!(
+                            "maps and lists nest deeper than {MAX_DEPTH} levels here: a profile \
+                             needs fewer than ten, so it is refused"
+                        ),
+                    ));
+                }
                 Event::SequenceStart(anchor, _) => {
-                    stack.push(Frame::Seq(pos, anchor, Vec::new()));
+                    self.count(1, &pos)?;
+                    stack.push(Frame::Seq(pos, anchor, self.nodes, Vec::new()));
                     None
                 }
                 Event::MappingStart(anchor, _) => {
-                    stack.push(Frame::Map(pos, anchor, Vec::new(), None));
+                    self.count(1, &pos)?;
+                    stack.push(Frame::Map(pos, anchor, self.nodes, Vec::new(), None));
                     None
                 }
                 Event::SequenceEnd => match stack.pop() {
-                    Some(Frame::Seq(pos, anchor, items)) => {
+                    Some(Frame::Seq(pos, anchor, start, items)) => {
                         let node = Node::new(pos, Value::Seq(items));
                         if anchor > 0 {
-                            self.anchors.insert(anchor, node.clone());
+                            self.anchors.insert(anchor, (node.clone(), self.nodes - start + 1));
                         }
                         Some(node)
                     }
                     _ => return Err(Diagnostic::error(pos, "unbalanced YAML sequence")),
                 },
                 Event::MappingEnd => match stack.pop() {
-                    Some(Frame::Map(pos, anchor, entries, _)) => {
+                    Some(Frame::Map(pos, anchor, start, entries, _)) => {
                         let node = Node::new(pos, Value::Map(entries));
                         if anchor > 0 {
-                            self.anchors.insert(anchor, node.clone());
+                            self.anchors.insert(anchor, (node.clone(), self.nodes - start + 1));
                         }
                         Some(node)
                     }
@@ -215,8 +273,8 @@ impl Builder<'_> {
             let Some(node) = done else { continue };
             match stack.last_mut() {
                 None => root = Some(node),
-                Some(Frame::Seq(_, _, items)) => items.push(node),
-                Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
+                Some(Frame::Seq(_, _, _, items)) => items.push(node),
+                Some(Frame::Map(_, _, _, entries, pending)) => match pending.take() {
                     None => {
                         let key_text = match &node.value {
                             Value::Scalar(s) => s.text.clone(),
@@ -310,6 +368,50 @@ mod tests {
         assert!(matches!(&n.get("b").unwrap().value, Value::Scalar(s) if s.plain));
         assert_eq!(n.get("c").unwrap().value, Value::Null);
         assert_eq!(n.get("d").unwrap().as_str(), Some(""));
+    }
+
+    #[test]
+    fn billion_laughs_is_refused_at_once_with_a_position() {
+        let mut doc = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let refs = vec![format!("*a{}", i - 1); 10].join(", ");
+            doc.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let start = std::time::Instant::now();
+        let e = parse(&file(), &doc).unwrap_err();
+        assert!(e.message.contains("expands to more than"), "{}", e.message);
+        assert!(e.pos.line > 1 && e.pos.line <= 12, "{}", e.pos);
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        // A reasonable use of aliases still works, and its values count once per use.
+        let n = parse(&file(), "a: &x [1, 2]\nb: *x\nc: *x\n").unwrap();
+        assert_eq!(n.get("c").unwrap().as_seq().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursion() {
+        for doc in [
+            "a:\n".to_string()
+                + &(1..300).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect::<String>(),
+            "[".repeat(100_000),
+            "{a: ".repeat(50_000),
+        ] {
+            let e = parse(&file(), &doc).unwrap_err();
+            assert!(
+                e.message.contains("nest deeper") || e.message.contains("not valid YAML"),
+                "{}",
+                e.message
+            );
+        }
+        let ok = (0..MAX_DEPTH).map(|_| "[").collect::<String>()
+            + &(0..MAX_DEPTH).map(|_| "]").collect::<String>();
+        assert!(parse(&file(), &ok).is_ok());
+    }
+
+    #[test]
+    fn oversized_files_are_refused_before_parsing() {
+        let big = format!("a: \"{}\"\n", "x".repeat(MAX_FILE_BYTES));
+        let e = parse(&file(), &big).unwrap_err();
+        assert!(e.message.contains("at most"), "{}", e.message);
     }
 
     #[test]
