@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use crate::pos::{Diagnostic, Pos};
+use crate::types::BadValue;
 use crate::yaml::{self, Node, Scalar, Value};
 
 /// Where profile files come from: the filesystem, or memory in tests.
@@ -372,7 +373,7 @@ fn substitute_node(
                     *text = out;
                     node.subs = used;
                 }
-                Err(msg) => diags.push(Diagnostic::error(node.pos.clone(), msg)),
+                Err(msg) => diags.push(Diagnostic::error(node.pos.clone(), msg.to_string())),
             }
         }
         Value::Seq(items) => items.iter_mut().for_each(|n| substitute_node(n, values, diags)),
@@ -389,7 +390,7 @@ type Expanded = (String, Vec<(String, Pos)>);
 /// line of many references to a long value must not make a string of gigabytes.
 pub const MAX_EXPANDED: usize = 64 * 1024;
 
-fn expand(text: &str, values: &HashMap<String, (String, Pos)>) -> Result<Expanded, String> {
+fn expand(text: &str, values: &HashMap<String, (String, Pos)>) -> Result<Expanded, BadValue> {
     let mut out = String::with_capacity(text.len());
     let mut used = Vec::new();
     let mut rest = text;
@@ -409,20 +410,20 @@ fn expand(text: &str, values: &HashMap<String, (String, Pos)>) -> Result<Expande
             match values.get(name) {
                 Some((v, pos)) => {
                     if out.len() + v.len() > MAX_EXPANDED {
-                        return Err(format!(
+                        return Err(BadValue(format!(
                             "substituting values here makes a value longer than {MAX_EXPANDED} characters"
-                        ));
+                        )));
                     }
                     out.push_str(v);
                     used.push((name.to_string(), pos.clone()));
                 }
                 None if name.is_empty() => {
-                    return Err(format!("`${{}}` in `{text}` names no value"));
+                    return Err(BadValue(format!("`${{}}` in `{text}` names no value")));
                 }
                 None => {
-                    return Err(format!(
+                    return Err(BadValue(format!(
                         "`${{{name}}}` is not defined: no layer sets `values.{name}`"
-                    ));
+                    )));
                 }
             }
             rest = &r[end + 1..];

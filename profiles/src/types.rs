@@ -9,12 +9,29 @@ use std::str::FromStr;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Why a value written in a profile cannot be used: one sentence, shown with the position of
+/// the value (the parser adds file, line and column).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(pub String);
+
+impl From<String> for BadValue {
+    fn from(s: String) -> Self {
+        BadValue(s)
+    }
+}
+
+/// `BadValue(format!(…))`.
+macro_rules! bad_value {
+    ($($t:tt)*) => { BadValue(format!($($t)*)) };
+}
+
 /// Implements `Serialize` (as the canonical text) and `Deserialize` (from text, or from a number
-/// where `$num` says how) for a type with `FromStr<Err = String>` and `Display`.
+/// where `$num` says how) for a type with `FromStr<Err = BadValue>` and `Display`.
 macro_rules! text_type {
     ($ty:ty, $what:expr) => {
-        text_type!($ty, $what, |_v: u64| -> Result<$ty, String> {
-            Err(format!("expected {}, found a number", $what))
+        text_type!($ty, $what, |_v: u64| -> Result<$ty, BadValue> {
+            Err(bad_value!("expected {}, found a number", $what))
         });
     };
     ($ty:ty, $what:expr, $num:expr) => {
@@ -86,8 +103,8 @@ macro_rules! name_type {
         }
 
         impl FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = BadValue;
+            fn from_str(s: &str) -> Result<Self, BadValue> {
                 check_name(s, $what, $max, $first_letter).map(|()| $ty(s.to_string()))
             }
         }
@@ -108,7 +125,7 @@ macro_rules! name_type {
     };
 }
 
-fn check_name(s: &str, what: &str, max: usize, first_letter: bool) -> Result<(), String> {
+fn check_name(s: &str, what: &str, max: usize, first_letter: bool) -> Result<(), BadValue> {
     let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let first_ok = match s.bytes().next() {
         Some(b) if first_letter => b.is_ascii_lowercase(),
@@ -118,7 +135,7 @@ fn check_name(s: &str, what: &str, max: usize, first_letter: bool) -> Result<(),
     if s.is_empty() || s.len() > max || !ok_chars || !first_ok || s.ends_with('-') {
         let start =
             if first_letter { "a lower-case letter" } else { "a lower-case letter or digit" };
-        return Err(format!(
+        return Err(bad_value!(
             "`{s}` is not a valid {what}: use 1 to {max} lower-case letters, digits and dashes, \
              starting with {start} and not ending with a dash"
         ));
@@ -164,21 +181,21 @@ impl VlanId {
         self.0
     }
 
-    fn from_u64(v: u64) -> Result<Self, String> {
+    fn from_u64(v: u64) -> Result<Self, BadValue> {
         if (1..=4094).contains(&v) {
             Ok(VlanId(v as u16))
         } else {
-            Err(format!("VLAN id {v} is out of range: VLAN ids go from 1 to 4094"))
+            Err(bad_value!("VLAN id {v} is out of range: VLAN ids go from 1 to 4094"))
         }
     }
 }
 
 impl FromStr for VlanId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         match s.trim().parse::<u64>() {
             Ok(v) => VlanId::from_u64(v),
-            Err(_) => Err(format!("`{s}` is not a VLAN id: use a number from 1 to 4094")),
+            Err(_) => Err(bad_value!("`{s}` is not a VLAN id: use a number from 1 to 4094")),
         }
     }
 }
@@ -203,15 +220,15 @@ pub enum Vlan {
 }
 
 impl FromStr for Vlan {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         if s.trim() == "untagged" {
             return Ok(Vlan::Untagged);
         }
         match s.trim().parse::<u64>() {
             Ok(v) => VlanId::from_u64(v).map(Vlan::Id),
             Err(_) => {
-                Err(format!("`{s}` is not a VLAN: use `untagged` or a number from 1 to 4094"))
+                Err(bad_value!("`{s}` is not a VLAN: use `untagged` or a number from 1 to 4094"))
             }
         }
     }
@@ -263,8 +280,8 @@ impl Size {
 }
 
 impl FromStr for Size {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let t = s.trim();
         let bad = || {
             format!(
@@ -277,10 +294,10 @@ impl FromStr for Size {
             None => (t, 1),
         };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
+            return Err(bad().into());
         }
         let n: u64 = digits.parse().map_err(|_| bad())?;
-        n.checked_mul(mult).map(Size).ok_or_else(|| format!("`{s}` is too large a size"))
+        n.checked_mul(mult).map(Size).ok_or_else(|| bad_value!("`{s}` is too large a size"))
     }
 }
 
@@ -297,7 +314,7 @@ impl fmt::Display for Size {
     }
 }
 
-text_type!(Size, "a size such as 256Mi", |v| Ok::<Size, String>(Size(v)));
+text_type!(Size, "a size such as 256Mi", |v| Ok::<Size, BadValue>(Size(v)));
 
 /// A number of CPU cores, kept in thousandths (0.25 = a quarter core).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -314,8 +331,8 @@ impl Cpus {
 }
 
 impl FromStr for Cpus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let t = s.trim();
         let bad = || {
             format!(
@@ -324,13 +341,15 @@ impl FromStr for Cpus {
         };
         let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
         if whole.is_empty() && frac.is_empty() {
-            return Err(bad());
+            return Err(bad().into());
         }
         if !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
+            return Err(bad().into());
         }
         if frac.len() > 3 {
-            return Err(format!("`{s}` is too precise: cpus are counted in thousandths of a core"));
+            return Err(bad_value!(
+                "`{s}` is too precise: cpus are counted in thousandths of a core"
+            ));
         }
         let w: u32 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
         let mut f: u32 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| bad())? };
@@ -338,7 +357,7 @@ impl FromStr for Cpus {
             f *= 10;
         }
         if w > 4096 {
-            return Err(format!("`{s}` cpus is more than any store server has"));
+            return Err(bad_value!("`{s}` cpus is more than any store server has"));
         }
         Ok(Cpus(w * 1000 + f))
     }
@@ -389,8 +408,8 @@ impl Duration {
 const TIME_UNITS: [(&str, u64); 4] = [("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)];
 
 impl FromStr for Duration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let t = s.trim();
         let bad = || {
             format!("`{s}` is not a duration: write a whole number with ms, s, m or h, e.g. 10s")
@@ -404,13 +423,13 @@ impl FromStr for Duration {
         } else if let Some(d) = t.strip_suffix('h') {
             (d, 3_600_000)
         } else {
-            return Err(bad());
+            return Err(bad().into());
         };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
+            return Err(bad().into());
         }
         let n: u64 = digits.parse().map_err(|_| bad())?;
-        n.checked_mul(mult).map(Duration).ok_or_else(|| format!("`{s}` is too long a duration"))
+        n.checked_mul(mult).map(Duration).ok_or_else(|| bad_value!("`{s}` is too long a duration"))
     }
 }
 
@@ -441,8 +460,8 @@ impl Percent {
 }
 
 impl FromStr for Percent {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let bad = || {
             format!(
                 "`{s}` is not a percentage: write a whole number from 0 to 100 and `%`, e.g. 10%"
@@ -451,7 +470,7 @@ impl FromStr for Percent {
         let d = s.trim().strip_suffix('%').ok_or_else(bad)?;
         match d.trim().parse::<u8>() {
             Ok(v) if v <= 100 => Ok(Percent(v)),
-            _ => Err(bad()),
+            _ => Err(bad().into()),
         }
     }
 }
@@ -490,8 +509,8 @@ pub struct PortSpec {
 }
 
 impl FromStr for PortSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let t = s.trim();
         let bad = || {
             format!(
@@ -505,12 +524,12 @@ impl FromStr for PortSpec {
         let proto = match proto {
             "tcp" => Proto::Tcp,
             "udp" => Proto::Udp,
-            _ => return Err(bad()),
+            _ => return Err(bad().into()),
         };
-        let port = |p: &str| -> Result<u16, String> {
+        let port = |p: &str| -> Result<u16, BadValue> {
             match p.parse::<u16>() {
                 Ok(v) if v > 0 => Ok(v),
-                _ => Err(format!("`{s}`: ports go from 1 to 65535")),
+                _ => Err(bad_value!("`{s}`: ports go from 1 to 65535")),
             }
         };
         let (lo, hi) = match rest.split_once('-') {
@@ -521,7 +540,7 @@ impl FromStr for PortSpec {
             }
         };
         if lo > hi {
-            return Err(format!("`{s}`: the range starts above its end"));
+            return Err(bad_value!("`{s}`: the range starts above its end"));
         }
         Ok(PortSpec { proto, ports: Some((lo, hi)) })
     }
@@ -549,13 +568,13 @@ pub enum HostAddress {
 }
 
 impl FromStr for HostAddress {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         match s.trim() {
             "dhcp" => Ok(HostAddress::Dhcp),
             "none" => Ok(HostAddress::None),
             t => t.parse::<IpNet>().map(HostAddress::Static).map_err(|_| {
-                format!("`{s}` is not a host address: write dhcp, none, or an address with its prefix length such as 10.42.10.2/24")
+                bad_value!("`{s}` is not a host address: write dhcp, none, or an address with its prefix length such as 10.42.10.2/24")
             }),
         }
     }
@@ -582,12 +601,12 @@ pub enum WorkloadAddress {
 }
 
 impl FromStr for WorkloadAddress {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         match s.trim() {
             "auto" => Ok(WorkloadAddress::Auto),
             t => t.parse::<IpAddr>().map(WorkloadAddress::Static).map_err(|_| {
-                format!("`{s}` is not a workload address: write auto or an address such as 172.30.0.10 (no prefix length)")
+                bad_value!("`{s}` is not a workload address: write auto or an address such as 172.30.0.10 (no prefix length)")
             }),
         }
     }
@@ -609,15 +628,15 @@ text_type!(WorkloadAddress, "auto or an address");
 pub struct Subnet(pub IpNet);
 
 impl FromStr for Subnet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let net: IpNet = s.trim().parse().map_err(|_| {
             format!(
                 "`{s}` is not a subnet: write a network and prefix length such as 10.42.10.0/24"
             )
         })?;
         if net.trunc() != net {
-            return Err(format!(
+            return Err(bad_value!(
                 "`{s}` has host bits set: the subnet of that address is {}",
                 net.trunc()
             ));
@@ -645,11 +664,11 @@ pub struct ImageRef {
 }
 
 impl FromStr for ImageRef {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let t = s.trim();
         if t.is_empty() || t.contains(char::is_whitespace) {
-            return Err(format!(
+            return Err(bad_value!(
                 "`{s}` is not an image reference: write registry/name:tag@sha256:<digest>"
             ));
         }
@@ -661,7 +680,7 @@ impl FromStr for ImageRef {
                 if hex.len() != 64
                     || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
                 {
-                    return Err(format!(
+                    return Err(bad_value!(
                         "image digest `{d}` must be sha256: followed by 64 lower-case hex digits"
                     ));
                 }
@@ -675,7 +694,7 @@ impl FromStr for ImageRef {
             None => (rest, None),
         };
         if repository.is_empty() || tag.as_deref() == Some("") {
-            return Err(format!(
+            return Err(bad_value!(
                 "`{s}` is not an image reference: write registry/name:tag@sha256:<digest>"
             ));
         }
@@ -683,7 +702,7 @@ impl FromStr for ImageRef {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'/' | b':'));
         if !repo_ok || repository.starts_with('/') || repository.ends_with('/') {
-            return Err(format!("`{repository}` is not a valid image repository name"));
+            return Err(bad_value!("`{repository}` is not a valid image repository name"));
         }
         Ok(ImageRef { repository: repository.to_string(), tag, digest })
     }
@@ -715,14 +734,14 @@ impl Sha256 {
 }
 
 impl FromStr for Sha256 {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadValue;
+    fn from_str(s: &str) -> Result<Self, BadValue> {
         let t = s.trim();
         let t = t.strip_prefix("sha256:").unwrap_or(t);
         if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
             Ok(Sha256(t.to_ascii_lowercase()))
         } else {
-            Err(format!("`{s}` is not a sha256 digest: write 64 hex digits"))
+            Err(bad_value!("`{s}` is not a sha256 digest: write 64 hex digits"))
         }
     }
 }
@@ -775,7 +794,7 @@ mod tests {
     #[test]
     fn vlans() {
         assert_eq!("untagged".parse::<Vlan>().unwrap(), Vlan::Untagged);
-        assert!("0".parse::<Vlan>().unwrap_err().contains("1 to 4094"));
+        assert!("0".parse::<Vlan>().unwrap_err().0.contains("1 to 4094"));
         assert!("4095".parse::<Vlan>().is_err());
         assert_eq!("4094".parse::<Vlan>().unwrap().to_string(), "4094");
     }
@@ -817,7 +836,7 @@ mod tests {
     #[test]
     fn subnets_have_no_host_bits() {
         assert!("10.0.0.0/24".parse::<Subnet>().is_ok());
-        assert!("10.0.0.1/24".parse::<Subnet>().unwrap_err().contains("10.0.0.0/24"));
+        assert!("10.0.0.1/24".parse::<Subnet>().unwrap_err().0.contains("10.0.0.0/24"));
     }
 
     #[test]

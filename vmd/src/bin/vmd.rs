@@ -133,7 +133,7 @@ struct Common {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    s.parse::<backroom_profiles::Duration>().map(|d| d.to_std())
+    s.parse::<backroom_profiles::Duration>().map(|d| d.to_std()).map_err(|e| e.to_string())
 }
 
 impl Common {
