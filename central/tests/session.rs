@@ -184,7 +184,15 @@ async fn events_are_stored_once_and_acknowledged_and_status_shows_up() {
     // Events raised before the node ever connected wait in its durable outbox.
     let outbox = Arc::new(Outbox::open(&d.path().join("outbox"), Limits::default()).unwrap());
     for i in 0..25 {
-        outbox.push(i, "workload_restarted", "orders", "", &format!("restart {i}")).unwrap();
+        outbox
+            .push(
+                backroom_session::now_ms() + i,
+                "workload_restarted",
+                "orders",
+                "",
+                &format!("restart {i}"),
+            )
+            .unwrap();
     }
     let mut node = run_node(&node_url(&c), id, d.path(), Arc::clone(&outbox));
     node.wait_online(true).await;
@@ -433,7 +441,15 @@ async fn nodes_reconnect_after_central_restarts_and_nothing_is_lost() {
     node.wait_online(false).await;
     // Events raised while central is away.
     for i in 0..10 {
-        outbox.push(i, "workload_unhealthy", "orders", "", "raised offline").unwrap();
+        outbox
+            .push(
+                backroom_session::now_ms() + i,
+                "workload_unhealthy",
+                "orders",
+                "",
+                "raised offline",
+            )
+            .unwrap();
     }
     let c = start(data.path(), Arc::new(SystemClock), listen, api).await;
     node.wait_online(true).await;
