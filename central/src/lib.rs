@@ -12,7 +12,6 @@ pub mod alerts;
 pub mod app;
 pub mod ca;
 pub mod client;
-pub mod clock;
 pub mod ctl_report;
 pub mod db;
 pub mod hub;
