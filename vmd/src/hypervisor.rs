@@ -14,6 +14,9 @@ use crate::xml::{Meta, parse_meta};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DomState {
     Running,
+    /// The guest has gone down and QEMU is on its way out (libvirt's "shutdown"): not running,
+    /// and not stopped yet either (a start now fails with "already running").
+    Stopping,
     Paused,
     ShutOff,
     Crashed,

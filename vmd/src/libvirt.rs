@@ -136,7 +136,8 @@ fn dom_state(d: &VirtDomain) -> DomState {
     match d.info().map(|i| i.state) {
         Ok(Enum::Known(DomainState::Running | DomainState::Blocked)) => DomState::Running,
         Ok(Enum::Known(DomainState::Paused | DomainState::PMSuspended)) => DomState::Paused,
-        Ok(Enum::Known(DomainState::Shutoff | DomainState::Shutdown)) => DomState::ShutOff,
+        Ok(Enum::Known(DomainState::Shutdown)) => DomState::Stopping,
+        Ok(Enum::Known(DomainState::Shutoff)) => DomState::ShutOff,
         Ok(Enum::Known(DomainState::Crashed)) => DomState::Crashed,
         _ => DomState::Other,
     }

@@ -574,10 +574,11 @@ impl Vmd {
     /// Asks the guest to power off; destroys it after the shutdown timeout. True: it obeyed.
     pub(crate) async fn stop_domain(&self, vm: &str) -> Result<bool> {
         let (hv, dn) = (self.hv(), xml::domain_name(vm));
+        // Stopped means QEMU is gone: a guest that powered off is not stopped until then.
         let running = |hv: Arc<dyn Hypervisor>, dn: String| async move {
-            blocking(move || hv.get(&dn))
-                .await
-                .map(|d| d.is_some_and(|d| d.state == DomState::Running))
+            blocking(move || hv.get(&dn)).await.map(|d| {
+                d.is_some_and(|d| matches!(d.state, DomState::Running | DomState::Stopping))
+            })
         };
         if !running(hv.clone(), dn.clone()).await? {
             return Ok(true);

@@ -253,7 +253,12 @@ impl Vmd {
                     continue;
                 }
                 let dn = crate::xml::domain_name(vm);
-                let running = doms.iter().any(|d| d.name == dn && d.state == DomState::Running);
+                let state = doms.iter().find(|d| d.name == dn).map(|d| d.state);
+                if state == Some(DomState::Stopping) {
+                    // On its way down: its stopped event decides.
+                    continue;
+                }
+                let running = state == Some(DomState::Running);
                 if running && r.state != VmState::Running {
                     r.state = VmState::Running;
                     r.started_ms.get_or_insert(now);
