@@ -3,7 +3,9 @@
 //! - `store_offline`: a store without a session for longer than the setting;
 //! - `workload_unhealthy`: a workload unhealthy (or failed) for longer than the setting;
 //! - `apply_failed`: the last revision a store tried failed (it runs its last-known-good);
-//! - `crash_loop`: a node reported a workload crash-looping (resolved when it recovers).
+//! - `crash_loop`: a node reported a workload crash-looping (resolved when it recovers);
+//! - `problem`: a node's background loop reported something failing (`failing` event, e.g.
+//!   subject `uplink eno1`), resolved by its `recovered` event.
 //!
 //! Each opens once per (kind, store, subject) and resolves by itself when the cause goes.
 
@@ -22,6 +24,7 @@ pub fn title(kind: &str) -> &'static str {
         "workload_unhealthy" => "workloads unhealthy",
         "apply_failed" => "profile revisions that failed to apply",
         "crash_loop" => "workloads crash-looping",
+        "problem" => "things failing on store servers",
         _ => "other",
     }
 }
@@ -91,8 +94,11 @@ pub async fn evaluate(app: &App) -> Result<(), DbError> {
 }
 
 fn short(rev: &str) -> &str {
-    &rev[..12.min(rev.len())]
+    backroom_daemon::text::short(rev, 12)
 }
+
+/// The event kinds [`from_events`] acts on.
+pub const FROM_EVENTS: &[&str] = &["crash_loop", "workload_recovered", "failing", "recovered"];
 
 async fn open_alert(
     db: &Db,
@@ -130,10 +136,19 @@ pub async fn from_events(db: &Db, events: &[NewEvent]) {
             "workload_recovered" => {
                 db.resolve_alert("crash_loop", &e.store_id, &e.workload, e.at_ms).await.map(|_| ())
             }
+            // A problem is keyed by its subject; one without a subject cannot be resolved later.
+            "failing" if !e.subject.is_empty() => {
+                open_alert(db, "problem", &e.store_id, &e.subject, &e.message, e.at_ms)
+                    .await
+                    .map(|_| ())
+            }
+            "recovered" if !e.subject.is_empty() => {
+                db.resolve_alert("problem", &e.store_id, &e.subject, e.at_ms).await.map(|_| ())
+            }
             _ => Ok(()),
         };
         if let Err(err) = r {
-            tracing::error!(error = %err, "could not update alerts from events");
+            tracing::error!(error = %backroom_daemon::Chain(&err), "could not update alerts from events");
         }
     }
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use backroom_daemon::SharedClock;
+
 use crate::ca::Ca;
-use crate::clock::Clock;
 use crate::db::{Db, NewEvent};
 use crate::hub::Hub;
 use crate::ingest::Ingest;
@@ -40,7 +41,7 @@ impl Default for Settings {
 pub struct App {
     pub db: Db,
     pub ca: Ca,
-    pub clock: Arc<dyn Clock>,
+    pub clock: SharedClock,
     pub hub: Hub,
     pub ingest: Ingest,
     pub settings: Settings,
@@ -49,10 +50,11 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(db: Db, ca: Ca, clock: Arc<dyn Clock>, settings: Settings) -> Arc<App> {
+    pub fn new(db: Db, ca: Ca, clock: SharedClock, settings: Settings) -> Arc<App> {
         let ingest_db = db.clone();
         let ingest_clock = Arc::clone(&clock);
-        // Crash-loop alerts come straight from events; the other alerts from periodic checks.
+        // Crash-loop and problem alerts come straight from events; the others from periodic
+        // checks.
         let alert_db = db.clone();
         let ingest = Ingest::start(
             ingest_db,
@@ -60,7 +62,7 @@ impl App {
             move |events: &[NewEvent]| {
                 let interesting: Vec<NewEvent> = events
                     .iter()
-                    .filter(|e| e.kind == "crash_loop" || e.kind == "workload_recovered")
+                    .filter(|e| crate::alerts::FROM_EVENTS.contains(&e.kind.as_str()))
                     .cloned()
                     .collect();
                 if !interesting.is_empty() {
@@ -89,7 +91,7 @@ impl App {
     pub async fn audit(&self, actor: &str, action: &str, detail: &str) {
         let id = format!("{:032x}", rand::random::<u128>());
         if let Err(e) = self.db.audit(&id, actor, action, detail, self.now_ms()).await {
-            tracing::error!(error = %e, action, "could not write the audit trail");
+            tracing::error!(error = %backroom_daemon::Chain(&e), action, "could not write the audit trail");
         }
     }
 }
@@ -101,6 +103,31 @@ pub struct StatusJson {
     pub last_apply_revision: String,
     pub rolled_back_to: String,
     pub workloads: Vec<WorkloadJson>,
+    /// What the node said is failing now (absent in statuses stored before problems existed).
+    #[serde(default)]
+    pub problems: Vec<ProblemJson>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProblemJson {
+    pub subject: String,
+    pub message: String,
+    pub since_ms: i64,
+    pub failures: u32,
+    /// Who noticed: netd | vmd | nodeagent.
+    pub source: String,
+}
+
+impl ProblemJson {
+    pub fn to_proto(&self) -> backroom_api::common::Problem {
+        backroom_api::common::Problem {
+            subject: self.subject.clone(),
+            message: self.message.clone(),
+            since_unix_ms: self.since_ms,
+            failures: self.failures,
+            source: self.source.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -138,6 +165,17 @@ impl StatusJson {
                     restarts: w.restarts,
                     reason: w.reason.clone(),
                     addresses: w.addresses.clone(),
+                })
+                .collect(),
+            problems: s
+                .problems
+                .iter()
+                .map(|p| ProblemJson {
+                    subject: p.subject.clone(),
+                    message: p.message.clone(),
+                    since_ms: p.since_unix_ms,
+                    failures: p.failures,
+                    source: p.source.clone(),
                 })
                 .collect(),
         }

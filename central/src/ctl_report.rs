@@ -19,7 +19,7 @@ pub fn ago(now_ms: i64, then_ms: i64) -> String {
 }
 
 fn short(rev: &str) -> &str {
-    if rev.is_empty() { "-" } else { &rev[..12.min(rev.len())] }
+    if rev.is_empty() { "-" } else { backroom_daemon::text::short(rev, 12) }
 }
 
 fn table(rows: &[Vec<String>]) -> String {
@@ -106,16 +106,39 @@ pub fn store(r: &GetStoreReply, now_ms: i64) -> String {
         ]);
     }
     out.push_str(&indent(&table(&rows)));
+    if !r.problems.is_empty() {
+        let _ = writeln!(out, "\nproblems:");
+        let mut rows = vec![vec![
+            "SUBJECT".into(),
+            "SOURCE".into(),
+            "SINCE".into(),
+            "FAILURES".into(),
+            "MESSAGE".into(),
+        ]];
+        for p in &r.problems {
+            rows.push(vec![
+                p.subject.clone(),
+                if p.source.is_empty() { "-".into() } else { p.source.clone() },
+                ago(now_ms, p.since_unix_ms),
+                p.failures.to_string(),
+                p.message.clone(),
+            ]);
+        }
+        out.push_str(&indent(&table(&rows)));
+    }
     let _ = writeln!(out, "\nrecent events:");
     for e in &r.events {
         let wl = if e.workload.is_empty() { String::new() } else { format!(" {}", e.workload) };
+        let subject =
+            if e.subject.is_empty() { String::new() } else { format!(" [{}]", e.subject) };
         let _ = writeln!(
             out,
-            "  #{:<6} {:>9}  {}{}: {}",
+            "  #{:<6} {:>9}  {}{}{}: {}",
             e.seq,
             ago(now_ms, e.at_unix_ms),
             e.kind,
             wl,
+            subject,
             e.message
         );
     }
@@ -206,5 +229,37 @@ mod tests {
         let t = stores(&[s], 181_000);
         assert!(t.contains("store-0042  us-west  offline  3m ago"), "{t}");
         assert!(t.contains("bbbbbbbbbbbb (behind)  2/3"), "{t}");
+        // Revisions come from outside: a short or multi-byte one is cut by characters.
+        let odd = StoreSummary { applied_revision: "é".repeat(20), ..Default::default() };
+        assert!(stores(&[odd], 0).contains(&"é".repeat(12)));
+    }
+
+    #[test]
+    fn store_shows_problems_and_event_subjects() {
+        let r = GetStoreReply {
+            problems: vec![backroom_api::common::Problem {
+                subject: "uplink eno1".into(),
+                message: "the link eno1 does not exist".into(),
+                since_unix_ms: 1000,
+                failures: 3,
+                source: "netd".into(),
+            }],
+            events: vec![backroom_api::operator::StoreEvent {
+                seq: 7,
+                at_unix_ms: 1000,
+                kind: "failing".into(),
+                subject: "uplink eno1".into(),
+                message: "uplink eno1: the link eno1 does not exist".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let t = store(&r, 61_000);
+        assert!(t.contains("problems:"), "{t}");
+        assert!(
+            t.contains("uplink eno1  netd    1m ago  3         the link eno1 does not exist"),
+            "{t}"
+        );
+        assert!(t.contains("failing [uplink eno1]: uplink eno1: the link"), "{t}");
     }
 }

@@ -57,9 +57,9 @@ impl Ingest {
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "storing events failed; nodes will send them again");
+                        tracing::error!(error = %backroom_daemon::Chain(&e), "storing events failed; nodes will send them again");
                         for j in jobs {
-                            let _ = j.done.send(Err(e.to_string()));
+                            let _ = j.done.send(Err(backroom_daemon::chain(&e)));
                         }
                     }
                 }

@@ -34,7 +34,8 @@ impl NodeSvc {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Status {
+fn internal(e: impl std::error::Error + 'static) -> Status {
+    let e = backroom_daemon::chain(&e);
     tracing::error!(error = %e, "node service");
     Status::internal(format!("central could not do that: {e}"))
 }
@@ -162,7 +163,7 @@ impl NodeService for NodeSvc {
             .ok_or_else(|| Status::not_found("unknown store"))?;
         let (tx, rx) = mpsc::channel(256);
         let now = app.now_ms();
-        let sid = app.hub.register(&store, tx.clone(), now);
+        let (sid, quiet) = app.hub.register(&store, tx.clone(), now);
         app.db.set_online(&store, true, now).await.map_err(internal)?;
         tracing::info!(store = %store, agent = %hello.agent_version, "session opened");
         let welcome = Welcome {
@@ -190,36 +191,36 @@ impl NodeService for NodeSvc {
                 app.db.set_command_state(&c.id, "sent", "", 0).await.map_err(internal)?;
             }
         }
-        tokio::spawn(read_session(app, store, sid, inbound, tx));
+        tokio::spawn(read_session(app, store, sid, quiet, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// Reads a session until it ends or goes quiet for too long.
+/// Reads a session until it ends, central stops, or the background job finds it quiet for
+/// too long (`Hub::close_quiet`, on central's clock).
 async fn read_session(
     app: Arc<App>,
     store: String,
     sid: u64,
+    quiet: Arc<tokio::sync::Notify>,
     mut inbound: Streaming<NodeMessage>,
     tx: mpsc::Sender<Result<CentralMessage, Status>>,
 ) {
-    let quiet =
-        Duration::from_millis(u64::try_from(app.settings.session_timeout_ms).unwrap_or(35_000));
     let mut stopping = app.stopping.subscribe();
     loop {
         let next = tokio::select! {
-            m = tokio::time::timeout(quiet, inbound.message()) => m,
-            _ = stopping.wait_for(|s| *s) => break,
-        };
-        let msg = match next {
-            Err(_) => {
+            m = inbound.message() => m,
+            _ = quiet.notified() => {
                 tracing::warn!(store = %store, "no heartbeat: closing the session");
                 break;
             }
-            Ok(Ok(Some(m))) => m,
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => {
-                tracing::info!(store = %store, error = %e, "session broke");
+            _ = stopping.wait_for(|s| *s) => break,
+        };
+        let msg = match next {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::info!(store = %store, error = %backroom_daemon::Chain(&e), "session broke");
                 break;
             }
         };
@@ -242,7 +243,7 @@ async fn read_session(
                         last_apply_message: &last.message,
                     })
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| backroom_daemon::chain(&e))
             }
             Some(NBody::Events(batch)) => {
                 let events: Vec<NewEvent> = batch
@@ -255,6 +256,7 @@ async fn read_session(
                         kind: e.kind,
                         workload: e.workload,
                         message: e.message,
+                        subject: e.subject,
                     })
                     .collect();
                 match app.ingest.submit(events).await {
@@ -275,7 +277,7 @@ async fn read_session(
                 app.db
                     .set_command_state(&r.id, state, &r.message, now)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| backroom_daemon::chain(&e))
             }
             Some(NBody::Heartbeat(_)) => {
                 let ack = CentralMessage {
@@ -296,7 +298,7 @@ async fn read_session(
     if app.hub.unregister(&store, sid) {
         let seen = app.now_ms();
         if let Err(e) = app.db.set_online(&store, false, seen).await {
-            tracing::error!(store = %store, error = %e, "could not record the store offline");
+            tracing::error!(store = %store, error = %backroom_daemon::Chain(&e), "could not record the store offline");
         }
         tracing::info!(store = %store, "session closed");
     }

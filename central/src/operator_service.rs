@@ -102,7 +102,8 @@ impl OperatorSvc {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Status {
+fn internal(e: impl std::error::Error + 'static) -> Status {
+    let e = backroom_daemon::chain(&e);
     tracing::error!(error = %e, "operator service");
     Status::internal(format!("central could not do that: {e}"))
 }
@@ -337,9 +338,11 @@ impl Operator for OperatorSvc {
                     kind: e.kind,
                     workload: e.workload,
                     message: e.message,
+                    subject: e.subject,
                 })
                 .collect(),
             commands: commands.iter().map(command_info).collect(),
+            problems: status.problems.iter().map(|p| p.to_proto()).collect(),
         }))
     }
 

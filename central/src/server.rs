@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use backroom_api::node::node_service_server::NodeServiceServer;
 use backroom_api::operator::operator_server::OperatorServer;
-use backroom_session::files::write_atomic;
+use backroom_daemon::fs::write_atomic;
+use backroom_daemon::{Chain, SharedClock};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
@@ -16,7 +17,6 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::app::{App, Settings};
 use crate::ca::Ca;
-use crate::clock::Clock;
 use crate::db::Db;
 use crate::node_service::NodeSvc;
 use crate::operator_service::{OperatorSvc, hash_api_token, new_api_token};
@@ -39,8 +39,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot set up TLS: {0}")]
-    Tls(String),
+    #[error("cannot set up TLS")]
+    Tls(#[source] tonic::transport::Error),
 }
 
 #[derive(Clone, Debug)]
@@ -110,7 +110,7 @@ async fn first_admin_token(db: &Db, data: &Path, now: i64) -> Result<(), ServeEr
     Ok(())
 }
 
-pub async fn serve(cfg: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running, ServeError> {
+pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, ServeError> {
     let data = &cfg.data;
     std::fs::create_dir_all(data).map_err(data_err(data))?;
     let now = clock.now_ms();
@@ -157,7 +157,7 @@ pub async fn serve(cfg: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running, S
     let mut tasks = Vec::new();
     let node_server = Server::builder()
         .tls_config(node_tls)
-        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .map_err(ServeError::Tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(
@@ -171,16 +171,12 @@ pub async fn serve(cfg: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running, S
             let _ = s1.wait_for(|v| *v).await;
         };
         if let Err(e) = node_server.serve_with_incoming_shutdown(incoming, done).await {
-            tracing::error!(error = %e, "the node service stopped");
+            tracing::error!(error = %Chain(&e), "the node service stopped");
         }
     }));
-    let api_server = Server::builder()
-        .tls_config(api_tls)
-        .map_err(|e| ServeError::Tls(e.to_string()))?
-        .add_service(
-            OperatorServer::new(OperatorSvc::new(Arc::clone(&app)))
-                .max_decoding_message_size(64 << 20),
-        );
+    let api_server = Server::builder().tls_config(api_tls).map_err(ServeError::Tls)?.add_service(
+        OperatorServer::new(OperatorSvc::new(Arc::clone(&app))).max_decoding_message_size(64 << 20),
+    );
     let mut s2 = stop.clone();
     tasks.push(tokio::spawn(async move {
         let incoming = TcpIncoming::from(api_listener);
@@ -188,10 +184,11 @@ pub async fn serve(cfg: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running, S
             let _ = s2.wait_for(|v| *v).await;
         };
         if let Err(e) = api_server.serve_with_incoming_shutdown(incoming, done).await {
-            tracing::error!(error = %e, "the operator service stopped");
+            tracing::error!(error = %Chain(&e), "the operator service stopped");
         }
     }));
-    // Background work: alerts, heartbeat bookkeeping, command expiry.
+    // Background work: quiet sessions, alerts, heartbeat bookkeeping, command expiry. It looks
+    // every `alert_interval`; what it decides reads central's clock (moved by hand in tests).
     let bg = Arc::clone(&app);
     let interval = cfg.alert_interval;
     tasks.push(tokio::spawn(async move {
@@ -201,14 +198,17 @@ pub async fn serve(cfg: ServeConfig, clock: Arc<dyn Clock>) -> Result<Running, S
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|v| *v) => return,
             }
+            for store in bg.hub.close_quiet(bg.now_ms(), bg.settings.session_timeout_ms) {
+                tracing::warn!(store = %store, "no heartbeat for {} ms: closing the session", bg.settings.session_timeout_ms);
+            }
             if let Err(e) = bg.db.touch_many(&bg.hub.last_seen()).await {
-                tracing::error!(error = %e, "could not record heartbeats");
+                tracing::error!(error = %Chain(&e), "could not record heartbeats");
             }
             if let Err(e) = bg.db.expire_commands(bg.now_ms()).await {
-                tracing::error!(error = %e, "could not expire commands");
+                tracing::error!(error = %Chain(&e), "could not expire commands");
             }
             if let Err(e) = crate::alerts::evaluate(&bg).await {
-                tracing::error!(error = %e, "could not evaluate alerts");
+                tracing::error!(error = %Chain(&e), "could not evaluate alerts");
             }
         }
     }));

@@ -13,7 +13,7 @@ use backroom_api::operator::{
     FleetPushRequest, GetCommandRequest, GetStoreRequest, ListAlertsRequest, ListStoresRequest,
     SendCommandRequest, StoreProfile,
 };
-use backroom_central::clock::{Clock, ManualClock, SystemClock};
+use backroom_daemon::{Clock, ManualClock, SharedClock};
 use backroom_session::enroll::{Identity, enroll_once};
 use backroom_session::outbox::{Limits, Outbox};
 use backroom_session::token::EnrollToken;
@@ -37,10 +37,24 @@ fn fleet_push_request() -> FleetPushRequest {
     }
 }
 
+/// Whether the node gets a session within `within` (real time, against central's clock).
+async fn online_within(node: &mut TestNode, within: Duration) -> bool {
+    tokio::time::timeout(within, node.online.wait_for(|v| *v)).await.is_ok()
+}
+
+/// How long a node is given to get a session before a test says it did not: the real node
+/// gets one within it in each test first (the positive control), so a refusal is a refusal.
+const SESSION_WITHIN: Duration = Duration::from_secs(3);
+
+fn manual_now() -> ManualClock {
+    ManualClock::new(backroom_session::now_ms())
+}
+
 #[tokio::test]
 async fn enrollment_accepts_a_good_token_once_and_refuses_the_rest() {
     let data = tempfile::tempdir().unwrap();
-    let c = start(data.path(), Arc::new(SystemClock), any_port(), any_port()).await;
+    let clock = manual_now();
+    let c = start(data.path(), Arc::new(clock.clone()), any_port(), any_port()).await;
     let mut admin = admin(&c, data.path()).await;
     let url = node_url(&c);
 
@@ -63,10 +77,15 @@ async fn enrollment_accepts_a_good_token_once_and_refuses_the_rest() {
     let e = enroll_once(&url, &t, n2.path(), "a", "h").await.unwrap_err().to_string();
     assert!(e.contains("already used"), "{e}");
 
-    // Expired.
-    let t = token(&mut admin, "store-0043", 1).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let e = enroll_once(&url, &t, n2.path(), "a", "h").await.unwrap_err().to_string();
+    // Expired, on central's clock: a token of one second works 999 ms later, and its twin
+    // made at the same moment is refused one millisecond after that.
+    let early = token(&mut admin, "store-0043", 1).await;
+    let late = token(&mut admin, "store-0043", 1).await;
+    clock.advance(Duration::from_millis(999));
+    let n3 = tempfile::tempdir().unwrap();
+    enroll_once(&url, &early, n3.path(), "a", "h").await.unwrap();
+    clock.advance(Duration::from_millis(1));
+    let e = enroll_once(&url, &late, n2.path(), "a", "h").await.unwrap_err().to_string();
     assert!(e.contains("expired"), "{e}");
 
     // Wrong store: a token for one store edited to name another is not a token central made.
@@ -85,39 +104,44 @@ async fn enrollment_accepts_a_good_token_once_and_refuses_the_rest() {
 #[tokio::test]
 async fn a_node_speaks_only_for_its_own_store_and_a_replaced_certificate_stops_working() {
     let data = tempfile::tempdir().unwrap();
-    let c = start(data.path(), Arc::new(SystemClock), any_port(), any_port()).await;
+    let c = start(data.path(), backroom_daemon::clock::system(), any_port(), any_port()).await;
     let mut admin = admin(&c, data.path()).await;
     let d1 = tempfile::tempdir().unwrap();
     let id = enroll(&c, &mut admin, "store-0042", d1.path()).await;
 
-    // A node that claims another store in its hello is refused.
-    let impostor = Identity { store_id: "store-0117".into(), ..id.clone() };
-    let node = run_node(&node_url(&c), impostor, d1.path(), mem_outbox());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!*node.online.borrow(), "a node must not get a session for another store");
+    // The real one gets in, within the time the refusals below are given.
+    let mut node = run_node(&node_url(&c), id.clone(), d1.path(), mem_outbox());
+    assert!(online_within(&mut node, SESSION_WITHIN).await);
     node.task.abort();
 
-    // The real one gets in.
-    let mut node = run_node(&node_url(&c), id.clone(), d1.path(), mem_outbox());
-    node.wait_online(true).await;
+    // A node that claims another store in its hello is refused.
+    let impostor = Identity { store_id: "store-0117".into(), ..id.clone() };
+    let mut node = run_node(&node_url(&c), impostor, d1.path(), mem_outbox());
+    assert!(
+        !online_within(&mut node, SESSION_WITHIN).await,
+        "a node must not get a session for another store"
+    );
     node.task.abort();
 
     // A replacement server enrolls the same store: the old certificate is revoked.
     let d2 = tempfile::tempdir().unwrap();
     let new_id = enroll(&c, &mut admin, "store-0042", d2.path()).await;
-    let old = run_node(&node_url(&c), id, d1.path(), mem_outbox());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!*old.online.borrow(), "a revoked certificate must not open a session");
-    old.task.abort();
     let mut new = run_node(&node_url(&c), new_id, d2.path(), mem_outbox());
-    new.wait_online(true).await;
+    assert!(online_within(&mut new, SESSION_WITHIN).await);
+    new.task.abort();
+    let mut old = run_node(&node_url(&c), id, d1.path(), mem_outbox());
+    assert!(
+        !online_within(&mut old, SESSION_WITHIN).await,
+        "a revoked certificate must not open a session"
+    );
+    old.task.abort();
     c.stop().await;
 }
 
 #[tokio::test]
 async fn fleet_push_records_revisions_only_when_they_change_and_reaches_the_node() {
     let data = tempfile::tempdir().unwrap();
-    let c = start(data.path(), Arc::new(SystemClock), any_port(), any_port()).await;
+    let c = start(data.path(), backroom_daemon::clock::system(), any_port(), any_port()).await;
     let mut admin = admin(&c, data.path()).await;
 
     // An offline store gets its revision when it connects.
@@ -177,14 +201,22 @@ async fn fleet_push_records_revisions_only_when_they_change_and_reaches_the_node
 #[tokio::test]
 async fn events_are_stored_once_and_acknowledged_and_status_shows_up() {
     let data = tempfile::tempdir().unwrap();
-    let c = start(data.path(), Arc::new(SystemClock), any_port(), any_port()).await;
+    let c = start(data.path(), backroom_daemon::clock::system(), any_port(), any_port()).await;
     let mut admin = admin(&c, data.path()).await;
     let d = tempfile::tempdir().unwrap();
     let id = enroll(&c, &mut admin, "store-0042", d.path()).await;
     // Events raised before the node ever connected wait in its durable outbox.
     let outbox = Arc::new(Outbox::open(&d.path().join("outbox"), Limits::default()).unwrap());
     for i in 0..25 {
-        outbox.push(i, "workload_restarted", "orders", "", &format!("restart {i}")).unwrap();
+        outbox
+            .push(
+                backroom_session::now_ms() + i,
+                "workload_restarted",
+                "orders",
+                "",
+                &format!("restart {i}"),
+            )
+            .unwrap();
     }
     let mut node = run_node(&node_url(&c), id, d.path(), Arc::clone(&outbox));
     node.wait_online(true).await;
@@ -235,7 +267,8 @@ async fn events_are_stored_once_and_acknowledged_and_status_shows_up() {
 #[tokio::test]
 async fn commands_go_at_once_to_online_stores_and_wait_for_offline_ones() {
     let data = tempfile::tempdir().unwrap();
-    let c = start(data.path(), Arc::new(SystemClock), any_port(), any_port()).await;
+    let clock = manual_now();
+    let c = start(data.path(), Arc::new(clock.clone()), any_port(), any_port()).await;
     let mut admin = admin(&c, data.path()).await;
     let d = tempfile::tempdir().unwrap();
     let id = enroll(&c, &mut admin, "store-0042", d.path()).await;
@@ -262,7 +295,8 @@ async fn commands_go_at_once_to_online_stores_and_wait_for_offline_ones() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // One second on central's clock: the reconcile (ttl 1s) expires, the restart (60s) waits.
+    clock.advance(Duration::from_secs(1));
     let mut node = run_node(&node_url(&c), id, d.path(), mem_outbox());
     node.wait_online(true).await;
     let mut a = admin.clone();
@@ -320,8 +354,15 @@ async fn commands_go_at_once_to_online_stores_and_wait_for_offline_ones() {
 #[tokio::test]
 async fn alerts_group_offline_stores_unhealthy_workloads_and_failed_applies() {
     let data = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new(backroom_session::now_ms());
-    let c = start(data.path(), Arc::new(clock.clone()), any_port(), any_port()).await;
+    let clock = manual_now();
+    // Six minutes pass on central's clock in one step, between two heartbeats of the nodes
+    // (which keep real time): sessions are not judged quiet here (the next test does that).
+    let settings = backroom_central::app::Settings {
+        session_timeout_ms: 3_600_000,
+        ..common::test_settings()
+    };
+    let c =
+        start_with(data.path(), Arc::new(clock.clone()), any_port(), any_port(), settings).await;
     let mut admin = admin(&c, data.path()).await;
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let id1 = enroll(&c, &mut admin, "store-0042", d1.path()).await;
@@ -364,7 +405,7 @@ async fn alerts_group_offline_stores_unhealthy_workloads_and_failed_applies() {
         }
     })
     .await;
-    clock.advance(6 * 60_000);
+    clock.advance(Duration::from_secs(6 * 60));
     let mut groups = Vec::new();
     for _ in 0..50 {
         groups = a
@@ -421,7 +462,7 @@ async fn alerts_group_offline_stores_unhealthy_workloads_and_failed_applies() {
 #[tokio::test]
 async fn nodes_reconnect_after_central_restarts_and_nothing_is_lost() {
     let data = tempfile::tempdir().unwrap();
-    let c = start(data.path(), Arc::new(SystemClock), any_port(), any_port()).await;
+    let c = start(data.path(), backroom_daemon::clock::system(), any_port(), any_port()).await;
     let (listen, api) = (c.listen, c.api);
     let mut admin = admin(&c, data.path()).await;
     let d = tempfile::tempdir().unwrap();
@@ -433,9 +474,17 @@ async fn nodes_reconnect_after_central_restarts_and_nothing_is_lost() {
     node.wait_online(false).await;
     // Events raised while central is away.
     for i in 0..10 {
-        outbox.push(i, "workload_unhealthy", "orders", "", "raised offline").unwrap();
+        outbox
+            .push(
+                backroom_session::now_ms() + i,
+                "workload_unhealthy",
+                "orders",
+                "",
+                "raised offline",
+            )
+            .unwrap();
     }
-    let c = start(data.path(), Arc::new(SystemClock), listen, api).await;
+    let c = start(data.path(), backroom_daemon::clock::system(), listen, api).await;
     node.wait_online(true).await;
     let ob = Arc::clone(&outbox);
     eventually("the offline events reach central", || {
@@ -456,7 +505,7 @@ async fn nodes_reconnect_after_central_restarts_and_nothing_is_lost() {
 #[tokio::test]
 async fn a_renewed_certificate_replaces_the_old_one() {
     let data = tempfile::tempdir().unwrap();
-    let c = start(data.path(), Arc::new(SystemClock), any_port(), any_port()).await;
+    let c = start(data.path(), backroom_daemon::clock::system(), any_port(), any_port()).await;
     let mut admin = admin(&c, data.path()).await;
     let d = tempfile::tempdir().unwrap();
     let old = enroll(&c, &mut admin, "store-0042", d.path()).await;
@@ -466,14 +515,159 @@ async fn a_renewed_certificate_replaces_the_old_one() {
     assert_ne!(new.key_pem, old.key_pem, "a renewal makes a new key too");
     // Kept on disk for the next start.
     assert_eq!(Identity::load(d.path()).unwrap().unwrap().cert_pem, new.cert_pem);
-    let stale = run_node(&node_url(&c), old, d.path(), mem_outbox());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut fresh = run_node(&node_url(&c), new, d.path(), mem_outbox());
+    assert!(online_within(&mut fresh, SESSION_WITHIN).await);
+    fresh.task.abort();
+    let mut stale = run_node(&node_url(&c), old, d.path(), mem_outbox());
     assert!(
-        !*stale.online.borrow(),
+        !online_within(&mut stale, SESSION_WITHIN).await,
         "the certificate a renewal replaced no longer opens a session"
     );
     stale.task.abort();
-    let mut fresh = run_node(&node_url(&c), new, d.path(), mem_outbox());
-    fresh.wait_online(true).await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_that_goes_quiet_is_offline_once_the_timeout_passes_on_centrals_clock() {
+    let data = tempfile::tempdir().unwrap();
+    let clock = manual_now();
+    let c = start(data.path(), Arc::new(clock.clone()), any_port(), any_port()).await;
+    let mut admin = admin(&c, data.path()).await;
+    let d = tempfile::tempdir().unwrap();
+    let id = enroll(&c, &mut admin, "store-0042", d.path()).await;
+    // The node's own clock never moves: it sends hello and its status, then no heartbeat.
+    let frozen: SharedClock = Arc::new(ManualClock::new(0));
+    let mut node = run_node_on(&node_url(&c), id, d.path(), mem_outbox(), frozen);
+    node.wait_online(true).await;
+    let a = admin.clone();
+    eventually("central has the node's status (its last message)", || {
+        let mut a = a.clone();
+        async move {
+            let list = a.list_stores(ListStoresRequest {}).await.unwrap().into_inner().stores;
+            list.iter().any(|s| s.store_id == "store-0042" && s.agent_version == "test-agent 1.0")
+        }
+    })
+    .await;
+    let seen = Duration::from_secs(1);
+    // Exactly the timeout (4s) of silence: still a session, for as long as the check below
+    // then waits (five turns of central's background job)…
+    clock.advance(Duration::from_millis(4000));
+    tokio::time::sleep(seen).await;
+    assert!(*node.online.borrow(), "a session is closed only after the timeout");
+    // …and one millisecond more is silence enough: the same wait sees it closed.
+    clock.advance(Duration::from_millis(1));
+    tokio::time::timeout(seen, node.online.wait_for(|v| !*v))
+        .await
+        .expect("the quiet session is closed")
+        .unwrap();
+    eventually("central shows the store offline", || {
+        let mut a = a.clone();
+        async move {
+            let list = a.list_stores(ListStoresRequest {}).await.unwrap().into_inner().stores;
+            list.iter().any(|s| s.store_id == "store-0042" && !s.online)
+        }
+    })
+    .await;
+    node.task.abort();
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_problem_reaches_the_operator_and_its_recovery_resolves_it() {
+    let data = tempfile::tempdir().unwrap();
+    let c = start(data.path(), backroom_daemon::clock::system(), any_port(), any_port()).await;
+    let mut admin = admin(&c, data.path()).await;
+    let d = tempfile::tempdir().unwrap();
+    let id = enroll(&c, &mut admin, "store-0042", d.path()).await;
+    let outbox = mem_outbox();
+    let mut node = run_node(&node_url(&c), id, d.path(), Arc::clone(&outbox));
+    node.wait_online(true).await;
+
+    // netd's uplink check starts failing: one event, and the problem in the node's status.
+    let since = backroom_session::now_ms();
+    let why = "uplink eno1: the link eno1 does not exist";
+    outbox.push(since, "failing", "", "uplink eno1", why).unwrap();
+    let problem = backroom_api::common::Problem {
+        subject: "uplink eno1".into(),
+        message: "the link eno1 does not exist".into(),
+        since_unix_ms: since,
+        failures: 3,
+        source: "netd".into(),
+    };
+    node.status.send_replace(Status {
+        agent_version: "test-agent 1.0".into(),
+        problems: vec![problem],
+        ..Default::default()
+    });
+    let get = |mut a: backroom_central::client::Client| async move {
+        a.get_store(GetStoreRequest { store_id: "store-0042".into(), events: 20 })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let alerts = |mut a: backroom_central::client::Client| async move {
+        a.list_alerts(ListAlertsRequest { include_resolved: true }).await.unwrap().into_inner()
+    };
+    let a = admin.clone();
+    eventually("the problem, its event and its alert reach central", || {
+        let a = a.clone();
+        async move {
+            let s = get(a.clone()).await;
+            let g = alerts(a).await;
+            let open = g.groups.iter().any(|g| {
+                g.kind == "problem"
+                    && g.alerts.iter().any(|x| x.subject == "uplink eno1" && !x.resolved)
+            });
+            s.problems.len() == 1 && s.events.iter().any(|e| e.subject == "uplink eno1") && open
+        }
+    })
+    .await;
+    // What the operator reads.
+    let s = get(admin.clone()).await;
+    let shown = backroom_central::ctl_report::store(&s, backroom_session::now_ms());
+    assert!(shown.contains("problems:"), "{shown}");
+    assert!(shown.contains("uplink eno1  netd"), "{shown}");
+    assert!(shown.contains(&format!("failing [uplink eno1]: {why}")), "{shown}");
+    let g = alerts(admin.clone()).await;
+    let group = g.groups.iter().find(|g| g.kind == "problem").unwrap();
+    assert_eq!(group.alerts.len(), 1, "one alert per (store, subject): {group:?}");
+    assert_eq!(group.alerts[0].store_id, "store-0042");
+    assert_eq!(group.alerts[0].message, why);
+
+    // It works again: the recovered event resolves the alert; the status drops the problem.
+    outbox
+        .push(
+            backroom_session::now_ms(),
+            "recovered",
+            "",
+            "uplink eno1",
+            "uplink eno1 works again (it had failed for 42s: the link eno1 does not exist)",
+        )
+        .unwrap();
+    node.status
+        .send_replace(Status { agent_version: "test-agent 1.0".into(), ..Default::default() });
+    let a = admin.clone();
+    eventually("the alert resolves and the problem is gone", || {
+        let a = a.clone();
+        async move {
+            let s = get(a.clone()).await;
+            let g = alerts(a).await;
+            let resolved = g.groups.iter().any(|g| {
+                g.kind == "problem"
+                    && g.alerts.iter().any(|x| x.subject == "uplink eno1" && x.resolved)
+            });
+            s.problems.is_empty() && resolved
+        }
+    })
+    .await;
+    let s = get(admin.clone()).await;
+    assert!(!backroom_central::ctl_report::store(&s, 0).contains("problems:"));
+    let open = admin
+        .list_alerts(ListAlertsRequest { include_resolved: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(open.groups.iter().all(|g| g.kind != "problem"), "{open:?}");
+    node.task.abort();
     c.stop().await;
 }

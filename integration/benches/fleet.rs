@@ -40,6 +40,7 @@ async fn baseline_db_events_per_sec(dir: &std::path::Path) -> anyhow::Result<f64
             kind: "sim_event".into(),
             workload: "app".into(),
             message: format!("event {i}"),
+            subject: String::new(),
         })
         .collect();
     let t = Instant::now();

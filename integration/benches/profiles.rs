@@ -2,7 +2,10 @@
 //! against a baseline measured in the same run: only parsing the same files' YAML (every
 //! store with its layers), with no merging, validation or rendering.
 //!
-//! Goal (issue 2): at least 5,000 stores/s on a 2-core machine.
+//! The verdict is a ratio against that baseline, so it means the same on a fast or a slow
+//! machine: validating must run at least at [`GOAL_RATIO`] of the parse-only rate. (Issue 2
+//! asked for 5,000 stores/s on a 2-core machine where parsing alone ran at about 5,600 stores/s:
+//! 0.9 of the baseline.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +15,8 @@ use backroom_integration::genfleet;
 
 const STORES: usize = 1000;
 const ROUNDS: usize = 5;
+/// Validated stores per second over parse-only stores per second, at least.
+const GOAL_RATIO: f64 = 0.9;
 
 fn best_of<F: FnMut() -> usize>(mut f: F) -> (Duration, usize) {
     let mut best = Duration::MAX;
@@ -77,9 +82,10 @@ fn main() {
         per_sec(valid, full_time),
         full_time
     );
+    let ratio = per_sec(valid, full_time) / per_sec(parsed, parse_time);
     println!(
-        "  ratio validate/parse-only time: {:.2}x; goal 5000 stores/s: {}",
-        full_time.as_secs_f64() / parse_time.as_secs_f64(),
-        if per_sec(valid, full_time) >= 5000.0 { "met" } else { "NOT met" }
+        "  verdict: validation runs at {ratio:.2}x the parse-only baseline's stores/s \
+         (goal: at least {GOAL_RATIO}x): {}",
+        if ratio >= GOAL_RATIO { "met" } else { "NOT met" }
     );
 }

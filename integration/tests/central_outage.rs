@@ -75,14 +75,30 @@ async fn events_raised_while_central_is_down_arrive_once_it_returns() {
     tokio::spawn(link.run());
 
     for i in 0..50 {
-        outbox.push(i, "workload_restarted", "orders", "", "before the outage").unwrap();
+        outbox
+            .push(
+                backroom_session::now_ms() + i,
+                "workload_restarted",
+                "orders",
+                "",
+                "before the outage",
+            )
+            .unwrap();
     }
     wait("the first events are acknowledged", || outbox.pending() == 0).await;
 
     central.kill().unwrap();
     wait("the node notices central is gone", || !*online.borrow()).await;
     for i in 50..100 {
-        outbox.push(i, "workload_unhealthy", "orders", "", "during the outage").unwrap();
+        outbox
+            .push(
+                backroom_session::now_ms() + i,
+                "workload_unhealthy",
+                "orders",
+                "",
+                "during the outage",
+            )
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(outbox.pending(), 50, "nothing is forgotten while central is away");

@@ -12,10 +12,10 @@ use backroom_api::node::node_service_client::NodeServiceClient;
 use backroom_api::node::{EnrollRequest, RenewRequest};
 use rustls::ClientConfig;
 
-use crate::files::write_atomic;
 use crate::pki::{self, certs_from_pem};
 use crate::tls::{self, TlsError};
 use crate::token::EnrollToken;
+use backroom_daemon::fs::write_atomic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {

@@ -20,10 +20,9 @@ pub mod pki;
 pub mod tls;
 pub mod token;
 
-/// When a clock reading is needed: unix milliseconds now.
+/// The system clock's reading, unix milliseconds. Code that keeps time (the link, the outbox)
+/// reads a [`backroom_daemon::Clock`] instead, so tests can move it; this stays for callers
+/// that only stamp things.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    backroom_daemon::Clock::now_ms(&backroom_daemon::SystemClock)
 }

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backroom_daemon::{Backoff, Chain, SharedClock};
+
 use backroom_api::node::central_message::Body as CBody;
 use backroom_api::node::node_message::Body as NBody;
 use backroom_api::node::node_service_client::NodeServiceClient;
@@ -40,6 +42,8 @@ pub struct LinkConfig {
     /// Where the node keeps its identity (key, certificate, CA).
     pub state_dir: PathBuf,
     pub agent_version: String,
+    /// The reconnect delay after the first failure, doubling up to `backoff_max`, each one
+    /// spread by ±25 % so thousands of stores do not reconnect in step after an outage.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// Events per message.
@@ -80,15 +84,36 @@ pub struct Link {
     inbound: mpsc::Sender<Inbound>,
     online: watch::Sender<bool>,
     contact: watch::Sender<i64>,
+    clock: SharedClock,
 }
 
+/// A session that lasted this long was a working one: the next failure backs off from the
+/// start again.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// How often a running session checks whether its certificate is due for renewal.
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+
 impl Link {
+    /// The link on the system clock.
     pub fn new(
         cfg: LinkConfig,
         identity: Identity,
         outbox: Arc<Outbox>,
         status: watch::Receiver<Status>,
         inbound: mpsc::Sender<Inbound>,
+    ) -> Self {
+        Self::with_clock(cfg, identity, outbox, status, inbound, backroom_daemon::clock::system())
+    }
+
+    /// [`Link::new`] on `clock`: heartbeats, backoff, renewal and contact times read it.
+    pub fn with_clock(
+        cfg: LinkConfig,
+        identity: Identity,
+        outbox: Arc<Outbox>,
+        status: watch::Receiver<Status>,
+        inbound: mpsc::Sender<Inbound>,
+        clock: SharedClock,
     ) -> Self {
         Link {
             cfg,
@@ -98,7 +123,13 @@ impl Link {
             inbound,
             online: watch::Sender::new(false),
             contact: watch::Sender::new(0),
+            clock,
         }
+    }
+
+    /// The reconnect backoff of `cfg`.
+    pub fn backoff(cfg: &LinkConfig) -> Backoff {
+        Backoff::new(cfg.backoff_min, cfg.backoff_max).with_jitter(0.25)
     }
 
     /// Whether a session is up right now.
@@ -114,29 +145,28 @@ impl Link {
 
     /// Keeps a session open forever; returns only if the node's side (the inbound channel) is gone.
     pub async fn run(mut self) {
-        let mut delay = self.cfg.backoff_min;
+        let mut retries = Self::backoff(&self.cfg).retries();
+        let healthy = i64::try_from(HEALTHY_SESSION.as_millis()).unwrap_or(i64::MAX);
         loop {
-            let started = tokio::time::Instant::now();
+            let started = self.clock.now_ms();
             match self.session().await {
                 Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "no session with central; the store keeps running")
-                }
+                Err(e) => tracing::warn!(
+                    error = %Chain(&e),
+                    "no session with central; the store keeps running"
+                ),
             }
             self.online.send_replace(false);
-            if started.elapsed() > Duration::from_secs(30) {
-                delay = self.cfg.backoff_min;
+            if self.clock.now_ms() - started > healthy {
+                retries.reset();
             }
-            // Full jitter around the current delay spreads thousands of stores reconnecting
-            // after a central restart.
-            let jitter = rand::random::<f64>() * 0.5 + 0.75;
-            tokio::time::sleep(delay.mul_f64(jitter)).await;
-            delay = (delay * 2).min(self.cfg.backoff_max);
+            let delay = retries.fail();
+            self.clock.sleep(delay).await;
         }
     }
 
     async fn renew_if_due(&mut self) {
-        if !self.identity.needs_renewal(crate::now_ms()) {
+        if !self.identity.needs_renewal(self.clock.now_ms()) {
             return;
         }
         match enroll::renew(&self.cfg.url, &self.identity, &self.cfg.state_dir).await {
@@ -144,7 +174,9 @@ impl Link {
                 tracing::info!(until_ms = id.not_after_ms, "node certificate renewed");
                 self.identity = id;
             }
-            Err(e) => tracing::warn!(error = %e, "could not renew the node certificate yet"),
+            Err(e) => {
+                tracing::warn!(error = %Chain(&e), "could not renew the node certificate yet")
+            }
         }
     }
 
@@ -188,21 +220,22 @@ impl Link {
         };
         self.outbox.ack(welcome.acked_event_seq)?;
         self.online.send_replace(true);
-        self.contact.send_replace(crate::now_ms());
+        self.contact.send_replace(self.clock.now_ms());
         tracing::info!(store = %self.identity.store_id, "session with central up");
         let mut last_sent = welcome.acked_event_seq.max(self.outbox.acked());
         let first_status = self.status.borrow_and_update().clone();
         send(&tx, NBody::Status(first_status)).await?;
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(
-            welcome.heartbeat_seconds.clamp(1, 3600),
-        )));
-        heartbeat.tick().await;
-        let mut poll = tokio::time::interval(Duration::from_millis(500));
+        let every = Duration::from_secs(u64::from(welcome.heartbeat_seconds.clamp(1, 3600)));
+        let clock = Arc::clone(&self.clock);
+        let mut heartbeat = clock.sleep(every);
         // A session can last longer than a certificate: renew while it runs, not only between.
-        let mut renewal = tokio::time::interval(Duration::from_secs(3600));
-        renewal.tick().await;
+        let mut renewal = clock.sleep(RENEWAL_CHECK);
         let outbox = Arc::clone(&self.outbox);
         loop {
+            // Registered before the outbox is read, so a push in between is not missed.
+            let pushed = outbox.notified();
+            tokio::pin!(pushed);
+            pushed.as_mut().enable();
             // Send what the outbox holds, a window at a time.
             let in_flight = last_sent.saturating_sub(outbox.acked());
             if in_flight < (self.cfg.batch as u64) * 4 {
@@ -224,11 +257,10 @@ impl Link {
                     continue;
                 }
             }
-            let pushed = outbox.notified();
             tokio::select! {
                 msg = incoming.next() => match msg {
                     Some(Ok(m)) => {
-                    self.contact.send_replace(crate::now_ms());
+                    self.contact.send_replace(clock.now_ms());
                     match m.body {
                         Some(CBody::Desired(d)) => {
                             let ask = Inbound::Desired { revision: d.revision, profile_yaml: d.profile_yaml };
@@ -260,12 +292,15 @@ impl Link {
                     let s = self.status.borrow_and_update().clone();
                     send(&tx, NBody::Status(s)).await?;
                 }
-                _ = heartbeat.tick() => {
-                    send(&tx, NBody::Heartbeat(Heartbeat { at_unix_ms: crate::now_ms() })).await?;
+                _ = &mut heartbeat => {
+                    heartbeat = clock.sleep(every);
+                    send(&tx, NBody::Heartbeat(Heartbeat { at_unix_ms: clock.now_ms() })).await?;
                 }
-                _ = pushed => {}
-                _ = poll.tick() => {}
-                _ = renewal.tick() => self.renew_if_due().await,
+                _ = &mut pushed => {}
+                _ = &mut renewal => {
+                    renewal = clock.sleep(RENEWAL_CHECK);
+                    self.renew_if_due().await;
+                }
             }
         }
     }

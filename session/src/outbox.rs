@@ -16,7 +16,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::files::write_atomic;
+use backroom_daemon::SharedClock;
+use backroom_daemon::fs::write_atomic;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutEvent {
@@ -70,6 +71,8 @@ struct Inner {
 pub struct Outbox {
     dir: Option<PathBuf>,
     limits: Limits,
+    /// What "now" is when events are aged (the system clock; a manual one in tests).
+    clock: SharedClock,
     inner: Mutex<Inner>,
     notify: tokio::sync::Notify,
 }
@@ -78,8 +81,17 @@ const LOG: &str = "outbox.log";
 const STATE: &str = "outbox.state";
 
 impl Outbox {
-    /// Opens (or creates) the outbox kept in `dir`.
+    /// Opens (or creates) the outbox kept in `dir`, aging events on the system clock.
     pub fn open(dir: &Path, limits: Limits) -> Result<Outbox, OutboxError> {
+        Self::open_with_clock(dir, limits, backroom_daemon::clock::system())
+    }
+
+    /// [`Outbox::open`], aging events on `clock`.
+    pub fn open_with_clock(
+        dir: &Path,
+        limits: Limits,
+        clock: SharedClock,
+    ) -> Result<Outbox, OutboxError> {
         let err = |what: &str, source| OutboxError {
             path: dir.display().to_string(),
             what: what.to_string(),
@@ -120,6 +132,7 @@ impl Outbox {
         let ob = Outbox {
             dir: Some(dir.to_path_buf()),
             limits,
+            clock,
             inner: Mutex::new(Inner { log: Some(log), state, pending, stale_lines }),
             notify: tokio::sync::Notify::new(),
         };
@@ -129,9 +142,15 @@ impl Outbox {
 
     /// An outbox that keeps nothing on disk (the fleet simulator, tests).
     pub fn in_memory(limits: Limits) -> Outbox {
+        Self::in_memory_with_clock(limits, backroom_daemon::clock::system())
+    }
+
+    /// [`Outbox::in_memory`], aging events on `clock`.
+    pub fn in_memory_with_clock(limits: Limits, clock: SharedClock) -> Outbox {
         Outbox {
             dir: None,
             limits,
+            clock,
             inner: Mutex::new(Inner {
                 log: None,
                 state: State { acked: 0, next_seq: 1, dropped_total: 0 },
@@ -184,7 +203,8 @@ impl Outbox {
             inner.pending.push_back(ev);
             seq
         };
-        self.enforce_limits(at_ms)?;
+        // Ages count from the outbox's clock, not from the stamp of whatever came in last.
+        self.enforce_limits(self.clock.now_ms())?;
         self.notify.notify_waiters();
         Ok(seq)
     }
@@ -328,22 +348,27 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    /// The tests stamp events from 0 ms on: a manual clock there ages them as it goes.
+    fn at_zero() -> SharedClock {
+        std::sync::Arc::new(backroom_daemon::ManualClock::new(0))
+    }
+
     #[test]
     fn events_survive_a_restart_until_acknowledged() {
         let d = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         for i in 0..5 {
             assert_eq!(ob.push(i, "k", "w", "", "m").unwrap(), (i + 1) as u64);
         }
         ob.ack(2).unwrap();
         drop(ob);
-        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         assert_eq!(ob.unsent_after(0, 100).iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
         assert_eq!(ob.next_seq(), 6);
         ob.ack(5).unwrap();
         drop(ob);
         // Everything acknowledged: numbering still goes on from where it was.
-        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         assert_eq!(ob.pending(), 0);
         assert_eq!(ob.push(9, "k", "", "", "").unwrap(), 6);
     }
@@ -351,20 +376,21 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_ignored() {
         let d = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         ob.push(1, "k", "w", "", "m").unwrap();
         drop(ob);
         let mut f = OpenOptions::new().append(true).open(d.path().join(LOG)).unwrap();
         f.write_all(b"{\"seq\":2,\"at_m").unwrap();
         drop(f);
-        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         assert_eq!(ob.pending(), 1);
         assert_eq!(ob.push(2, "k", "w", "", "m").unwrap(), 2);
     }
 
     #[test]
     fn over_its_bound_it_drops_the_oldest_and_says_how_many() {
-        let ob = Outbox::in_memory(Limits { max_events: 3, max_age_ms: i64::MAX });
+        let ob =
+            Outbox::in_memory_with_clock(Limits { max_events: 3, max_age_ms: i64::MAX }, at_zero());
         for i in 0..5 {
             ob.push(i, "k", "", "", "").unwrap();
         }
@@ -378,18 +404,26 @@ mod tests {
     }
 
     #[test]
-    fn old_events_are_dropped_by_age() {
-        let ob = Outbox::in_memory(Limits { max_events: 100, max_age_ms: 1000 });
+    fn old_events_are_dropped_by_age_on_the_outbox_clock() {
+        let clock = backroom_daemon::ManualClock::new(0);
+        let limits = Limits { max_events: 100, max_age_ms: 1000 };
+        let ob = Outbox::in_memory_with_clock(limits, std::sync::Arc::new(clock.clone()));
         ob.push(0, "old", "", "", "").unwrap();
-        ob.push(5000, "new", "", "", "").unwrap();
+        // Exactly as old as allowed when the next event comes: kept…
+        clock.advance(std::time::Duration::from_millis(1000));
+        ob.push(1000, "middle", "", "", "").unwrap();
+        assert_eq!(ob.pending(), 2);
+        // …one millisecond more on the clock, and the next push drops it.
+        clock.advance(std::time::Duration::from_millis(1));
+        ob.push(1001, "new", "", "", "").unwrap();
         let kinds: Vec<String> = ob.unsent_after(0, 100).into_iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, ["new", "events_dropped"]);
+        assert_eq!(kinds, ["middle", "new", "events_dropped"]);
     }
 
     #[test]
     fn compaction_keeps_what_is_pending() {
         let d = tempfile::tempdir().unwrap();
-        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         for i in 0..1200 {
             ob.push(i, "k", "", "", "").unwrap();
         }
@@ -397,7 +431,7 @@ mod tests {
         let lines = std::fs::read_to_string(d.path().join(LOG)).unwrap().lines().count();
         assert_eq!(lines, 100);
         drop(ob);
-        let ob = Outbox::open(d.path(), Limits::default()).unwrap();
+        let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         assert_eq!(ob.unsent_after(0, 1)[0].seq, 1101);
     }
 }

@@ -5,6 +5,8 @@
 
 use backroom_profiles::Profile;
 
+use crate::error::{Error, Result};
+
 /// QEMU's own memory next to a guest's (device emulation, page tables, the process itself).
 pub const DEFAULT_OVERHEAD: u64 = 256 << 20;
 
@@ -44,7 +46,7 @@ fn gib(b: u64) -> String {
 }
 
 /// `Err` says what does not fit and by how much.
-pub fn admit(profile: &Profile, facts: NodeFacts, overhead: u64) -> Result<(), String> {
+pub fn admit(profile: &Profile, facts: NodeFacts, overhead: u64) -> Result<()> {
     let (cap_cpu, cap_mem, whence) = match profile.node.capacity {
         Some(c) => (u64::from(c.cpus.millis()), c.memory.bytes(), "the profile's node.capacity"),
         None => (facts.cpu_millis, facts.memory, "this node"),
@@ -93,7 +95,7 @@ pub fn admit(profile: &Profile, facts: NodeFacts, overhead: u64) -> Result<(), S
             gib(vm_mem - free_mem)
         ));
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if problems.is_empty() { Ok(()) } else { Err(Error::Admission(problems.join("; "))) }
 }
 
 #[cfg(test)]
@@ -118,15 +120,15 @@ mod tests {
 
     #[test]
     fn fits() {
-        assert_eq!(admit(&profile("", &[("a", 2, "4Gi")]), NODE, DEFAULT_OVERHEAD), Ok(()));
+        admit(&profile("", &[("a", 2, "4Gi")]), NODE, DEFAULT_OVERHEAD).unwrap();
     }
 
     #[test]
     fn refuses_memory_with_overhead_and_says_by_how_much() {
         // 8 - 2 reserved - 0.5 container = 5.5 GiB; 2 VMs of 2.5 GiB + 0.25 each = 5.5: fits.
         let p = profile("", &[("a", 1, "2560Mi"), ("b", 1, "2560Mi")]);
-        assert_eq!(admit(&p, NODE, DEFAULT_OVERHEAD), Ok(()));
-        let e = admit(&p, NODE, DEFAULT_OVERHEAD + (1 << 20)).unwrap_err();
+        admit(&p, NODE, DEFAULT_OVERHEAD).unwrap();
+        let e = admit(&p, NODE, DEFAULT_OVERHEAD + (1 << 20)).unwrap_err().to_string();
         assert!(e.contains("memory") && e.contains("short"), "{e}");
         assert!(e.contains("this node"), "{e}");
     }
@@ -135,9 +137,9 @@ mod tests {
     fn refuses_cpus_and_uses_the_profile_capacity_when_given() {
         let p = profile("", &[("a", 1, "1Gi")]);
         let small = NodeFacts { cpu_millis: 2000, memory: 8 << 30 };
-        let e = admit(&p, small, DEFAULT_OVERHEAD).unwrap_err();
+        let e = admit(&p, small, DEFAULT_OVERHEAD).unwrap_err().to_string();
         assert!(e.contains("1 cpus") && e.contains("0.5 too many"), "{e}");
         let p = profile(", capacity: {cpus: 4, memory: 64Gi}", &[("a", 1, "1Gi")]);
-        assert_eq!(admit(&p, small, DEFAULT_OVERHEAD), Ok(()));
+        admit(&p, small, DEFAULT_OVERHEAD).unwrap();
     }
 }

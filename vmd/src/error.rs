@@ -1,7 +1,9 @@
-//! vmd's one error type. Messages are lower-case sentences that name what failed; the gRPC
+//! vmd's one error type. Messages are lower-case sentences that name what failed and never
+//! repeat their `#[source]` (the whole chain is printed by `backroom_daemon::chain`); the gRPC
 //! boundary (`server.rs`) maps each variant to a status code in one `match`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -29,12 +31,28 @@ pub enum Error {
     #[error("VM `{vm}`: {message}")]
     Spec { vm: String, message: String },
 
-    #[error("libvirt: {op} failed: {message}")]
-    Libvirt { op: String, message: String },
+    /// A libvirt call failed; the source is libvirt's own error (code, domain, message).
+    #[error("libvirt: {op} failed")]
+    Libvirt {
+        op: String,
+        #[source]
+        source: LibvirtCause,
+    },
+
+    /// libvirt's event loop could not be set up (once per process, so shared).
+    #[error("libvirt's event loop is not running")]
+    EventLoop(#[source] Arc<Error>),
 
     #[error("{what} failed")]
     Io {
         what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("`{command}` could not run")]
+    CommandSpawn {
+        command: String,
         #[source]
         source: std::io::Error,
     },
@@ -45,16 +63,89 @@ pub enum Error {
     #[error("image {image}: {message}")]
     Image { image: String, message: String },
 
+    #[error("image {image}: {what}")]
+    ImageHttp {
+        image: String,
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+
+    /// Every attempt of a download broke; the source is the last attempt's error.
+    #[error("image {image}: the download failed {attempts} times")]
+    DownloadFailed {
+        image: String,
+        attempts: u32,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A health probe could not reach the VM (`what`: `tcp 10.1.20.5:8080`, `http …/healthz`).
+    #[error("health probe {what} failed")]
+    Probe {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A health probe reached the VM, which answered something other than healthy.
+    #[error("health probe {what} {answer}")]
+    ProbeAnswer { what: String, answer: String },
+
+    /// KVM cannot be used (why, and the system error under it when there is one).
+    #[error("{what}")]
+    Kvm {
+        what: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+
+    /// An update of a VM did not come up, and was rolled back; the source says why.
+    #[error("the update of VM `{vm}` did not come up and was rolled back")]
+    UpdateRolledBack {
+        vm: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A step of an update failed (the source says how).
+    #[error("{step}")]
+    UpdateStep {
+        step: String,
+        #[source]
+        source: Option<Box<Error>>,
+    },
+
+    #[error("cannot reach netd")]
+    NetdUnreachable(#[source] backroom_daemon::Error),
+
+    #[error("netd refused the {what} of VM `{vm}`")]
+    NetdRefused {
+        what: &'static str,
+        vm: String,
+        #[source]
+        source: tonic::Status,
+    },
+
     #[error("netd: {0}")]
     Netd(String),
 
-    #[error("state file {path}: {message}")]
-    State { path: PathBuf, message: String },
+    #[error("state file {} is unreadable", path.display())]
+    StateUnreadable {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 
     #[error(
-        "state folder {0} is in use by another vmd (the daemon?): stop it first or use the daemon's socket"
+        "state folder {} is in use by another vmd (the daemon?): stop it first or use the daemon's socket",
+        .0.display()
     )]
     Locked(PathBuf),
+
+    /// vmd's plumbing (its socket, its state folder's lock) failed.
+    #[error(transparent)]
+    Daemon(backroom_daemon::Error),
 
     #[error("{count} VM change(s) failed: {}", .failures.join("; "))]
     Failed { count: usize, failures: Vec<String>, actions: Vec<String> },
@@ -63,13 +154,44 @@ pub enum Error {
     Unsupported(String),
 }
 
+/// What lies under a failed libvirt call: libvirt's own error, or what vmd found itself (a
+/// domain that should exist does not; the in-memory hypervisor of the tests).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LibvirtCause {
+    #[error(transparent)]
+    Virt(#[from] virt::error::Error),
+    #[error("{0}")]
+    Found(String),
+}
+
 impl Error {
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io { what: what.into(), source }
     }
 
-    pub fn libvirt(op: impl Into<String>, e: impl std::fmt::Display) -> Self {
-        Error::Libvirt { op: op.into(), message: e.to_string() }
+    /// A libvirt call `op` failed with libvirt's error `e`.
+    pub fn libvirt(op: impl Into<String>, e: virt::error::Error) -> Self {
+        Error::Libvirt { op: op.into(), source: LibvirtCause::Virt(e) }
+    }
+
+    /// A libvirt call `op` cannot be done for a reason vmd found itself.
+    pub fn libvirt_found(op: impl Into<String>, why: impl Into<String>) -> Self {
+        Error::Libvirt { op: op.into(), source: LibvirtCause::Found(why.into()) }
+    }
+
+    /// A step of an update that failed without an error of its own.
+    pub fn update_step(step: impl Into<String>) -> Self {
+        Error::UpdateStep { step: step.into(), source: None }
+    }
+}
+
+impl From<backroom_daemon::Error> for Error {
+    fn from(e: backroom_daemon::Error) -> Self {
+        match e {
+            // vmd's own wording says what to do about it.
+            backroom_daemon::Error::Locked { dir, .. } => Error::Locked(dir),
+            e => Error::Daemon(e),
+        }
     }
 }
 

@@ -11,63 +11,56 @@ use std::time::Duration;
 
 use backroom_profiles::{Health, Probe};
 
+use crate::error::{Error, Result};
+
 /// Runs `health`'s probe against `addr`; `Err` says what failed.
-pub async fn probe(health: &Health, addr: IpAddr, netns: Option<&str>) -> Result<(), String> {
+pub async fn probe(health: &Health, addr: IpAddr, netns: Option<&str>) -> Result<()> {
     let (port, http_path) = match health.probe() {
         Some(Probe::Tcp(t)) => (t.port, None),
         Some(Probe::Http(h)) => (h.port, Some(h.path.clone())),
         Some(Probe::Exec(_)) => {
-            return Err("exec probes need a guest agent: not supported for VMs".into());
+            return Err(Error::Unsupported(
+                "exec probes need a guest agent: not supported for VMs".into(),
+            ));
         }
-        None => return Err("the health check has no probe".into()),
+        None => return Err(Error::Unsupported("the health check has no probe".into())),
     };
     let timeout = health.timeout.to_std().max(Duration::from_millis(100));
     let target = SocketAddr::new(addr, port);
-    let netns = netns.map(str::to_string);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("vmd-probe".into())
-        .spawn(move || {
-            let r = enter(netns.as_deref())
-                .and_then(|()| probe_blocking(target, http_path.as_deref(), timeout));
-            let _ = tx.send(r);
-        })
-        .map_err(|e| format!("cannot start a probe thread: {e}"))?;
-    rx.await.unwrap_or_else(|_| Err("the probe thread died".into()))
-}
-
-fn enter(netns: Option<&str>) -> Result<(), String> {
-    let Some(ns) = netns else { return Ok(()) };
-    let path = format!("/run/netns/{ns}");
-    let f = std::fs::File::open(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: setns on this (dedicated, short-lived) thread only.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(format!("cannot enter {path}: {}", std::io::Error::last_os_error()));
+    let run = move || probe_blocking(target, http_path.as_deref(), timeout);
+    match netns {
+        // A thread of its own enters the namespace (see the module's header).
+        Some(ns) => {
+            let path = backroom_daemon::netns::resolve(ns);
+            tokio::task::spawn_blocking(move || backroom_daemon::netns::run_in(&path, run))
+                .await
+                .map_err(|e| Error::io("running a health probe", std::io::Error::other(e)))?
+                .map_err(|e| Error::io("entering the probe network namespace", e))?
+        }
+        None => tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| Error::io("running a health probe", std::io::Error::other(e)))?,
     }
-    Ok(())
 }
 
-fn probe_blocking(
-    target: SocketAddr,
-    http_path: Option<&str>,
-    timeout: Duration,
-) -> Result<(), String> {
-    let mut s =
-        TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("tcp {target}: {e}"))?;
+fn probe_blocking(target: SocketAddr, http_path: Option<&str>, timeout: Duration) -> Result<()> {
+    let tcp = || format!("tcp {target}");
+    let mut s = TcpStream::connect_timeout(&target, timeout)
+        .map_err(|source| Error::Probe { what: tcp(), source })?;
     let Some(path) = http_path else { return Ok(()) };
+    let what = || format!("http {target}{path}");
     let _ = s.set_read_timeout(Some(timeout));
     let _ = s.set_write_timeout(Some(timeout));
     let req = format!("GET {path} HTTP/1.0\r\nHost: {}\r\nConnection: close\r\n\r\n", target.ip());
-    s.write_all(req.as_bytes()).map_err(|e| format!("http {target}{path}: {e}"))?;
+    s.write_all(req.as_bytes()).map_err(|source| Error::Probe { what: what(), source })?;
     let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).map_err(|e| format!("http {target}{path}: {e}"))?;
+    let n = s.read(&mut buf).map_err(|source| Error::Probe { what: what(), source })?;
     let line = String::from_utf8_lossy(&buf[..n]);
     let code = line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok());
     match code {
         Some(c) if (200..400).contains(&c) => Ok(()),
-        Some(c) => Err(format!("http {target}{path} answered {c}")),
-        None => Err(format!("http {target}{path} gave no HTTP status line")),
+        Some(c) => Err(Error::ProbeAnswer { what: what(), answer: format!("answered {c}") }),
+        None => Err(Error::ProbeAnswer { what: what(), answer: "gave no HTTP status line".into() }),
     }
 }
 
@@ -95,7 +88,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         std::thread::spawn(move || {
-            for s in l.incoming().take(2) {
+            for s in l.incoming().take(3) {
                 let mut s = s.unwrap();
                 let mut b = [0u8; 256];
                 let _ = s.read(&mut b);
@@ -112,8 +105,14 @@ mod tests {
         let e = probe(&health(&format!("{{tcp: {{port: {closed}}}, timeout: 1s}}")), lo, None)
             .await
             .unwrap_err();
-        assert!(e.contains("tcp 127.0.0.1"), "{e}");
+        assert!(e.to_string().contains("tcp 127.0.0.1"), "{e}");
         let e = probe(&health("{exec: [true]}"), lo, None).await.unwrap_err();
-        assert!(e.contains("guest agent"), "{e}");
+        assert!(e.to_string().contains("guest agent"), "{e}");
+        // From inside a namespace: this process's own, entered by a thread of its own.
+        probe(&health(&format!("{{tcp: {{port: {port}}}}}")), lo, Some("/proc/self/ns/net"))
+            .await
+            .unwrap();
+        let e = probe(&health("{tcp: {port: 1}}"), lo, Some("/nonexistent/ns")).await.unwrap_err();
+        assert!(backroom_daemon::chain(&e).contains("/nonexistent/ns"), "{e}");
     }
 }

@@ -14,6 +14,9 @@ use crate::xml::{Meta, parse_meta};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DomState {
     Running,
+    /// The guest has gone down and QEMU is on its way out (libvirt's "shutdown"): not running,
+    /// and not stopped yet either (a start now fails with "already running").
+    Stopping,
     Paused,
     ShutOff,
     Crashed,
@@ -70,6 +73,9 @@ pub trait Hypervisor: Send + Sync {
     fn set_meta(&self, name: &str, meta: &Meta) -> Result<()>;
     /// The lifecycle events, once (the first caller gets the receiver).
     fn take_events(&self) -> Option<UnboundedReceiver<LifecycleEvent>>;
+    /// Whether lifecycle events can arrive now, mending what it can (a dropped connection is
+    /// opened again): `Err` says why they cannot. Called by the supervisor's loop each turn.
+    fn events_live(&self) -> Result<()>;
 }
 
 /// Domains in a map; `start`, `destroy`, `shutdown` and [`MemHypervisor::crash`] send the
@@ -80,6 +86,8 @@ pub struct MemHypervisor {
     rx: Mutex<Option<UnboundedReceiver<LifecycleEvent>>>,
     /// Domains whose `start` fails (to test rollback).
     pub failing: Mutex<Vec<String>>,
+    /// Set: the event stream is broken, for this reason (to test the `libvirt events` problem).
+    pub events_broken: Mutex<Option<String>>,
     pub calls: Mutex<Vec<String>>,
 }
 
@@ -91,6 +99,7 @@ impl Default for MemHypervisor {
             tx,
             rx: Mutex::new(Some(rx)),
             failing: Mutex::default(),
+            events_broken: Mutex::default(),
             calls: Mutex::default(),
         }
     }
@@ -103,6 +112,13 @@ fn name_of(xml: &str) -> Option<String> {
 }
 
 impl MemHypervisor {
+    /// Sends what libvirt would, unless the event stream is broken (then nothing arrives).
+    fn send(&self, ev: LifecycleEvent) {
+        if self.events_broken.lock().is_ok_and(|b| b.is_none()) {
+            let _ = self.tx.send(ev);
+        }
+    }
+
     fn note(&self, s: String) {
         if let Ok(mut c) = self.calls.lock() {
             c.push(s);
@@ -110,20 +126,20 @@ impl MemHypervisor {
     }
 
     fn set_running(&self, name: &str, running: bool) -> Result<()> {
-        let mut d = self.domains.lock().map_err(|_| Error::libvirt("lock", "poisoned"))?;
+        let mut d = self.domains.lock().map_err(|_| Error::libvirt_found("lock", "poisoned"))?;
         match d.get_mut(name) {
             Some(e) => {
                 e.1 = running;
                 Ok(())
             }
-            None => Err(Error::libvirt(format!("lookup of {name}"), "no such domain")),
+            None => Err(Error::libvirt_found(format!("lookup of {name}"), "no such domain")),
         }
     }
 
     /// QEMU dies under the domain.
     pub fn crash(&self, name: &str) {
         let _ = self.set_running(name, false);
-        let _ = self.tx.send(LifecycleEvent {
+        self.send(LifecycleEvent {
             domain: name.into(),
             what: Lifecycle::Stopped(StopCause::Crashed),
         });
@@ -137,7 +153,7 @@ impl MemHypervisor {
 
 impl Hypervisor for MemHypervisor {
     fn list(&self) -> Result<Vec<Domain>> {
-        let d = self.domains.lock().map_err(|_| Error::libvirt("lock", "poisoned"))?;
+        let d = self.domains.lock().map_err(|_| Error::libvirt_found("lock", "poisoned"))?;
         Ok(d.iter()
             .map(|(n, (xml, run))| Domain {
                 name: n.clone(),
@@ -152,9 +168,9 @@ impl Hypervisor for MemHypervisor {
     }
 
     fn define(&self, xml: &str) -> Result<()> {
-        let name = name_of(xml).ok_or_else(|| Error::libvirt("define", "no <name>"))?;
+        let name = name_of(xml).ok_or_else(|| Error::libvirt_found("define", "no <name>"))?;
         self.note(format!("define {name}"));
-        let mut d = self.domains.lock().map_err(|_| Error::libvirt("lock", "poisoned"))?;
+        let mut d = self.domains.lock().map_err(|_| Error::libvirt_found("lock", "poisoned"))?;
         let running = d.get(&name).is_some_and(|e| e.1);
         d.insert(name, (xml.to_string(), running));
         Ok(())
@@ -163,17 +179,17 @@ impl Hypervisor for MemHypervisor {
     fn start(&self, name: &str) -> Result<()> {
         self.note(format!("start {name}"));
         if self.failing.lock().map(|f| f.iter().any(|n| n == name)).unwrap_or(false) {
-            return Err(Error::libvirt(format!("start of {name}"), "it fails on purpose"));
+            return Err(Error::libvirt_found(format!("start of {name}"), "it fails on purpose"));
         }
         self.set_running(name, true)?;
-        let _ = self.tx.send(LifecycleEvent { domain: name.into(), what: Lifecycle::Started });
+        self.send(LifecycleEvent { domain: name.into(), what: Lifecycle::Started });
         Ok(())
     }
 
     fn shutdown(&self, name: &str) -> Result<()> {
         self.note(format!("shutdown {name}"));
         self.set_running(name, false)?;
-        let _ = self.tx.send(LifecycleEvent {
+        self.send(LifecycleEvent {
             domain: name.into(),
             what: Lifecycle::Stopped(StopCause::Shutdown),
         });
@@ -183,7 +199,7 @@ impl Hypervisor for MemHypervisor {
     fn destroy(&self, name: &str) -> Result<()> {
         self.note(format!("destroy {name}"));
         self.set_running(name, false)?;
-        let _ = self.tx.send(LifecycleEvent {
+        self.send(LifecycleEvent {
             domain: name.into(),
             what: Lifecycle::Stopped(StopCause::Destroyed),
         });
@@ -192,22 +208,23 @@ impl Hypervisor for MemHypervisor {
 
     fn undefine(&self, name: &str) -> Result<()> {
         self.note(format!("undefine {name}"));
-        let mut d = self.domains.lock().map_err(|_| Error::libvirt("lock", "poisoned"))?;
+        let mut d = self.domains.lock().map_err(|_| Error::libvirt_found("lock", "poisoned"))?;
         d.remove(name);
         Ok(())
     }
 
     fn xml(&self, name: &str) -> Result<String> {
-        let d = self.domains.lock().map_err(|_| Error::libvirt("lock", "poisoned"))?;
+        let d = self.domains.lock().map_err(|_| Error::libvirt_found("lock", "poisoned"))?;
         d.get(name)
             .map(|e| e.0.clone())
-            .ok_or_else(|| Error::libvirt(format!("xml of {name}"), "no such domain"))
+            .ok_or_else(|| Error::libvirt_found(format!("xml of {name}"), "no such domain"))
     }
 
     fn set_meta(&self, name: &str, meta: &Meta) -> Result<()> {
         self.note(format!("set_meta {name} {}", meta.revision));
-        let mut d = self.domains.lock().map_err(|_| Error::libvirt("lock", "poisoned"))?;
-        let e = d.get_mut(name).ok_or_else(|| Error::libvirt("set_meta", "no such domain"))?;
+        let mut d = self.domains.lock().map_err(|_| Error::libvirt_found("lock", "poisoned"))?;
+        let e =
+            d.get_mut(name).ok_or_else(|| Error::libvirt_found("set_meta", "no such domain"))?;
         if let Some(old) = parse_meta(&e.0) {
             e.0 = e.0.replace(
                 &format!(":revision>{}</", old.revision),
@@ -219,5 +236,12 @@ impl Hypervisor for MemHypervisor {
 
     fn take_events(&self) -> Option<UnboundedReceiver<LifecycleEvent>> {
         self.rx.lock().ok().and_then(|mut r| r.take())
+    }
+
+    fn events_live(&self) -> Result<()> {
+        match self.events_broken.lock().ok().and_then(|b| b.clone()) {
+            Some(why) => Err(Error::libvirt_found("receiving lifecycle events", why)),
+            None => Ok(()),
+        }
     }
 }

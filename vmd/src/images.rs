@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use backroom_daemon::SharedClock;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
@@ -16,10 +17,18 @@ use crate::layout::Layout;
 /// How many times a broken download is resumed before vmd gives up on this apply.
 const ATTEMPTS: u32 = 5;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ImageCache {
     layout: Layout,
     http: reqwest::Client,
+    /// Paces the retries of a broken download.
+    clock: SharedClock,
+}
+
+impl std::fmt::Debug for ImageCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageCache").field("layout", &self.layout).finish_non_exhaustive()
+    }
 }
 
 impl ImageCache {
@@ -37,22 +46,26 @@ impl ImageCache {
             .connect_timeout(Duration::from_secs(20))
             .read_timeout(Duration::from_secs(60));
         if let Some(ca) = ca {
-            let ca_err = |message: String| Error::Image {
-                image: format!("(the image CA {})", ca.display()),
-                message,
-            };
-            let pem = std::fs::read(ca).map_err(|e| ca_err(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ca_err(format!("not PEM certificates: {e}")))?;
+            let image = || format!("(the image CA {})", ca.display());
+            let pem = std::fs::read(ca)
+                .map_err(|e| Error::io(format!("reading the image CA {}", ca.display()), e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+                Error::ImageHttp { image: image(), what: "not PEM certificates".into(), source }
+            })?;
             if certs.is_empty() {
-                return Err(ca_err("holds no PEM certificate".into()));
+                return Err(Error::Image {
+                    image: image(),
+                    message: "holds no PEM certificate".into(),
+                });
             }
             builder = builder.tls_certs_merge(certs);
         }
-        let http = builder
-            .build()
-            .map_err(|e| Error::Image { image: "(http client)".into(), message: e.to_string() })?;
-        Ok(ImageCache { layout, http })
+        let http = builder.build().map_err(|source| Error::ImageHttp {
+            image: "(http client)".into(),
+            what: "cannot set up the HTTP client".into(),
+            source,
+        })?;
+        Ok(ImageCache { layout, http, clock: backroom_daemon::clock::system() })
     }
 
     /// The cached file for `sha256`, if it is there.
@@ -66,7 +79,6 @@ impl ImageCache {
         if let Some(p) = self.cached(sha256) {
             return Ok(p);
         }
-        let img_err = |message: String| Error::Image { image: url.into(), message };
         let partial = self.layout.partial(sha256);
         if let Some(dir) = partial.parent() {
             std::fs::create_dir_all(dir)
@@ -76,11 +88,15 @@ impl ImageCache {
             match self.download_once(url, &partial).await {
                 Ok(()) => break,
                 Err(e) if attempt < ATTEMPTS => {
-                    tracing::warn!(url, attempt, error = %e, "image download broke; resuming");
-                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                    tracing::warn!(url, attempt, error = %backroom_daemon::Chain(&e), "image download broke; resuming");
+                    self.clock.sleep(Duration::from_secs(u64::from(attempt))).await;
                 }
                 Err(e) => {
-                    return Err(img_err(format!("download failed {ATTEMPTS} times, last: {e}")));
+                    return Err(Error::DownloadFailed {
+                        image: url.into(),
+                        attempts: ATTEMPTS,
+                        source: Box::new(e),
+                    });
                 }
             }
         }
@@ -88,35 +104,44 @@ impl ImageCache {
     }
 
     /// One GET, from the partial file's length on.
-    async fn download_once(&self, url: &str, partial: &Path) -> Result<(), String> {
+    async fn download_once(&self, url: &str, partial: &Path) -> Result<()> {
         let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
         let mut req = self.http.get(url);
         if have > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let resp = req.send().await.map_err(|e| format!("{e}"))?;
+        let http = |what: &str| {
+            let what = what.to_string();
+            move |source| Error::ImageHttp { image: url.into(), what, source }
+        };
+        let resp = req.send().await.map_err(http("the request failed"))?;
         let status = resp.status();
         let append = match status.as_u16() {
             206 => true,
             200 => false,
             // The partial file already holds everything.
             416 if have > 0 => return Ok(()),
-            code => return Err(format!("the server answered HTTP {code}")),
+            code => {
+                return Err(Error::Image {
+                    image: url.into(),
+                    message: format!("the server answered HTTP {code}"),
+                });
+            }
         };
+        let write = |e| Error::io(format!("writing {}", partial.display()), e);
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .write(true)
             .append(append)
             .truncate(!append)
             .open(partial)
-            .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+            .map_err(write)?;
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| format!("{e}"))?;
-            file.write_all(&chunk)
-                .map_err(|e| format!("cannot write {}: {e}", partial.display()))?;
+            let chunk = chunk.map_err(http("the download broke"))?;
+            file.write_all(&chunk).map_err(write)?;
         }
-        file.sync_all().map_err(|e| format!("cannot sync {}: {e}", partial.display()))?;
+        file.sync_all().map_err(write)?;
         Ok(())
     }
 

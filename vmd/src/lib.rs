@@ -35,17 +35,5 @@ mod update;
 pub mod virt_type;
 pub mod xml;
 
-pub use error::{Error, Result};
+pub use error::{Error, LibvirtCause, Result};
 pub use manager::{Config, Deps, HealthState, VmEvent, VmState, VmStatus, Vmd};
-
-/// An error and its sources, as one line (what the CLI and gRPC statuses show).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}

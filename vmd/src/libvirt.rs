@@ -7,7 +7,7 @@
 //! away, the next call opens a new connection and registers the callback again.
 
 use std::ffi::{CStr, c_int, c_void};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use virt::connect::Connect;
@@ -19,29 +19,39 @@ use crate::error::{Error, Result};
 use crate::hypervisor::{DomState, Domain, Hypervisor, Lifecycle, LifecycleEvent, StopCause};
 use crate::xml::{METADATA_NS, METADATA_PREFIX, Meta, parse_meta_element};
 
-static EVENT_LOOP: OnceLock<Result<(), String>> = OnceLock::new();
+static EVENT_LOOP: OnceLock<Result<(), Arc<Error>>> = OnceLock::new();
+
+/// The last failure of the event loop's thread, cleared by its next good turn: a loop that
+/// keeps failing delivers no lifecycle events, which [`Libvirt::check_events`] reports.
+static EVENT_LOOP_FAILING: Mutex<Option<virt::error::Error>> = Mutex::new(None);
 
 /// Registers libvirt's default event loop once per process and runs it on a thread.
 fn event_loop() -> Result<()> {
     EVENT_LOOP
         .get_or_init(|| {
             virt::error::clear_error_callback();
-            virt::event::event_register_default_impl().map_err(|e| e.to_string())?;
+            virt::event::event_register_default_impl()
+                .map_err(|e| Arc::new(Error::libvirt("registering the default event loop", e)))?;
             std::thread::Builder::new()
                 .name("libvirt-events".into())
                 .spawn(|| {
                     loop {
-                        if let Err(e) = virt::event::event_run_default_impl() {
+                        let turn = virt::event::event_run_default_impl();
+                        let failed = turn.as_ref().err().cloned();
+                        if let Ok(mut f) = EVENT_LOOP_FAILING.lock() {
+                            *f = failed;
+                        }
+                        if let Err(e) = turn {
                             tracing::error!(error = %e, "libvirt event loop failed");
                             std::thread::sleep(std::time::Duration::from_secs(1));
                         }
                     }
                 })
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| Arc::new(Error::io("starting libvirt's event loop thread", e)))
         })
         .clone()
-        .map_err(|e| Error::libvirt("starting the event loop", e))
+        .map_err(Error::EventLoop)
 }
 
 pub struct Libvirt {
@@ -126,7 +136,8 @@ fn dom_state(d: &VirtDomain) -> DomState {
     match d.info().map(|i| i.state) {
         Ok(Enum::Known(DomainState::Running | DomainState::Blocked)) => DomState::Running,
         Ok(Enum::Known(DomainState::Paused | DomainState::PMSuspended)) => DomState::Paused,
-        Ok(Enum::Known(DomainState::Shutoff | DomainState::Shutdown)) => DomState::ShutOff,
+        Ok(Enum::Known(DomainState::Shutdown)) => DomState::Stopping,
+        Ok(Enum::Known(DomainState::Shutoff)) => DomState::ShutOff,
         Ok(Enum::Known(DomainState::Crashed)) => DomState::Crashed,
         _ => DomState::Other,
     }
@@ -157,8 +168,8 @@ impl Libvirt {
 
     /// Runs `f` with a live connection, reconnecting once when libvirtd went away.
     fn with<T>(&self, f: impl Fn(&Connect) -> Result<T>) -> Result<T> {
-        let mut guard =
-            self.conn.lock().map_err(|_| Error::libvirt("connection lock", "poisoned"))?;
+        // A panic while holding it leaves at worst a dead connection, replaced below.
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         for attempt in 0..2 {
             let alive = guard.as_ref().is_some_and(|c| c.is_alive().unwrap_or(false));
             if !alive {
@@ -171,13 +182,16 @@ impl Libvirt {
             let Some(conn) = guard.as_ref() else { continue };
             match f(conn) {
                 Err(e) if attempt == 0 && !conn.is_alive().unwrap_or(false) => {
-                    tracing::warn!(error = %e, "libvirt connection lost; reconnecting");
+                    tracing::warn!(error = %backroom_daemon::Chain(&e), "libvirt connection lost; reconnecting");
                     continue;
                 }
                 r => return r,
             }
         }
-        Err(Error::libvirt(format!("connecting to {}", self.uri), "the connection keeps dropping"))
+        Err(Error::libvirt_found(
+            format!("connecting to {}", self.uri),
+            "the connection keeps dropping",
+        ))
     }
 
     fn lookup(c: &Connect, name: &str) -> Result<Option<VirtDomain>> {
@@ -190,7 +204,7 @@ impl Libvirt {
 
     fn must(c: &Connect, name: &str) -> Result<VirtDomain> {
         Self::lookup(c, name)?
-            .ok_or_else(|| Error::libvirt(format!("looking up {name}"), "no such domain"))
+            .ok_or_else(|| Error::libvirt_found(format!("looking up {name}"), "no such domain"))
     }
 
     fn describe(d: &VirtDomain) -> Result<Domain> {
@@ -200,6 +214,27 @@ impl Libvirt {
             .ok()
             .and_then(|x| parse_meta_element(&x));
         Ok(Domain { state: dom_state(d), name, meta })
+    }
+
+    /// Whether lifecycle events can arrive: the event loop turns, and the connection (which
+    /// carries the registration) is alive. A dead connection is opened again and the callback
+    /// registered again here, so events resume without waiting for some other call.
+    fn check_events(&self) -> Result<()> {
+        if let Some(e) = EVENT_LOOP_FAILING.lock().ok().and_then(|f| f.clone()) {
+            return Err(Error::libvirt("running the event loop", e));
+        }
+        // Busy: a call is under way on the connection, and reconnects by itself if it must.
+        let Ok(mut guard) = self.conn.try_lock() else { return Ok(()) };
+        if guard.as_ref().is_some_and(|c| c.is_alive().unwrap_or(false)) {
+            return Ok(());
+        }
+        if let Some(dead) = guard.take() {
+            // Closing a dead connection can fail, and virt panics when it does.
+            std::mem::forget(dead);
+        }
+        *guard = Some(self.connect()?);
+        tracing::info!(uri = %self.uri, "connected to libvirt again; lifecycle events resume");
+        Ok(())
     }
 
     /// The URI this talks to.
@@ -309,5 +344,9 @@ impl Hypervisor for Libvirt {
 
     fn take_events(&self) -> Option<UnboundedReceiver<LifecycleEvent>> {
         self.rx.lock().ok().and_then(|mut r| r.take())
+    }
+
+    fn events_live(&self) -> Result<()> {
+        self.check_events()
     }
 }

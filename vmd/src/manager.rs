@@ -7,8 +7,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use backroom_daemon::condition::{Conditions, Problem, Transition};
+use backroom_daemon::{Chain, SharedClock};
 use backroom_profiles::{Profile, Rendered, RestartPolicy, VmSpec};
 use tokio::sync::{OnceCell, broadcast};
 
@@ -32,11 +34,14 @@ pub(crate) struct Runtime {
     pub nics: Vec<Nic>,
     pub health: HealthState,
     pub health_failures: u32,
-    pub health_due: Option<Instant>,
+    /// When the next probe is due (clock ms).
+    pub health_due: Option<i64>,
     /// vmd itself is changing this VM (stop, update, removal): events are not acted on.
     pub busy: bool,
+    /// Stops in a row the restart policy answered (the backoff's count).
     pub backoff: u32,
-    pub started_at: Option<Instant>,
+    /// When it last started (clock ms).
+    pub started_ms: Option<i64>,
     /// Bumped by every decision about a pending restart; a timer whose number is stale quits.
     pub restart_gen: u64,
 }
@@ -60,24 +65,18 @@ pub(crate) struct Inner {
     pub ops: tokio::sync::Mutex<()>,
     pub st: Mutex<State>,
     pub events: broadcast::Sender<VmEvent>,
+    /// Every timestamp and timer of vmd (the system clock; a manual one in tests).
+    pub clock: SharedClock,
+    /// What vmd's background work finds failing now (`List` shows them).
+    pub problems: Mutex<Conditions>,
+    /// Beaten by the supervisor's loop each turn; the watchdog asks it.
+    pub heartbeat: backroom_daemon::notify::Heartbeat,
 }
 
 /// vmd. Cheap to clone (one shared core).
 #[derive(Clone)]
 pub struct Vmd {
     pub(crate) inner: Arc<Inner>,
-}
-
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-pub fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Runs a blocking call off the async runtime.
@@ -90,8 +89,14 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 impl Vmd {
-    /// vmd over `deps`, with its state folder at `layout` (state.json is read now).
+    /// vmd over `deps`, with its state folder at `layout` (state.json is read now), on the
+    /// system clock.
     pub fn new(deps: Deps, layout: Layout, cfg: Config) -> Result<Self> {
+        Self::with_clock(deps, layout, cfg, backroom_daemon::clock::system())
+    }
+
+    /// [`Vmd::new`] on `clock` (tests move a manual one).
+    pub fn with_clock(deps: Deps, layout: Layout, cfg: Config, clock: SharedClock) -> Result<Self> {
         let persisted = Persisted::load(&layout.state_file())?;
         let (events, _) = broadcast::channel(256);
         Ok(Vmd {
@@ -103,6 +108,9 @@ impl Vmd {
                 ops: tokio::sync::Mutex::new(()),
                 st: Mutex::new(State { persisted, rt: BTreeMap::new() }),
                 events,
+                clock,
+                problems: Mutex::new(Conditions::new()),
+                heartbeat: backroom_daemon::notify::Heartbeat::new(),
             }),
         })
     }
@@ -153,14 +161,78 @@ impl Vmd {
         self.inner.events.subscribe()
     }
 
+    /// Now, on vmd's clock (unix ms).
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    pub(crate) fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    /// The supervisor loop's proof of life (for systemd's watchdog).
+    pub fn heartbeat(&self) -> backroom_daemon::notify::Heartbeat {
+        self.inner.heartbeat.clone()
+    }
+
     pub(crate) fn emit(&self, vm: &str, kind: &str, message: String) {
         tracing::info!(vm, kind, "{message}");
         let _ = self.inner.events.send(VmEvent {
-            at_unix_ms: now_unix_ms(),
+            at_unix_ms: self.now_ms(),
             vm: vm.into(),
             kind: kind.into(),
             message,
+            subject: String::new(),
         });
+    }
+
+    fn problems_lock(&self) -> MutexGuard<'_, Conditions> {
+        self.inner.problems.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One outcome of a background try about `subject` (of VM `vm`, or none): an event only
+    /// when it starts failing (`failing`) and when it works again (`recovered`).
+    pub(crate) fn report<T>(&self, subject: &str, vm: &str, result: &Result<T>) {
+        let now = self.now_ms();
+        let t = self.problems_lock().report(subject, result, now);
+        if let Err(e) = result {
+            tracing::warn!(subject, vm, error = %Chain(e), "failing");
+        }
+        if let Some(t) = t {
+            self.tell(vm, t);
+        }
+    }
+
+    fn tell(&self, vm: &str, t: Transition) {
+        let kind = if t.is_failing() { "failing" } else { "recovered" };
+        let message = t.message();
+        tracing::info!(vm, kind, subject = t.subject(), "{message}");
+        let _ = self.inner.events.send(VmEvent {
+            at_unix_ms: self.now_ms(),
+            vm: vm.into(),
+            kind: kind.into(),
+            message,
+            subject: t.subject().into(),
+        });
+    }
+
+    pub(crate) fn is_failing(&self, subject: &str) -> bool {
+        self.problems_lock().is_failing(subject)
+    }
+
+    /// What is failing now, by subject.
+    pub fn problems(&self) -> Vec<Problem> {
+        self.problems_lock().open().cloned().collect()
+    }
+
+    /// A VM left: its problems are no longer anyone's.
+    fn forget_problems_of(&self, vm: &str) {
+        let now = self.now_ms();
+        let mine = [vm_subject(vm), image_subject(vm)];
+        let gone = self.problems_lock().retain(now, |s| !mine.iter().any(|m| m == s));
+        for t in gone {
+            self.tell(vm, t);
+        }
     }
 
     pub(crate) fn save(&self) {
@@ -172,7 +244,7 @@ impl Vmd {
             st.persisted.clone()
         };
         if let Err(e) = snapshot.save(&self.inner.layout.state_file()) {
-            tracing::error!(error = %e, "cannot save vmd's state");
+            tracing::error!(error = %Chain(&e), "cannot save vmd's state");
         }
     }
 
@@ -180,7 +252,7 @@ impl Vmd {
         let mut st = self.st();
         if let Some(r) = st.rt.get_mut(vm) {
             if r.state != state {
-                r.rec.since_unix = now_unix();
+                r.rec.since_unix = self.inner.clock.now_unix();
             }
             r.state = state;
             r.rec.reason = reason.into();
@@ -263,7 +335,7 @@ impl Vmd {
         mode: Mode,
     ) -> Result<Vec<String>> {
         let cfg = &self.inner.cfg;
-        admission::admit(profile, cfg.facts, cfg.overhead).map_err(Error::Admission)?;
+        admission::admit(profile, cfg.facts, cfg.overhead)?;
         let virt = self.virt().await.virt_type;
         let mut desired = Vec::new();
         for vm in profile.vms() {
@@ -321,7 +393,7 @@ impl Vmd {
                         health_due: None,
                         busy: false,
                         backoff: 0,
-                        started_at: running.then(Instant::now),
+                        started_ms: running.then(|| self.now_ms()),
                         restart_gen: 0,
                     },
                 };
@@ -363,26 +435,27 @@ impl Vmd {
                 Ok(line) => lines.push(line),
                 Err(e) => {
                     let vm = action_vm(a);
+                    let why = backroom_daemon::chain(&e);
                     let msg = match &e {
-                        Error::Spec { .. } => e.to_string(),
-                        _ => format!("{vm}: {e}"),
+                        Error::Spec { .. } => why.clone(),
+                        _ => format!("{vm}: {why}"),
                     };
                     lines.push(msg.clone());
                     if !matches!(a, Action::Remove(_)) {
-                        self.set_state(vm, VmState::Failed, e.to_string());
+                        self.set_state(vm, VmState::Failed, why.clone());
                     }
-                    self.emit(vm, "failed", e.to_string());
+                    self.emit(vm, "failed", why);
                     failures.push(msg);
                 }
             }
         }
         if mode == Mode::Adopt {
+            let now = self.now_ms();
             let mut st = self.st();
-            for (n, r) in st.rt.iter_mut() {
-                if r.state == VmState::Running && r.started_at.is_none() {
-                    r.started_at = Some(Instant::now());
+            for r in st.rt.values_mut() {
+                if r.state == VmState::Running && r.started_ms.is_none() {
+                    r.started_ms = Some(now);
                 }
-                let _ = n;
             }
         }
         self.save();
@@ -411,7 +484,10 @@ impl Vmd {
         if let Some((disk, overlay)) = &d.root
             && !storage.exists(overlay)
         {
-            let base = storage.base_image(disk).await?;
+            // A download that fails is a problem of its own (retried by the next apply).
+            let base = storage.base_image(disk).await;
+            self.report(&image_subject(&d.name), &d.name, &base);
+            let base = base?;
             let (s, o, size) = (storage.clone(), overlay.clone(), disk.size.map(|s| s.bytes()));
             blocking(move || s.create_overlay(&base, &o, size)).await?;
             notes.push("new root overlay".to_string());
@@ -479,7 +555,7 @@ impl Vmd {
         {
             let mut st = self.st();
             if let Some(r) = st.rt.get_mut(vm) {
-                r.started_at = Some(Instant::now());
+                r.started_ms = Some(self.inner.clock.now_ms());
                 r.health = HealthState::Unknown;
                 r.health_failures = 0;
                 r.health_due = None;
@@ -498,10 +574,11 @@ impl Vmd {
     /// Asks the guest to power off; destroys it after the shutdown timeout. True: it obeyed.
     pub(crate) async fn stop_domain(&self, vm: &str) -> Result<bool> {
         let (hv, dn) = (self.hv(), xml::domain_name(vm));
+        // Stopped means QEMU is gone: a guest that powered off is not stopped until then.
         let running = |hv: Arc<dyn Hypervisor>, dn: String| async move {
-            blocking(move || hv.get(&dn))
-                .await
-                .map(|d| d.is_some_and(|d| d.state == DomState::Running))
+            blocking(move || hv.get(&dn)).await.map(|d| {
+                d.is_some_and(|d| matches!(d.state, DomState::Running | DomState::Stopping))
+            })
         };
         if !running(hv.clone(), dn.clone()).await? {
             return Ok(true);
@@ -511,12 +588,16 @@ impl Vmd {
             // A guest that is already going down refuses the request: the wait below decides.
             let _ = blocking(move || hv.shutdown(&dn)).await;
         }
-        let deadline = Instant::now() + self.inner.cfg.shutdown_timeout;
-        while Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        let clock = self.clock();
+        let deadline = clock.now_ms() + duration_ms(self.inner.cfg.shutdown_timeout);
+        loop {
             if !running(hv.clone(), dn.clone()).await? {
                 return Ok(true);
             }
+            if clock.now_ms() >= deadline {
+                break;
+            }
+            clock.sleep(Duration::from_millis(250)).await;
         }
         let (hv2, dn2) = (hv.clone(), dn.clone());
         if let Err(e) = blocking(move || hv2.destroy(&dn2)).await
@@ -540,9 +621,10 @@ impl Vmd {
             }
         }
         if let Err(e) = self.inner.deps.nics.detach(vm).await {
-            tracing::warn!(vm, error = %e, "netd detach failed");
+            tracing::warn!(vm, error = %Chain(&e), "netd detach failed");
         }
         self.st().rt.remove(vm);
+        self.forget_problems_of(vm);
         let how = if graceful { "shut down" } else { "destroyed after the shutdown timeout" };
         self.emit(
             vm,
@@ -566,6 +648,8 @@ impl Vmd {
             blocking(move || hv.get(&dn)).await?.is_some_and(|d| d.state == DomState::Running);
         if !running {
             self.start_defined(vm, "started by an operator").await?;
+            // It runs: a restart policy that could not start it has nothing left to report.
+            self.report(&vm_subject(vm), vm, &Ok::<(), Error>(()));
         }
         self.save();
         self.status(vm)
@@ -654,12 +738,13 @@ impl Vmd {
                 Ok::<_, Error>(graceful)
             }
             .await;
+            self.forget_problems_of(&vm);
             match r {
                 Ok(true) => done.push(format!("{vm}: shut down and removed")),
                 Ok(false) => {
                     done.push(format!("{vm}: destroyed after the shutdown timeout and removed"))
                 }
-                Err(e) => failures.push(format!("{vm}: {e}")),
+                Err(e) => failures.push(format!("{vm}: {}", backroom_daemon::chain(&e))),
             }
         }
         if purge
@@ -712,8 +797,24 @@ fn action_vm(a: &Action) -> &str {
     }
 }
 
+/// A revision as people read it: its first 12 characters.
 pub(crate) fn short(rev: &str) -> &str {
-    &rev[..rev.len().min(12)]
+    backroom_daemon::text::short(rev, 12)
+}
+
+/// The problem subject of a VM's restart policy failing to start it.
+pub fn vm_subject(vm: &str) -> String {
+    format!("VM {vm}")
+}
+
+/// The problem subject of a VM's boot image failing to download (or verify).
+pub fn image_subject(vm: &str) -> String {
+    format!("image for {vm}")
+}
+
+/// A duration as clock milliseconds.
+pub(crate) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The last `max` bytes of a file (empty when it does not exist yet).

@@ -111,9 +111,8 @@ impl NetdNics {
     async fn client(
         &self,
     ) -> Result<backroom_api::netd::netd_client::NetdClient<tonic::transport::Channel>> {
-        let channel = crate::client::unix_channel(&self.socket).await.map_err(|e| {
-            Error::Netd(format!("cannot reach netd at {}: {e}", self.socket.display()))
-        })?;
+        let channel =
+            backroom_daemon::socket::connect(&self.socket).await.map_err(Error::NetdUnreachable)?;
         Ok(backroom_api::netd::netd_client::NetdClient::new(channel))
     }
 }
@@ -173,10 +172,11 @@ impl NicSource for NetdNics {
                 workload: vm.name.as_str().into(),
                 instance: String::new(),
             };
-            let reply = c
-                .attach(req)
-                .await
-                .map_err(|s| Error::Netd(format!("attach of VM `{}`: {}", vm.name, s.message())))?;
+            let reply = c.attach(req).await.map_err(|source| Error::NetdRefused {
+                what: "attach",
+                vm: vm.name.as_str().into(),
+                source,
+            })?;
             from_netd(vm, reply.into_inner())
         })
     }
@@ -188,9 +188,11 @@ impl NicSource for NetdNics {
                 workload: workload.into(),
                 instance: String::new(),
             };
-            c.detach(req)
-                .await
-                .map_err(|s| Error::Netd(format!("detach of VM `{workload}`: {}", s.message())))?;
+            c.detach(req).await.map_err(|source| Error::NetdRefused {
+                what: "detach",
+                vm: workload.into(),
+                source,
+            })?;
             Ok(())
         })
     }

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use backroom_api::vmd as pb;
 use futures::Stream;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::{BroadcastStream, UnixListenerStream};
+use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
 use crate::error::Error;
@@ -26,7 +26,7 @@ impl VmdService {
 
 /// The one place errors become gRPC statuses.
 pub fn status(e: Error) -> Status {
-    let msg = crate::error_chain(&e);
+    let msg = backroom_daemon::chain(&e);
     match e {
         Error::Invalid(_)
         | Error::RevisionMismatch { .. }
@@ -35,14 +35,36 @@ pub fn status(e: Error) -> Status {
         Error::Admission(_) => Status::resource_exhausted(msg),
         Error::UnknownVm(_) => Status::not_found(msg),
         Error::Foreign(_) | Error::Locked(_) => Status::failed_precondition(msg),
-        Error::Failed { .. } => Status::aborted(msg),
-        Error::Netd(_) => Status::unavailable(msg),
+        Error::Failed { .. } | Error::UpdateRolledBack { .. } => Status::aborted(msg),
+        Error::Netd(_) | Error::NetdUnreachable(_) | Error::NetdRefused { .. } => {
+            Status::unavailable(msg)
+        }
         Error::Unsupported(_) => Status::unimplemented(msg),
         Error::Libvirt { .. }
+        | Error::EventLoop(_)
         | Error::Io { .. }
+        | Error::CommandSpawn { .. }
         | Error::Command { .. }
         | Error::Image { .. }
-        | Error::State { .. } => Status::internal(msg),
+        | Error::ImageHttp { .. }
+        | Error::DownloadFailed { .. }
+        | Error::Probe { .. }
+        | Error::ProbeAnswer { .. }
+        | Error::Kvm { .. }
+        | Error::UpdateStep { .. }
+        | Error::StateUnreadable { .. }
+        | Error::Daemon(_) => Status::internal(msg),
+    }
+}
+
+/// vmd's open problems as the API carries them.
+pub fn problem_pb(p: backroom_daemon::condition::Problem) -> backroom_api::common::Problem {
+    backroom_api::common::Problem {
+        subject: p.subject,
+        message: p.message,
+        since_unix_ms: p.since_ms,
+        failures: p.failures,
+        source: "vmd".into(),
     }
 }
 
@@ -65,7 +87,7 @@ fn event_pb(e: VmEvent) -> pb::Event {
         vm: e.vm,
         kind: e.kind,
         message: e.message,
-        subject: String::new(),
+        subject: e.subject,
     }
 }
 
@@ -93,7 +115,7 @@ impl pb::vmd_server::Vmd for VmdService {
     ) -> Result<Response<pb::ListReply>, Status> {
         Ok(Response::new(pb::ListReply {
             vms: self.vmd.list().into_iter().map(to_pb).collect(),
-            problems: Vec::new(),
+            problems: self.vmd.problems().into_iter().map(problem_pb).collect(),
         }))
     }
 
@@ -135,33 +157,19 @@ impl pb::vmd_server::Vmd for VmdService {
     }
 }
 
-/// Serves the API on `socket` until `shutdown` resolves. `ready` runs once the socket listens.
+/// Serves the API on `socket` (see `backroom_daemon::socket::listen`: refused while another
+/// vmd serves there, 0600) until `shutdown` resolves. `ready` runs once the socket listens.
 pub async fn serve(
     vmd: Vmd,
     socket: &Path,
     ready: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    }
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Error::io(format!("removing the old socket {}", socket.display()), e));
-        }
-    }
-    let listener = tokio::net::UnixListener::bind(socket)
-        .map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| Error::io(format!("setting the mode of {}", socket.display()), e))?;
+    let incoming = backroom_daemon::socket::listen(socket, backroom_daemon::socket::Access::ROOT)?;
     ready();
     tonic::transport::Server::builder()
         .add_service(pb::vmd_server::VmdServer::new(VmdService::new(vmd)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::io("serving gRPC", std::io::Error::other(e)))
 }

@@ -1,13 +1,13 @@
-//! What vmd keeps across its own restarts, in `state.json` (written to a temporary file,
-//! synced, then renamed): the applied profile, and per VM its restart count, since when it is
+//! What vmd keeps across its own restarts, in `state.json` (written crash-safe by
+//! `backroom_daemon::fs`): the applied profile, and per VM its restart count, since when it is
 //! in its state, and whether it is parked (left stopped on purpose). Everything else —
 //! which domains exist, their definitions — libvirt keeps, and vmd reads back (adoption).
-//! Also the lock that keeps two vmd processes off one state folder.
+//! Also the lock that keeps two vmd processes off one state folder (the daemon crate's).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+pub use backroom_daemon::fs::StateLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,78 +42,29 @@ pub struct VmRecord {
 impl Persisted {
     pub fn load(path: &Path) -> Result<Self> {
         match std::fs::read_to_string(path) {
-            Ok(t) => serde_json::from_str(&t).map_err(|e| Error::State {
-                path: path.into(),
-                message: format!("unreadable: {e}"),
-            }),
+            Ok(t) => serde_json::from_str(&t)
+                .map_err(|source| Error::StateUnreadable { path: path.into(), source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
             Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
         }
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| Error::State { path: path.into(), message: e.to_string() })?;
-        let tmp = path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d)?;
-            }
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(d) = path.parent() {
-                std::fs::File::open(d)?.sync_all()?;
-            }
-            Ok(())
-        };
-        write().map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        // Plain strings, numbers and maps: serialising cannot fail.
+        let text = serde_json::to_vec_pretty(self).unwrap_or_default();
+        Ok(backroom_daemon::fs::save(path, &text, 0o600)?)
     }
 }
 
-/// An exclusive `flock` on the state folder's lock file, held while this value lives.
-#[derive(Debug)]
-pub struct StateLock {
-    _file: std::fs::File,
-    pub path: PathBuf,
-}
-
-impl StateLock {
-    pub fn acquire(path: &Path) -> Result<Self> {
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d)
-                .map_err(|e| Error::io(format!("creating {}", d.display()), e))?;
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711));
-        }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            return Err(Error::Locked(path.parent().unwrap_or(path).to_path_buf()));
-        }
-        Ok(StateLock { _file: file, path: path.into() })
-    }
-
-    /// Like [`StateLock::acquire`], retrying for `wait` (a one-shot command may hold the lock
-    /// for a moment while the daemon starts).
-    pub fn acquire_wait(path: &Path, wait: std::time::Duration) -> Result<Self> {
-        let until = std::time::Instant::now() + wait;
-        loop {
-            match Self::acquire(path) {
-                Err(Error::Locked(_)) if std::time::Instant::now() < until => {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
-                r => return r,
-            }
-        }
-    }
+/// Takes the state folder's lock (see [`StateLock`]), waiting up to `wait` for a one-shot
+/// command that holds it to finish. The folder is made traversable (0711) for QEMU, which
+/// reaches the VMs' disks under it as another user.
+pub fn lock(layout_root: &Path, lock_file: &Path, wait: std::time::Duration) -> Result<StateLock> {
+    std::fs::create_dir_all(layout_root)
+        .map_err(|e| Error::io(format!("creating {}", layout_root.display()), e))?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(layout_root, std::fs::Permissions::from_mode(0o711));
+    Ok(StateLock::acquire_wait(lock_file, wait)?)
 }
 
 #[cfg(test)]
@@ -129,9 +80,12 @@ mod tests {
         s.vms.insert("nvr".into(), VmRecord { restarts: 2, parked: true, ..Default::default() });
         s.save(&p).unwrap();
         assert_eq!(Persisted::load(&p).unwrap(), s);
-        let l = StateLock::acquire(&d.path().join("lock")).unwrap();
-        assert!(matches!(StateLock::acquire(&d.path().join("lock")), Err(Error::Locked(_))));
+        let wait = std::time::Duration::ZERO;
+        let l = lock(d.path(), &d.path().join("lock"), wait).unwrap();
+        let e = lock(d.path(), &d.path().join("lock"), wait).unwrap_err();
+        assert!(matches!(e, Error::Locked(_)), "{e}");
+        assert!(e.to_string().contains("another vmd"), "{e}");
         drop(l);
-        assert!(StateLock::acquire(&d.path().join("lock")).is_ok());
+        assert!(lock(d.path(), &d.path().join("lock"), wait).is_ok());
     }
 }

@@ -84,9 +84,8 @@ impl FsStorage {
 
 fn run(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}").replace('"', "");
-    let out = cmd
-        .output()
-        .map_err(|e| Error::Command { command: shown.clone(), message: e.to_string() })?;
+    let out =
+        cmd.output().map_err(|source| Error::CommandSpawn { command: shown.clone(), source })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let msg = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
@@ -239,6 +238,8 @@ impl Storage for FsStorage {
 #[derive(Debug, Default)]
 pub struct MemStorage {
     pub files: Mutex<BTreeMap<PathBuf, String>>,
+    /// Boot images whose download fails (to test the `image for …` problem).
+    pub failing_images: Mutex<Vec<String>>,
 }
 
 impl MemStorage {
@@ -256,6 +257,12 @@ impl Storage for MemStorage {
 
     fn base_image<'a>(&'a self, disk: &'a BootDisk) -> BoxFuture<'a, Result<BaseImage>> {
         Box::pin(async move {
+            if self.failing_images.lock().is_ok_and(|f| f.contains(&disk.image)) {
+                return Err(Error::Image {
+                    image: disk.image.clone(),
+                    message: "the server answered HTTP 503".into(),
+                });
+            }
             Ok(BaseImage {
                 path: PathBuf::from(&disk.image),
                 format: "qcow2".into(),

@@ -1,14 +1,27 @@
 //! What keeps VMs running between applies: lifecycle events from libvirt drive the restart
 //! policy (with exponential backoff), a periodic resync catches events that were missed (a
 //! libvirtd restart), and health checks probe running VMs that have one.
+//!
+//! One loop turns every second on vmd's clock: it beats the heartbeat systemd's watchdog asks
+//! about (so a wedged loop gets vmd restarted), checks that libvirt's lifecycle events can
+//! still arrive (reconnecting when the connection dropped; a `libvirt events` problem while
+//! they cannot), probes the VMs whose check is due and resyncs when that is due. Restart timers
+//! run on the same clock, so the backoff is tested by moving a manual clock.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use backroom_daemon::Chain;
 use backroom_profiles::RestartPolicy;
 
 use crate::hypervisor::{DomState, Lifecycle, LifecycleEvent, StopCause};
-use crate::manager::{HealthState, VmState, Vmd, blocking};
+use crate::manager::{HealthState, VmState, Vmd, blocking, duration_ms, vm_subject};
 use crate::xml::DOMAIN_PREFIX;
+
+/// The subject of the problem "lifecycle events do not arrive".
+pub const EVENTS_SUBJECT: &str = "libvirt events";
+
+/// How often the supervisor's loop turns.
+pub const TURN: Duration = Duration::from_secs(1);
 
 /// The background tasks of the daemon.
 pub struct Supervisor {
@@ -32,7 +45,7 @@ fn policy_name(p: RestartPolicy) -> &'static str {
 }
 
 impl Vmd {
-    /// Starts the event, resync and health tasks. Call once.
+    /// Starts the event task and the supervisor's loop. Call once.
     pub fn supervise(&self) -> Supervisor {
         let mut tasks = Vec::new();
         if let Some(mut rx) = self.inner.deps.hypervisor.take_events() {
@@ -48,20 +61,31 @@ impl Vmd {
         }
         let me = self.clone();
         tasks.push(tokio::spawn(async move {
-            let every = me.inner.cfg.resync_every;
+            let resync_every = duration_ms(me.inner.cfg.resync_every);
+            let mut next_resync = me.now_ms() + resync_every;
             loop {
-                tokio::time::sleep(every).await;
-                me.resync().await;
-            }
-        }));
-        let me = self.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                me.inner.heartbeat.beat();
+                let was_failing = me.is_failing(EVENTS_SUBJECT);
+                let live = me.events_live().await;
+                me.report(EVENTS_SUBJECT, "", &live);
+                if live.is_ok() && was_failing {
+                    // Events were lost while the stream was down: look at libvirt now.
+                    next_resync = me.now_ms();
+                }
                 me.health_round().await;
+                if me.now_ms() >= next_resync {
+                    me.resync().await;
+                    next_resync = me.now_ms() + resync_every;
+                }
+                me.clock().sleep(TURN).await;
             }
         }));
         Supervisor { tasks }
+    }
+
+    async fn events_live(&self) -> crate::Result<()> {
+        let hv = self.hv();
+        blocking(move || hv.events_live()).await
     }
 
     /// One lifecycle event from libvirt.
@@ -69,11 +93,12 @@ impl Vmd {
         let Some(vm) = ev.domain.strip_prefix(DOMAIN_PREFIX).map(str::to_string) else { return };
         match ev.what {
             Lifecycle::Started => {
+                let now = self.now_ms();
                 let fresh = {
                     let mut st = self.st();
                     let Some(r) = st.rt.get_mut(&vm) else { return };
                     if r.state != VmState::Running && !r.busy {
-                        r.started_at = Some(Instant::now());
+                        r.started_ms = Some(now);
                         true
                     } else {
                         false
@@ -96,15 +121,15 @@ impl Vmd {
             StopCause::Destroyed => ("stopped", "it was destroyed outside vmd"),
             StopCause::Other => ("stopped", "it stopped"),
         };
+        let now = self.now_ms();
         let decision = {
             let mut st = self.st();
-            let cfg = &self.inner.cfg;
             let Some(r) = st.rt.get_mut(vm) else { return };
             if r.busy || matches!(r.state, VmState::Stopped | VmState::Crashed) && r.rec.parked {
                 return;
             }
             r.state = if crashed { VmState::Crashed } else { VmState::Stopped };
-            r.rec.since_unix = crate::manager::now_unix();
+            r.rec.since_unix = now.div_euclid(1000);
             r.health = HealthState::Unknown;
             let policy = r.policy();
             let restart = match policy {
@@ -119,12 +144,12 @@ impl Vmd {
                     format!("{what}; restart policy {} leaves it stopped", policy_name(policy));
                 None
             } else {
-                if r.started_at.is_some_and(|t| t.elapsed() >= cfg.stable_after) {
+                let stable = duration_ms(self.inner.cfg.stable_after);
+                if r.started_ms.is_some_and(|t| now - t >= stable) {
                     r.backoff = 0;
                 }
-                let factor = 1u32.checked_shl(r.backoff.min(20)).unwrap_or(u32::MAX);
-                let delay = cfg.backoff_first.saturating_mul(factor).min(cfg.backoff_max);
-                r.backoff += 1;
+                r.backoff = r.backoff.saturating_add(1);
+                let delay = self.inner.cfg.restart_backoff.delay(r.backoff);
                 r.rec.reason = format!(
                     "{what}; restarting in {}s (restart policy {})",
                     delay.as_secs_f64(),
@@ -137,13 +162,17 @@ impl Vmd {
         self.emit(vm, kind, format!("VM {vm}: {reason}"));
         self.save();
         if let Some((delay, gen_)) = decision {
-            let me = self.clone();
-            let vm = vm.to_string();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                me.restart_after_backoff(&vm, gen_, delay).await;
-            });
+            self.restart_later(vm, delay, gen_);
         }
+    }
+
+    fn restart_later(&self, vm: &str, delay: Duration, gen_: u64) {
+        let me = self.clone();
+        let vm = vm.to_string();
+        tokio::spawn(async move {
+            me.clock().sleep(delay).await;
+            me.restart_after_backoff(&vm, gen_, delay).await;
+        });
     }
 
     async fn restart_after_backoff(&self, vm: &str, gen_: u64, delay: Duration) {
@@ -157,7 +186,9 @@ impl Vmd {
         if !still {
             return;
         }
-        match self.start_domain(vm).await {
+        let started = self.start_domain(vm).await;
+        self.report(&vm_subject(vm), vm, &started);
+        match started {
             Ok(()) => {
                 let n = {
                     let mut st = self.st();
@@ -177,10 +208,28 @@ impl Vmd {
                 self.save();
             }
             Err(e) => {
-                self.set_state(vm, VmState::Failed, format!("restart failed: {e}"));
-                self.emit(vm, "failed", format!("VM {vm} could not be restarted: {e}"));
-                // Try again later, with a longer backoff.
-                self.on_stopped(vm, StopCause::Crashed);
+                // Try again later, with a longer backoff. The `failing` event said it once;
+                // each further try only updates the reason (never one event per retry).
+                let next = {
+                    let mut st = self.st();
+                    st.rt.get_mut(vm).map(|r| {
+                        r.backoff = r.backoff.saturating_add(1);
+                        r.restart_gen += 1;
+                        (self.inner.cfg.restart_backoff.delay(r.backoff), r.restart_gen)
+                    })
+                };
+                let Some((delay, gen_)) = next else { return };
+                self.set_state(
+                    vm,
+                    VmState::Failed,
+                    format!(
+                        "restart failed: {}; trying again in {}s",
+                        backroom_daemon::chain(&e),
+                        delay.as_secs_f64()
+                    ),
+                );
+                self.save();
+                self.restart_later(vm, delay, gen_);
             }
         }
     }
@@ -191,10 +240,11 @@ impl Vmd {
         let doms = match blocking(move || hv.list()).await {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(error = %e, "resync: cannot list domains");
+                tracing::warn!(error = %Chain(&e), "resync: cannot list domains");
                 return;
             }
         };
+        let now = self.now_ms();
         let mut missed = Vec::new();
         {
             let mut st = self.st();
@@ -203,10 +253,15 @@ impl Vmd {
                     continue;
                 }
                 let dn = crate::xml::domain_name(vm);
-                let running = doms.iter().any(|d| d.name == dn && d.state == DomState::Running);
+                let state = doms.iter().find(|d| d.name == dn).map(|d| d.state);
+                if state == Some(DomState::Stopping) {
+                    // On its way down: its stopped event decides.
+                    continue;
+                }
+                let running = state == Some(DomState::Running);
                 if running && r.state != VmState::Running {
                     r.state = VmState::Running;
-                    r.started_at.get_or_insert_with(Instant::now);
+                    r.started_ms.get_or_insert(now);
                 } else if !running && r.state == VmState::Running {
                     missed.push(vm.clone());
                 }
@@ -218,29 +273,35 @@ impl Vmd {
         }
     }
 
-    /// Probes every running VM whose check is due.
+    /// Probes every running VM whose check is due, all at once (a slow probe does not hold up
+    /// the others, nor the loop for longer than the longest timeout).
     pub async fn health_round(&self) {
+        let now = self.now_ms();
+        let settle = duration_ms(self.inner.cfg.settle);
         let due: Vec<(String, backroom_profiles::Health, std::net::IpAddr)> = {
             let mut st = self.st();
-            let now = Instant::now();
             st.rt
                 .iter_mut()
                 // A booting guest is not judged before the settle time.
                 .filter(|(_, r)| r.state == VmState::Running && !r.busy)
-                .filter(|(_, r)| r.started_at.is_some_and(|t| t.elapsed() >= self.inner.cfg.settle))
+                .filter(|(_, r)| r.started_ms.is_some_and(|t| now - t >= settle))
                 .filter_map(|(n, r)| {
                     let h = r.spec.health.clone()?;
                     let addr = r.nics.iter().find_map(|n| n.address)?.addr();
                     if r.health_due.is_some_and(|t| t > now) {
                         return None;
                     }
-                    r.health_due = Some(now + h.interval.to_std());
+                    r.health_due = Some(now + duration_ms(h.interval.to_std()));
                     Some((n.clone(), h, addr))
                 })
                 .collect()
         };
-        for (vm, h, addr) in due {
-            let res = crate::health::probe(&h, addr, self.inner.cfg.probe_netns.as_deref()).await;
+        let netns = self.inner.cfg.probe_netns.as_deref();
+        let results = futures::future::join_all(
+            due.iter().map(|(_, h, addr)| crate::health::probe(h, *addr, netns)),
+        )
+        .await;
+        for ((vm, h, _), res) in due.into_iter().zip(results) {
             let change = {
                 let mut st = self.st();
                 let Some(r) = st.rt.get_mut(&vm) else { continue };
@@ -263,9 +324,11 @@ impl Vmd {
                 (Some(HealthState::Healthy), _) => {
                     self.emit(&vm, "healthy", format!("VM {vm} is healthy"))
                 }
-                (Some(HealthState::Unhealthy), Err(e)) => {
-                    self.emit(&vm, "unhealthy", format!("VM {vm} is unhealthy: {e}"))
-                }
+                (Some(HealthState::Unhealthy), Err(e)) => self.emit(
+                    &vm,
+                    "unhealthy",
+                    format!("VM {vm} is unhealthy: {}", backroom_daemon::chain(&e)),
+                ),
                 _ => {}
             }
         }

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backroom_daemon::Backoff;
+
 use crate::admission::{self, NodeFacts};
 use crate::hypervisor::Hypervisor;
 use crate::nics::NicSource;
@@ -38,8 +40,8 @@ pub struct Config {
     pub facts: NodeFacts,
     /// The network namespace health probes run from (none: vmd's own).
     pub probe_netns: Option<String>,
-    pub backoff_first: Duration,
-    pub backoff_max: Duration,
+    /// How long the restart policy waits after each stop in a row: 1s, doubling, up to 5 min.
+    pub restart_backoff: Backoff,
     /// A VM that ran this long since its last start gets its backoff reset.
     pub stable_after: Duration,
     pub resync_every: Duration,
@@ -58,8 +60,7 @@ impl Default for Config {
             overhead: admission::DEFAULT_OVERHEAD,
             facts: NodeFacts::of_this_machine(),
             probe_netns: None,
-            backoff_first: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
+            restart_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
             stable_after: Duration::from_secs(120),
             resync_every: Duration::from_secs(15),
         }
@@ -125,7 +126,9 @@ pub struct VmEvent {
     pub at_unix_ms: i64,
     pub vm: String,
     /// started | stopped | crashed | restarted | update_done | update_rolled_back | failed |
-    /// removed | healthy | unhealthy
+    /// removed | healthy | unhealthy | failing | recovered
     pub kind: String,
     pub message: String,
+    /// For failing and recovered: what (`libvirt events`, `VM nvr`, `image for nvr`).
+    pub subject: String,
 }

@@ -1,12 +1,14 @@
 //! Updates: a VM whose definition changed is restarted into the new one; when the new one does
 //! not stay up (or does not get healthy), its old definition and overlay come back.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use backroom_daemon::Chain;
 
 use crate::error::{Error, Result};
 use crate::hypervisor::DomState;
 use crate::layout::Layout;
-use crate::manager::{HealthState, VmState, Vmd, blocking, short};
+use crate::manager::{HealthState, VmState, Vmd, blocking, duration_ms, short};
 use crate::plan::DesiredVm;
 use crate::xml;
 
@@ -48,12 +50,14 @@ impl Vmd {
             }
             Err(why) => {
                 let rb = self.rollback(d, &old_xml, was_running).await;
+                let shown = backroom_daemon::chain(&why);
                 let msg = match &rb {
                     Ok(()) => format!(
-                        "VM {name}: the update did not come up ({why}); rolled back to the previous definition"
+                        "VM {name}: the update did not come up ({shown}); rolled back to the previous definition"
                     ),
                     Err(e) => format!(
-                        "VM {name}: the update did not come up ({why}); rollback failed too: {e}"
+                        "VM {name}: the update did not come up ({shown}); rollback failed too: {}",
+                        backroom_daemon::chain(e)
                     ),
                 };
                 self.emit(&name, "update_rolled_back", msg.clone());
@@ -61,61 +65,59 @@ impl Vmd {
                 if rb.is_err() {
                     self.set_state(&name, VmState::Failed, msg.clone());
                 }
-                return Err(Error::Spec {
-                    vm: name,
-                    message: format!("update rolled back: {why}"),
-                });
+                return Err(Error::UpdateRolledBack { vm: name, source: Box::new(why) });
             }
         };
         self.set_busy(&name, false);
         line
     }
 
-    async fn update_inner(
-        &self,
-        d: &DesiredVm,
-        revision: &str,
-        was_running: bool,
-    ) -> Result<(), String> {
+    async fn update_inner(&self, d: &DesiredVm, revision: &str, was_running: bool) -> Result<()> {
         let name = &d.name;
+        let step = |what: &str| {
+            let what = what.to_string();
+            move |e: Error| Error::UpdateStep { step: what, source: Some(Box::new(e)) }
+        };
         if was_running {
-            self.stop_domain(name).await.map_err(|e| format!("cannot stop the old VM: {e}"))?;
+            self.stop_domain(name).await.map_err(step("cannot stop the old VM"))?;
         }
         let xml = xml::domain_xml(&d.domain, revision);
         let hv = self.hv();
-        blocking(move || hv.define(&xml)).await.map_err(|e| e.to_string())?;
+        blocking(move || hv.define(&xml)).await.map_err(step("cannot define the new VM"))?;
         if self.is_parked(name) {
             return Ok(());
         }
-        self.start_domain(name).await.map_err(|e| e.to_string())?;
+        self.start_domain(name).await.map_err(step("cannot start the new VM"))?;
         self.wait_up(d).await
     }
 
     /// Up = still running after the settle time, and healthy when a check is given.
-    async fn wait_up(&self, d: &DesiredVm) -> Result<(), String> {
+    async fn wait_up(&self, d: &DesiredVm) -> Result<()> {
         let cfg = &self.inner.cfg;
-        let start = Instant::now();
+        let clock = self.clock();
+        let start = clock.now_ms();
         let dn = d.domain_name();
         loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            clock.sleep(Duration::from_millis(250)).await;
             let (hv, n) = (self.hv(), dn.clone());
-            let dom = blocking(move || hv.get(&n)).await.map_err(|e| e.to_string())?;
+            let dom = blocking(move || hv.get(&n)).await?;
+            let ran_ms = clock.now_ms() - start;
             if !dom.is_some_and(|x| x.state == DomState::Running) {
-                return Err(format!(
+                return Err(Error::update_step(format!(
                     "it stopped {:.1}s after starting",
-                    start.elapsed().as_secs_f64()
-                ));
+                    ran_ms as f64 / 1000.0
+                )));
             }
-            if start.elapsed() >= cfg.settle {
+            if ran_ms >= duration_ms(cfg.settle) {
                 break;
             }
         }
         let (Some(h), Some(addr)) = (&d.spec.health, d.nics.iter().find_map(|n| n.address)) else {
             return Ok(());
         };
-        let deadline = start + cfg.update_timeout;
-        let mut last = String::new();
-        while Instant::now() < deadline {
+        let deadline = start + duration_ms(cfg.update_timeout);
+        let mut last = None;
+        while clock.now_ms() < deadline {
             match crate::health::probe(h, addr.addr(), cfg.probe_netns.as_deref()).await {
                 Ok(()) => {
                     if let Some(r) = self.st().rt.get_mut(&d.name) {
@@ -123,11 +125,14 @@ impl Vmd {
                     }
                     return Ok(());
                 }
-                Err(e) => last = e,
+                Err(e) => last = Some(Box::new(e)),
             }
-            tokio::time::sleep(h.interval.to_std().min(Duration::from_secs(2))).await;
+            clock.sleep(h.interval.to_std().min(Duration::from_secs(2))).await;
         }
-        Err(format!("not healthy within {}s: {last}", cfg.update_timeout.as_secs()))
+        Err(Error::UpdateStep {
+            step: format!("not healthy within {}s", cfg.update_timeout.as_secs()),
+            source: last,
+        })
     }
 
     async fn rollback(&self, d: &DesiredVm, old_xml: &str, was_running: bool) -> Result<()> {
@@ -171,7 +176,7 @@ impl Vmd {
                 && !keep.contains(&f)
                 && let Err(e) = storage.remove(&f)
             {
-                tracing::warn!(vm = %d.name, error = %e, "cannot remove an old overlay or seed");
+                tracing::warn!(vm = %d.name, error = %Chain(&e), "cannot remove an old overlay or seed");
             }
         }
     }

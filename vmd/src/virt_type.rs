@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
+use crate::error::{Error, Result};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VirtType {
     Kvm,
@@ -93,7 +95,8 @@ pub async fn choose(
             Err(why) => VirtChoice {
                 virt_type: VirtType::Qemu,
                 reason: format!(
-                    "auto: KVM does not run guests here ({why}): using QEMU's TCG emulation"
+                    "auto: KVM does not run guests here ({}): using QEMU's TCG emulation",
+                    backroom_daemon::chain(&why)
                 ),
             },
         },
@@ -108,40 +111,48 @@ pub async fn probe_kvm(
     work_dir: &Path,
     timeout: Duration,
     kernel: Option<&Path>,
-) -> Result<String, String> {
+) -> Result<String> {
     let dev = Path::new("/dev/kvm");
     if !dev.exists() {
-        return Err("/dev/kvm does not exist".into());
+        return Err(kvm("/dev/kvm does not exist", None));
     }
     if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(dev) {
-        return Err(format!("/dev/kvm cannot be opened: {e}"));
+        return Err(kvm("/dev/kvm cannot be opened", Some(e)));
     }
     let img = work_dir.join(format!("kvm-probe-{}.img", std::process::id()));
     std::fs::write(&img, probe_boot_sector())
-        .map_err(|e| format!("cannot write the probe image {}: {e}", img.display()))?;
+        .map_err(|e| kvm(format!("cannot write the probe image {}", img.display()), Some(e)))?;
     let drive = format!("file={},format=raw,if=ide", img.display());
-    let sector = run_probe(qemu, &["-m", "96", "-drive", &drive], MARKER, timeout).await;
+    let sector =
+        run_probe(qemu, "the probe boot sector", &["-m", "96", "-drive", &drive], MARKER, timeout)
+            .await;
     let _ = std::fs::remove_file(&img);
-    sector.map_err(|e| format!("the probe boot sector {e}"))?;
+    sector?;
     let Some(k) = kernel else { return Ok("the probe boot sector (no kernel to try)".into()) };
     let k = k.display().to_string();
     run_probe(
         qemu,
+        &format!("the probe boot sector ran, but the kernel {k}"),
         &["-m", "256", "-kernel", &k, "-append", "console=ttyS0 earlyprintk=ttyS0"],
         KERNEL_MARKER,
         timeout,
     )
-    .await
-    .map_err(|e| format!("the probe boot sector ran, but the kernel {k} {e}"))?;
+    .await?;
     Ok(format!("the probe boot sector and the kernel {k}"))
 }
 
+fn kvm(what: impl Into<String>, source: Option<std::io::Error>) -> Error {
+    Error::Kvm { what: what.into(), source }
+}
+
+/// Runs QEMU under KVM with `args` until it prints `marker`; `guest` names what it boots.
 async fn run_probe(
     qemu: &Path,
+    guest: &str,
     args: &[&str],
     marker: &[u8],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<()> {
     let mut child = tokio::process::Command::new(qemu)
         .args(["-accel", "kvm", "-machine", "pc", "-nodefaults", "-no-user-config"])
         .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
@@ -151,9 +162,12 @@ async fn run_probe(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("could not run: {} failed to start: {e}", qemu.display()))?;
-    let mut out = child.stdout.take().ok_or("gave no stdout")?;
-    let mut err = child.stderr.take().ok_or("gave no stderr")?;
+        .map_err(|e| {
+            kvm(format!("{guest} could not run: {} failed to start", qemu.display()), Some(e))
+        })?;
+    let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(kvm(format!("{guest}: QEMU gave no stdout or stderr"), None));
+    };
     let mut seen = Vec::new();
     let read = async {
         let mut buf = [0u8; 512];
@@ -189,11 +203,14 @@ async fn run_probe(
             let _ = err.read_to_string(&mut e).await;
             let last =
                 e.lines().find(|l| !l.contains("warning")).unwrap_or("no message").to_string();
-            Err(format!("died under KVM after printing `{printed}`: {last}"))
+            Err(kvm(format!("{guest} died under KVM after printing `{printed}`: {last}"), None))
         }
-        Err(_) => Err(format!(
-            "hung under KVM (printed `{printed}`, then nothing for {}s)",
-            timeout.as_secs()
+        Err(_) => Err(kvm(
+            format!(
+                "{guest} hung under KVM (printed `{printed}`, then nothing for {}s)",
+                timeout.as_secs()
+            ),
+            None,
         )),
     }
 }

@@ -193,14 +193,19 @@ fn render(s: &DomainSpec, meta: Option<&Meta>) -> String {
     x
 }
 
-/// `vda`, `vdb`, … `vdz`, then `vdaa`…
+/// `vda`, `vdb`, … `vdz`, then `vdaa` … `vdzz`, then `vdaaa`…: the kernel's own naming of
+/// virtio disks (bijective base 26), so it never runs out of letters.
 pub fn target_dev(i: usize) -> String {
-    let letters = b"abcdefghijklmnopqrstuvwxyz";
-    if i < 26 {
-        format!("vd{}", letters[i] as char)
-    } else {
-        format!("vd{}{}", letters[i / 26 - 1] as char, letters[i % 26] as char)
+    let mut letters = Vec::new();
+    let mut n = i + 1;
+    while n > 0 {
+        n -= 1;
+        // n % 26 < 26: always an ASCII lower-case letter.
+        letters.push(char::from(b'a' + (n % 26) as u8));
+        n /= 26;
     }
+    letters.reverse();
+    format!("vd{}", letters.into_iter().collect::<String>())
 }
 
 fn esc(s: &str) -> String {
@@ -373,5 +378,13 @@ mod tests {
         assert_eq!(target_dev(0), "vda");
         assert_eq!(target_dev(25), "vdz");
         assert_eq!(target_dev(26), "vdaa");
+        assert_eq!(target_dev(51), "vdaz");
+        assert_eq!(target_dev(52), "vdba");
+        // Past the two-letter names (which used to panic): the kernel's three-letter ones.
+        assert_eq!(target_dev(701), "vdzz");
+        assert_eq!(target_dev(702), "vdaaa");
+        assert_eq!(target_dev(703), "vdaab");
+        let names: std::collections::BTreeSet<String> = (0..20_000).map(target_dev).collect();
+        assert_eq!(names.len(), 20_000, "every disk gets a name of its own");
     }
 }

@@ -92,7 +92,8 @@ async fn a_wrong_digest_is_refused_and_nothing_is_kept() {
         .fetch_url(&format!("http://127.0.0.1:{}/missing.img", http.port), &wrong)
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("HTTP 404"), "{e}");
+    let e = backroom_daemon::chain(&e);
+    assert!(e.contains("failed 5 times") && e.contains("HTTP 404"), "{e}");
 }
 
 #[tokio::test]

@@ -250,7 +250,12 @@ fn vm_lifecycle_against_real_libvirt() {
     assert!(d.cli(&["start", &n.kern]).status.success());
     d.wait_log(&n.kern, "BACKROOM-GUEST-READY marker=k1", 2, BOOT);
     let o = d.cli(&["restart", &n.kern]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{}\n--- vmd's log:\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        std::fs::read_to_string(&d.log).unwrap_or_default()
+    );
     d.wait_log(&n.kern, "BACKROOM-GUEST-READY marker=k1", 3, BOOT);
     assert_eq!(d.vm(&n.kern).1, 1, "an operator restart counts");
 

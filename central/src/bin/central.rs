@@ -2,13 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use backroom_central::app::Settings;
-use backroom_central::clock::SystemClock;
 use backroom_central::server::{ServeConfig, serve};
+use backroom_daemon::logging::LogArgs;
 use clap::{Parser, Subcommand};
 
 /// Backroom's central plane: enrollment, one session per store, fleet push, status, events,
@@ -16,6 +15,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "central", version, about)]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -60,14 +61,21 @@ enum Cmd {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_target(false)
-        .init();
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("central: {}", backroom_daemon::chain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    cli.log.init("info");
     let Cli {
+        log: _,
         command:
             Cmd::Serve {
                 data,
@@ -80,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
                 unhealthy_alert,
                 node_cert_days,
             },
-    } = Cli::parse();
+    } = cli;
     let hb = u32::try_from(heartbeat.millis() / 1000).unwrap_or(10).max(1);
     let settings = Settings {
         heartbeat_seconds: hb,
@@ -98,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
         settings,
         alert_interval: Duration::from_secs(5),
     };
-    let running = serve(cfg, Arc::new(SystemClock)).await.context("starting central")?;
+    let running = serve(cfg, backroom_daemon::clock::system()).await.context("starting central")?;
     println!(
         "central ready: nodes https://{}  operators https://{}  CA {}  (admin token: {})",
         running.listen,
@@ -106,12 +114,12 @@ async fn main() -> anyhow::Result<()> {
         running.ca_fingerprint,
         data.join("admin.token").display()
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("signals")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    backroom_daemon::notify::ready();
+    let which = backroom_daemon::signal::shutdown().await;
+    // Graceful: sessions close (nodes reconnect to the next central), the servers drain.
+    tracing::info!(signal = which, "central stopping");
+    backroom_daemon::notify::stopping();
     running.stop().await;
+    tracing::info!("central stopped");
     Ok(())
 }

@@ -11,6 +11,8 @@ use backroom_api::operator::{
     StoreProfile,
 };
 use backroom_central::{client, ctl_report, profile_report};
+use backroom_daemon::logging::LogArgs;
+use backroom_daemon::text::short;
 use backroom_profiles::{Diagnostic, Invalid, Rendered, Severity, render_file, render_fleet};
 use clap::{Args, Parser, Subcommand};
 
@@ -25,6 +27,8 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(flatten)]
     conn: Conn,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -197,6 +201,7 @@ enum ApiTokenCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli.log.init("warn");
     let result = match cli.command {
         Command::Profile(p) => profile(p),
         Command::Remote(remote) => {
@@ -209,7 +214,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("centralctl: {e:#}");
+            eprintln!("centralctl: {}", backroom_daemon::chain(e.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -290,11 +295,15 @@ async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
                     let was = if o.previous_revision.is_empty() {
                         "-"
                     } else {
-                        &o.previous_revision[..12.min(o.previous_revision.len())]
+                        short(&o.previous_revision, 12)
                     };
-                    println!("{}  rev {}  new revision (was {was})", o.store_id, &o.revision[..12]);
+                    println!(
+                        "{}  rev {}  new revision (was {was})",
+                        o.store_id,
+                        short(&o.revision, 12)
+                    );
                 } else {
-                    println!("{}  rev {}  unchanged", o.store_id, &o.revision[..12]);
+                    println!("{}  rev {}  unchanged", o.store_id, short(&o.revision, 12));
                 }
             }
             println!("{} stores pushed, {changed} new revisions", reply.stores.len());
@@ -362,6 +371,11 @@ async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
                     })).collect::<Vec<_>>(),
                     "events": r.events.iter().map(|e| serde_json::json!({
                         "seq": e.seq, "at_unix_ms": e.at_unix_ms, "kind": e.kind, "workload": e.workload, "message": e.message,
+                        "subject": e.subject,
+                    })).collect::<Vec<_>>(),
+                    "problems": r.problems.iter().map(|p| serde_json::json!({
+                        "subject": p.subject, "message": p.message, "since_unix_ms": p.since_unix_ms,
+                        "failures": p.failures, "source": p.source,
                     })).collect::<Vec<_>>(),
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);

@@ -4,7 +4,8 @@
 //! One SQL dialect that SQLite and PostgreSQL both run, through sqlx's `Any` driver: SQLite
 //! (a file under `--data`) is the embedded default, PostgreSQL (`--database-url postgres://…`)
 //! the engine when one central is not enough. Times are unix milliseconds passed in by the
-//! caller, so the clock stays outside.
+//! caller, so the clock stays outside. The schema is one file of numbered migrations
+//! (`schema.sql`).
 
 mod rows;
 
@@ -42,7 +43,34 @@ fn q(what: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
     move |source| DbError::Query { what, source }
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("schema.sql"))];
+/// The schema file: its migrations, marked by `-- migration N: …` lines.
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// The migrations of [`SCHEMA`], in order: (version, statements).
+fn migrations() -> Vec<(i64, Vec<String>)> {
+    let mut out: Vec<(i64, String)> = Vec::new();
+    for line in SCHEMA.lines() {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("-- migration ") {
+            let number = rest.split(|c: char| !c.is_ascii_digit()).next().unwrap_or("");
+            if let Ok(v) = number.parse() {
+                out.push((v, String::new()));
+            }
+        } else if !trimmed.starts_with("--")
+            && let Some((_, sql)) = out.last_mut()
+        {
+            sql.push_str(line);
+            sql.push('\n');
+        }
+    }
+    out.into_iter()
+        .map(|(v, sql)| {
+            let stmts =
+                sql.split(';').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+            (v, stmts)
+        })
+        .collect()
+}
 
 /// Why an enrollment token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +93,13 @@ impl Db {
     /// Opens (creating if needed) and migrates the database at `url`:
     /// `sqlite:///path/central.db`, `sqlite::memory:` or `postgres://…`.
     pub async fn open(url: &str) -> Result<Db> {
+        let db = Self::connect(url).await?;
+        db.migrate(i64::MAX).await?;
+        Ok(db)
+    }
+
+    /// Opens the database at `url` without migrating it.
+    async fn connect(url: &str) -> Result<Db> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let mut opts = AnyPoolOptions::new();
@@ -91,16 +126,15 @@ impl Db {
             .connect(&url_full)
             .await
             .map_err(|source| DbError::Open { url: url.to_string(), source })?;
-        let db = Db { pool, sqlite };
-        db.migrate().await?;
-        Ok(db)
+        Ok(Db { pool, sqlite })
     }
 
     pub fn is_sqlite(&self) -> bool {
         self.sqlite
     }
 
-    async fn migrate(&self) -> Result<()> {
+    /// Brings the schema up to migration `upto` (all of them: `i64::MAX`).
+    async fn migrate(&self, upto: i64) -> Result<()> {
         self.pool
             .execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
             .await
@@ -110,23 +144,22 @@ impl Db {
             .await
             .and_then(|r| r.try_get::<Option<i64>, _>("v"))
             .map_err(|source| DbError::Migrate { version: 0, source })?;
-        let current = current.unwrap_or(0);
-        for (version, sql) in MIGRATIONS {
-            if *version <= current {
+        self.migrate_to(current.unwrap_or(0), upto).await
+    }
+
+    /// Runs the migrations above `current` up to and including `upto`, each in one transaction.
+    async fn migrate_to(&self, current: i64, upto: i64) -> Result<()> {
+        for (version, stmts) in migrations() {
+            if version <= current || version > upto {
                 continue;
             }
-            let fail = |source| DbError::Migrate { version: *version, source };
+            let fail = |source| DbError::Migrate { version, source };
             let mut tx = self.pool.begin().await.map_err(fail)?;
-            let code: String = sql
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            for stmt in code.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                tx.execute(AssertSqlSafe(stmt.to_string())).await.map_err(fail)?;
+            for stmt in stmts {
+                tx.execute(AssertSqlSafe(stmt)).await.map_err(fail)?;
             }
             sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
-                .bind(*version)
+                .bind(version)
                 .execute(&mut *tx)
                 .await
                 .map_err(fail)?;
@@ -442,8 +475,8 @@ impl Db {
         let mut acked: Vec<(String, u64)> = Vec::new();
         for e in batch {
             sqlx::query(
-                "INSERT INTO events (store_id, seq, at_ms, kind, workload, message, received_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (store_id, seq) DO NOTHING",
+                "INSERT INTO events (store_id, seq, at_ms, kind, workload, message, received_ms, subject) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (store_id, seq) DO NOTHING",
             )
             .bind(&e.store_id)
             .bind(seq_to_db(e.seq))
@@ -452,6 +485,7 @@ impl Db {
             .bind(&e.workload)
             .bind(&e.message)
             .bind(now_ms)
+            .bind(&e.subject)
             .execute(&mut *tx)
             .await
             .map_err(q("storing an event"))?;
@@ -478,7 +512,7 @@ impl Db {
 
     pub async fn recent_events(&self, store_id: &str, limit: u32) -> Result<Vec<EventRow>> {
         let rows = sqlx::query(
-            "SELECT seq, at_ms, kind, workload, message FROM events WHERE store_id = $1 ORDER BY seq DESC LIMIT $2",
+            "SELECT seq, at_ms, kind, workload, message, subject FROM events WHERE store_id = $1 ORDER BY seq DESC LIMIT $2",
         )
         .bind(store_id)
         .bind(i64::from(limit))

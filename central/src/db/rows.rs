@@ -93,6 +93,8 @@ pub struct NewEvent {
     pub kind: String,
     pub workload: String,
     pub message: String,
+    /// For failing and recovered: what (e.g. "uplink eno1"); '' otherwise.
+    pub subject: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -102,6 +104,7 @@ pub struct EventRow {
     pub kind: String,
     pub workload: String,
     pub message: String,
+    pub subject: String,
 }
 
 impl EventRow {
@@ -112,6 +115,7 @@ impl EventRow {
             kind: r.try_get("kind")?,
             workload: r.try_get("workload")?,
             message: r.try_get("message")?,
+            subject: r.try_get("subject")?,
         })
     }
 }

@@ -1,5 +1,9 @@
--- Central's schema, version 1. Portable SQL: runs on SQLite and PostgreSQL alike.
+-- Central's schema, as numbered migrations: each `-- migration N: …` line starts one, run once
+-- in order (the database's schema_version says which it has). Never edit a migration that has
+-- shipped; add the next one. Portable SQL: runs on SQLite and PostgreSQL alike.
 -- Times are unix milliseconds (BIGINT); ids are text; booleans are 0/1 (BIGINT).
+
+-- migration 1: stores, revisions, enrollment, certificates, events, commands, alerts, tokens, audit
 CREATE TABLE stores (
   id TEXT PRIMARY KEY,
   region TEXT NOT NULL DEFAULT '',
@@ -85,4 +89,7 @@ CREATE TABLE audit (
   actor TEXT NOT NULL,
   action TEXT NOT NULL,
   detail TEXT NOT NULL
-)
+);
+
+-- migration 2: events carry the subject of a failing/recovered problem (older events: '')
+ALTER TABLE events ADD COLUMN subject TEXT NOT NULL DEFAULT ''

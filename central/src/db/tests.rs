@@ -15,30 +15,38 @@ enum Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Guard::Postgres(name) = self {
-            let name = name.clone();
-            // Best effort: a leftover test database is harmless and named as such.
-            let _ = std::thread::spawn(move || {
-                let rt =
-                    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(async {
-                    sqlx::any::install_default_drivers();
-                    if let Ok(mut c) = <sqlx::AnyConnection as sqlx::Connection>::connect(&format!(
-                        "{}/postgres",
-                        pg_server()
-                    ))
-                    .await
-                    {
-                        let _ = c
-                            .execute(AssertSqlSafe(format!(
-                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                            )))
-                            .await;
-                    }
-                });
-            })
-            .join();
+            drop_pg(name);
         }
     }
+}
+
+fn pg_name(g: &Guard) -> String {
+    match g {
+        Guard::Postgres(name) => name.clone(),
+        Guard::Sqlite(_) => String::new(),
+    }
+}
+
+/// Drops a test database (best effort: a leftover test database is harmless and named as such).
+fn drop_pg(name: &str) {
+    let name = name.to_string();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            sqlx::any::install_default_drivers();
+            if let Ok(mut c) = <sqlx::AnyConnection as sqlx::Connection>::connect(&format!(
+                "{}/postgres",
+                pg_server()
+            ))
+            .await
+            {
+                let _ = c
+                    .execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                    .await;
+            }
+        });
+    })
+    .join();
 }
 
 fn pg_server() -> String {
@@ -72,6 +80,71 @@ async fn migrations_run_once_and_survive_reopening() {
         let db = Db::open(&url).await.unwrap();
         assert!(db.list_stores().await.unwrap().is_empty());
     }
+}
+
+#[tokio::test]
+async fn migration_2_gives_old_events_an_empty_subject() {
+    for (db, guard) in engines().await {
+        drop(db);
+        let url = match &guard {
+            Guard::Sqlite(dir) => {
+                let p = dir.path().join("v1.db");
+                format!("sqlite://{}", p.display())
+            }
+            Guard::Postgres(_) => {
+                // A database of its own at version 1 (the engine's one is at the newest).
+                let name = format!("{}_v1", pg_name(&guard));
+                let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&format!(
+                    "{}/postgres",
+                    pg_server()
+                ))
+                .await
+                .unwrap();
+                admin.execute(AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+                format!("{}/{name}", pg_server())
+            }
+        };
+        // A central of the first schema, with an event in it.
+        let old = Db::connect(&url).await.unwrap();
+        old.migrate(1).await.unwrap();
+        old.pool
+            .execute(
+                "INSERT INTO events (store_id, seq, at_ms, kind, workload, message, received_ms) \
+                 VALUES ('s1', 1, 5, 'crash_loop', 'orders', 'old', 6)",
+            )
+            .await
+            .unwrap();
+        assert!(old.recent_events("s1", 10).await.is_err(), "no subject column yet");
+        drop(old);
+        // Opened by this central: migrated, the old event kept with an empty subject.
+        let db = Db::open(&url).await.unwrap();
+        let e = db.recent_events("s1", 10).await.unwrap();
+        assert_eq!((e[0].message.as_str(), e[0].subject.as_str()), ("old", ""));
+        let ev = NewEvent {
+            store_id: "s1".into(),
+            seq: 2,
+            at_ms: 7,
+            kind: "failing".into(),
+            workload: String::new(),
+            message: "uplink eno1: the link eno1 does not exist".into(),
+            subject: "uplink eno1".into(),
+        };
+        db.insert_events(&[ev], 8).await.unwrap();
+        assert_eq!(db.recent_events("s1", 1).await.unwrap()[0].subject, "uplink eno1");
+        drop(db);
+        if let Guard::Postgres(_) = &guard {
+            drop_pg(&format!("{}_v1", pg_name(&guard)));
+        }
+    }
+}
+
+#[test]
+fn the_schema_file_holds_numbered_migrations_in_order() {
+    let m = migrations();
+    let versions: Vec<i64> = m.iter().map(|(v, _)| *v).collect();
+    assert_eq!(versions, (1..=versions.len() as i64).collect::<Vec<_>>());
+    assert!(m[0].1.iter().any(|s| s.starts_with("CREATE TABLE stores")), "{:?}", m[0].1);
+    assert_eq!(m[1].1, ["ALTER TABLE events ADD COLUMN subject TEXT NOT NULL DEFAULT ''"]);
 }
 
 #[tokio::test]
@@ -149,6 +222,7 @@ async fn events_are_deduplicated_by_store_and_sequence() {
             kind: "k".into(),
             workload: "w".into(),
             message: "m".into(),
+            subject: String::new(),
         };
         let acked = db.insert_events(&[ev(1), ev(2)], 5).await.unwrap();
         assert_eq!(acked, vec![("s1".to_string(), 2)]);

@@ -11,8 +11,8 @@ use backroom_api::node::{CommandResult, Status};
 use backroom_api::operator::CreateEnrollTokenRequest;
 use backroom_central::app::Settings;
 use backroom_central::client::{self, Client};
-use backroom_central::clock::Clock;
 use backroom_central::server::{Running, ServeConfig, serve};
+use backroom_daemon::SharedClock;
 use backroom_session::enroll::{Identity, enroll_once};
 use backroom_session::link::{Inbound, Link, LinkConfig};
 use backroom_session::outbox::{Limits, Outbox};
@@ -23,14 +23,28 @@ pub fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
 
+/// The settings the tests run central with: heartbeats every second, a session closed after
+/// four quiet seconds.
+pub fn test_settings() -> Settings {
+    Settings { heartbeat_seconds: 1, session_timeout_ms: 4000, ..Settings::default() }
+}
+
 pub async fn start(
     data: &Path,
-    clock: Arc<dyn Clock>,
+    clock: SharedClock,
     listen: SocketAddr,
     api: SocketAddr,
 ) -> Running {
-    let settings =
-        Settings { heartbeat_seconds: 1, session_timeout_ms: 4000, ..Settings::default() };
+    start_with(data, clock, listen, api, test_settings()).await
+}
+
+pub async fn start_with(
+    data: &Path,
+    clock: SharedClock,
+    listen: SocketAddr,
+    api: SocketAddr,
+    settings: Settings,
+) -> Running {
     let cfg = ServeConfig {
         data: data.to_path_buf(),
         database_url: None,
@@ -97,13 +111,24 @@ impl TestNode {
 }
 
 pub fn run_node(url: &str, id: Identity, dir: &Path, outbox: Arc<Outbox>) -> TestNode {
+    run_node_on(url, id, dir, outbox, backroom_daemon::clock::system())
+}
+
+/// A node whose link keeps time on `clock` (a manual clock that never moves: no heartbeats).
+pub fn run_node_on(
+    url: &str,
+    id: Identity,
+    dir: &Path,
+    outbox: Arc<Outbox>,
+    clock: SharedClock,
+) -> TestNode {
     let (status, status_rx) =
         watch::channel(Status { agent_version: "test-agent 1.0".into(), ..Default::default() });
     let (tx, mut rx) = mpsc::channel(16);
     let mut cfg = LinkConfig::new(url, dir.to_path_buf(), "test-agent 1.0");
     cfg.backoff_min = Duration::from_millis(100);
     cfg.backoff_max = Duration::from_millis(500);
-    let link = Link::new(cfg, id, Arc::clone(&outbox), status_rx, tx);
+    let link = Link::with_clock(cfg, id, Arc::clone(&outbox), status_rx, tx, clock);
     let online = link.online();
     let desired = Arc::new(Mutex::new(Vec::new()));
     let commands = Arc::new(Mutex::new(Vec::new()));

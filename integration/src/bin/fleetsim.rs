@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use backroom_daemon::logging::LogArgs;
 use backroom_integration::{procs, sim};
 use clap::Parser;
 
@@ -13,6 +14,8 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "fleetsim", version, about)]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     /// central's node endpoint, e.g. https://127.0.0.1:7443.
     #[arg(long)]
     central: String,
@@ -45,14 +48,9 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    procs::raise_nofile();
     let cli = Cli::parse();
+    cli.log.init("warn");
+    procs::raise_nofile();
     let ca = std::fs::read_to_string(&cli.ca).context("reading the CA")?;
     let token = std::fs::read_to_string(&cli.token_file).context("reading the token")?;
     let admin = backroom_central::client::connect(&cli.api, &ca, &token).await?;

@@ -5,14 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use backroom_daemon::logging::LogArgs;
+use backroom_daemon::text::short;
 use backroom_vmd::hypervisor::Hypervisor;
 use backroom_vmd::libvirt::Libvirt;
 use backroom_vmd::nics::{NetdNics, NicSource, StaticNics};
-use backroom_vmd::server::{serve, to_pb};
+use backroom_vmd::server::{problem_pb, serve, to_pb};
 use backroom_vmd::state::StateLock;
 use backroom_vmd::storage::FsStorage;
 use backroom_vmd::virt_type::VirtTypeSetting;
-use backroom_vmd::{Config, Deps, Vmd, client, error_chain, layout::Layout};
+use backroom_vmd::{Config, Deps, Vmd, client, layout::Layout};
 use clap::{Args, Parser, Subcommand};
 
 /// vmd runs the store's legacy VMs (POS back office, NVR…) on libvirt, from the `kind: vm`
@@ -24,6 +26,8 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "vmd", version)]
 struct Cli {
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -156,9 +160,9 @@ impl Common {
     /// vmd in this process, on libvirt, holding the state folder's lock.
     async fn local(&self, wait: Duration) -> Result<(Vmd, StateLock, Arc<Libvirt>)> {
         let layout = Layout::new(&self.state_dir);
-        let lf = layout.lock_file();
-        let lock =
-            tokio::task::spawn_blocking(move || StateLock::acquire_wait(&lf, wait)).await??;
+        let (root, lf) = (layout.root().to_path_buf(), layout.lock_file());
+        let lock = tokio::task::spawn_blocking(move || backroom_vmd::state::lock(&root, &lf, wait))
+            .await??;
         let uri = self.libvirt_uri.clone();
         let hv = Arc::new(tokio::task::spawn_blocking(move || Libvirt::open(&uri)).await??);
         let nics: Arc<dyn NicSource> = match &self.netd_socket {
@@ -184,19 +188,17 @@ impl Common {
     }
 }
 
+/// How long the supervisor's loop may go without a turn before systemd's watchdog is no
+/// longer fed.
+const LOOP_STALE: Duration = Duration::from_secs(20);
+
 fn main() -> std::process::ExitCode {
     // One malloc arena for the whole process: a control-plane daemon gains nothing from glibc's
     // per-thread arenas, and each keeps megabytes of freed memory resident (idle RSS budget).
     // SAFETY: called first thing in main, before any other thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
+    cli.log.init("info");
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
@@ -212,7 +214,7 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vmd: {}", error_chain(e.as_ref()));
+            eprintln!("vmd: {}", backroom_daemon::chain(e.as_ref()));
             std::process::ExitCode::from(1)
         }
     }
@@ -235,7 +237,7 @@ fn print_status(vms: &[backroom_api::vmd::VmStatus]) {
             v.state,
             since,
             v.restarts,
-            &v.revision[..v.revision.len().min(12)],
+            short(&v.revision, 12),
             v.health,
             if v.addresses.is_empty() { "-".into() } else { v.addresses.join(",") },
             v.reason
@@ -280,18 +282,26 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::List(c) => {
-            let vms = if let Some(mut d) = c.daemon().await {
-                d.list(backroom_api::vmd::ListRequest {})
+            let (vms, problems) = if let Some(mut d) = c.daemon().await {
+                let r = d
+                    .list(backroom_api::vmd::ListRequest {})
                     .await
                     .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-                    .into_inner()
-                    .vms
+                    .into_inner();
+                (r.vms, r.problems)
             } else {
                 let (vmd, _lock, _hv) = c.local(Duration::ZERO).await?;
                 vmd.observe().await?;
-                vmd.list().into_iter().map(to_pb).collect()
+                let problems = vmd.problems().into_iter().map(problem_pb).collect();
+                (vmd.list().into_iter().map(to_pb).collect(), problems)
             };
             print_status(&vms);
+            if !problems.is_empty() {
+                println!("\nproblems:");
+                for p in &problems {
+                    println!("  {} ({} tries failed): {}", p.subject, p.failures, p.message);
+                }
+            }
             Ok(())
         }
         Command::Logs { name, bytes, common } => {
@@ -400,34 +410,26 @@ async fn serve_daemon(c: Common) -> Result<()> {
         tokio::spawn(async move {
             match v.adopt().await {
                 Ok(lines) => lines.iter().for_each(|l| tracing::info!("adopt: {l}")),
-                Err(e) => tracing::error!("adopt: {}", error_chain(&e)),
+                Err(e) => tracing::error!(error = %backroom_daemon::Chain(&e), "adopt failed"),
             }
         });
     }
-    if let Some(every) = sd_notify::watchdog_enabled() {
-        tokio::spawn(async move {
-            loop {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-                tokio::time::sleep(every / 2).await;
-            }
-        });
-    }
+    // systemd's watchdog is fed only while the supervisor's loop turns (it beats every
+    // second; a probe round is bounded by the probes' timeouts): a wedged loop gets vmd
+    // restarted, and the restarted vmd adopts its VMs.
+    let heartbeat = vmd.heartbeat();
+    backroom_daemon::notify::spawn_watchdog(move || {
+        let fresh = heartbeat.fresh(LOOP_STALE);
+        async move { fresh }
+    });
     let shutdown = async {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("vmd stopping (VMs keep running)");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        let which = backroom_daemon::signal::shutdown().await;
+        tracing::info!(signal = which, "vmd stopping (VMs keep running)");
+        backroom_daemon::notify::stopping();
     };
     let ready = || {
         tracing::info!("vmd ready");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        backroom_daemon::notify::ready();
     };
     serve(vmd, &c.socket, ready, shutdown).await?;
     supervisor.stop();
