@@ -128,7 +128,7 @@ impl Rtnl {
                 )
             }),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
-                Err(Error::NotFound(format!("link {name} does not exist")))
+                Err(Error::NoSuchLink { name: name.to_string() })
             }
             Err(e) => Err(Error::kernel(format!("cannot look up link {name}"), e)),
         }
@@ -510,16 +510,16 @@ impl Links for Rtnl {
     }
 }
 
-/// Links as values, for unit tests of the planning and engine layers.
-#[derive(Default)]
-pub struct MemLinks {
+/// What [`MemLinks`] holds.
+#[derive(Debug, Default)]
+pub struct MemLinkState {
     pub state: LinkState,
     pub writes: usize,
     next: u32,
 }
 
-impl MemLinks {
-    pub fn with_link(mut self, name: &str) -> MemLinks {
+impl MemLinkState {
+    fn add_plain(&mut self, name: &str) {
         self.next += 1;
         self.state.links.push(Link {
             index: self.next + 100,
@@ -533,18 +533,17 @@ impl MemLinks {
             parent: None,
             forwarding: Some(false),
         });
-        self
     }
 
     fn index(&self, name: &str) -> Result<u32> {
         self.state
             .link(name)
             .map(|l| l.index)
-            .ok_or_else(|| Error::NotFound(format!("link {name} does not exist")))
+            .ok_or_else(|| Error::NoSuchLink { name: name.to_string() })
     }
 }
 
-impl Links for MemLinks {
+impl Links for MemLinkState {
     fn observe(&mut self) -> Result<LinkState> {
         Ok(self.state.clone())
     }
@@ -646,5 +645,53 @@ impl Links for MemLinks {
             }
         }
         Ok(())
+    }
+}
+
+/// Links as values, for unit tests of the planning and engine layers. Clones share one state,
+/// so a test keeps a handle to change the "kernel" under the engine (unplug the uplink).
+#[derive(Clone, Debug, Default)]
+pub struct MemLinks(std::sync::Arc<std::sync::Mutex<MemLinkState>>);
+
+impl MemLinks {
+    fn inner(&self) -> std::sync::MutexGuard<'_, MemLinkState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// With a plain link (a NIC) named `name`.
+    pub fn with_link(self, name: &str) -> MemLinks {
+        self.add_link(name);
+        self
+    }
+
+    /// A plain link (a NIC) appears.
+    pub fn add_link(&self, name: &str) {
+        self.inner().add_plain(name);
+    }
+
+    /// A link vanishes (unplugged, or removed by hand) with its addresses and routes.
+    pub fn remove_link(&self, name: &str) -> Result<()> {
+        self.inner().apply(&LinkOp::DelLink { name: name.to_string() })?;
+        self.inner().writes -= 1;
+        Ok(())
+    }
+
+    /// What the "kernel" holds now.
+    pub fn state(&self) -> LinkState {
+        self.inner().state.clone()
+    }
+}
+
+impl Links for MemLinks {
+    fn observe(&mut self) -> Result<LinkState> {
+        self.inner().observe()
+    }
+
+    fn apply(&mut self, op: &LinkOp) -> Result<()> {
+        self.inner().apply(op)
+    }
+
+    fn writes(&self) -> usize {
+        self.inner().writes
     }
 }

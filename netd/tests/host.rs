@@ -215,7 +215,7 @@ fn a_batch_the_kernel_refuses_leaves_the_old_ruleset() {
             Verdict::Jump("no-such-chain".into()),
         ));
         let mut fw = backroom_netd::nft::NetlinkFirewall::open().unwrap();
-        backroom_netd::error::full(&fw.replace(&rs, &Default::default()).unwrap_err())
+        backroom_daemon::chain(&fw.replace(&rs, &Default::default()).unwrap_err())
     });
     assert!(err.contains("the kernel refused the nftables batch"), "{err}");
     let after = (nft_handles(&s.store.name, "inet"), nft_handles(&s.store.name, "bridge"));
@@ -474,7 +474,7 @@ fn dhcp_gets_a_real_lease_and_renews_it() {
     let dir = s.netd.state.path().to_path_buf();
     let renewed = in_ns(&Store::ns_path(&s.store), move || {
         let mut e = backroom_netd::Engine::open(&dir).unwrap();
-        e.renew_dhcp().unwrap()
+        e.acquire_dhcp().unwrap()
     });
     assert!(renewed.iter().any(|a| a.contains("got DHCP lease")), "{renewed:?}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&dhcp).unwrap()).unwrap();
