@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use backroom_api::netd::netd_server::Netd;
-use backroom_daemon::{Clock, ManualClock};
+use backroom_daemon::ManualClock;
 
 use super::*;
 use crate::dhcp::{Lease, MemDhcp};
