@@ -282,11 +282,14 @@ impl Dhcp for KernelDhcp {
     }
 }
 
+/// What a [`MemDhcp`] server hands out: address, router, lease seconds.
+pub type MemOffer = (IpNet, Option<IpAddr>, u32);
+
 /// DHCP as a table, for unit tests: a bridge with an entry answers with that address.
 #[derive(Debug, Default)]
 pub struct MemDhcp {
-    /// Bridge → (address, router, lease seconds).
-    pub servers: Mutex<BTreeMap<String, (IpNet, Option<IpAddr>, u32)>>,
+    /// Bridge → what its server hands out.
+    pub servers: Mutex<BTreeMap<String, MemOffer>>,
     exchanges: AtomicUsize,
 }
 

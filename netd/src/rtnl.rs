@@ -649,8 +649,10 @@ impl MemLinks {
 
     /// A link vanishes (unplugged, or removed by hand) with its addresses and routes.
     pub fn remove_link(&self, name: &str) -> Result<()> {
-        self.inner().apply(&LinkOp::DelLink { name: name.to_string() })?;
-        self.inner().writes -= 1;
+        let mut k = self.inner();
+        k.apply(&LinkOp::DelLink { name: name.to_string() })?;
+        // Not netd's write: the idempotence tests count only those.
+        k.writes -= 1;
         Ok(())
     }
 

@@ -428,7 +428,7 @@ impl Engine {
             .segments
             .iter()
             .filter(|s| s.address == HostAddress::Dhcp)
-            .filter(|s| !leases.get(s.name.as_str()).is_some_and(|l| l.renew_at > now))
+            .filter(|s| leases.get(s.name.as_str()).is_none_or(|l| l.renew_at <= now))
             .map(|s| DhcpRequest {
                 segment: s.name.as_str().to_string(),
                 bridge: s.bridge(),
