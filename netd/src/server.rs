@@ -11,7 +11,7 @@
 //! engine plans which segments need a lease, the exchanges run on their own blocking threads,
 //! and the leases are recorded under the lock afterwards. So an Apply never waits for one.
 //!
-//! Timing reads the engine's [`Clock`]: unit tests drive the loop on a manual clock.
+//! Timing reads the engine's [`backroom_daemon::Clock`]: unit tests drive the loop on a manual clock.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -7,7 +7,7 @@
 //! nftables batch fails), then both tables replaced in one nftables transaction.
 //!
 //! Every outside system is behind a trait the engine holds: links ([`Links`]), nftables
-//! ([`Firewall`]), workload endpoints ([`Endpoints`]), DHCP ([`Dhcp`]) and time ([`Clock`]);
+//! ([`Firewall`]), workload endpoints ([`Endpoints`]), DHCP ([`Dhcp`]) and time ([`backroom_daemon::Clock`]);
 //! unit tests run it on the in-memory ones. DHCP exchanges are never run by the engine while a
 //! caller holds it for a change: [`Engine::dhcp_due`] plans them, the caller runs them,
 //! [`Engine::record_leases`] records the leases (one-shots use [`Engine::acquire_dhcp`]).
