@@ -209,12 +209,7 @@ fn main() {
     let path = format!("/run/netns/{}", ns.0);
     let (sd, fpath) = (state.path().to_path_buf(), file.clone());
     let noop_daemon = std::thread::spawn(move || {
-        let nsf = std::fs::File::open(path).unwrap();
-        // SAFETY: setns on this thread only.
-        assert_eq!(
-            unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&nsf), libc::CLONE_NEWNET) },
-            0
-        );
+        backroom_daemon::netns::enter(std::path::Path::new(&path)).unwrap();
         let mut e = backroom_netd::Engine::open(&sd).unwrap();
         let r = backroom_profiles::render_file(&fpath).unwrap();
         e.apply(&r, Some("up0"), 0).unwrap();

@@ -1,19 +1,27 @@
-//! netd's own DHCPv4 client for segments with `address: dhcp`: a real exchange on the
-//! segment's bridge (DISCOVER, OFFER, REQUEST, ACK; with a known address it first asks for it
-//! again directly), the lease kept in `dhcp.json`. netd puts the address and the router's
-//! default route on the bridge itself; `netd serve` renews at half the lease time and drops the
-//! address when a lease runs out. The client asks for broadcast replies, so it needs no address
-//! and no raw socket.
+//! netd's own DHCPv4 client for segments with `address: dhcp`, behind the [`Dhcp`] trait: the
+//! real [`KernelDhcp`] makes an exchange on the segment's bridge (DISCOVER, OFFER, REQUEST, ACK;
+//! with a known address it first asks for it again directly), messages encoded by `dhcproto`;
+//! [`MemDhcp`] answers from a table, for unit tests. The lease is kept in `dhcp.json`; netd puts
+//! the address and the router's default route on the bridge itself; `netd serve` renews at half
+//! the lease time and drops the address when a lease runs out. The client asks for broadcast
+//! replies, so it needs no address and no raw socket.
+//!
+//! An exchange blocks for seconds when no server answers: the engine only plans which segments
+//! need one ([`DhcpRequest`]); the exchange runs without the engine's lock, and the lease is
+//! recorded afterwards.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use backroom_daemon::Backoff;
+use dhcproto::v4::{self, DhcpOption, MessageType, OptionCode};
+use dhcproto::{Decodable, Encodable};
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::now_unix;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,46 +45,69 @@ impl Lease {
 /// Leases by segment.
 pub type Leases = BTreeMap<String, Lease>;
 
-const DISCOVER: u8 = 1;
-const OFFER: u8 = 2;
-const REQUEST: u8 = 3;
-const ACK: u8 = 5;
-const NAK: u8 = 6;
-
-fn packet(
-    xid: u32,
-    mac: [u8; 6],
-    kind: u8,
-    requested: Option<Ipv4Addr>,
-    server: Option<Ipv4Addr>,
-) -> Vec<u8> {
-    let mut p = vec![0u8; 236];
-    p[0] = 1; // BOOTREQUEST
-    p[1] = 1; // Ethernet
-    p[2] = 6;
-    p[4..8].copy_from_slice(&xid.to_be_bytes());
-    p[10] = 0x80; // broadcast replies: we have no address yet
-    p[28..34].copy_from_slice(&mac);
-    p.extend_from_slice(&[99, 130, 83, 99]);
-    p.extend_from_slice(&[53, 1, kind]);
-    p.extend_from_slice(&[61, 7, 1]);
-    p.extend_from_slice(&mac);
-    if let Some(a) = requested {
-        p.extend_from_slice(&[50, 4]);
-        p.extend_from_slice(&a.octets());
-    }
-    if let Some(s) = server {
-        p.extend_from_slice(&[54, 4]);
-        p.extend_from_slice(&s.octets());
-    }
-    p.extend_from_slice(&[55, 4, 1, 3, 51, 54]);
-    p.push(255);
-    p
+/// One segment that needs a lease: planned under the engine's lock, carried out without it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpRequest {
+    pub segment: String,
+    pub bridge: String,
+    pub mac: [u8; 6],
+    /// The lease being renewed (its address is asked for again first).
+    pub previous: Option<Lease>,
 }
 
-#[derive(Debug, Default)]
+/// A DHCP client: one blocking exchange per call.
+pub trait Dhcp: Send + Sync {
+    /// Gets a lease for `req`; `now_unix` stamps it.
+    fn obtain(&self, req: &DhcpRequest, now_unix: i64) -> Result<Lease>;
+}
+
+/// How long to wait for answers to each DISCOVER: 2 s, 4 s, 6 s (about 12 s with no server).
+pub const DISCOVER_WAITS: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(6));
+pub const DISCOVER_TRIES: u32 = 3;
+
+/// The real client, on a UDP socket bound to the bridge.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelDhcp;
+
+fn message(
+    xid: u32,
+    mac: [u8; 6],
+    kind: MessageType,
+    requested: Option<Ipv4Addr>,
+    server: Option<Ipv4Addr>,
+) -> v4::Message {
+    let any = Ipv4Addr::UNSPECIFIED;
+    let mut m = v4::Message::new_with_id(xid, any, any, any, any, &mac);
+    // Broadcast replies: the client has no address yet.
+    m.set_flags(v4::Flags::default().set_broadcast());
+    let o = m.opts_mut();
+    o.insert(DhcpOption::MessageType(kind));
+    let mut id = vec![1u8];
+    id.extend_from_slice(&mac);
+    o.insert(DhcpOption::ClientIdentifier(id));
+    if let Some(a) = requested {
+        o.insert(DhcpOption::RequestedIpAddress(a));
+    }
+    if let Some(s) = server {
+        o.insert(DhcpOption::ServerIdentifier(s));
+    }
+    o.insert(DhcpOption::ParameterRequestList(vec![
+        OptionCode::SubnetMask,
+        OptionCode::Router,
+        OptionCode::AddressLeaseTime,
+        OptionCode::ServerIdentifier,
+    ]));
+    m
+}
+
+fn encode(m: &v4::Message, bridge: &str) -> Result<Vec<u8>> {
+    m.to_vec().map_err(|source| Error::DhcpEncode { bridge: bridge.to_string(), source })
+}
+
+/// What netd takes from a server's reply.
+#[derive(Debug, Default, PartialEq, Eq)]
 struct Reply {
-    kind: u8,
+    kind: Option<MessageType>,
     yiaddr: Option<Ipv4Addr>,
     mask: Option<Ipv4Addr>,
     router: Option<Ipv4Addr>,
@@ -84,136 +115,122 @@ struct Reply {
     lease: Option<u32>,
 }
 
+/// A reply to our transaction `xid` for `mac`; anything else on the wire is `None`.
 fn parse(buf: &[u8], xid: u32, mac: [u8; 6]) -> Option<Reply> {
-    if buf.len() < 240
-        || buf[0] != 2
-        || buf[4..8] != xid.to_be_bytes()
-        || buf[28..34] != mac
-        || buf[236..240] != [99, 130, 83, 99]
-    {
+    let m = v4::Message::from_bytes(buf).ok()?;
+    if m.opcode() != v4::Opcode::BootReply || m.xid() != xid || m.chaddr().get(..6)? != mac {
         return None;
     }
-    let ip = |b: &[u8]| -> Option<Ipv4Addr> {
-        (b.len() >= 4).then(|| Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-    };
-    let mut r = Reply { yiaddr: ip(&buf[16..20]), ..Reply::default() };
-    let mut o = &buf[240..];
-    while let Some(&code) = o.first() {
-        if code == 255 {
-            break;
-        }
-        if code == 0 {
-            o = &o[1..];
-            continue;
-        }
-        let len = *o.get(1)? as usize;
-        let v = o.get(2..2 + len)?;
-        match code {
-            53 => r.kind = *v.first()?,
-            1 => r.mask = ip(v),
-            3 => r.router = ip(v),
-            54 => r.server = ip(v),
-            51 => r.lease = (v.len() >= 4).then(|| u32::from_be_bytes([v[0], v[1], v[2], v[3]])),
-            _ => {}
-        }
-        o = &o[2 + len..];
-    }
-    Some(r)
+    let o = m.opts();
+    let yiaddr = Some(m.yiaddr()).filter(|a| !a.is_unspecified());
+    Some(Reply {
+        kind: o.msg_type(),
+        yiaddr,
+        mask: match o.get(OptionCode::SubnetMask) {
+            Some(DhcpOption::SubnetMask(a)) => Some(*a),
+            _ => None,
+        },
+        router: match o.get(OptionCode::Router) {
+            Some(DhcpOption::Router(v)) => v.first().copied(),
+            _ => None,
+        },
+        server: match o.get(OptionCode::ServerIdentifier) {
+            Some(DhcpOption::ServerIdentifier(a)) => Some(*a),
+            _ => None,
+        },
+        lease: match o.get(OptionCode::AddressLeaseTime) {
+            Some(DhcpOption::AddressLeaseTime(s)) => Some(*s),
+            _ => None,
+        },
+    })
 }
 
 fn socket(ifname: &str) -> Result<UdpSocket> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
     let fail = |e: std::io::Error| {
         Error::kernel(format!("cannot open a DHCP client socket on {ifname}"), e)
     };
-    // SAFETY: plain socket calls on a descriptor we own; the option values are valid.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(fail(std::io::Error::last_os_error()));
-    }
-    // SAFETY: fd is a fresh socket we own from here on.
-    let sock: UdpSocket = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    let set = |opt: libc::c_int, val: *const libc::c_void, len: usize| -> std::io::Result<()> {
-        // SAFETY: setsockopt with a pointer and length that match.
-        if unsafe {
-            libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, opt, val, len as libc::socklen_t)
-        } != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    set(libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4).map_err(fail)?;
-    set(libc::SO_BROADCAST, (&one as *const libc::c_int).cast(), 4).map_err(fail)?;
-    set(libc::SO_BINDTODEVICE, ifname.as_ptr().cast(), ifname.len()).map_err(fail)?;
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 68u16.to_be(),
-        sin_addr: libc::in_addr { s_addr: 0 },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: bind with a sockaddr_in of the right size.
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| fail(e.into()))?;
+    sockopt::set_socket_reuseaddr(&fd, true).map_err(|e| fail(e.into()))?;
+    sockopt::set_socket_broadcast(&fd, true).map_err(|e| fail(e.into()))?;
+    // rustix has no SO_BINDTODEVICE: the one raw call here.
+    // SAFETY: setsockopt on a socket we own, with a pointer and length that match.
     if unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            ifname.as_ptr().cast(),
+            ifname.len() as libc::socklen_t,
         )
     } != 0
     {
         return Err(fail(std::io::Error::last_os_error()));
     }
-    Ok(sock)
+    let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68));
+    rustix::net::bind(&fd, &any).map_err(|e| fail(e.into()))?;
+    Ok(UdpSocket::from(fd))
 }
 
-fn exchange(
-    sock: &UdpSocket,
-    ifname: &str,
-    msg: &[u8],
+struct Exchange<'a> {
+    sock: UdpSocket,
+    ifname: &'a str,
     xid: u32,
     mac: [u8; 6],
-    want: &[u8],
-    wait: Duration,
-) -> Result<Option<Reply>> {
-    let dst = SocketAddr::from((Ipv4Addr::BROADCAST, 67));
-    sock.send_to(msg, dst)
-        .map_err(|e| Error::kernel(format!("cannot send a DHCP request on {ifname}"), e))?;
-    let deadline = Instant::now() + wait;
-    let mut buf = [0u8; 1500];
-    while let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
-    {
-        sock.set_read_timeout(Some(left))
-            .map_err(|e| Error::kernel("cannot set a DHCP timeout", e))?;
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                if let Some(r) = parse(&buf[..n], xid, mac)
-                    && want.contains(&r.kind)
-                {
-                    return Ok(Some(r));
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                break;
-            }
-            Err(e) => {
-                return Err(Error::kernel(format!("cannot read DHCP replies on {ifname}"), e));
-            }
-        }
-    }
-    Ok(None)
 }
 
-fn lease_from(r: &Reply) -> Option<Lease> {
+impl Exchange<'_> {
+    /// Sends `msg` and waits up to `wait` for a reply of one of the `want`ed kinds.
+    fn ask(&self, msg: &[u8], want: &[MessageType], wait: Duration) -> Result<Option<Reply>> {
+        let dst = SocketAddr::from((Ipv4Addr::BROADCAST, 67));
+        let ifname = self.ifname;
+        self.sock
+            .send_to(msg, dst)
+            .map_err(|e| Error::kernel(format!("cannot send a DHCP request on {ifname}"), e))?;
+        let deadline = Instant::now() + wait;
+        let mut buf = [0u8; 1500];
+        while let Some(left) =
+            deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+        {
+            self.sock
+                .set_read_timeout(Some(left))
+                .map_err(|e| Error::kernel(format!("cannot set a DHCP timeout on {ifname}"), e))?;
+            match self.sock.recv(&mut buf) {
+                Ok(n) => {
+                    if let Some(r) = parse(&buf[..n], self.xid, self.mac)
+                        && r.kind.is_some_and(|k| want.contains(&k))
+                    {
+                        return Ok(Some(r));
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => {
+                    return Err(Error::kernel(format!("cannot read DHCP replies on {ifname}"), e));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn lease_from(r: &Reply, now: i64) -> Option<Lease> {
     let addr = r.yiaddr?;
     let mask = r.mask.unwrap_or(Ipv4Addr::new(255, 255, 255, 0));
     let prefix = u32::from(mask).leading_ones() as u8;
     let secs = r.lease.unwrap_or(3600).max(30);
-    let now = now_unix();
     Some(Lease {
         address: IpNet::V4(Ipv4Net::new(addr, prefix).ok()?),
         router: r.router.map(IpAddr::V4),
@@ -225,43 +242,92 @@ fn lease_from(r: &Reply) -> Option<Lease> {
     })
 }
 
-/// Gets a lease on `ifname` for `mac`: asks for the previous address first, then starts over.
-pub fn obtain(ifname: &str, mac: [u8; 6], previous: Option<&Lease>) -> Result<Lease> {
-    let sock = socket(ifname)?;
-    let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]) ^ (now_unix() as u32);
-    if let Some(IpNet::V4(prev)) = previous.map(|l| l.address) {
-        let req = packet(xid, mac, REQUEST, Some(prev.addr()), None);
-        if let Some(r) =
-            exchange(&sock, ifname, &req, xid, mac, &[ACK, NAK], Duration::from_secs(2))?
-            && r.kind == ACK
-            && let Some(l) = lease_from(&r)
-        {
-            return Ok(l);
+impl Dhcp for KernelDhcp {
+    /// Asks for the previous address first, then starts over with DISCOVER.
+    fn obtain(&self, req: &DhcpRequest, now: i64) -> Result<Lease> {
+        let (ifname, mac) = (req.bridge.as_str(), req.mac);
+        let xid = rand::random::<u32>();
+        let x = Exchange { sock: socket(ifname)?, ifname, xid, mac };
+        let acked = [MessageType::Ack, MessageType::Nak];
+        if let Some(IpNet::V4(prev)) = req.previous.as_ref().map(|l| l.address) {
+            let m =
+                encode(&message(xid, mac, MessageType::Request, Some(prev.addr()), None), ifname)?;
+            if let Some(r) = x.ask(&m, &acked, DISCOVER_WAITS.initial)?
+                && r.kind == Some(MessageType::Ack)
+                && let Some(l) = lease_from(&r, now)
+            {
+                return Ok(l);
+            }
         }
+        let discover = encode(&message(xid, mac, MessageType::Discover, None, None), ifname)?;
+        for attempt in 1..=DISCOVER_TRIES {
+            let wait = DISCOVER_WAITS.delay(attempt);
+            let Some(offer) = x.ask(&discover, &[MessageType::Offer], wait)? else { continue };
+            let m = encode(
+                &message(xid, mac, MessageType::Request, offer.yiaddr, offer.server),
+                ifname,
+            )?;
+            if let Some(r) = x.ask(&m, &acked, wait)?
+                && r.kind == Some(MessageType::Ack)
+                && let Some(l) = lease_from(&r, now)
+            {
+                return Ok(l);
+            }
+        }
+        Err(Error::NoDhcpServer {
+            segment: req.segment.clone(),
+            bridge: req.bridge.clone(),
+            tries: DISCOVER_TRIES,
+        })
     }
-    for attempt in 0..3u64 {
-        let wait = Duration::from_secs(2 + attempt * 2);
-        let Some(offer) = exchange(
-            &sock,
-            ifname,
-            &packet(xid, mac, DISCOVER, None, None),
-            xid,
-            mac,
-            &[OFFER],
-            wait,
-        )?
-        else {
-            continue;
+}
+
+/// What a [`MemDhcp`] server hands out: address, router, lease seconds.
+pub type MemOffer = (IpNet, Option<IpAddr>, u32);
+
+/// DHCP as a table, for unit tests: a bridge with an entry answers with that address.
+#[derive(Debug, Default)]
+pub struct MemDhcp {
+    /// Bridge → what its server hands out.
+    pub servers: Mutex<BTreeMap<String, MemOffer>>,
+    exchanges: AtomicUsize,
+}
+
+impl MemDhcp {
+    /// A server on `bridge` that hands out `address`.
+    pub fn serve(&self, bridge: &str, address: IpNet, router: Option<IpAddr>, secs: u32) {
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(bridge.to_string(), (address, router, secs));
+    }
+
+    pub fn exchanges(&self) -> usize {
+        self.exchanges.load(Ordering::SeqCst)
+    }
+}
+
+impl Dhcp for MemDhcp {
+    fn obtain(&self, req: &DhcpRequest, now: i64) -> Result<Lease> {
+        self.exchanges.fetch_add(1, Ordering::SeqCst);
+        let servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((address, router, secs)) = servers.get(&req.bridge).copied() else {
+            return Err(Error::NoDhcpServer {
+                segment: req.segment.clone(),
+                bridge: req.bridge.clone(),
+                tries: DISCOVER_TRIES,
+            });
         };
-        let req = packet(xid, mac, REQUEST, offer.yiaddr, offer.server);
-        if let Some(r) = exchange(&sock, ifname, &req, xid, mac, &[ACK, NAK], wait)?
-            && r.kind == ACK
-            && let Some(l) = lease_from(&r)
-        {
-            return Ok(l);
-        }
+        Ok(Lease {
+            address,
+            router,
+            server: router.unwrap_or(address.addr()),
+            lease_seconds: secs,
+            obtained_unix: now,
+            renew_at: now + i64::from(secs / 2),
+            expires_at: now + i64::from(secs),
+        })
     }
-    Err(Error::Rejected(format!("no DHCP server answered on {ifname} (3 tries)")))
 }
 
 #[cfg(test)]
@@ -271,21 +337,37 @@ mod tests {
     #[test]
     fn requests_carry_the_options_and_replies_parse() {
         let mac = [2, 0x42, 1, 2, 3, 4];
-        let p = packet(7, mac, DISCOVER, None, None);
-        assert_eq!(&p[236..243], &[99, 130, 83, 99, 53, 1, DISCOVER]);
-        let mut r = p.clone();
-        r[0] = 2;
-        r[16..20].copy_from_slice(&[10, 9, 0, 50]);
-        r.truncate(240);
-        r.extend_from_slice(&[
-            53, 1, ACK, 1, 4, 255, 255, 255, 0, 3, 4, 10, 9, 0, 1, 54, 4, 10, 9, 0, 1, 51, 4, 0, 0,
-            0, 120, 255,
-        ]);
+        let wire = encode(&message(7, mac, MessageType::Discover, None, None), "br-x").unwrap();
+        // BOOTREQUEST, Ethernet, broadcast flag, the magic cookie, then DHCPDISCOVER first.
+        assert_eq!((wire[0], wire[1], wire[10] & 0x80), (1, 1, 0x80));
+        assert_eq!(&wire[28..34], &mac);
+        assert_eq!(&wire[236..240], &[99, 130, 83, 99]);
+        let back = v4::Message::from_bytes(&wire).unwrap();
+        assert_eq!(back.opts().msg_type(), Some(MessageType::Discover));
+
+        // A server's ACK, built with the same encoder.
+        let mut ack = message(7, mac, MessageType::Ack, None, None);
+        ack.set_opcode(v4::Opcode::BootReply).set_yiaddr(Ipv4Addr::new(10, 9, 0, 50));
+        let o = ack.opts_mut();
+        o.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)));
+        o.insert(DhcpOption::Router(vec![Ipv4Addr::new(10, 9, 0, 1)]));
+        o.insert(DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 9, 0, 1)));
+        o.insert(DhcpOption::AddressLeaseTime(120));
+        let r = ack.to_vec().unwrap();
         let rep = parse(&r, 7, mac).unwrap();
-        let l = lease_from(&rep).unwrap();
+        let l = lease_from(&rep, 1_000).unwrap();
         assert_eq!(l.address.to_string(), "10.9.0.50/24");
         assert_eq!(l.router, Some("10.9.0.1".parse().unwrap()));
-        assert_eq!(l.renew_at - l.obtained_unix, 60);
+        assert_eq!((l.obtained_unix, l.renew_at, l.expires_at), (1_000, 1_060, 1_120));
         assert!(parse(&r, 8, mac).is_none(), "another transaction's reply is ignored");
+        assert!(parse(&wire, 7, mac).is_none(), "a request is no reply");
+        assert!(parse(&r[..100], 7, mac).is_none(), "a cut message is ignored");
+    }
+
+    #[test]
+    fn discover_waits_grow_and_stay_bounded() {
+        let waits: Vec<u64> =
+            (1..=DISCOVER_TRIES).map(|a| DISCOVER_WAITS.delay(a).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 6]);
     }
 }

@@ -7,8 +7,13 @@
 //! API. The primary instance's interfaces have the MAC `naming::mac(workload, segment)`; a
 //! non-primary instance gets `naming::mac("<workload>--<instance>", segment)` until Promote gives
 //! it the primary's.
+//!
+//! The kernel work sits behind the [`Endpoints`] trait: [`KernelEndpoints`] makes namespaces and
+//! veths, [`MemEndpoints`] keeps them as values for unit tests of the engine.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use backroom_profiles::{HostAddress, Profile, Workload, naming};
 use ipnet::IpNet;
@@ -102,10 +107,8 @@ fn write_sysctl(path: &str, value: &str) -> Result<()> {
 /// Creates the namespace and veths of a container endpoint and configures the inside.
 /// `host` is the netlink socket of netd's own namespace.
 pub fn create_container(host: &mut Rtnl, ep: &Endpoint) -> Result<()> {
-    let ns = ep
-        .netns
-        .clone()
-        .ok_or_else(|| Error::Rejected("a container endpoint needs a namespace".into()))?;
+    let ns =
+        ep.netns.clone().ok_or_else(|| Error::NoNamespace { workload: ep.workload.clone() })?;
     netns::create(&ns)?;
     let nsfile = netns::open(&ns)?;
     for i in &ep.interfaces {
@@ -213,4 +216,166 @@ pub fn container_intact(host: &mut Rtnl, ep: &Endpoint) -> Result<bool> {
     }
     let have = host.observe()?;
     Ok(ep.interfaces.iter().filter_map(|i| i.host_veth.as_ref()).all(|hv| have.link(hv).is_some()))
+}
+
+/// Container endpoints in the kernel: their namespaces and veths. (VM NICs need no kernel work
+/// from netd: vmd makes their taps.)
+pub trait Endpoints {
+    /// Makes the namespace and veths of a container endpoint and configures the inside.
+    fn create(&mut self, ep: &Endpoint) -> Result<()>;
+    /// Removes them; every failure is kept.
+    fn remove(&mut self, ep: &Endpoint) -> Vec<Error>;
+    /// Whether the namespace and every host veth are still there.
+    fn intact(&mut self, ep: &Endpoint) -> Result<bool>;
+    /// Makes `next`'s kernel objects `primary`'s: the stable addresses and MACs on its
+    /// interfaces, its host veths renamed to the primary's names, its namespace renamed.
+    fn promote(&mut self, next: &Endpoint, primary: &Endpoint) -> Result<()>;
+}
+
+/// The real endpoints, made through netlink in netd's own namespace (the one the thread that
+/// calls is in) and on threads inside the workloads' namespaces.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelEndpoints;
+
+impl Endpoints for KernelEndpoints {
+    fn create(&mut self, ep: &Endpoint) -> Result<()> {
+        create_container(&mut Rtnl::open()?, ep)
+    }
+
+    fn remove(&mut self, ep: &Endpoint) -> Vec<Error> {
+        match Rtnl::open() {
+            Ok(mut h) => remove_container(&mut h, ep),
+            Err(e) => vec![e],
+        }
+    }
+
+    fn intact(&mut self, ep: &Endpoint) -> Result<bool> {
+        container_intact(&mut Rtnl::open()?, ep)
+    }
+
+    fn promote(&mut self, next: &Endpoint, primary: &Endpoint) -> Result<()> {
+        let ns = next
+            .netns
+            .clone()
+            .ok_or_else(|| Error::NoNamespace { workload: next.workload.clone() })?;
+        swap_addresses(&ns, next, primary)?;
+        let mut host = Rtnl::open()?;
+        for (p, n) in primary.interfaces.iter().zip(&next.interfaces) {
+            if let (Some(old), Some(new)) = (&n.host_veth, &p.host_veth) {
+                // A link is renamed only while down.
+                host.modify(old, None, None, Some(false))?;
+                host.modify(old, Some(new), None, Some(true))?;
+            }
+        }
+        let target = primary.netns.clone().unwrap_or_default();
+        netns::delete(&target)?;
+        netns::link(&ns, &target)?;
+        netns::delete(&ns)
+    }
+}
+
+/// A host veth as [`MemEndpoints`] keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemVeth {
+    pub bridge: String,
+    /// The namespace its peer is in, the peer's name, MAC and address.
+    pub netns: String,
+    pub peer: String,
+    pub mac: String,
+    pub address: Option<IpNet>,
+}
+
+/// What [`MemEndpoints`] holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemEndpointState {
+    pub namespaces: BTreeSet<String>,
+    /// Host veth name → what it connects.
+    pub veths: BTreeMap<String, MemVeth>,
+    /// When set, the next creations fail (as the kernel may refuse a veth).
+    pub refuse_create: bool,
+}
+
+/// Endpoints as values, for unit tests. Clones share one state, so a test keeps a handle to
+/// look at (or break) what the engine made.
+#[derive(Clone, Debug, Default)]
+pub struct MemEndpoints(Arc<Mutex<MemEndpointState>>);
+
+impl MemEndpoints {
+    pub fn state(&self) -> std::sync::MutexGuard<'_, MemEndpointState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Endpoints for MemEndpoints {
+    fn create(&mut self, ep: &Endpoint) -> Result<()> {
+        let ns =
+            ep.netns.clone().ok_or_else(|| Error::NoNamespace { workload: ep.workload.clone() })?;
+        let mut s = self.state();
+        if s.refuse_create {
+            return Err(Error::kernel(
+                format!("cannot create the veths of {}", ep.workload),
+                std::io::Error::from_raw_os_error(libc::EEXIST),
+            ));
+        }
+        s.namespaces.insert(ns.clone());
+        for i in &ep.interfaces {
+            let Some(hv) = &i.host_veth else { continue };
+            s.veths.insert(
+                hv.clone(),
+                MemVeth {
+                    bridge: i.bridge.clone(),
+                    netns: ns.clone(),
+                    peer: i.name.clone(),
+                    mac: i.mac.clone(),
+                    address: i.address,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, ep: &Endpoint) -> Vec<Error> {
+        let mut s = self.state();
+        for i in &ep.interfaces {
+            if let Some(hv) = &i.host_veth {
+                s.veths.remove(hv);
+            }
+        }
+        if let Some(ns) = &ep.netns {
+            s.namespaces.remove(ns);
+        }
+        Vec::new()
+    }
+
+    fn intact(&mut self, ep: &Endpoint) -> Result<bool> {
+        let s = self.state();
+        let ns_ok = ep.netns.as_ref().is_none_or(|n| s.namespaces.contains(n));
+        Ok(ns_ok
+            && ep
+                .interfaces
+                .iter()
+                .filter_map(|i| i.host_veth.as_ref())
+                .all(|hv| s.veths.contains_key(hv)))
+    }
+
+    fn promote(&mut self, next: &Endpoint, primary: &Endpoint) -> Result<()> {
+        let ns = next
+            .netns
+            .clone()
+            .ok_or_else(|| Error::NoNamespace { workload: next.workload.clone() })?;
+        let target = primary.netns.clone().unwrap_or_default();
+        let mut s = self.state();
+        for (p, n) in primary.interfaces.iter().zip(&next.interfaces) {
+            let (Some(old), Some(new)) = (&n.host_veth, &p.host_veth) else { continue };
+            let mut v =
+                s.veths.remove(old).ok_or_else(|| Error::NoSuchLink { name: old.clone() })?;
+            v.netns = target.clone();
+            v.mac = p.mac.clone();
+            v.address = p.address;
+            s.veths.insert(new.clone(), v);
+        }
+        s.namespaces.remove(&ns);
+        s.namespaces.insert(target);
+        Ok(())
+    }
 }

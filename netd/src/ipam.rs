@@ -78,15 +78,13 @@ impl Ipam {
 
     fn pick(&self, p: &Profile, seg: &Segment) -> Result<IpAddr> {
         let Some(net) = seg.subnet else {
-            return Err(Error::Rejected(format!(
-                "segment {} has no subnet: `auto` addresses need one",
-                seg.name
-            )));
+            return Err(Error::NoSubnet { segment: seg.name.as_str().to_string() });
         };
         let mut busy = reserved(p, seg);
         busy.extend(self.taken(seg.name.as_str()));
-        candidates(net.0).find(|a| !busy.contains(a)).ok_or_else(|| {
-            Error::Rejected(format!("segment {} has no free address left in {}", seg.name, net))
+        candidates(net.0).find(|a| !busy.contains(a)).ok_or_else(|| Error::NoFreeAddress {
+            segment: seg.name.as_str().to_string(),
+            subnet: net.to_string(),
         })
     }
 
@@ -143,9 +141,9 @@ impl Ipam {
         if let Some(a) = self.temporary.get(segment).and_then(|m| m.get(&key)) {
             return Ok(*a);
         }
-        let seg = p.segment(segment).ok_or_else(|| {
-            Error::NotFound(format!("segment {segment} is not in the applied profile"))
-        })?;
+        let seg = p
+            .segment(segment)
+            .ok_or_else(|| Error::NoSuchSegment { segment: segment.to_string() })?;
         let a = self.pick(p, seg)?;
         self.temporary.entry(segment.to_string()).or_default().insert(key, a);
         Ok(a)

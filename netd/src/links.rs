@@ -137,9 +137,7 @@ pub fn plan(want: &DesiredLinks, have: &LinkState) -> Result<Vec<Step>> {
     if let Some(u) = &want.uplink
         && have.link(u).is_none()
     {
-        return Err(Error::Rejected(format!(
-            "the uplink {u} does not exist: give the right one with --uplink or in the profile"
-        )));
+        return Err(Error::UplinkMissing { uplink: u.clone() });
     }
     for b in &want.bridges {
         match have.link(&b.name) {
@@ -149,10 +147,7 @@ pub fn plan(want: &DesiredLinks, have: &LinkState) -> Result<Vec<Step>> {
                 vec![LinkOp::DelLink { name: b.name.clone() }],
             ),
             Some(l) if !is_ours(&l.alias) || l.kind.as_deref() != Some("bridge") => {
-                return Err(Error::Rejected(format!(
-                    "a link named {} exists and netd did not make it: remove or rename it first",
-                    b.name
-                )));
+                return Err(Error::ForeignLink { name: b.name.clone() });
             }
             Some(_) => {}
         }
@@ -166,10 +161,7 @@ pub fn plan(want: &DesiredLinks, have: &LinkState) -> Result<Vec<Step>> {
                 vec![LinkOp::DelLink { name: v.name.clone() }],
             ),
             Some(l) if !is_ours(&l.alias) => {
-                return Err(Error::Rejected(format!(
-                    "a link named {} exists and netd did not make it: remove or rename it first",
-                    v.name
-                )));
+                return Err(Error::ForeignLink { name: v.name.clone() });
             }
             Some(l) => {
                 let parent_ok = l.parent.and_then(|p| have.name_of(p)) == Some(v.parent.as_str());

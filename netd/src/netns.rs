@@ -4,14 +4,14 @@
 //! the host's mount namespace. A netd started in a private mount namespace (`ip netns exec`)
 //! would make mounts nobody else sees, so it refuses to make namespaces there.
 //!
-//! Work inside a namespace happens on a short-lived thread that `setns`es into it; sockets opened
-//! there stay bound to that namespace.
+//! Entering a namespace is `backroom_daemon::netns`: work inside one happens on a short-lived
+//! thread of its own; sockets opened there stay bound to that namespace.
 
-use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use rustix::mount::{MountPropagationFlags, UnmountFlags};
 
 use crate::error::{Error, Result};
 
@@ -21,25 +21,12 @@ pub fn path(name: &str) -> PathBuf {
     Path::new(RUN_NETNS).join(name)
 }
 
-fn io_last(what: String) -> Error {
-    Error::kernel(what, std::io::Error::last_os_error())
-}
-
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_default()
-}
-
-/// Moves the calling thread into the namespace at `/run/netns/<name>`. Called on the main
-/// thread before any other thread exists, it moves the whole process.
+/// Moves the calling thread into the namespace `/run/netns/<name>` (or at a path). Called on the
+/// main thread before any other thread exists, it moves the whole process.
 pub fn enter(name: &str) -> Result<()> {
-    let p = path(name);
-    let f = File::open(&p)
-        .map_err(|e| Error::kernel(format!("cannot open network namespace {}", p.display()), e))?;
-    // SAFETY: setns on a namespace file we hold open.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io_last(format!("cannot enter network namespace {name}")));
-    }
-    Ok(())
+    let p = backroom_daemon::netns::resolve(name);
+    backroom_daemon::netns::enter(&p)
+        .map_err(|e| Error::kernel(format!("cannot enter network namespace {name}"), e))
 }
 
 pub fn exists(name: &str) -> bool {
@@ -61,47 +48,26 @@ fn is_mount_point(p: &Path) -> bool {
     text.lines().any(|l| l.split(' ').nth(4) == Some(&want))
 }
 
+fn kernel(what: String) -> impl FnOnce(rustix::io::Errno) -> Error {
+    move |e| Error::kernel(what, e.into())
+}
+
 /// Makes `/run/netns` exist as a shared mount, as iproute2 does.
 fn prepare_run_netns() -> Result<()> {
     let dir = Path::new(RUN_NETNS);
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::kernel(format!("cannot create {RUN_NETNS}"), e))?;
-    let c = cpath(dir);
-    // SAFETY: mount(2) with valid C strings; null fs type/data are allowed for these flags.
-    unsafe {
-        if libc::mount(
-            std::ptr::null(),
-            c.as_ptr(),
-            std::ptr::null(),
-            libc::MS_SHARED | libc::MS_REC,
-            std::ptr::null(),
-        ) == 0
-        {
-            return Ok(());
-        }
-        if !is_mount_point(dir)
-            && libc::mount(
-                c.as_ptr(),
-                c.as_ptr(),
-                c"none".as_ptr(),
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            ) != 0
-        {
-            return Err(io_last(format!("cannot bind-mount {RUN_NETNS} on itself")));
-        }
-        if libc::mount(
-            std::ptr::null(),
-            c.as_ptr(),
-            std::ptr::null(),
-            libc::MS_SHARED | libc::MS_REC,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(io_last(format!("cannot make {RUN_NETNS} a shared mount")));
-        }
+    let shared = MountPropagationFlags::SHARED | MountPropagationFlags::REC;
+    if rustix::mount::mount_change(dir, shared).is_ok() {
+        return Ok(());
     }
-    Ok(())
+    // Not a mount point yet: make it one (bound on itself), then shared.
+    if !is_mount_point(dir) {
+        rustix::mount::mount_bind_recursive(dir, dir)
+            .map_err(kernel(format!("cannot bind-mount {RUN_NETNS} on itself")))?;
+    }
+    rustix::mount::mount_change(dir, shared)
+        .map_err(kernel(format!("cannot make {RUN_NETNS} a shared mount")))
 }
 
 /// Makes a new, empty network namespace at `/run/netns/<name>` (nothing if it exists).
@@ -110,9 +76,7 @@ pub fn create(name: &str) -> Result<()> {
         return Ok(());
     }
     if !same_mount_ns_as_init() {
-        return Err(Error::Rejected(format!(
-            "netd runs in a mount namespace of its own (as under `ip netns exec`): namespace {name} would be invisible to containerd and `ip netns`; run netd directly and use --netns instead"
-        )));
+        return Err(Error::PrivateMounts { netns: name.to_string() });
     }
     prepare_run_netns()?;
     let target = path(name);
@@ -120,29 +84,20 @@ pub fn create(name: &str) -> Result<()> {
         .map_err(|e| Error::kernel(format!("cannot create {}", target.display()), e))?;
     let t = target.clone();
     let made = std::thread::spawn(move || -> Result<()> {
-        // SAFETY: unshare affects only this short-lived thread.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(io_last("cannot make a new network namespace".into()));
-        }
-        let src = cpath(Path::new("/proc/thread-self/ns/net"));
-        let dst = cpath(&t);
-        // SAFETY: bind mount between two valid paths.
-        if unsafe {
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                c"none".as_ptr(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
-        } != 0
-        {
-            return Err(io_last(format!("cannot bind-mount the new namespace on {}", t.display())));
-        }
-        Ok(())
+        // SAFETY: only the network namespace is unshared, and only on this short-lived thread,
+        // which shares no file descriptor table change with anyone.
+        unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+            .map_err(kernel("cannot make a new network namespace".into()))?;
+        rustix::mount::mount_bind("/proc/thread-self/ns/net", &t)
+            .map_err(kernel(format!("cannot bind-mount the new namespace on {}", t.display())))
     })
     .join()
-    .unwrap_or_else(|_| Err(Error::Rejected("the namespace thread panicked".into())));
+    .unwrap_or_else(|_| {
+        Err(Error::kernel(
+            format!("cannot make network namespace {name}"),
+            std::io::Error::other("the thread making it panicked"),
+        ))
+    });
     if made.is_err() {
         let _ = std::fs::remove_file(&target);
     }
@@ -157,15 +112,11 @@ pub fn link(from: &str, to: &str) -> Result<()> {
         File::create(&dst)
             .map_err(|e| Error::kernel(format!("cannot create {}", dst.display()), e))?;
     }
-    let (s, d) = (cpath(&src), cpath(&dst));
-    // SAFETY: bind mount between two valid paths.
-    if unsafe {
-        libc::mount(s.as_ptr(), d.as_ptr(), c"none".as_ptr(), libc::MS_BIND, std::ptr::null())
-    } != 0
-    {
-        return Err(io_last(format!("cannot bind-mount {} on {}", src.display(), dst.display())));
-    }
-    Ok(())
+    rustix::mount::mount_bind(&src, &dst).map_err(kernel(format!(
+        "cannot bind-mount {} on {}",
+        src.display(),
+        dst.display()
+    )))
 }
 
 /// Removes the name `/run/netns/<name>` (the namespace lives on while a process uses it).
@@ -174,11 +125,8 @@ pub fn delete(name: &str) -> Result<()> {
     if !p.exists() {
         return Ok(());
     }
-    let c = cpath(&p);
-    // SAFETY: umount2 on a path; EINVAL (not a mount) is fine.
-    unsafe {
-        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-    }
+    // EINVAL (not a mount point) is fine: the file is removed below either way.
+    let _ = rustix::mount::unmount(&p, UnmountFlags::DETACH);
     std::fs::remove_file(&p).map_err(|e| Error::kernel(format!("cannot remove {}", p.display()), e))
 }
 
@@ -187,19 +135,8 @@ pub fn run_in<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let p = path(name);
-    let file = File::open(&p)
-        .map_err(|e| Error::kernel(format!("cannot open network namespace {}", p.display()), e))?;
-    let name = name.to_string();
-    std::thread::spawn(move || {
-        // SAFETY: setns on this thread only, with a namespace file we hold open.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io_last(format!("cannot enter network namespace {name}")));
-        }
-        f()
-    })
-    .join()
-    .unwrap_or_else(|_| Err(Error::Rejected("a namespace thread panicked".into())))
+    backroom_daemon::netns::run_in(&path(name), f)
+        .map_err(|e| Error::kernel(format!("cannot work inside network namespace {name}"), e))?
 }
 
 /// Opens the namespace file (for `IFLA_NET_NS_FD`).

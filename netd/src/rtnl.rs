@@ -5,8 +5,7 @@ use std::net::IpAddr;
 use std::os::fd::RawFd;
 
 use ipnet::IpNet;
-use netlink_packet_core::{Emitable, Parseable};
-use netlink_packet_route::AddressFamily;
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
     AfSpecInet, AfSpecUnspec, InfoData, InfoKind, InfoVeth, InfoVlan, LinkAttribute, LinkFlags,
@@ -15,22 +14,11 @@ use netlink_packet_route::link::{
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rt};
 
 use crate::error::{Error, Result};
 use crate::links::{LinkOp, RTPROT_NETD};
 use crate::nl::NlSocket;
-
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-const RTM_GETLINK: u16 = 18;
-const RTM_NEWADDR: u16 = 20;
-const RTM_DELADDR: u16 = 21;
-const RTM_GETADDR: u16 = 22;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_DELROUTE: u16 = 25;
-const RTM_GETROUTE: u16 = 26;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Link {
@@ -107,38 +95,36 @@ pub struct Rtnl {
 
 impl Rtnl {
     pub fn open() -> Result<Rtnl> {
-        let sock = NlSocket::open(0)
+        let sock = NlSocket::open(netlink_sys::protocols::NETLINK_ROUTE)
             .map_err(|e| Error::kernel("cannot open a route netlink socket", e))?;
         Ok(Rtnl { sock, writes: 0 })
     }
 
-    fn write(&mut self, ty: u16, flags: u16, payload: &[u8]) -> std::io::Result<()> {
+    fn write(&mut self, msg: Rt, flags: u16) -> std::io::Result<()> {
         self.writes += 1;
-        self.sock.request_ack(ty, flags, payload)
+        self.sock.request_ack(msg, flags)
     }
 
     pub fn index(&mut self, name: &str) -> Result<u32> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.sock.request(RTM_GETLINK, &emit(&m)) {
-            Ok(payload) => LinkMessage::parse(&payload[..]).map(|l| l.header.index).map_err(|e| {
-                Error::kernel(
-                    format!("cannot read link {name}"),
-                    std::io::Error::other(e.to_string()),
-                )
-            }),
+        match self.sock.request(Rt::GetLink(m)) {
+            Ok(Rt::NewLink(l)) => Ok(l.header.index),
+            Ok(_) => Err(Error::kernel(
+                format!("cannot read link {name}"),
+                std::io::Error::other("the kernel answered with another kind of message"),
+            )),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
-                Err(Error::NotFound(format!("link {name} does not exist")))
+                Err(Error::NoSuchLink { name: name.to_string() })
             }
             Err(e) => Err(Error::kernel(format!("cannot look up link {name}"), e)),
         }
     }
 
     fn links(&mut self) -> std::io::Result<Vec<Link>> {
-        let req = emit(&LinkMessage::default());
         let mut out = Vec::new();
-        for r in self.sock.dump(RTM_GETLINK, &req)? {
-            if let Ok(m) = LinkMessage::parse(&r.payload[..]) {
+        for r in self.sock.dump(Rt::GetLink(LinkMessage::default()))? {
+            if let Rt::NewLink(m) = r {
                 out.push(parse_link(&m));
             }
         }
@@ -146,10 +132,9 @@ impl Rtnl {
     }
 
     fn addrs(&mut self) -> std::io::Result<Vec<Addr>> {
-        let req = emit(&AddressMessage::default());
         let mut out = Vec::new();
-        for r in self.sock.dump(RTM_GETADDR, &req)? {
-            let Ok(m) = AddressMessage::parse(&r.payload[..]) else { continue };
+        for r in self.sock.dump(Rt::GetAddress(AddressMessage::default()))? {
+            let Rt::NewAddress(m) = r else { continue };
             let ip = m.attributes.iter().find_map(|a| match a {
                 AddressAttribute::Local(ip) => Some(*ip),
                 _ => None,
@@ -178,8 +163,8 @@ impl Rtnl {
         for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut m = RouteMessage::default();
             m.header.address_family = fam;
-            for r in self.sock.dump(RTM_GETROUTE, &emit(&m))? {
-                let Ok(m) = RouteMessage::parse(&r.payload[..]) else { continue };
+            for r in self.sock.dump(Rt::GetRoute(m))? {
+                let Rt::NewRoute(m) = r else { continue };
                 if m.header.table != RouteHeader::RT_TABLE_MAIN {
                     continue;
                 }
@@ -244,7 +229,7 @@ impl Rtnl {
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
-        self.write(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &emit(&m)).map_err(|e| {
+        self.write(Rt::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map_err(|e| {
             Error::kernel(format!("cannot create veth {name} (peer {peer_name}) on {master}"), e)
         })?;
         self.set_alias(name, alias)
@@ -255,7 +240,7 @@ impl Rtnl {
         let mut m = LinkMessage::default();
         m.header.index = index;
         m.attributes.push(LinkAttribute::IfAlias(alias.to_string()));
-        self.write(RTM_NEWLINK, 0, &emit(&m))
+        self.write(Rt::NewLink(m), 0)
             .map_err(|e| Error::kernel(format!("cannot mark link {name} as netd's"), e))
     }
 
@@ -285,7 +270,7 @@ impl Rtnl {
         if let Some(mac) = mac {
             m.attributes.push(LinkAttribute::Address(mac.to_vec()));
         }
-        self.write(RTM_NEWLINK, 0, &emit(&m))
+        self.write(Rt::NewLink(m), 0)
             .map_err(|e| Error::kernel(format!("cannot change link {name}"), e))
     }
 
@@ -308,12 +293,6 @@ fn route_ip(ra: &RouteAddress) -> Option<IpAddr> {
         RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
         _ => None,
     }
-}
-
-fn emit<T: Emitable>(m: &T) -> Vec<u8> {
-    let mut buf = vec![0u8; m.buffer_len()];
-    m.emit(&mut buf);
-    buf
 }
 
 fn parse_link(m: &LinkMessage) -> Link {
@@ -435,7 +414,7 @@ impl Links for Rtnl {
                 m.attributes.push(LinkAttribute::IfName(name.clone()));
                 m.attributes.push(LinkAttribute::Address(mac.to_vec()));
                 m.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
-                self.write(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &emit(&m)).map_err(fail)?;
+                self.write(Rt::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map_err(fail)?;
                 self.set_alias(name, crate::links::ALIAS)
             }
             LinkOp::AddVlan { name, parent, id } => {
@@ -447,7 +426,7 @@ impl Links for Rtnl {
                     LinkInfo::Kind(InfoKind::Vlan),
                     LinkInfo::Data(InfoData::Vlan(vec![InfoVlan::Id(*id)])),
                 ]));
-                self.write(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, &emit(&m)).map_err(fail)?;
+                self.write(Rt::NewLink(m), NLM_F_CREATE | NLM_F_EXCL).map_err(fail)?;
                 self.set_alias(name, crate::links::ALIAS)
             }
             LinkOp::SetMaster { link, master } => {
@@ -459,7 +438,7 @@ impl Links for Rtnl {
                 let mut m = LinkMessage::default();
                 m.header.index = index;
                 m.attributes.push(LinkAttribute::Controller(mi));
-                self.write(RTM_NEWLINK, 0, &emit(&m)).map_err(fail)
+                self.write(Rt::NewLink(m), 0).map_err(fail)
             }
             LinkOp::SetUp { link } => {
                 let index = self.index(link)?;
@@ -467,38 +446,37 @@ impl Links for Rtnl {
                 m.header.index = index;
                 m.header.flags = LinkFlags::Up;
                 m.header.change_mask = LinkFlags::Up;
-                self.write(RTM_NEWLINK, 0, &emit(&m)).map_err(fail)
+                self.write(Rt::NewLink(m), 0).map_err(fail)
             }
             LinkOp::AddAddr { link, net } => {
                 let index = self.index(link)?;
-                self.write(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &emit(&addr_msg(index, net)))
+                self.write(Rt::NewAddress(addr_msg(index, net)), NLM_F_CREATE | NLM_F_EXCL)
                     .map_err(fail)
             }
             LinkOp::DelAddr { link, net } => {
                 let index = self.index(link)?;
-                self.write(RTM_DELADDR, 0, &emit(&addr_msg(index, net))).map_err(fail)
+                self.write(Rt::DelAddress(addr_msg(index, net)), 0).map_err(fail)
             }
             LinkOp::AddRoute { link, gateway, metric } => {
                 let index = self.index(link)?;
                 let dst = default_net(gateway.is_ipv6());
                 self.write(
-                    RTM_NEWROUTE,
+                    Rt::NewRoute(route_msg(index, dst, Some(*gateway), *metric)),
                     NLM_F_CREATE | NLM_F_EXCL,
-                    &emit(&route_msg(index, dst, Some(*gateway), *metric)),
                 )
                 .map_err(fail)
             }
             LinkOp::DelRoute { link, gateway, metric } => {
                 let index = self.index(link)?;
                 let dst = default_net(gateway.is_ipv6());
-                self.write(RTM_DELROUTE, 0, &emit(&route_msg(index, dst, Some(*gateway), *metric)))
+                self.write(Rt::DelRoute(route_msg(index, dst, Some(*gateway), *metric)), 0)
                     .map_err(fail)
             }
             LinkOp::DelLink { name } => {
                 let index = self.index(name)?;
                 let mut m = LinkMessage::default();
                 m.header.index = index;
-                self.write(RTM_DELLINK, 0, &emit(&m)).map_err(fail)
+                self.write(Rt::DelLink(m), 0).map_err(fail)
             }
             LinkOp::SetForwarding { link } => {
                 // The process (or this thread) is in netd's namespace, so /proc/sys/net is its.
@@ -510,16 +488,16 @@ impl Links for Rtnl {
     }
 }
 
-/// Links as values, for unit tests of the planning and engine layers.
-#[derive(Default)]
-pub struct MemLinks {
+/// What [`MemLinks`] holds.
+#[derive(Debug, Default)]
+pub struct MemLinkState {
     pub state: LinkState,
     pub writes: usize,
     next: u32,
 }
 
-impl MemLinks {
-    pub fn with_link(mut self, name: &str) -> MemLinks {
+impl MemLinkState {
+    fn add_plain(&mut self, name: &str) {
         self.next += 1;
         self.state.links.push(Link {
             index: self.next + 100,
@@ -533,18 +511,17 @@ impl MemLinks {
             parent: None,
             forwarding: Some(false),
         });
-        self
     }
 
     fn index(&self, name: &str) -> Result<u32> {
         self.state
             .link(name)
             .map(|l| l.index)
-            .ok_or_else(|| Error::NotFound(format!("link {name} does not exist")))
+            .ok_or_else(|| Error::NoSuchLink { name: name.to_string() })
     }
 }
 
-impl Links for MemLinks {
+impl Links for MemLinkState {
     fn observe(&mut self) -> Result<LinkState> {
         Ok(self.state.clone())
     }
@@ -646,5 +623,55 @@ impl Links for MemLinks {
             }
         }
         Ok(())
+    }
+}
+
+/// Links as values, for unit tests of the planning and engine layers. Clones share one state,
+/// so a test keeps a handle to change the "kernel" under the engine (unplug the uplink).
+#[derive(Clone, Debug, Default)]
+pub struct MemLinks(std::sync::Arc<std::sync::Mutex<MemLinkState>>);
+
+impl MemLinks {
+    fn inner(&self) -> std::sync::MutexGuard<'_, MemLinkState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// With a plain link (a NIC) named `name`.
+    pub fn with_link(self, name: &str) -> MemLinks {
+        self.add_link(name);
+        self
+    }
+
+    /// A plain link (a NIC) appears.
+    pub fn add_link(&self, name: &str) {
+        self.inner().add_plain(name);
+    }
+
+    /// A link vanishes (unplugged, or removed by hand) with its addresses and routes.
+    pub fn remove_link(&self, name: &str) -> Result<()> {
+        let mut k = self.inner();
+        k.apply(&LinkOp::DelLink { name: name.to_string() })?;
+        // Not netd's write: the idempotence tests count only those.
+        k.writes -= 1;
+        Ok(())
+    }
+
+    /// What the "kernel" holds now.
+    pub fn state(&self) -> LinkState {
+        self.inner().state.clone()
+    }
+}
+
+impl Links for MemLinks {
+    fn observe(&mut self) -> Result<LinkState> {
+        self.inner().observe()
+    }
+
+    fn apply(&mut self, op: &LinkOp) -> Result<()> {
+        self.inner().apply(op)
+    }
+
+    fn writes(&self) -> usize {
+        self.inner().writes
     }
 }

@@ -2,109 +2,426 @@
 //! the applied profile (drift checks on netlink link events and every interval, DHCP renewal,
 //! the commit-confirm deadline). Handlers parse, call one [`Engine`] function on a blocking
 //! thread, and map the result; errors become a `tonic::Status` in [`status`].
+//!
+//! A loop's failure reaches the operator once: a `failing` event when it starts failing and a
+//! `recovered` event when it works again (`backroom_daemon::Conditions`), named after what fails
+//! (`uplink eno1`, `DHCP on br-mgmt`, `drift repair`); Observe lists what is failing now.
+//!
+//! DHCP exchanges (seconds long when no server answers) run without the engine's lock: the
+//! engine plans which segments need a lease, the exchanges run on their own blocking threads,
+//! and the leases are recorded under the lock afterwards. So an Apply never waits for one.
+//!
+//! Timing reads the engine's [`backroom_daemon::Clock`]: unit tests drive the loop on a manual clock.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backroom_api::netd as pb;
 use backroom_api::netd::netd_server::{Netd, NetdServer};
+use backroom_daemon::backoff::Retries;
+use backroom_daemon::notify::Heartbeat;
+use backroom_daemon::{Backoff, Chain, Conditions, SharedClock, Transition, chain};
 use futures::Stream;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, watch};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
+use crate::dhcp::{Dhcp, DhcpRequest};
 use crate::endpoints::Endpoint;
-use crate::engine::{Engine, Observation, now_unix, parse_profile};
-use crate::error::{Error, full};
+use crate::engine::{Engine, Observation, parse_profile};
+use crate::error::Error;
+
+/// Subjects of the loops' problems when the error names nothing more precise.
+pub const DRIFT_CHECK: &str = "drift check";
+pub const DRIFT_REPAIR: &str = "drift repair";
+pub const ROLLBACK: &str = "commit-confirm rollback";
+pub const LINK_EVENTS: &str = "link events";
+
+/// One turn of the background loop: deadlines are seen within this.
+const TICK: Duration = Duration::from_secs(1);
+/// A burst of link events settles this long before the drift check it triggers.
+const SETTLE: Duration = Duration::from_millis(300);
+/// The watchdog is fed while the loop turned within this (its longest turn is a drift check
+/// and repair; DHCP exchanges run beside it).
+pub const LOOP_STALE: Duration = Duration::from_secs(20);
+/// Retries of a segment's DHCP after a failed exchange.
+const DHCP_RETRY: Backoff =
+    Backoff::new(Duration::from_secs(10), Duration::from_secs(300)).with_jitter(0.1);
+/// Retries of a rollback that failed.
+const ROLLBACK_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+/// How long in-flight requests get to finish after SIGTERM.
+const GRACE: Duration = Duration::from_secs(10);
 
 /// Maps an error to a status, in one place.
 pub fn status(e: Error) -> Status {
-    let msg = full(&e);
+    let msg = chain(&e);
     match e {
         Error::Profile(_) | Error::RevisionMismatch { .. } => Status::invalid_argument(msg),
-        Error::NotFound(_) => Status::not_found(msg),
-        Error::Rejected(_) => Status::failed_precondition(msg),
-        Error::Kernel { .. } | Error::State { .. } | Error::Many(_) => Status::internal(msg),
+        Error::NoSuchWorkload { .. }
+        | Error::NoSuchSegment { .. }
+        | Error::NoSuchInstance { .. }
+        | Error::NothingPending
+        | Error::OtherPending { .. }
+        | Error::NoSuchLink { .. } => Status::not_found(msg),
+        Error::NotApplied
+        | Error::Busy { .. }
+        | Error::UplinkMissing { .. }
+        | Error::ForeignLink { .. }
+        | Error::NoFreeAddress { .. }
+        | Error::NoSubnet { .. }
+        | Error::AlreadyPrimary { .. }
+        | Error::VmInstance { .. }
+        | Error::PrivateMounts { .. } => Status::failed_precondition(msg),
+        Error::NoDhcpServer { .. } => Status::unavailable(msg),
+        Error::Kernel { .. }
+        | Error::State { .. }
+        | Error::Daemon(_)
+        | Error::DhcpEncode { .. }
+        | Error::NoNamespace { .. }
+        | Error::Task { .. }
+        | Error::Serve(_)
+        | Error::Many(_) => Status::internal(msg),
     }
+}
+
+/// A segment's DHCP as the daemon runs it.
+#[derive(Debug)]
+struct DhcpSlot {
+    in_flight: bool,
+    retries: Retries,
+    next_try_ms: i64,
+}
+
+/// The loops' memory between turns.
+#[derive(Debug, Default)]
+struct Loops {
+    conditions: Conditions,
+    /// The drift last told, so drift that stays (while its repair keeps failing) is told once.
+    last_drift: Vec<String>,
+    /// The subject the network repair is failing under.
+    repair_failing: Option<String>,
+    dhcp: BTreeMap<String, DhcpSlot>,
+    rollback: Option<(Retries, i64)>,
+}
+
+struct Shared {
+    engine: Arc<Mutex<Engine>>,
+    events: broadcast::Sender<pb::Event>,
+    check_now: Notify,
+    clock: SharedClock,
+    dhcp: Arc<dyn Dhcp>,
+    heartbeat: Heartbeat,
+    loops: Mutex<Loops>,
+    stop: watch::Sender<bool>,
+    turns: AtomicU64,
 }
 
 #[derive(Clone)]
 pub struct Daemon {
-    engine: Arc<Mutex<Engine>>,
-    events: broadcast::Sender<pb::Event>,
-    check_now: Arc<Notify>,
+    shared: Arc<Shared>,
 }
 
 impl Daemon {
     pub fn new(engine: Engine) -> Daemon {
         let (events, _) = broadcast::channel(256);
-        Daemon { engine: Arc::new(Mutex::new(engine)), events, check_now: Arc::new(Notify::new()) }
+        let (stop, _) = watch::channel(false);
+        let (clock, dhcp) = (engine.clock(), engine.dhcp_client());
+        Daemon {
+            shared: Arc::new(Shared {
+                engine: Arc::new(Mutex::new(engine)),
+                events,
+                check_now: Notify::new(),
+                clock,
+                dhcp,
+                heartbeat: Heartbeat::new(),
+                loops: Mutex::new(Loops::default()),
+                stop,
+                turns: AtomicU64::new(0),
+            }),
+        }
     }
 
     async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Engine) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let engine = self.engine.clone();
+        let engine = self.shared.engine.clone();
         tokio::task::spawn_blocking(move || {
             let mut guard = engine.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut guard)
         })
         .await
-        .unwrap_or_else(|e| Err(Error::Rejected(format!("an engine task failed: {e}"))))
+        .unwrap_or_else(|source| Err(Error::Task { what: "netd's engine task", source }))
+    }
+
+    fn loops(&self) -> std::sync::MutexGuard<'_, Loops> {
+        self.shared.loops.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn clock(&self) -> SharedClock {
+        self.shared.clock.clone()
+    }
+
+    /// The background loop's proof of life, for the watchdog.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.shared.heartbeat.clone()
+    }
+
+    /// How many turns the background loop has made.
+    pub fn turns(&self) -> u64 {
+        self.shared.turns.load(Ordering::SeqCst)
+    }
+
+    /// Asks for a drift check soon (a link changed).
+    pub fn check_soon(&self) {
+        self.shared.check_now.notify_one();
+    }
+
+    /// Ends the event streams (the daemon is stopping) and the link watcher.
+    pub fn stop(&self) {
+        self.shared.stop.send_replace(true);
+    }
+
+    pub fn stopped(&self) -> bool {
+        *self.shared.stop.borrow()
+    }
+
+    /// Subscribes to the events as the API streams them.
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
+        self.shared.events.subscribe()
+    }
+
+    fn send(&self, kind: &str, message: String, revision: &str, subject: &str) {
+        let _ = self.shared.events.send(pb::Event {
+            at_unix_ms: self.shared.clock.now_ms(),
+            kind: kind.to_string(),
+            message,
+            revision: revision.to_string(),
+            subject: subject.to_string(),
+        });
     }
 
     pub fn emit(&self, kind: &str, message: String, revision: &str) {
         info!(kind, revision, "{message}");
-        let _ = self.events.send(pb::Event {
-            at_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
-            kind: kind.to_string(),
-            message,
-            revision: revision.to_string(),
-            subject: String::new(),
-        });
+        self.send(kind, message, revision, "");
     }
 
-    /// One drift check: reports what differs, repairs it, renews DHCP leases that are due.
+    fn tell(&self, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        let (subject, message) = (t.subject().to_string(), t.message());
+        if t.is_failing() {
+            warn!(kind = "failing", subject, "{message}");
+            self.send("failing", message, "", &subject);
+        } else {
+            info!(kind = "recovered", subject, "{message}");
+            self.send("recovered", message, "", &subject);
+        }
+    }
+
+    /// One failed try of `subject`: an event only when it was not failing yet.
+    pub fn failed(&self, subject: &str, message: String) {
+        let now = self.shared.clock.now_ms();
+        let t = self.loops().conditions.failed(subject, message, now);
+        self.tell(t);
+    }
+
+    /// One good try of `subject`: an event only when it had been failing.
+    pub fn succeeded(&self, subject: &str) {
+        let now = self.shared.clock.now_ms();
+        let t = self.loops().conditions.succeeded(subject, now);
+        self.tell(t);
+    }
+
+    /// What is failing now, for Observe.
+    pub fn problems(&self) -> Vec<backroom_api::common::Problem> {
+        self.loops()
+            .conditions
+            .open()
+            .map(|p| backroom_api::common::Problem {
+                subject: p.subject.clone(),
+                message: p.message.clone(),
+                since_unix_ms: p.since_ms,
+                failures: p.failures,
+                source: "netd".into(),
+            })
+            .collect()
+    }
+
+    fn repair_failed(&self, e: &Error) {
+        let subject = e.subject().unwrap_or_else(|| DRIFT_REPAIR.to_string());
+        let before = self.loops().repair_failing.replace(subject.clone());
+        // Failing for another reason now: the former one is solved.
+        if let Some(b) = before.filter(|b| *b != subject) {
+            self.succeeded(&b);
+        }
+        self.failed(&subject, format!("netd cannot repair the store's network: {}", chain(e)));
+    }
+
+    fn repair_ok(&self) {
+        let before = self.loops().repair_failing.take();
+        if let Some(b) = before {
+            self.succeeded(&b);
+        }
+    }
+
+    /// One drift check: reports what differs, repairs it; then renews DHCP leases that are due
+    /// (beside the loop, without the engine's lock).
     pub async fn check(&self) {
-        let drift = self.run(|e| e.drift()).await;
-        match drift {
-            Ok(d) if !d.is_empty() => {
-                self.emit(
-                    "drift_found",
-                    format!("the network differs from the applied profile: {}", d.join("; ")),
-                    "",
-                );
-                match self.run(|e| e.reconcile()).await {
-                    Ok(o) => self.emit(
-                        "drift_repaired",
-                        format!("repaired: {}", o.actions.join("; ")),
+        match self.run(|e| e.drift()).await {
+            Ok(d) if d.is_empty() => {
+                self.succeeded(DRIFT_CHECK);
+                self.loops().last_drift.clear();
+                self.repair_ok();
+            }
+            Ok(d) => {
+                self.succeeded(DRIFT_CHECK);
+                let new = {
+                    let mut l = self.loops();
+                    let new = l.last_drift != d;
+                    l.last_drift.clone_from(&d);
+                    new
+                };
+                if new {
+                    self.emit(
+                        "drift_found",
+                        format!("the network differs from the applied profile: {}", d.join("; ")),
                         "",
-                    ),
-                    Err(e) => {
-                        self.emit("apply_failed", format!("drift repair failed: {}", full(&e)), "")
+                    );
+                }
+                match self.run(|e| e.reconcile()).await {
+                    Ok(o) => {
+                        self.loops().last_drift.clear();
+                        self.emit(
+                            "drift_repaired",
+                            format!("repaired: {}", o.actions.join("; ")),
+                            "",
+                        );
+                        self.repair_ok();
                     }
+                    Err(Error::NotApplied) => {}
+                    Err(e) => self.repair_failed(&e),
                 }
             }
-            Ok(_) => {}
-            Err(Error::Rejected(_)) => {}
-            Err(e) => warn!("drift check failed: {}", full(&e)),
+            Err(Error::NotApplied) => {}
+            Err(e) => self.failed(
+                DRIFT_CHECK,
+                format!("netd cannot check the store's network: {}", chain(&e)),
+            ),
         }
-        match self.run(|e| e.renew_dhcp()).await {
+        tokio::spawn(self.clone().dhcp());
+    }
+
+    /// Gets the DHCP leases that are due and not already being asked for: the exchanges run on
+    /// blocking threads without the engine's lock; a segment that got no answer is tried
+    /// again after a backoff.
+    pub async fn dhcp(self) {
+        let due = match self.run(|e| e.dhcp_due()).await {
+            Ok(v) => v,
+            Err(Error::NotApplied) => return,
+            Err(e) => {
+                warn!(error = %Chain(&e), "cannot tell which segments need a DHCP lease");
+                return;
+            }
+        };
+        let now = self.shared.clock.now_ms();
+        let mine: Vec<DhcpRequest> = {
+            let mut l = self.loops();
+            due.into_iter()
+                .filter(|r| {
+                    let slot = l.dhcp.entry(r.segment.clone()).or_insert_with(|| DhcpSlot {
+                        in_flight: false,
+                        retries: DHCP_RETRY.retries(),
+                        next_try_ms: 0,
+                    });
+                    let go = !slot.in_flight && slot.next_try_ms <= now;
+                    slot.in_flight |= go;
+                    go
+                })
+                .collect()
+        };
+        if mine.is_empty() {
+            return;
+        }
+        let now_unix = self.shared.clock.now_unix();
+        let runs = mine.iter().cloned().map(|req| {
+            let client = self.shared.dhcp.clone();
+            tokio::task::spawn_blocking(move || client.obtain(&req, now_unix))
+        });
+        let results = futures::future::join_all(runs).await;
+        let mut got = Vec::new();
+        for (req, r) in mine.into_iter().zip(results) {
+            let r =
+                r.unwrap_or_else(|source| Err(Error::Task { what: "the DHCP exchange", source }));
+            let subject = format!("DHCP on {}", req.bridge);
+            let now = self.shared.clock.now_ms();
+            let failure = {
+                let mut l = self.loops();
+                let Some(slot) = l.dhcp.get_mut(&req.segment) else { continue };
+                slot.in_flight = false;
+                match &r {
+                    Ok(_) => {
+                        slot.retries.reset();
+                        slot.next_try_ms = 0;
+                        None
+                    }
+                    Err(e) => {
+                        let wait = slot.retries.fail();
+                        slot.next_try_ms =
+                            now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+                        Some(format!("netd has no address on {}: {}", req.bridge, chain(e)))
+                    }
+                }
+            };
+            match (r, failure) {
+                (Ok(lease), _) => {
+                    self.succeeded(&subject);
+                    got.push((req.segment, lease));
+                }
+                (Err(_), Some(msg)) => self.failed(&subject, msg),
+                (Err(_), None) => {}
+            }
+        }
+        if got.is_empty() {
+            return;
+        }
+        match self.run(move |e| e.record_leases(got)).await {
             Ok(v) if !v.is_empty() => info!("dhcp: {}", v.join("; ")),
-            Ok(_) | Err(Error::Rejected(_)) => {}
-            Err(e) => warn!("DHCP renewal failed: {}", full(&e)),
+            Ok(_) | Err(Error::NotApplied) => {}
+            Err(e) => self.repair_failed(&e),
         }
     }
 
-    /// Rolls back a pending apply whose deadline passed.
+    /// Rolls back a pending apply whose deadline passed; a rollback that fails is retried
+    /// after a backoff.
     pub async fn deadline(&self) {
-        match self.run(|e| e.rollback_if_due(now_unix())).await {
+        let now = self.shared.clock.now_ms();
+        if self.loops().rollback.as_ref().is_some_and(|(_, at)| *at > now) {
+            return;
+        }
+        let r = self.run(|e| e.rollback_if_due()).await;
+        if let Err(e) = &r
+            && !matches!(e, Error::NotApplied)
+        {
+            let wait = {
+                let mut l = self.loops();
+                let (retries, at) = l.rollback.get_or_insert_with(|| (ROLLBACK_RETRY.retries(), 0));
+                let wait = retries.fail();
+                *at = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+                wait
+            };
+            warn!(error = %Chain(e), retry_in = ?wait, "the rollback failed");
+            self.failed(
+                ROLLBACK,
+                format!("netd cannot roll back the unconfirmed apply: {}", chain(e)),
+            );
+            return;
+        }
+        self.loops().rollback = None;
+        match r {
             Ok(Some((rev, o))) if rev.is_empty() => self.emit(
                 "rollback_done",
                 format!("the apply was not confirmed in time and there was no earlier profile: netd removed its network ({} steps)", o.actions.len()),
@@ -115,53 +432,35 @@ impl Daemon {
                 format!("the apply was not confirmed in time: revision {rev} is back ({} steps)", o.actions.len()),
                 &rev,
             ),
-            Ok(None) => {}
-            Err(e) => warn!("rollback failed: {}", full(&e)),
+            Ok(None) | Err(_) => {}
         }
+        self.succeeded(ROLLBACK);
     }
 
-    /// The loops of the daemon; never returns.
+    /// The daemon's loop: the commit-confirm deadline every tick, a drift check on link events
+    /// ([`Daemon::check_soon`]) and every `interval`. Never returns. Beats the heartbeat each
+    /// turn, so the watchdog is fed only while this loop turns.
     pub async fn background(self, interval: Duration) {
-        let watcher = self.check_now.clone();
-        std::thread::spawn(move || link_events(watcher));
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut last_check = tokio::time::Instant::now();
+        let clock = self.shared.clock.clone();
+        let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+        let mut last_check = clock.now_ms();
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = self.check_now.notified() => {
-                    // Let a burst of link events settle.
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    self.check().await;
-                    last_check = tokio::time::Instant::now();
-                }
+            self.shared.heartbeat.beat();
+            self.shared.turns.fetch_add(1, Ordering::SeqCst);
+            let triggered = tokio::select! {
+                () = clock.sleep(TICK) => false,
+                () = self.shared.check_now.notified() => true,
+            };
+            if triggered {
+                clock.sleep(SETTLE).await;
+                self.check().await;
+                last_check = clock.now_ms();
             }
             self.deadline().await;
-            if last_check.elapsed() >= interval {
+            if clock.now_ms().saturating_sub(last_check) >= interval_ms {
                 self.check().await;
-                last_check = tokio::time::Instant::now();
+                last_check = clock.now_ms();
             }
-        }
-    }
-}
-
-/// Wakes the drift check on every link change in netd's namespace.
-fn link_events(notify: Arc<Notify>) {
-    let Ok(mut sock) = netlink_sys::Socket::new(0) else { return };
-    let mut addr = netlink_sys::SocketAddr::new(0, 1 | 0x10 | 0x40); // LINK, IPV4_IFADDR, IPV4_ROUTE
-    if sock.bind(&addr).is_err() {
-        addr = netlink_sys::SocketAddr::new(0, 1);
-        if sock.bind(&addr).is_err() {
-            return;
-        }
-    }
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let mut slice = &mut buf[..];
-        match sock.recv(&mut slice, 0) {
-            Ok(_) => notify.notify_one(),
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => notify.notify_one(),
-            Err(_) => return,
         }
     }
 }
@@ -186,6 +485,8 @@ pub fn attach_reply(ep: &Endpoint) -> pb::AttachReply {
     }
 }
 
+/// An observation as the API answers it; `problems` is the daemon's to fill (a one-shot
+/// `netd show` has no loops, so none).
 pub fn observe_reply(o: Observation) -> pb::ObserveReply {
     pb::ObserveReply {
         problems: Vec::new(),
@@ -224,6 +525,12 @@ pub fn observe_reply(o: Observation) -> pb::ObserveReply {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
+enum Next {
+    Event(pb::Event),
+    Lagged,
+    End,
+}
+
 #[tonic::async_trait]
 impl Netd for Daemon {
     async fn apply(
@@ -243,6 +550,8 @@ impl Netd for Daemon {
                     format!("revision {rev} applied ({} steps)", o.actions.len()),
                     &rev,
                 );
+                // Leases for the new profile's DHCP segments come beside the API.
+                tokio::spawn(self.clone().dhcp());
                 Ok(Response::new(pb::ApplyReply {
                     changed: o.changed,
                     actions: o.actions,
@@ -252,7 +561,7 @@ impl Netd for Daemon {
             Err(e) => {
                 self.emit(
                     "apply_failed",
-                    format!("revision {rev} could not be applied: {}", full(&e)),
+                    format!("revision {rev} could not be applied: {}", chain(&e)),
                     &rev,
                 );
                 Err(status(e))
@@ -284,7 +593,9 @@ impl Netd for Daemon {
         _req: Request<pb::ObserveRequest>,
     ) -> Result<Response<pb::ObserveReply>, Status> {
         let o = self.run(|e| e.observe()).await.map_err(status)?;
-        Ok(Response::new(observe_reply(o)))
+        let mut reply = observe_reply(o);
+        reply.problems = self.problems();
+        Ok(Response::new(reply))
     }
 
     async fn attach(
@@ -328,13 +639,23 @@ impl Netd for Daemon {
         &self,
         _req: Request<pb::EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
-        let rx = self.events.subscribe();
-        let s = futures::stream::unfold(rx, |mut rx| async move {
+        let rx = self.shared.events.subscribe();
+        let stop = self.shared.stop.subscribe();
+        // A stream ends when the daemon stops: a graceful stop waits for open streams.
+        let s = futures::stream::unfold((rx, stop), |(mut rx, mut stop)| async move {
             loop {
-                match rx.recv().await {
-                    Ok(ev) => return Some((Ok(ev), rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
+                let next = tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(ev) => Next::Event(ev),
+                        Err(broadcast::error::RecvError::Lagged(_)) => Next::Lagged,
+                        Err(broadcast::error::RecvError::Closed) => Next::End,
+                    },
+                    _ = stop.wait_for(|s| *s) => Next::End,
+                };
+                match next {
+                    Next::Event(ev) => return Some((Ok(ev), (rx, stop))),
+                    Next::Lagged => continue,
+                    Next::End => return None,
                 }
             }
         });
@@ -342,68 +663,71 @@ impl Netd for Daemon {
     }
 }
 
-/// Serves the API on `socket` (mode 0600) until the process ends; tells systemd when ready and
-/// feeds its watchdog.
+/// Serves the API on `socket` (mode 0600, through `backroom_daemon::socket`) until SIGTERM or
+/// SIGINT; tells systemd when ready and when stopping, and feeds its watchdog while the
+/// background loop turns. Stopping leaves the network as it is.
 pub async fn serve(daemon: Daemon, socket: PathBuf, interval: Duration) -> Result<(), Error> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::state(format!("cannot create {}", dir.display()), e))?;
-    }
-    if socket.exists() {
-        std::fs::remove_file(&socket).map_err(|e| {
-            Error::state(format!("cannot remove the old socket {}", socket.display()), e)
-        })?;
-    }
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .map_err(|e| Error::state(format!("cannot listen on {}", socket.display()), e))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
-            Error::state(format!("cannot restrict {} to root", socket.display()), e)
-        })?;
-    }
+    use backroom_daemon::{notify, signal, socket as sock};
+    let incoming = sock::listen(&socket, sock::Access::ROOT)?;
     // Re-adopt what exists: repair whatever drifted while netd was not running.
     daemon.check().await;
     daemon.deadline().await;
     tokio::spawn(daemon.clone().background(interval));
-    if let Some(wd) = sd_notify::watchdog_enabled() {
-        let period = wd / 2;
-        tokio::spawn(async move {
-            loop {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-                tokio::time::sleep(period).await;
-            }
-        });
+    let (d, rt) = (daemon.clone(), tokio::runtime::Handle::current());
+    let spawned = std::thread::Builder::new().name("link-events".into()).spawn(move || {
+        let clock = d.clock();
+        watch_links(
+            &d,
+            || KernelLinkEvents::open().map(|e| Box::new(e) as Box<dyn LinkEvents>),
+            |wait| rt.block_on(clock.sleep(wait)),
+        );
+    });
+    if let Err(e) = spawned {
+        daemon.failed(LINK_EVENTS, format!("netd cannot start its link-event thread: {e}"));
     }
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let hb = daemon.heartbeat();
+    notify::spawn_watchdog(move || {
+        let fresh = hb.fresh(LOOP_STALE);
+        async move { fresh }
+    });
+    notify::ready();
     info!(socket = %socket.display(), "netd is serving");
-    tonic::transport::Server::builder()
-        .add_service(NetdServer::new(daemon))
-        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
-        .await
-        .map_err(|e| Error::state("the gRPC server stopped", std::io::Error::other(e)))
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(NetdServer::new(daemon.clone()))
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    let signal = tokio::select! {
+        r = &mut server => return r.map_err(Error::Serve),
+        s = signal::shutdown() => s,
+    };
+    info!(signal, "netd is stopping; the network stays as it is");
+    notify::stopping();
+    daemon.stop();
+    let _ = stop_tx.send(());
+    let served = match tokio::time::timeout(GRACE, server).await {
+        Ok(r) => r.map_err(Error::Serve),
+        Err(_) => {
+            warn!("requests were still running {GRACE:?} after {signal}: stopping anyway");
+            Ok(())
+        }
+    };
+    let _ = std::fs::remove_file(&socket);
+    served
 }
 
 /// A client of a running netd on `socket`.
 pub async fn client(
     socket: PathBuf,
 ) -> Result<backroom_api::netd::netd_client::NetdClient<tonic::transport::Channel>, Error> {
-    let ch = tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .map_err(|e| Error::state("bad endpoint", std::io::Error::other(e)))?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let p = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(p).await?,
-                ))
-            }
-        }))
-        .await
-        .map_err(|e| {
-            Error::state(
-                "cannot connect to netd's socket (is `netd serve` running?)",
-                std::io::Error::other(e),
-            )
-        })?;
+    let ch = backroom_daemon::socket::connect(&socket).await?;
     Ok(backroom_api::netd::netd_client::NetdClient::new(ch))
 }
+
+mod link_events;
+#[cfg(test)]
+mod tests;
+
+pub use link_events::{KernelLinkEvents, LinkEvents, watch_links};

@@ -1,12 +1,12 @@
 //! netd's state directory (default `/var/lib/backroom/netd`): the applied profile, a pending
 //! confirmation, IPAM leases, endpoints and DHCP leases, as JSON files written crash-safely
-//! (temporary file, fsync, rename, fsync of the directory). A lock file keeps two netd
-//! processes from managing the same state at once.
+//! with mode 0600 (`backroom_daemon::fs::write_atomic`). The directory's lock
+//! (`backroom_daemon::fs::StateLock`) keeps two netd processes from managing the same state.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::fs;
 use std::path::{Path, PathBuf};
+
+use backroom_daemon::fs::{StateLock, write_atomic};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -39,30 +39,19 @@ pub struct AppliedFile {
 
 pub struct StateDir {
     dir: PathBuf,
-    _lock: File,
+    _lock: StateLock,
 }
 
 impl StateDir {
     /// Opens (creating) the directory and takes its lock; fails when another netd holds it.
     pub fn open(dir: &Path) -> Result<StateDir> {
-        fs::create_dir_all(dir).map_err(|e| {
-            Error::state(format!("cannot create state directory {}", dir.display()), e)
-        })?;
-        let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::state(format!("cannot open {}", lock_path.display()), e))?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            return Err(Error::Rejected(format!(
-                "another netd is using {} (is `netd serve` running? then talk to its socket)",
-                dir.display()
-            )));
-        }
+        let lock = match StateLock::acquire(&dir.join("lock")) {
+            Ok(l) => l,
+            Err(backroom_daemon::Error::Locked { .. }) => {
+                return Err(Error::Busy { dir: dir.to_path_buf() });
+            }
+            Err(e) => return Err(Error::Daemon(e)),
+        };
         Ok(StateDir { dir: dir.to_path_buf(), _lock: lock })
     }
 
@@ -83,15 +72,10 @@ impl StateDir {
 
     pub fn save<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let p = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
         let fail = |e: std::io::Error| Error::state(format!("cannot write {}", p.display()), e);
         let bytes = serde_json::to_vec_pretty(value).map_err(|e| fail(std::io::Error::other(e)))?;
-        let mut f = File::create(&tmp).map_err(fail)?;
-        f.write_all(&bytes).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-        fs::rename(&tmp, &p).map_err(fail)?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(fail)?;
-        Ok(())
+        // Leases and endpoints are nobody else's business: root only.
+        write_atomic(&p, &bytes, 0o600).map_err(fail)
     }
 }
 

@@ -215,12 +215,41 @@ fn a_batch_the_kernel_refuses_leaves_the_old_ruleset() {
             Verdict::Jump("no-such-chain".into()),
         ));
         let mut fw = backroom_netd::nft::NetlinkFirewall::open().unwrap();
-        backroom_netd::error::full(&fw.replace(&rs, &Default::default()).unwrap_err())
+        backroom_daemon::chain(&fw.replace(&rs, &Default::default()).unwrap_err())
     });
     assert!(err.contains("the kernel refused the nftables batch"), "{err}");
     let after = (nft_handles(&s.store.name, "inet"), nft_handles(&s.store.name, "bridge"));
     assert_eq!(before, after, "a refused batch changed the ruleset");
     assert!(s.apply().contains("nothing to do"));
+}
+
+#[test]
+fn a_long_multibyte_rule_label_neither_panics_nor_drifts() {
+    let ns = common::Ns::new("l");
+    // 'é' is two bytes: byte 100, where netd once cut a label, falls inside one.
+    let label = format!("x{}", "é".repeat(80));
+    let (want, diffs, seen) = in_ns(&format!("/run/netns/{}", ns.name), move || {
+        use backroom_netd::nft::ruleset::{BaseHook, Chain, Hook, L4, Match, Rule, Table, Verdict};
+        use backroom_netd::nft::{Family, Firewall, Ruleset};
+        let mut t = Table::new(Family::Inet);
+        t.chains.push(Chain {
+            name: "forward".into(),
+            base: Some(BaseHook { hook: Hook::Forward, nat: false, priority: 0 }),
+            rules: vec![Rule::new(&label, vec![Match::L4(L4::Tcp)], Verdict::Accept)],
+        });
+        let rs = Ruleset { tables: vec![t] };
+        let mut fw = backroom_netd::nft::NetlinkFirewall::open().unwrap();
+        fw.replace(&rs, &Default::default()).unwrap();
+        let seen = fw.read().unwrap();
+        let want = rs.tables[0].chains[0].rules[0].comment("forward");
+        (want, backroom_netd::nft::differences(&rs, &seen), seen)
+    });
+    assert!(diffs.is_empty(), "drift after apply: {diffs:?}");
+    let got = &seen.inet.as_ref().unwrap().rules[0].comment;
+    assert_eq!(got, &want, "the kernel holds the comment netd compares with");
+    assert!(got.ends_with(&want[want.len() - 12..]) && got.contains(" #"), "{got}");
+    let listed = must(&format!("ip netns exec {} nft list table inet backroom", ns.name));
+    assert!(listed.contains("xéé"), "{listed}");
 }
 
 #[test]
@@ -474,7 +503,7 @@ fn dhcp_gets_a_real_lease_and_renews_it() {
     let dir = s.netd.state.path().to_path_buf();
     let renewed = in_ns(&Store::ns_path(&s.store), move || {
         let mut e = backroom_netd::Engine::open(&dir).unwrap();
-        e.renew_dhcp().unwrap()
+        e.acquire_dhcp().unwrap()
     });
     assert!(renewed.iter().any(|a| a.contains("got DHCP lease")), "{renewed:?}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&dhcp).unwrap()).unwrap();

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use backroom_daemon::chain;
+use backroom_daemon::logging::LogArgs;
+use backroom_daemon::text::short;
 use backroom_netd::engine::Engine;
-use backroom_netd::error::full;
 use backroom_netd::{netns, server};
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,8 @@ struct Cli {
     /// Where netd keeps what it applied, its address leases and endpoints.
     #[arg(long, global = true, value_name = "DIR", default_value = "/var/lib/backroom/netd")]
     state_dir: PathBuf,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -121,11 +125,50 @@ fn render(file: &Path) -> Result<backroom_profiles::Rendered> {
 }
 
 fn engine(dir: &Path) -> Result<Engine> {
-    Engine::open(dir).map_err(|e| anyhow::anyhow!(full(&e)))
+    kernel(Engine::open(dir))
 }
 
+/// A library error as the CLI prints it: the whole chain on one line.
 fn kernel<T>(r: backroom_netd::Result<T>) -> Result<T> {
-    r.map_err(|e| anyhow::anyhow!(full(&e)))
+    r.map_err(|e| anyhow::anyhow!(chain(&e)))
+}
+
+/// A revision as people read it.
+fn rev(r: &backroom_profiles::Rendered) -> &str {
+    short(r.revision.as_str(), 12)
+}
+
+/// Applies `r`, then gets the DHCP leases it needs, printing each step. A failed lease leaves
+/// the rest applied and says so.
+fn apply_and_lease(
+    e: &mut Engine,
+    r: &backroom_profiles::Rendered,
+    file: &Path,
+    uplink: Option<&str>,
+) -> Result<bool> {
+    let out = kernel(e.apply(r, uplink, 0)).with_context(|| {
+        format!(
+            "cannot apply {} (revision {}); the previous state is still in force",
+            file.display(),
+            rev(r)
+        )
+    })?;
+    for a in &out.actions {
+        println!("{a}");
+    }
+    let leased = kernel(e.acquire_dhcp()).with_context(|| {
+        format!("revision {} is applied, but a segment has no DHCP lease", rev(r))
+    })?;
+    for a in &leased {
+        println!("{a}");
+    }
+    Ok(out.changed || !leased.is_empty())
+}
+
+async fn connect(
+    socket: PathBuf,
+) -> Result<backroom_api::netd::netd_client::NetdClient<tonic::transport::Channel>> {
+    kernel(server::client(socket).await).context("is `netd serve` running?")
 }
 
 fn print_endpoint(ep: &backroom_api::netd::AttachReply) {
@@ -176,6 +219,15 @@ fn print_observation(o: &backroom_api::netd::ObserveReply) {
     for d in &o.drift {
         println!("drift: {d}");
     }
+    for p in &o.problems {
+        println!(
+            "failing since {}: {} ({} tries): {}",
+            backroom_daemon::clock::rfc3339(p.since_unix_ms),
+            p.subject,
+            p.failures,
+            p.message
+        );
+    }
     for ep in &o.endpoints {
         let inst = if ep.instance.is_empty() { "primary" } else { &ep.instance };
         println!("endpoint {} ({inst})", ep.workload);
@@ -189,13 +241,7 @@ fn main() -> Result<()> {
     // SAFETY: called first thing in main, before any other thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    cli.log.init("info");
     // Before any thread exists, so that every thread netd starts lives in that namespace.
     if let Some(ns) = &cli.netns {
         kernel(netns::enter(ns)).with_context(|| format!("--netns {ns}"))?;
@@ -203,13 +249,20 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { socket, check_interval } => {
             let engine = engine(&cli.state_dir)?;
+            // Engine calls and DHCP exchanges (one per segment at most) share the blocking pool.
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .max_blocking_threads(4)
+                .max_blocking_threads(8)
                 .build()?;
             let daemon = server::Daemon::new(engine);
-            rt.block_on(server::serve(daemon, socket, Duration::from_secs(check_interval.max(1))))
-                .map_err(|e| anyhow::anyhow!(full(&e)))
+            let served = rt.block_on(server::serve(
+                daemon,
+                socket,
+                Duration::from_secs(check_interval.max(1)),
+            ));
+            // A DHCP exchange still running on a blocking thread must not hold up the exit.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            kernel(served)
         }
         Command::Apply { file, uplink, dry_run } => {
             let r = render(&file)?;
@@ -220,23 +273,10 @@ fn main() -> Result<()> {
                 }
                 return Ok(());
             }
-            let out = kernel(e.apply(&r, uplink.as_deref(), 0)).with_context(|| {
-                format!(
-                    "cannot apply {} (revision {}); the previous state is still in force",
-                    file.display(),
-                    &r.revision.as_str()[..12]
-                )
-            })?;
-            for a in &out.actions {
-                println!("{a}");
-            }
-            if !out.changed {
-                println!(
-                    "nothing to do: the kernel already matches revision {}",
-                    &r.revision.as_str()[..12]
-                );
+            if apply_and_lease(&mut e, &r, &file, uplink.as_deref())? {
+                println!("applied revision {}", rev(&r));
             } else {
-                println!("applied revision {}", &r.revision.as_str()[..12]);
+                println!("nothing to do: the kernel already matches revision {}", rev(&r));
             }
             Ok(())
         }
@@ -260,18 +300,17 @@ fn main() -> Result<()> {
             let reply = match Engine::open(&cli.state_dir) {
                 Ok(mut e) => server::observe_reply(kernel(e.observe())?),
                 // The daemon holds the state: ask it.
-                Err(backroom_netd::Error::Rejected(_)) if socket.exists() => {
+                Err(backroom_netd::Error::Busy { .. }) if socket.exists() => {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     rt.block_on(async {
-                        let mut c =
-                            server::client(socket).await.map_err(|e| anyhow::anyhow!(full(&e)))?;
+                        let mut c = connect(socket).await?;
                         c.observe(backroom_api::netd::ObserveRequest {})
                             .await
                             .map(|r| r.into_inner())
                             .map_err(|s| anyhow::anyhow!("netd refused: {}", s.message()))
                     })?
                 }
-                Err(e) => bail!(full(&e)),
+                Err(e) => bail!(chain(&e)),
             };
             print_observation(&reply);
             Ok(())
@@ -288,7 +327,7 @@ fn main() -> Result<()> {
             let mut e = engine(&cli.state_dir)?;
             let applied = kernel(e.applied())?.applied;
             if applied.as_ref().map(|a| a.revision.as_str()) != Some(r.revision.as_str()) {
-                kernel(e.apply(&r, uplink.as_deref(), 0))?;
+                apply_and_lease(&mut e, &r, &file, uplink.as_deref())?;
             }
             let ep = kernel(e.attach(&workload, &instance))?;
             print_endpoint(&server::attach_reply(&ep));
@@ -309,7 +348,7 @@ fn main() -> Result<()> {
         Command::Confirm { revision, socket } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
-                let mut c = server::client(socket).await.map_err(|e| anyhow::anyhow!(full(&e)))?;
+                let mut c = connect(socket).await?;
                 let r = c.confirm(backroom_api::netd::ConfirmRequest { revision }).await;
                 match r {
                     Ok(r) => {

@@ -9,7 +9,6 @@ use crate::endpoints::{self, Endpoint, Iface};
 use crate::error::{Error, Result};
 use crate::ipam::Ipam;
 use crate::nft;
-use crate::rtnl::Rtnl;
 use crate::state;
 
 impl Engine {
@@ -26,9 +25,8 @@ impl Engine {
         let mut ifaces = Vec::new();
         for (i, n) in w.networks().iter().enumerate() {
             let seg = n.segment.as_str();
-            let s = p.segment(seg).ok_or_else(|| {
-                Error::NotFound(format!("segment {seg} is not in the applied profile"))
-            })?;
+            let s =
+                p.segment(seg).ok_or_else(|| Error::NoSuchSegment { segment: seg.to_string() })?;
             let temporary = !instance.is_empty() && s.subnet.is_some();
             let addr = if temporary {
                 Some(ipam.lend(p, name, instance, seg)?)
@@ -81,15 +79,13 @@ impl Engine {
         let w = r
             .profile
             .workload(workload)
-            .ok_or_else(|| {
-                Error::NotFound(format!("workload {workload} is not in the applied profile"))
-            })?
+            .ok_or_else(|| Error::NoSuchWorkload { workload: workload.to_string() })?
             .clone();
         let mut eps = self.endpoints()?;
         if let Some(ep) =
             eps.iter().find(|e| e.workload == workload && e.instance == instance).cloned()
         {
-            if ep.vm || !self.real || endpoints::container_intact(&mut Rtnl::open()?, &ep)? {
+            if ep.vm || self.endpoint_kernel.intact(&ep)? {
                 return Ok(ep);
             }
             self.detach(workload, instance)?;
@@ -98,23 +94,25 @@ impl Engine {
         let ep = self.endpoint_for(&r.profile, &w, instance)?;
         eps.push(ep.clone());
         self.save_endpoints(&eps)?;
-        if ep.vm || !self.real {
+        if ep.vm {
             self.refresh_firewall()?;
             return Ok(ep);
         }
         // The firewall learns the new ports and addresses before the veths exist, so the
         // container is never on a bridge unfiltered.
-        let made = self
-            .refresh_firewall()
-            .and_then(|()| endpoints::create_container(&mut Rtnl::open()?, &ep));
+        let made = self.refresh_firewall().and_then(|()| self.endpoint_kernel.create(&ep));
         if let Err(e) = made {
             let mut errs = vec![e];
-            errs.extend(endpoints::remove_container(&mut Rtnl::open()?, &ep));
+            errs.extend(self.endpoint_kernel.remove(&ep));
             eps.retain(|x| !(x.workload == workload && x.instance == instance));
             if let Err(e) = self.save_endpoints(&eps) {
                 errs.push(e);
             }
-            return Err(if errs.len() == 1 { errs.remove(0) } else { Error::Many(errs) });
+            // The firewall forgets the endpoint again.
+            if let Err(e) = self.refresh_firewall() {
+                errs.push(e);
+            }
+            Error::all(errs)?;
         }
         Ok(ep)
     }
@@ -130,8 +128,8 @@ impl Engine {
             return Ok(());
         };
         let mut errs = Vec::new();
-        if !ep.vm && self.real {
-            errs.extend(endpoints::remove_container(&mut Rtnl::open()?, &ep));
+        if !ep.vm {
+            errs.extend(self.endpoint_kernel.remove(&ep));
         }
         let mut ipam: Ipam = self.state.load(state::IPAM)?;
         ipam.give_back(workload, instance);
@@ -143,11 +141,7 @@ impl Engine {
         {
             errs.push(e);
         }
-        match errs.len() {
-            0 => Ok(()),
-            1 => Err(errs.remove(0)),
-            _ => Err(Error::Many(errs)),
-        }
+        Error::all(errs)
     }
 
     /// Makes `instance` the primary: the stable addresses and MACs move onto its interfaces,
@@ -155,38 +149,31 @@ impl Engine {
     /// host veths take the primary's names.
     pub fn promote(&mut self, workload: &str, instance: &str) -> Result<Endpoint> {
         if instance.is_empty() {
-            return Err(Error::Rejected(
-                "the primary instance is already primary: name the instance to promote".into(),
-            ));
+            return Err(Error::AlreadyPrimary { workload: workload.to_string() });
         }
         let (_, r) = self.applied_profile()?;
         let w = r
             .profile
             .workload(workload)
-            .ok_or_else(|| {
-                Error::NotFound(format!("workload {workload} is not in the applied profile"))
-            })?
+            .ok_or_else(|| Error::NoSuchWorkload { workload: workload.to_string() })?
             .clone();
         let mut eps = self.endpoints()?;
         let next = eps
             .iter()
             .find(|e| e.workload == workload && e.instance == instance)
             .cloned()
-            .ok_or_else(|| {
-            Error::NotFound(format!("workload {workload} has no instance `{instance}` attached"))
+            .ok_or_else(|| Error::NoSuchInstance {
+            workload: workload.to_string(),
+            instance: instance.to_string(),
         })?;
         if next.vm {
-            return Err(Error::Rejected(format!(
-                "{workload} is a VM: VMs have no instances to promote"
-            )));
+            return Err(Error::VmInstance { workload: workload.to_string() });
         }
         let mut errs = Vec::new();
         if let Some(old) =
             eps.iter().find(|e| e.workload == workload && e.instance.is_empty()).cloned()
         {
-            if self.real {
-                errs.extend(endpoints::remove_container(&mut Rtnl::open()?, &old));
-            }
+            errs.extend(self.endpoint_kernel.remove(&old));
             eps.retain(|e| !(e.workload == workload && e.instance.is_empty()));
         }
         let mut primary = self.endpoint_for(&r.profile, &w, "")?;
@@ -194,21 +181,7 @@ impl Engine {
         for (p, n) in primary.interfaces.iter_mut().zip(&next.interfaces) {
             p.name = n.name.clone();
         }
-        if self.real {
-            let ns = next.netns.clone().unwrap_or_default();
-            endpoints::swap_addresses(&ns, &next, &primary)?;
-            let mut host = Rtnl::open()?;
-            for (p, n) in primary.interfaces.iter().zip(&next.interfaces) {
-                if let (Some(old), Some(new)) = (&n.host_veth, &p.host_veth) {
-                    host.modify(old, None, None, Some(false))?;
-                    host.modify(old, Some(new), None, Some(true))?;
-                }
-            }
-            let target = primary.netns.clone().unwrap_or_default();
-            crate::netns::delete(&target)?;
-            crate::netns::link(&ns, &target)?;
-            crate::netns::delete(&ns)?;
-        }
+        self.endpoint_kernel.promote(&next, &primary)?;
         let mut ipam: Ipam = self.state.load(state::IPAM)?;
         ipam.give_back(workload, instance);
         self.state.save(state::IPAM, &ipam)?;
@@ -218,11 +191,8 @@ impl Engine {
         if let Err(e) = self.refresh_firewall() {
             errs.push(e);
         }
-        match errs.len() {
-            0 => Ok(primary),
-            1 => Err(errs.remove(0)),
-            _ => Err(Error::Many(errs)),
-        }
+        Error::all(errs)?;
+        Ok(primary)
     }
 
     pub fn endpoint(&self, workload: &str, instance: &str) -> Result<Option<Endpoint>> {

@@ -5,15 +5,22 @@
 //! An apply computes the desired links and ruleset as data, compares them with what the kernel
 //! has, and writes only the differences: links in a planned order (undone if a later step or the
 //! nftables batch fails), then both tables replaced in one nftables transaction.
+//!
+//! Every outside system is behind a trait the engine holds: links ([`Links`]), nftables
+//! ([`Firewall`]), workload endpoints ([`Endpoints`]), DHCP ([`Dhcp`]) and time ([`backroom_daemon::Clock`]);
+//! unit tests run it on the in-memory ones. DHCP exchanges are never run by the engine while a
+//! caller holds it for a change: [`Engine::dhcp_due`] plans them, the caller runs them,
+//! [`Engine::record_leases`] records the leases (one-shots use [`Engine::acquire_dhcp`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
+use backroom_daemon::SharedClock;
 use backroom_profiles::{HostAddress, Profile, Rendered, Vlan, naming};
 
-use crate::dhcp::{self, Leases};
-use crate::endpoints::{self, Endpoint};
+use crate::dhcp::{Dhcp, DhcpRequest, KernelDhcp, Lease, Leases, MemDhcp};
+use crate::endpoints::{Endpoint, Endpoints, KernelEndpoints, MemEndpoints};
 use crate::error::{Error, Result};
 use crate::firewall::{self, Context};
 use crate::ipam::Ipam;
@@ -61,13 +68,10 @@ pub struct Engine {
     state: StateDir,
     links: Box<dyn Links + Send>,
     fw: Box<dyn Firewall + Send>,
-    /// Whether endpoints and DHCP touch the real kernel (false in unit tests).
-    real: bool,
+    endpoint_kernel: Box<dyn Endpoints + Send>,
+    dhcp: Arc<dyn Dhcp>,
+    clock: SharedClock,
     parsed: Option<(String, Rendered)>,
-}
-
-pub fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Parses a profile the way it travels between daemons and checks its revision.
@@ -116,18 +120,55 @@ impl Engine {
             state,
             links: Box::new(Rtnl::open()?),
             fw: Box::new(nft::NetlinkFirewall::open()?),
-            real: true,
+            endpoint_kernel: Box::new(KernelEndpoints),
+            dhcp: Arc::new(KernelDhcp),
+            clock: backroom_daemon::clock::system(),
             parsed: None,
         })
     }
 
-    /// An engine on given kernel implementations (in-memory ones in unit tests).
+    /// An engine on given links and firewall (in-memory ones in unit tests), with in-memory
+    /// endpoints, a DHCP client that no server answers and the system clock until
+    /// [`Engine::endpoints_on`], [`Engine::dhcp_on`] and [`Engine::clock_on`] say otherwise.
     pub fn with(
         state: StateDir,
         links: Box<dyn Links + Send>,
         fw: Box<dyn Firewall + Send>,
     ) -> Engine {
-        Engine { state, links, fw, real: false, parsed: None }
+        Engine {
+            state,
+            links,
+            fw,
+            endpoint_kernel: Box::new(MemEndpoints::default()),
+            dhcp: Arc::new(MemDhcp::default()),
+            clock: backroom_daemon::clock::system(),
+            parsed: None,
+        }
+    }
+
+    pub fn endpoints_on(mut self, e: Box<dyn Endpoints + Send>) -> Engine {
+        self.endpoint_kernel = e;
+        self
+    }
+
+    pub fn dhcp_on(mut self, d: Arc<dyn Dhcp>) -> Engine {
+        self.dhcp = d;
+        self
+    }
+
+    pub fn clock_on(mut self, c: SharedClock) -> Engine {
+        self.clock = c;
+        self
+    }
+
+    /// The clock every timestamp and deadline of this engine reads.
+    pub fn clock(&self) -> SharedClock {
+        self.clock.clone()
+    }
+
+    /// The DHCP client, for exchanges run without holding the engine.
+    pub fn dhcp_client(&self) -> Arc<dyn Dhcp> {
+        self.dhcp.clone()
     }
 
     pub fn netlink_writes(&self) -> usize {
@@ -139,10 +180,7 @@ impl Engine {
     }
 
     fn applied_profile(&mut self) -> Result<(Applied, Rendered)> {
-        let a = self
-            .applied()?
-            .applied
-            .ok_or_else(|| Error::Rejected("no profile has been applied".into()))?;
+        let a = self.applied()?.applied.ok_or(Error::NotApplied)?;
         let r = self.parse_cached(&a)?;
         Ok((a, r))
     }
@@ -172,6 +210,7 @@ impl Engine {
         ipam: &Ipam,
     ) -> Result<(DesiredLinks, Ruleset)> {
         let leases: Leases = self.state.load(state::DHCP)?;
+        let now = self.clock.now_unix();
         let eps = self.endpoints()?;
         let uplink = resolve_uplink(p, uplink_over, have);
         let mut want = DesiredLinks { uplink: uplink.clone(), ..DesiredLinks::default() };
@@ -190,7 +229,7 @@ impl Engine {
         let mut ctx = Context { uplink: uplink.clone(), ..Context::default() };
         for (i, seg) in p.network.segments.iter().enumerate() {
             let br = seg.bridge();
-            let lease = leases.get(seg.name.as_str()).filter(|l| l.valid_at(now_unix()));
+            let lease = leases.get(seg.name.as_str()).filter(|l| l.valid_at(now));
             let addrs = match seg.address {
                 HostAddress::Static(n) => vec![n],
                 HostAddress::Dhcp => lease.map(|l| vec![l.address]).into_iter().flatten().collect(),
@@ -343,8 +382,10 @@ impl Engine {
         Ok(out)
     }
 
-    /// Applies a rendered profile. With `confirm_seconds > 0` the previous applied state comes
-    /// back by itself unless [`Engine::confirm`] is called in time.
+    /// Applies a rendered profile: links, addresses and the firewall. With
+    /// `confirm_seconds > 0` the previous applied state comes back by itself unless
+    /// [`Engine::confirm`] is called in time. DHCP leases are not waited for here (see the
+    /// module's header).
     pub fn apply(
         &mut self,
         r: &Rendered,
@@ -353,9 +394,6 @@ impl Engine {
     ) -> Result<Outcome> {
         let before = self.applied()?;
         let mut out = self.converge(r, uplink)?;
-        if self.real {
-            out.actions.extend(self.acquire_dhcp(r, uplink)?);
-        }
         let applied = Applied {
             revision: r.revision.as_str().to_string(),
             profile_yaml: r.to_yaml(),
@@ -367,7 +405,7 @@ impl Engine {
                 Some(p) => p.previous.clone(),
                 None => before.applied.clone(),
             };
-            out.confirm_deadline_unix = now_unix() + i64::from(confirm_seconds);
+            out.confirm_deadline_unix = self.clock.now_unix() + i64::from(confirm_seconds);
             Some(Pending { deadline_unix: out.confirm_deadline_unix, previous })
         } else {
             None
@@ -379,19 +417,39 @@ impl Engine {
         Ok(out)
     }
 
-    /// Brings DHCP segments without a valid lease one (a real exchange on the segment's bridge),
-    /// then converges again so the address and route land. Returns what it did.
-    fn acquire_dhcp(&mut self, r: &Rendered, uplink: Option<&str>) -> Result<Vec<String>> {
+    /// The DHCP segments of the applied profile that need a lease now (none yet, expired, or
+    /// due for renewal): the plan; the exchanges are the caller's to run.
+    pub fn dhcp_due(&mut self) -> Result<Vec<DhcpRequest>> {
+        let (_, r) = self.applied_profile()?;
+        let leases: Leases = self.state.load(state::DHCP)?;
+        let now = self.clock.now_unix();
+        Ok(r.profile
+            .network
+            .segments
+            .iter()
+            .filter(|s| s.address == HostAddress::Dhcp)
+            .filter(|s| leases.get(s.name.as_str()).is_none_or(|l| l.renew_at <= now))
+            .map(|s| DhcpRequest {
+                segment: s.name.as_str().to_string(),
+                bridge: s.bridge(),
+                mac: naming::mac("host", s.name.as_str()),
+                previous: leases.get(s.name.as_str()).cloned(),
+            })
+            .collect())
+    }
+
+    /// Records leases obtained for segments (by name), then converges so that their address
+    /// and route land. A lease for a segment the applied profile no longer gets by DHCP is
+    /// dropped. Returns what it did.
+    pub fn record_leases(&mut self, got: Vec<(String, Lease)>) -> Result<Vec<String>> {
+        let (a, r) = self.applied_profile()?;
         let mut leases: Leases = self.state.load(state::DHCP)?;
         let mut actions = Vec::new();
-        let now = now_unix();
-        for seg in r.profile.network.segments.iter().filter(|s| s.address == HostAddress::Dhcp) {
-            let name = seg.name.as_str();
-            if leases.get(name).is_some_and(|l| l.renew_at > now) {
+        for (name, lease) in got {
+            let Some(seg) = r.profile.segment(&name).filter(|s| s.address == HostAddress::Dhcp)
+            else {
                 continue;
-            }
-            let mac = naming::mac("host", name);
-            let lease = dhcp::obtain(&seg.bridge(), mac, leases.get(name))?;
+            };
             actions.push(format!(
                 "got DHCP lease {} on {} from {} for {}s",
                 lease.address,
@@ -399,20 +457,39 @@ impl Engine {
                 lease.server,
                 lease.lease_seconds
             ));
-            leases.insert(name.to_string(), lease);
+            leases.insert(name, lease);
         }
-        if !actions.is_empty() {
-            self.state.save(state::DHCP, &leases)?;
-            let more = self.converge(r, uplink)?;
-            actions.extend(more.actions);
+        if actions.is_empty() {
+            return Ok(actions);
         }
+        self.state.save(state::DHCP, &leases)?;
+        let more = self.converge(&r, a.uplink_override.as_deref())?;
+        actions.extend(more.actions);
         Ok(actions)
     }
 
-    /// Renews DHCP leases that are due (the daemon calls this periodically).
-    pub fn renew_dhcp(&mut self) -> Result<Vec<String>> {
-        let (a, r) = self.applied_profile()?;
-        self.acquire_dhcp(&r, a.uplink_override.as_deref())
+    /// Gets the leases that are due, here and now (one-shot commands, which hold the state
+    /// directory alone): every segment is tried; the leases obtained are recorded even when
+    /// another segment's exchange failed.
+    pub fn acquire_dhcp(&mut self) -> Result<Vec<String>> {
+        let due = self.dhcp_due()?;
+        let now = self.clock.now_unix();
+        let (mut got, mut errs) = (Vec::new(), Vec::new());
+        for req in &due {
+            match self.dhcp.obtain(req, now) {
+                Ok(l) => got.push((req.segment.clone(), l)),
+                Err(e) => errs.push(e),
+            }
+        }
+        let actions = match self.record_leases(got) {
+            Ok(a) => a,
+            Err(e) => {
+                errs.insert(0, e);
+                Vec::new()
+            }
+        };
+        Error::all(errs)?;
+        Ok(actions)
     }
 
     /// Re-applies the applied profile: repairs drift. Nothing is written when there is none.
@@ -428,21 +505,22 @@ impl Engine {
         let ipam: Ipam = self.state.load(state::IPAM)?;
         let have = self.links.observe()?;
         let (want, rs) = self.desired(&r.profile, a.uplink_override.as_deref(), &have, &ipam)?;
-        let mut out: Vec<String> = links::plan(&want, &have)?
-            .iter()
-            .map(|s| format!("the kernel differs: netd would {}", s.op))
-            .collect();
+        let mut out: Vec<String> = match links::plan(&want, &have) {
+            Ok(steps) => {
+                steps.iter().map(|s| format!("the kernel differs: netd would {}", s.op)).collect()
+            }
+            // What stops a repair is drift too: it is what an operator must fix.
+            Err(e @ (Error::UplinkMissing { .. } | Error::ForeignLink { .. })) => {
+                vec![e.to_string()]
+            }
+            Err(e) => return Err(e),
+        };
         out.extend(nft::differences(&rs, &self.fw.read()?));
         for ep in self.endpoints()? {
             if ep.vm {
                 continue;
             }
-            let intact = if self.real {
-                endpoints::container_intact(&mut Rtnl::open()?, &ep)?
-            } else {
-                true
-            };
-            if !intact {
+            if !self.endpoint_kernel.intact(&ep)? {
                 out.push(format!(
                     "endpoint of {} (instance `{}`) lost its namespace or veths",
                     ep.workload, ep.instance
@@ -456,13 +534,13 @@ impl Engine {
     pub fn confirm(&mut self, revision: &str) -> Result<String> {
         let mut f = self.applied()?;
         let (Some(a), Some(_)) = (&f.applied, &f.pending) else {
-            return Err(Error::NotFound("no apply is waiting for confirmation".into()));
+            return Err(Error::NothingPending);
         };
         if !revision.is_empty() && a.revision != revision {
-            return Err(Error::NotFound(format!(
-                "the pending apply is revision {}, not {revision}",
-                a.revision
-            )));
+            return Err(Error::OtherPending {
+                pending: a.revision.clone(),
+                asked: revision.into(),
+            });
         }
         let rev = a.revision.clone();
         f.pending = None;
@@ -470,12 +548,13 @@ impl Engine {
         Ok(rev)
     }
 
-    /// When a pending apply's deadline has passed: restores the previous applied state (or
-    /// removes everything when there was none). Returns the revision restored (`""`: none).
-    pub fn rollback_if_due(&mut self, now: i64) -> Result<Option<(String, Outcome)>> {
+    /// When a pending apply's deadline has passed (on the engine's clock): restores the
+    /// previous applied state (or removes everything when there was none). Returns the
+    /// revision restored (`""`: none).
+    pub fn rollback_if_due(&mut self) -> Result<Option<(String, Outcome)>> {
         let f = self.applied()?;
         let Some(p) = f.pending else { return Ok(None) };
-        if now < p.deadline_unix {
+        if self.clock.now_unix() < p.deadline_unix {
             return Ok(None);
         }
         match p.previous {
@@ -559,11 +638,8 @@ impl Engine {
         let mut removed = Vec::new();
         let mut errs = Vec::new();
         for ep in self.endpoints()? {
-            if !ep.vm && self.real {
-                match Rtnl::open() {
-                    Ok(mut h) => errs.extend(endpoints::remove_container(&mut h, &ep)),
-                    Err(e) => errs.push(e),
-                }
+            if !ep.vm {
+                errs.extend(self.endpoint_kernel.remove(&ep));
             }
             removed.push(format!("endpoints of {} (instance `{}`)", ep.workload, ep.instance));
         }

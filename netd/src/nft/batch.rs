@@ -403,11 +403,8 @@ fn add_rules(batch: &mut Batch, ch: &nftnl::Chain<'_>, spec: &Chain, family: Fam
             for e in &exprs {
                 rule.add_expr(e);
             }
-            // A comment is at most 128 bytes; ours are a short label and a digest.
-            let comment = c_name(&r.comment(&spec.name));
-            if rule.set_comment(&comment).is_err() {
-                let _ = rule.set_comment(c_name(&r.label[..r.label.len().min(100)]));
-            }
+            // `comment` fits libnftnl's limit by construction, and is what a read-back compares.
+            let _ = rule.set_comment(c_name(&r.comment(&spec.name)));
             batch.add(&rule, MsgType::Add);
         }
     }

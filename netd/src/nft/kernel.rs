@@ -6,10 +6,12 @@
 use std::collections::HashMap;
 use std::io;
 
+use netlink_packet_core::NetlinkPayload;
+
 use super::batch::{self, CounterSeed};
 use super::ruleset::{Family, Hook, Ruleset, TABLE};
 use crate::error::{Error, Result};
-use crate::nl::{self, NlSocket};
+use crate::nl::{self, NfMessage, NlSocket};
 
 const NETLINK_NETFILTER: isize = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -153,15 +155,14 @@ impl NetlinkFirewall {
         msg: u16,
         family: Family,
         table_attr: Option<u16>,
-    ) -> io::Result<Vec<Vec<u8>>> {
-        let mut payload = vec![nfproto(family), 0, 0, 0];
+    ) -> io::Result<Vec<NfMessage>> {
+        // nfgenmsg: family, version 0, resource id 0.
+        let mut body = vec![nfproto(family), 0, 0, 0];
         if let Some(a) = table_attr {
-            nl::put_attr(&mut payload, a, b"backroom\0");
+            body.extend(nl::attr(a, b"backroom\0"));
         }
-        match self.sock.dump((NFNL_SUBSYS_NFTABLES << 8) | msg, &payload) {
-            Ok(v) => {
-                Ok(v.into_iter().map(|r| r.payload.get(4..).unwrap_or(&[]).to_vec()).collect())
-            }
+        match self.sock.dump(NfMessage { ty: (NFNL_SUBSYS_NFTABLES << 8) | msg, body }) {
+            Ok(v) => Ok(v),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
@@ -173,7 +174,7 @@ impl NetlinkFirewall {
         for m in self.dump(NFT_MSG_GETCHAIN, family, Some(1))? {
             let mut table = String::new();
             let mut c = SeenChain { name: String::new(), hook: None };
-            for (ty, v) in nl::attrs(&m) {
+            for (ty, v) in m.attrs() {
                 match ty {
                     1 => table = nl::cstr(v),
                     3 => c.name = nl::cstr(v),
@@ -200,7 +201,7 @@ impl NetlinkFirewall {
         for m in self.dump(NFT_MSG_GETRULE, family, Some(1))? {
             let mut table = String::new();
             let mut r = SeenRule { chain: String::new(), handle: 0, comment: String::new() };
-            for (ty, v) in nl::attrs(&m) {
+            for (ty, v) in m.attrs() {
                 match ty {
                     1 => table = nl::cstr(v),
                     2 => r.chain = nl::cstr(v),
@@ -225,7 +226,7 @@ impl NetlinkFirewall {
     fn table_exists(&mut self, family: Family) -> io::Result<bool> {
         // NFT_MSG_GETTABLE = 1; NFTA_TABLE_NAME = 1
         for m in self.dump(1, family, None)? {
-            for (ty, v) in nl::attrs(&m) {
+            for (ty, v) in m.attrs() {
                 if ty == 1 && nl::cstr(v) == TABLE {
                     return Ok(true);
                 }
@@ -240,19 +241,18 @@ impl NetlinkFirewall {
             bytes.extend_from_slice(part);
         }
         self.sock
-            .send(&bytes)
+            .send_raw(&bytes)
             .map_err(|e| Error::kernel(format!("cannot send the nftables batch that {what}"), e))?;
         // The kernel handles a batch inside the send: every reply is queued when it returns.
         let mut failures = Vec::new();
         loop {
-            match self.sock.recv(true) {
+            match self.sock.recv::<NfMessage>(true) {
                 Ok(replies) => {
                     for r in replies {
-                        if nl::is_error(&r) {
-                            let code = nl::error_code(&r.payload);
-                            if code != 0 {
-                                failures.push((r.seq, code));
-                            }
+                        if let NetlinkPayload::Error(e) = &r.payload
+                            && e.code.is_some()
+                        {
+                            failures.push((r.header.sequence_number, e.to_io()));
                         }
                     }
                 }
@@ -265,13 +265,13 @@ impl NetlinkFirewall {
                 }
             }
         }
-        match failures.first() {
+        match failures.into_iter().next() {
             None => Ok(()),
-            Some((seq, code)) => Err(Error::kernel(
+            Some((seq, e)) => Err(Error::kernel(
                 format!(
                     "the kernel refused the nftables batch that {what} (message {seq} of the batch; nothing of it was applied)"
                 ),
-                io::Error::from_raw_os_error(-code),
+                e,
             )),
         }
     }
@@ -354,7 +354,7 @@ impl Firewall for NetlinkFirewall {
             })?;
             for m in msgs {
                 let (mut table, mut name, mut pk, mut by) = (String::new(), String::new(), 0, 0);
-                for (ty, v) in nl::attrs(&m) {
+                for (ty, v) in m.attrs() {
                     match ty {
                         1 => table = nl::cstr(v),
                         2 => name = nl::cstr(v),

@@ -145,6 +145,10 @@ pub enum Verdict {
     Masquerade,
 }
 
+/// The longest rule comment in bytes: libnftnl keeps 128 bytes of userdata for it, two of
+/// them the attribute's header and one the terminating NUL.
+pub const COMMENT_MAX: usize = 125;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
     pub matches: Vec<Match>,
@@ -161,14 +165,20 @@ impl Rule {
     }
 
     /// The comment netd writes on the rule: the label and a digest of what the rule says, so a
-    /// read-back can tell whether the kernel holds exactly this rule.
+    /// read-back can tell whether the kernel holds exactly this rule. A long label is cut (on a
+    /// character boundary) so that the whole comment fits in [`COMMENT_MAX`] bytes: what is
+    /// written is exactly what this returns, and so what the kernel gives back.
     pub fn comment(&self, chain: &str) -> String {
         let mut h = Sha256::new();
         h.update(chain.as_bytes());
         h.update([0]);
         h.update(self.body_in(Family::Inet).as_bytes());
         let d = h.finalize();
-        format!("{} #{}", self.label, hex::encode(&d[..5]))
+        let digest = format!(" #{}", hex::encode(&d[..5]));
+        // A NUL would end the C string early: the kernel would hold less than this says.
+        let label = self.label.replace('\0', "");
+        let label = backroom_daemon::text::fit_bytes(&label, COMMENT_MAX - digest.len());
+        format!("{label}{digest}")
     }
 
     /// The rule in nft syntax (as in an inet table), without its comment.
@@ -325,5 +335,21 @@ mod tests {
         let c = r.comment("allow");
         assert!(c.starts_with("pos-to-orders #"));
         assert_ne!(c, r.comment("other"));
+    }
+
+    #[test]
+    fn a_long_multibyte_label_is_cut_on_a_character_and_keeps_its_digest() {
+        // 'é' is two bytes: byte 100 (the old cut) falls inside one.
+        let label = format!("x{}", "é".repeat(80));
+        let r = Rule::new(&label, vec![Match::L4(L4::Tcp)], Verdict::Accept);
+        let c = r.comment("seg-pos");
+        assert!(c.len() <= COMMENT_MAX, "{} bytes", c.len());
+        let (cut, digest) = c.rsplit_once(" #").unwrap();
+        assert_eq!(digest.len(), 10, "the digest survives the cut");
+        assert!(label.starts_with(cut) && cut.len() > 100, "{cut}");
+        let other = Rule::new(&label, vec![Match::L4(L4::Udp)], Verdict::Accept);
+        assert_ne!(c, other.comment("seg-pos"), "two rules with one long label still differ");
+        let nul = Rule::new("a\0b", vec![], Verdict::Accept);
+        assert!(nul.comment("c").starts_with("ab #"));
     }
 }

@@ -3,10 +3,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -99,15 +97,7 @@ impl Drop for Ns {
 }
 
 pub fn in_ns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    std::thread::spawn(move || {
-        // SAFETY: setns on this thread only.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns");
-        f()
-    })
-    .join()
-    .unwrap()
+    backroom_daemon::netns::run_in(Path::new(path), f).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// Connects `a` (a new namespace `tag` on `a` side) to bridge `bridge` of the store namespace:
@@ -189,9 +179,7 @@ impl Servers {
             let (stop, path, reply) = (stop.clone(), ns_path.to_string(), reply.to_string());
             let (tx, rx) = std::sync::mpsc::channel();
             threads.push(std::thread::spawn(move || {
-                let file = File::open(&path).unwrap();
-                // SAFETY: setns on this thread only.
-                assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+                backroom_daemon::netns::enter(Path::new(&path)).unwrap();
                 let l = TcpListener::bind(("0.0.0.0", p)).unwrap();
                 l.set_nonblocking(true).unwrap();
                 tx.send(()).unwrap();
@@ -211,9 +199,7 @@ impl Servers {
             let (stop, path, reply) = (stop.clone(), ns_path.to_string(), reply.to_string());
             let (tx, rx) = std::sync::mpsc::channel();
             threads.push(std::thread::spawn(move || {
-                let file = File::open(&path).unwrap();
-                // SAFETY: setns on this thread only.
-                assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+                backroom_daemon::netns::enter(Path::new(&path)).unwrap();
                 let s = UdpSocket::bind(("0.0.0.0", p)).unwrap();
                 s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
                 tx.send(()).unwrap();
