@@ -7,8 +7,14 @@ use std::os::fd::AsFd;
 use std::process::Command;
 use std::sync::Mutex;
 
-use backroom_nodeagent::error::{Error, Result};
-use backroom_nodeagent::network::{Endpoints, Network, NetworkApplied};
+use backroom_nodeagent::error::{Error, Result, Rpc};
+use backroom_nodeagent::network::{Endpoints, NetEvents, Network, NetworkApplied};
+use backroom_nodeagent::problems::OpenProblem;
+
+/// The test network's failures, as netd would answer them.
+fn netd(op: &'static str) -> impl FnOnce(String) -> Error {
+    move |message| Error::Netd { op, source: Rpc(tonic::Status::internal(message)) }
+}
 
 pub struct TestNetwork {
     pub hub: String,
@@ -128,13 +134,13 @@ impl Network for TestNetwork {
                 addresses: vec![a.clone()],
             });
         }
-        self.make(workload, instance).map_err(|message| Error::Netd { op: "attach", message })
+        self.make(workload, instance).map_err(netd("attach"))
     }
     async fn detach(&self, workload: &str, instance: &str) -> Result<()> {
         let removed =
             self.state.lock().unwrap().endpoints.remove(&(workload.into(), instance.into()));
         if let Some((ns, _)) = removed {
-            ip(&["netns", "del", &ns]).map_err(|message| Error::Netd { op: "detach", message })?;
+            ip(&["netns", "del", &ns]).map_err(netd("detach"))?;
         }
         Ok(())
     }
@@ -143,7 +149,7 @@ impl Network for TestNetwork {
         let (next_ns, temp) = s
             .endpoints
             .remove(&(workload.into(), instance.into()))
-            .ok_or_else(|| Error::Netd { op: "promote", message: "no such instance".into() })?;
+            .ok_or_else(|| netd("promote")("no such instance".into()))?;
         let primary_ns = format!("bkt{}-{workload}", self.tag);
         if let Some((old_ns, _)) = s.endpoints.remove(&(workload.into(), String::new())) {
             let _ = ip(&["netns", "del", &old_ns]);
@@ -164,12 +170,22 @@ impl Network for TestNetwork {
                 }
                 ip(&["netns", "del", &next_ns])
             });
-        r.map_err(|message| Error::Netd { op: "promote", message })?;
+        r.map_err(netd("promote"))?;
         if !s.namespaces.contains(&primary_ns) {
             s.namespaces.push(primary_ns.clone());
         }
         s.endpoints.insert((workload.into(), String::new()), (primary_ns.clone(), stable.clone()));
         Ok(Endpoints { netns_path: format!("/run/netns/{primary_ns}"), addresses: vec![stable] })
+    }
+    async fn events(&self) -> Result<NetEvents> {
+        // A network without loops of its own: nothing ever fails in it.
+        Ok(Box::pin(futures::stream::pending()))
+    }
+    async fn problems(&self) -> Result<Vec<OpenProblem>> {
+        Ok(Vec::new())
+    }
+    fn configured(&self) -> bool {
+        true
     }
 }
 
