@@ -137,12 +137,12 @@ pub fn confirm_gate(contact: watch::Receiver<i64>) -> ConfirmGate {
 
 /// What the node last heard from central about its desired revision, and how applying it went.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct CentralDesired {
-    revision: String,
+pub(crate) struct CentralDesired {
+    pub(crate) revision: String,
     /// applying | applied | failed
-    state: String,
-    message: String,
-    rolled_back_to: String,
+    pub(crate) state: String,
+    pub(crate) message: String,
+    pub(crate) rolled_back_to: String,
 }
 
 struct Supervisor {

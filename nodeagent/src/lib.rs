@@ -44,3 +44,6 @@ pub mod store;
 pub mod vms;
 
 pub use error::Error;
+
+#[cfg(test)]
+mod roundtrip_tests;
