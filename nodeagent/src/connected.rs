@@ -728,6 +728,12 @@ mod tests {
             Some("workload_crashed")
         );
         assert_eq!(central_kind("vm", "update_done: ok", None).as_deref(), Some("vm_update_done"));
+        assert_eq!(central_kind("failing", "uplink eno1: gone", None).as_deref(), Some("failing"));
+        assert_eq!(central_kind("recovered", "x works again", None).as_deref(), Some("recovered"));
+        assert_eq!(
+            central_kind("netd", "drift_repaired: rules put back", None).as_deref(),
+            Some("drift_repaired")
+        );
     }
 
     fn status(network: &str, states: &[(&str, &str, &str)]) -> Status {
@@ -782,7 +788,20 @@ mod tests {
         let mut s =
             status("applied", &[("a", "running", "unknown"), ("b", "unhealthy", "unhealthy")]);
         s.applied = "r1".into();
+        s.problems.push(crate::problems::OpenProblem {
+            source: crate::problems::Source::Netd,
+            subject: "uplink eno1".into(),
+            workload: String::new(),
+            message: "the link eno1 does not exist".into(),
+            since_ms: 1_000,
+            failures: 3,
+        });
         let r = report(&s, &d, "v");
+        assert_eq!(r.problems.len(), 1);
+        assert_eq!(
+            (r.problems[0].subject.as_str(), r.problems[0].source.as_str()),
+            ("uplink eno1", "netd")
+        );
         assert_eq!(r.applied_revision, "r1");
         assert_eq!(r.desired_revision, "r2");
         let last = r.last_apply.unwrap();

@@ -56,6 +56,16 @@ pub enum Error {
     /// An image that cannot be used as it is (a sentence of its own).
     #[error("image {image}: {message}")]
     Image { image: String, message: String },
+    #[error("the image config is not valid JSON")]
+    ImageConfig {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot build the container's runtime spec")]
+    RuntimeSpec {
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
     #[error("image {image}: its {what} is not valid JSON")]
     ImageJson {
         image: String,

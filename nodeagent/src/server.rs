@@ -34,9 +34,12 @@ pub fn to_status(e: Error) -> Status {
         | Error::Containerd { .. }
         | Error::Teardown { .. }
         | Error::ExecTimeout { .. } => Status::unavailable(msg),
-        Error::Image { .. } | Error::ImageJson { .. } | Error::Pull { .. } | Error::Blob { .. } => {
-            Status::failed_precondition(msg)
-        }
+        Error::Image { .. }
+        | Error::ImageJson { .. }
+        | Error::ImageConfig { .. }
+        | Error::Pull { .. }
+        | Error::Blob { .. } => Status::failed_precondition(msg),
+        Error::RuntimeSpec { .. } => Status::internal(msg),
         Error::Io { .. }
         | Error::StateFile { .. }
         | Error::Encode { .. }

@@ -3,7 +3,6 @@
 //! touching the root namespace. Everything it made is deleted on drop.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -191,17 +190,10 @@ impl Network for TestNetwork {
 
 /// GET `path` from `addr` with a socket made inside the namespace at `netns` (blocking; a thread).
 pub fn http_get_in(netns: &str, addr: &str, path: &str) -> std::result::Result<String, String> {
-    let netns = netns.to_string();
     let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
     let path = path.to_string();
-    std::thread::spawn(move || {
+    backroom_daemon::netns::run_in(std::path::Path::new(netns), move || {
         use std::io::{Read, Write};
-        let f = std::fs::File::open(&netns).map_err(|e| format!("open {netns}: {e}"))?;
-        rustix::thread::move_into_link_name_space(
-            f.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .map_err(|e| format!("setns: {e}"))?;
         let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
             .map_err(|e| format!("connect {addr}: {e}"))?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok();
@@ -211,6 +203,5 @@ pub fn http_get_in(netns: &str, addr: &str, path: &str) -> std::result::Result<S
         s.read_to_string(&mut out).map_err(|e| e.to_string())?;
         Ok(out)
     })
-    .join()
-    .map_err(|_| "thread panicked".to_string())?
+    .map_err(|e| e.to_string())?
 }
