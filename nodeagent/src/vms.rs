@@ -9,6 +9,7 @@ use backroom_api::vmd as pb;
 use backroom_api::vmd::vmd_client::VmdClient as PbClient;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result, Rpc};
@@ -185,6 +186,59 @@ impl Vms for NoVms {
 pub struct MemoryVms {
     inner: Arc<Mutex<Vec<VmState>>>,
     pub calls: Arc<Mutex<Vec<String>>>,
+    problems: Arc<Mutex<Watched>>,
+}
+
+/// What an in-memory vmd's loops have open, and who listens to its events.
+type Watched = (Vec<OpenProblem>, Vec<mpsc::UnboundedSender<Result<PeerEvent>>>);
+
+impl MemoryVms {
+    fn watched(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.problems.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// vmd's loop `subject` (about the VM `vm`) fails: it is open, a `failing` event goes out.
+    pub fn fail(&self, vm: &str, subject: &str, message: &str, at_ms: i64) {
+        let mut g = self.watched();
+        g.0.retain(|p| p.subject != subject);
+        g.0.push(OpenProblem {
+            source: Source::Vmd,
+            subject: subject.into(),
+            workload: vm.into(),
+            message: message.into(),
+            since_ms: at_ms,
+            failures: 1,
+        });
+        let e = PeerEvent {
+            at_ms,
+            kind: "failing".into(),
+            subject: subject.into(),
+            workload: vm.into(),
+            message: format!("{subject}: {message}"),
+        };
+        g.1.retain(|l| l.send(Ok(e.clone())).is_ok());
+    }
+
+    /// vmd's loop `subject` works again.
+    pub fn recover(&self, vm: &str, subject: &str, at_ms: i64) {
+        let mut g = self.watched();
+        g.0.retain(|p| p.subject != subject);
+        let e = PeerEvent {
+            at_ms,
+            kind: "recovered".into(),
+            subject: subject.into(),
+            workload: vm.into(),
+            message: format!("{subject} works again"),
+        };
+        g.1.retain(|l| l.send(Ok(e.clone())).is_ok());
+    }
+
+    /// How many event streams are open.
+    pub fn listeners(&self) -> usize {
+        let mut g = self.watched();
+        g.1.retain(|l| !l.is_closed());
+        g.1.len()
+    }
 }
 
 impl Vms for MemoryVms {
@@ -218,10 +272,12 @@ impl Vms for MemoryVms {
         Ok(())
     }
     async fn events(&self) -> Result<VmEvents> {
-        Ok(futures::stream::pending().boxed())
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.watched().1.push(tx);
+        Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(rx).boxed())
     }
     async fn problems(&self) -> Result<Vec<OpenProblem>> {
-        Ok(Vec::new())
+        Ok(self.watched().0.clone())
     }
     fn configured(&self) -> bool {
         true

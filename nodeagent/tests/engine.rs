@@ -473,3 +473,34 @@ async fn an_image_that_cannot_be_pulled_is_one_problem_until_it_can() {
     let saved = std::fs::read_to_string(dir.path().join("problems.json")).unwrap();
     assert_eq!(saved.trim(), "[]");
 }
+
+#[tokio::test]
+async fn vmd_problems_open_at_connect_and_close_on_its_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    // Open before nodeagent listens: read from vmd's list when it connects.
+    let vms = MemoryVms::default();
+    vms.fail("nvr", "vm nvr disk", "the base image is missing", T0 - 60_000);
+    let (rt, net) = (MemoryRuntime::new(), MemoryNetwork::default());
+    let (engine, h) = Engine::with_prober(
+        config(dir.path(), Arc::new(clock.clone())),
+        rt,
+        net,
+        vms.clone(),
+        MemoryProber::default(),
+    )
+    .unwrap();
+    let mut events = h.subscribe();
+    tokio::spawn(async move { engine.run(None, || {}).await.unwrap() });
+    let s = until(&h, "vmd's problem", |s| !s.problems.is_empty()).await;
+    let p = &s.problems[0];
+    assert_eq!((p.source, p.subject.as_str()), (Source::Vmd, "vm nvr disk"));
+    assert_eq!(p.since_ms, T0 - 60_000, "since when vmd says, not when nodeagent heard");
+    vms.recover("nvr", "vm nvr disk", T0 + 1_000);
+    until(&h, "gone", |s| s.problems.is_empty()).await;
+    let told = drain(&mut events);
+    assert_eq!(notices(&told, "failing", "vm nvr disk").len(), 1);
+    let r = notices(&told, "recovered", "vm nvr disk");
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].workload, "nvr");
+}
