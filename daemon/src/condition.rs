@@ -131,6 +131,15 @@ impl Conditions {
     }
 }
 
+impl Conditions {
+    /// The problems that were open before a restart (a daemon that keeps them on disk), open
+    /// again without a new [`Transition::Failing`]: what recovered while the daemon was down
+    /// is then told as recovered, and nothing is told twice.
+    pub fn restore(open: impl IntoIterator<Item = Problem>) -> Self {
+        Conditions { open: open.into_iter().map(|p| (p.subject.clone(), p)).collect() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +176,21 @@ mod tests {
         assert_eq!(gone[0].subject(), "probe menu");
         assert!(c.is_failing("probe orders"));
         assert!(!c.report("probe orders", &Ok::<(), std::io::Error>(()), 9).unwrap().is_failing());
+    }
+
+    #[test]
+    fn restored_problems_stay_open_without_a_second_notice() {
+        let p = Problem {
+            subject: "workload orders".into(),
+            message: "crash loop".into(),
+            since_ms: 1_000,
+            failures: 7,
+        };
+        let mut c = Conditions::restore([p.clone()]);
+        assert_eq!(c.failed("workload orders", "still", 5_000), None);
+        assert_eq!(c.open().next().map(|p| (p.since_ms, p.failures)), Some((1_000, 8)));
+        let r = c.succeeded("workload orders", 9_000).unwrap();
+        assert!(!r.is_failing());
     }
 
     #[test]

@@ -85,11 +85,12 @@ async fn create_start(ns: &Namespace, image: &str) {
     let ctx = Ctx {
         runtime: Arc::new(rt),
         net: Arc::new(NoNetwork),
-        logs: Logs::new(state.path()),
+        logs: Logs::new(state.path(), backroom_daemon::clock::system()),
         volumes_dir: state.path().join("volumes"),
         etc_dir: state.path().join("etc"),
         resolv_conf: "/etc/resolv.conf".into(),
         stop_grace: Duration::from_secs(1),
+        clock: backroom_daemon::clock::system(),
     };
     let spec = container_spec(image, "one");
     // Warm both paths once.

@@ -1,7 +1,9 @@
 //! Admission against the node's real hardware, for profiles that give no `node.capacity`
 //! (validation already checks the profiles that do).
 
-use backroom_profiles::{Profile, Size};
+use std::fmt;
+
+use backroom_profiles::{Cpus, Profile, Size};
 
 /// What this machine has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,8 +27,41 @@ pub fn facts() -> NodeFacts {
     NodeFacts { cpus_millis: cpus * 1000, memory_bytes: memory }
 }
 
+/// What a profile asks for beyond what the node has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shortfall {
+    Cpus { asked_millis: u64, room_millis: u64, reserved: Cpus },
+    Memory { asked: u64, room: u64, reserved: Size },
+}
+
+impl fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shortfall::Cpus { asked_millis, room_millis, reserved } => write!(
+                f,
+                "the workloads ask for {} cpus but this node has {} after the {reserved} reserved ({} too many)",
+                millis(*asked_millis),
+                millis(*room_millis),
+                millis(asked_millis - room_millis)
+            ),
+            Shortfall::Memory { asked, room, reserved } => write!(
+                f,
+                "the workloads ask for {} of memory but this node has {} after the {reserved} reserved ({} too much)",
+                Size::from_bytes(*asked),
+                Size::from_bytes(*room),
+                Size::from_bytes(asked - room)
+            ),
+        }
+    }
+}
+
+/// Why a profile does not fit this node: every shortfall.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct Refusal(pub Vec<Shortfall>);
+
 /// Refuses a profile whose workloads do not fit the node minus what it reserves.
-pub fn admit(profile: &Profile, facts: &NodeFacts) -> Result<(), String> {
+pub fn admit(profile: &Profile, facts: &NodeFacts) -> Result<(), Refusal> {
     if profile.node.capacity.is_some() {
         return Ok(());
     }
@@ -35,26 +70,18 @@ pub fn admit(profile: &Profile, facts: &NodeFacts) -> Result<(), String> {
     let memory: u64 = profile.workloads.iter().map(|w| w.memory().bytes()).sum();
     let cpu_room = facts.cpus_millis.saturating_sub(u64::from(reserved.cpus.millis()));
     let mem_room = facts.memory_bytes.saturating_sub(reserved.memory.bytes());
-    let mut problems = Vec::new();
+    let mut short = Vec::new();
     if cpus > cpu_room {
-        problems.push(format!(
-            "the workloads ask for {} cpus but this node has {} after the {} reserved ({} too many)",
-            millis(cpus),
-            millis(cpu_room),
-            reserved.cpus,
-            millis(cpus - cpu_room)
-        ));
+        short.push(Shortfall::Cpus {
+            asked_millis: cpus,
+            room_millis: cpu_room,
+            reserved: reserved.cpus,
+        });
     }
     if memory > mem_room {
-        problems.push(format!(
-            "the workloads ask for {} of memory but this node has {} after the {} reserved ({} too much)",
-            Size::from_bytes(memory),
-            Size::from_bytes(mem_room),
-            reserved.memory,
-            Size::from_bytes(memory - mem_room)
-        ));
+        short.push(Shortfall::Memory { asked: memory, room: mem_room, reserved: reserved.memory });
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if short.is_empty() { Ok(()) } else { Err(Refusal(short)) }
 }
 
 fn millis(m: u64) -> String {
@@ -76,11 +103,12 @@ mod tests {
     fn the_real_hardware_decides_without_capacity() {
         let facts = NodeFacts { cpus_millis: 4000, memory_bytes: 8 << 30 };
         assert!(admit(&profile("", "1Gi"), &facts).is_ok());
-        let e = admit(&profile("", "7Gi"), &facts).unwrap_err();
+        let e = admit(&profile("", "7Gi"), &facts).unwrap_err().to_string();
         assert!(e.contains("1Gi too much"), "{e}");
         let small = NodeFacts { cpus_millis: 2000, memory_bytes: 8 << 30 };
         let e = admit(&profile("node: {reserved: {cpus: 1, memory: 1Gi}}\n", "1Gi"), &small)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1.5 cpus") && e.contains("0.5 too many"), "{e}");
         let real = facts_is_sane();
         assert!(real);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backroom_api::node::{ApplyResult, Command, CommandResult, Status as PbStatus, WorkloadStatus};
-use backroom_profiles::Rendered;
+use backroom_daemon::{Backoff, Chain, SharedClock};
 use backroom_session::enroll::{self, Identity};
 use backroom_session::link::{Inbound, Link, LinkConfig};
 use backroom_session::outbox::{Limits, Outbox};
@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::engine::{ConfirmGate, EngineHandle, Status};
-use crate::store::{Store, write_atomic};
+use crate::error::Error;
+use crate::store::{Store, save};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectedError {
@@ -35,9 +36,26 @@ pub enum ConnectedError {
     Enroll(#[from] enroll::EnrollError),
     #[error(transparent)]
     Outbox(#[from] backroom_session::outbox::OutboxError),
+    #[error("cannot open the state folder")]
+    State(#[source] Error),
 }
 
-#[derive(Clone, Debug)]
+/// Why a command from central was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("the command expired before it reached the node")]
+    Expired,
+    #[error("this node does not know the command `{0}`")]
+    Unknown(String),
+    #[error("this node has no last-known-good revision yet")]
+    NoLastKnownGood,
+    #[error("the desired revision is not on this node")]
+    NotStored(#[source] Error),
+    #[error(transparent)]
+    Engine(#[from] Error),
+}
+
+#[derive(Clone)]
 pub struct CentralOptions {
     /// central's node endpoint, e.g. `https://central.example:7443`.
     pub url: String,
@@ -51,6 +69,18 @@ pub struct CentralOptions {
     pub outbox_limits: Limits,
     /// Below this share of free space on the state folder's filesystem, a `disk_low` event.
     pub disk_low_percent: u8,
+    /// Event times, the apply deadline, command expiry and retry delays read this clock.
+    pub clock: SharedClock,
+}
+
+impl std::fmt::Debug for CentralOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CentralOptions")
+            .field("url", &self.url)
+            .field("state_dir", &self.state_dir)
+            .field("apply_deadline", &self.apply_deadline)
+            .finish_non_exhaustive()
+    }
 }
 
 fn central_dir(state: &Path) -> PathBuf {
@@ -67,7 +97,9 @@ pub async fn identity(opts: &CentralOptions) -> Result<Identity, ConnectedError>
     let token = EnrollToken::parse(opts.token.as_deref().ok_or(ConnectedError::NoToken)?)?;
     let host =
         std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-    let mut delay = Duration::from_secs(1);
+    // Jittered: thousands of stores plugged in after one outage do not all ask at once.
+    let mut retries =
+        Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).with_jitter(0.25).retries();
     loop {
         match enroll::enroll_once(&opts.url, &token, &dir, &opts.agent_version, &host).await {
             Ok(id) => {
@@ -80,9 +112,9 @@ pub async fn identity(opts: &CentralOptions) -> Result<Identity, ConnectedError>
                 return Err(e.into());
             }
             Err(e) => {
-                tracing::warn!("cannot enroll yet ({e}); trying again in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(60));
+                let delay = retries.fail();
+                tracing::warn!(error = %Chain(&e), "cannot enroll yet; trying again in {delay:?}");
+                opts.clock.sleep(delay).await;
             }
         }
     }
@@ -105,12 +137,12 @@ pub fn confirm_gate(contact: watch::Receiver<i64>) -> ConfirmGate {
 
 /// What the node last heard from central about its desired revision, and how applying it went.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct CentralDesired {
-    revision: String,
+pub(crate) struct CentralDesired {
+    pub(crate) revision: String,
     /// applying | applied | failed
-    state: String,
-    message: String,
-    rolled_back_to: String,
+    pub(crate) state: String,
+    pub(crate) message: String,
+    pub(crate) rolled_back_to: String,
 }
 
 struct Supervisor {
@@ -121,6 +153,7 @@ struct Supervisor {
     outbox: Arc<Outbox>,
     desired: Mutex<CentralDesired>,
     report: watch::Sender<CentralDesired>,
+    clock: SharedClock,
 }
 
 impl Supervisor {
@@ -129,8 +162,11 @@ impl Supervisor {
     }
 
     async fn set(&self, d: CentralDesired) {
-        if let Err(e) = write_atomic(&self.file(), &serde_json::to_vec(&d).unwrap_or_default()) {
-            tracing::error!("cannot keep central's desired revision on disk: {e}");
+        let written = serde_json::to_vec(&d)
+            .map_err(|source| Error::Encode { what: "central's desired revision".into(), source })
+            .and_then(|bytes| save(&self.file(), &bytes));
+        if let Err(e) = written {
+            tracing::error!(error = %Chain(&e), "cannot keep central's desired revision on disk");
         }
         *self.desired.lock().await = d.clone();
         self.report.send_replace(d);
@@ -138,8 +174,8 @@ impl Supervisor {
 
     fn event(&self, kind: &str, workload: &str, message: String) {
         tracing::info!(kind, workload, "{message}");
-        if let Err(e) = self.outbox.push(backroom_session::now_ms(), kind, workload, "", &message) {
-            tracing::error!("cannot record an event: {e}");
+        if let Err(e) = self.outbox.push(self.clock.now_ms(), kind, workload, "", &message) {
+            tracing::error!(error = %Chain(&e), "cannot record an event");
         }
     }
 
@@ -167,17 +203,19 @@ impl Supervisor {
                     .await;
             }
             Err(e) => {
-                return self.failed(&revision, format!("the profile does not validate: {e}")).await;
+                let why = format!("the profile does not validate: {}", backroom_daemon::chain(&e));
+                return self.failed(&revision, why).await;
             }
         };
         let before = match self.engine.status().await {
             Ok(s) => s,
-            Err(e) => return self.failed(&revision, e.to_string()).await,
+            Err(e) => return self.failed(&revision, backroom_daemon::chain(&e)).await,
         };
         if let Err(e) = self.engine.apply(rendered, "central".into()).await {
-            return self.failed(&revision, e.to_string()).await;
+            return self.failed(&revision, backroom_daemon::chain(&e)).await;
         }
-        let started = tokio::time::Instant::now();
+        let started = self.clock.now_ms();
+        let deadline_ms = i64::try_from(self.deadline.as_millis()).unwrap_or(i64::MAX);
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             if self.desired.lock().await.revision != revision {
@@ -200,7 +238,7 @@ impl Supervisor {
             if let Some(why) = hard_failure(&s) {
                 return self.failed_with_rollback(&revision, why, &before).await;
             }
-            if started.elapsed() > self.deadline {
+            if self.clock.now_ms().saturating_sub(started) > deadline_ms {
                 let why = format!("not healthy within {:?}: {}", self.deadline, not_ready(&s));
                 return self.failed_with_rollback(&revision, why, &before).await;
             }
@@ -217,7 +255,7 @@ impl Supervisor {
                 )
                 .await;
         }
-        match self.store.load_revision(&lkg).map(|r: Rendered| r) {
+        match self.store.load_revision(&lkg) {
             Ok(r) => match self.engine.apply(r, "rollback to last-known-good".into()).await {
                 Ok(_) => {
                     let msg = format!(
@@ -238,11 +276,13 @@ impl Supervisor {
                     );
                 }
                 Err(e) => {
+                    let e = backroom_daemon::chain(&e);
                     self.failed(revision, format!("{why}; going back to {lkg} failed too: {e}"))
                         .await
                 }
             },
             Err(e) => {
+                let e = backroom_daemon::chain(&e);
                 self.failed(
                     revision,
                     format!("{why}; the last-known-good revision cannot be read: {e}"),
@@ -268,10 +308,10 @@ impl Supervisor {
     }
 
     /// `rollback` command: the last-known-good revision, now.
-    async fn rollback(&self) -> Result<String, String> {
-        let s = self.engine.status().await.map_err(|e| e.to_string())?;
+    async fn rollback(&self) -> Result<String, CommandError> {
+        let s = self.engine.status().await?;
         if s.last_known_good.is_empty() {
-            return Err("this node has no last-known-good revision yet".into());
+            return Err(CommandError::NoLastKnownGood);
         }
         if s.desired == s.last_known_good {
             return Ok(format!(
@@ -279,8 +319,8 @@ impl Supervisor {
                 short(&s.last_known_good)
             ));
         }
-        let r = self.store.load_revision(&s.last_known_good).map_err(|e| e.to_string())?;
-        self.engine.apply(r, "rollback command".into()).await.map_err(|e| e.to_string())?;
+        let r = self.store.load_revision(&s.last_known_good)?;
+        self.engine.apply(r, "rollback command".into()).await?;
         Ok(format!("back on the last-known-good revision {}", short(&s.last_known_good)))
     }
 }
@@ -330,7 +370,7 @@ fn healthy(state: &str, health: &str) -> bool {
 /// The status report central gets.
 fn report(s: &Status, d: &CentralDesired, agent_version: &str) -> PbStatus {
     PbStatus {
-        problems: Vec::new(),
+        problems: s.problems.iter().map(|p| p.to_pb()).collect(),
         applied_revision: s.applied.clone(),
         desired_revision: d.revision.clone(),
         last_apply: (!d.revision.is_empty()).then(|| ApplyResult {
@@ -378,79 +418,22 @@ fn central_kind(kind: &str, message: &str, last_state: Option<&str>) -> Option<S
             other => format!("vm_{other}"),
         },
         "revision" => "revision".into(),
+        // A problem opens or closes (its subject goes with it).
+        "failing" | "recovered" => kind.into(),
+        "netd" if message.starts_with("drift_repaired") => "drift_repaired".into(),
         // Everything else stays on the node (nodectl shows it).
         _ => return None,
     })
 }
 
-/// Starts the link with central in the background: enrollment (if needed), then the session
-/// for as long as the process lives. `state` tells nodectl how the link is; `contact` feeds the
-/// confirm gate. A refused enrollment leaves the node running standalone and says why.
-pub fn spawn(
-    opts: CentralOptions,
-    engine: EngineHandle,
-    state: watch::Sender<String>,
-    contact: watch::Sender<i64>,
+/// Sends the engine's events that central cares about to the outbox, with their subject
+/// (a problem's `failing` and `recovered` name what fails), until the engine stops.
+pub fn feed_outbox(
+    engine: &EngineHandle,
+    ob: Arc<Outbox>,
+    clock: SharedClock,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        state.send_replace(format!("enrolling with central at {}", opts.url));
-        let id = match identity(&opts).await {
-            Ok(id) => id,
-            Err(e) => {
-                tracing::error!("not connected to central: {e}");
-                state.send_replace(format!("not enrolled: {e}"));
-                return;
-            }
-        };
-        if let Err(e) = run(opts, id, engine, state.clone(), contact).await {
-            tracing::error!("the link with central stopped: {e}");
-            state.send_replace(format!("stopped: {e}"));
-        }
-    })
-}
-
-async fn run(
-    opts: CentralOptions,
-    id: Identity,
-    engine: EngineHandle,
-    state: watch::Sender<String>,
-    link_contact: watch::Sender<i64>,
-) -> Result<(), ConnectedError> {
-    let dir = central_dir(&opts.state_dir);
-    let outbox = Arc::new(Outbox::open(&dir.join("outbox"), opts.outbox_limits)?);
-    let saved: CentralDesired = std::fs::read(dir.join("desired.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let (report_tx, report_rx) = watch::channel(saved.clone());
-    let store = match Store::open(&opts.state_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot open the state folder: {e}");
-            return Ok(());
-        }
-    };
-    let sup = Arc::new(Supervisor {
-        engine: engine.clone(),
-        store,
-        dir: dir.clone(),
-        deadline: opts.apply_deadline,
-        outbox: Arc::clone(&outbox),
-        desired: Mutex::new(saved.clone()),
-        report: report_tx,
-    });
-    // nodeagent died while applying: watch that revision through again.
-    if saved.state == "applying"
-        && let Ok(r) = sup.store.load_revision(&saved.revision)
-    {
-        let s = Arc::clone(&sup);
-        let rev = saved.revision.clone();
-        tokio::spawn(async move { s.apply(rev, r.to_yaml()).await });
-    }
-
-    // Engine events → outbox.
     let mut events = engine.subscribe();
-    let ob = Arc::clone(&outbox);
     tokio::spawn(async move {
         let mut last: std::collections::HashMap<String, String> = Default::default();
         loop {
@@ -470,26 +453,97 @@ async fn run(
                             i64::try_from(e.at_ms).unwrap_or(0),
                             &kind,
                             &e.workload,
-                            "",
+                            &e.subject,
                             &e.message,
                         )
                     {
-                        tracing::error!("cannot record an event: {err}");
+                        tracing::error!(error = %Chain(&err), "cannot record an event");
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     let msg = format!("{n} node events were lost before they reached the outbox");
-                    let _ = ob.push(backroom_session::now_ms(), "events_dropped", "", "", &msg);
+                    if let Err(err) = ob.push(clock.now_ms(), "events_dropped", "", "", &msg) {
+                        tracing::error!(error = %Chain(&err), "cannot record an event");
+                    }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
+    })
+}
+
+/// Starts the link with central in the background: enrollment (if needed), then the session
+/// for as long as the process lives. `state` tells nodectl how the link is; `contact` feeds the
+/// confirm gate. A refused enrollment leaves the node running standalone and says why.
+pub fn spawn(
+    opts: CentralOptions,
+    engine: EngineHandle,
+    state: watch::Sender<String>,
+    contact: watch::Sender<i64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        state.send_replace(format!("enrolling with central at {}", opts.url));
+        let id = match identity(&opts).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %Chain(&e), "not connected to central");
+                state.send_replace(format!("not enrolled: {}", backroom_daemon::chain(&e)));
+                return;
+            }
+        };
+        if let Err(e) = run(opts, id, engine, state.clone(), contact).await {
+            tracing::error!(error = %Chain(&e), "the link with central stopped");
+            state.send_replace(format!("stopped: {}", backroom_daemon::chain(&e)));
+        }
+    })
+}
+
+async fn run(
+    opts: CentralOptions,
+    id: Identity,
+    engine: EngineHandle,
+    state: watch::Sender<String>,
+    link_contact: watch::Sender<i64>,
+) -> Result<(), ConnectedError> {
+    let dir = central_dir(&opts.state_dir);
+    let outbox = Arc::new(Outbox::open(&dir.join("outbox"), opts.outbox_limits)?);
+    let saved: CentralDesired = std::fs::read(dir.join("desired.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let (report_tx, report_rx) = watch::channel(saved.clone());
+    let store = Store::open(&opts.state_dir).map_err(ConnectedError::State)?;
+    let sup = Arc::new(Supervisor {
+        engine: engine.clone(),
+        store,
+        dir: dir.clone(),
+        deadline: opts.apply_deadline,
+        outbox: Arc::clone(&outbox),
+        desired: Mutex::new(saved.clone()),
+        report: report_tx,
+        clock: opts.clock.clone(),
     });
+    // nodeagent died while applying: watch that revision through again.
+    if saved.state == "applying"
+        && let Ok(r) = sup.store.load_revision(&saved.revision)
+    {
+        let s = Arc::clone(&sup);
+        let rev = saved.revision.clone();
+        let span = tracing::info_span!("central", revision = %short(&rev));
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { s.apply(rev, r.to_yaml()).await },
+            span,
+        ));
+    }
+
+    // Engine events → outbox.
+    feed_outbox(&engine, Arc::clone(&outbox), opts.clock.clone());
 
     // Disk space.
     let ob = Arc::clone(&outbox);
     let state_dir = opts.state_dir.clone();
     let threshold = u64::from(opts.disk_low_percent);
+    let clock = opts.clock.clone();
     tokio::spawn(async move {
         let mut low = false;
         loop {
@@ -497,7 +551,9 @@ async fn run(
                 let free = st.f_bavail.saturating_mul(100) / st.f_blocks.max(1);
                 if free < threshold && !low {
                     let msg = format!("{free}% free on the filesystem of {}", state_dir.display());
-                    let _ = ob.push(backroom_session::now_ms(), "disk_low", "", "", &msg);
+                    if let Err(err) = ob.push(clock.now_ms(), "disk_low", "", "", &msg) {
+                        tracing::error!(error = %Chain(&err), "cannot record an event");
+                    }
                 }
                 low = free < threshold;
             }
@@ -549,6 +605,7 @@ async fn run(
     let mut online = link.online();
     let store_id = id_store.clone();
     let url = opts.url.clone();
+    let clock = opts.clock.clone();
     tokio::spawn(async move {
         state.send_replace(format!("connecting to {url} as {store_id}"));
         while online.changed().await.is_ok() {
@@ -557,8 +614,8 @@ async fn run(
                 format!("online ({store_id} at {url})")
             } else {
                 format!(
-                    "offline since {} (unix ms; reconnecting, the store keeps running)",
-                    backroom_session::now_ms()
+                    "offline since {} (reconnecting, the store keeps running)",
+                    backroom_daemon::clock::rfc3339(clock.now_ms())
                 )
             });
         }
@@ -575,13 +632,20 @@ async fn run(
                     t.abort();
                 }
                 let s = Arc::clone(&sup);
-                current = Some(tokio::spawn(async move { s.apply(revision, profile_yaml).await }));
+                let span = tracing::info_span!("central", revision = %short(&revision));
+                current = Some(tokio::spawn(tracing::Instrument::instrument(
+                    async move { s.apply(revision, profile_yaml).await },
+                    span,
+                )));
             }
             Inbound::Command { command, reply } => {
                 let r = execute(&sup, &engine, &command, &mut current).await;
                 let (ok, message) = match r {
                     Ok(m) => (true, m),
-                    Err(m) => (false, m),
+                    Err(e) => {
+                        tracing::warn!(command = %command.kind, error = %Chain(&e), "a command from central failed");
+                        (false, backroom_daemon::chain(&e))
+                    }
                 };
                 let _ = reply.send(CommandResult { id: command.id, ok, message });
             }
@@ -595,12 +659,12 @@ async fn execute(
     engine: &EngineHandle,
     c: &Command,
     current: &mut Option<tokio::task::JoinHandle<()>>,
-) -> Result<String, String> {
-    if c.expires_unix_ms != 0 && c.expires_unix_ms < backroom_session::now_ms() {
-        return Err("the command expired before it reached the node".into());
+) -> Result<String, CommandError> {
+    if c.expires_unix_ms != 0 && c.expires_unix_ms < sup.clock.now_ms() {
+        return Err(CommandError::Expired);
     }
     match c.kind.as_str() {
-        "restart" => engine.restart(&c.workload).await.map_err(|e| e.to_string()),
+        "restart" => Ok(engine.restart(&c.workload).await?),
         // Try central's desired revision again (after a fix elsewhere, say).
         "reconcile" => {
             let d = sup.desired.lock().await.clone();
@@ -609,11 +673,8 @@ async fn execute(
                     "no revision from central yet; the node keeps reconciling what it runs".into()
                 );
             }
-            let yaml = sup
-                .store
-                .load_revision(&d.revision)
-                .map_err(|e| format!("the desired revision is not on this node: {e}"))?
-                .to_yaml();
+            let yaml =
+                sup.store.load_revision(&d.revision).map_err(CommandError::NotStored)?.to_yaml();
             if let Some(t) = current.take() {
                 t.abort();
             }
@@ -626,107 +687,10 @@ async fn execute(
             Ok(format!("applying revision {} again", short(&d.revision)))
         }
         "rollback" => sup.rollback().await,
-        other => Err(format!("this node does not know the command `{other}`")),
+        other => Err(CommandError::Unknown(other.to_string())),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::WorkloadView;
-
-    #[test]
-    fn engine_events_map_to_central_kinds() {
-        assert_eq!(
-            central_kind("health", "c1 is unhealthy: 503", None).as_deref(),
-            Some("workload_unhealthy")
-        );
-        assert_eq!(
-            central_kind("health", "c1 is healthy: ok", None).as_deref(),
-            Some("workload_recovered")
-        );
-        assert_eq!(
-            central_kind("exit", "container c1 exited with code 1", None).as_deref(),
-            Some("workload_crashed")
-        );
-        assert_eq!(
-            central_kind("action", "restart: done", None).as_deref(),
-            Some("workload_restarted")
-        );
-        assert_eq!(
-            central_kind("state", "failed: crash loop (5 exits in a row)", None).as_deref(),
-            Some("crash_loop")
-        );
-        assert_eq!(
-            central_kind("state", "running", Some("failed")).as_deref(),
-            Some("workload_recovered")
-        );
-        assert_eq!(central_kind("state", "running", Some("starting")), None);
-        assert_eq!(
-            central_kind("vm", "crashed: qemu died", None).as_deref(),
-            Some("workload_crashed")
-        );
-        assert_eq!(central_kind("vm", "update_done: ok", None).as_deref(), Some("vm_update_done"));
-    }
-
-    fn status(network: &str, states: &[(&str, &str, &str)]) -> Status {
-        Status {
-            network: network.into(),
-            workloads: states
-                .iter()
-                .map(|(n, st, h)| WorkloadView {
-                    name: (*n).into(),
-                    state: (*st).into(),
-                    health: (*h).into(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn failures_that_waiting_will_not_fix_are_told_apart() {
-        assert!(
-            hard_failure(&status("applied (revision x)", &[("a", "running", "healthy")])).is_none()
-        );
-        assert!(hard_failure(&status("pending", &[("a", "starting", "unknown")])).is_none());
-        assert!(
-            hard_failure(&status("failed: VLAN 10 refused; retrying", &[]))
-                .unwrap()
-                .contains("network failed")
-        );
-        assert!(
-            hard_failure(&status("applied", &[("a", "failed", "unknown")]))
-                .unwrap()
-                .contains("a failed")
-        );
-        assert!(
-            not_ready(&status(
-                "applied",
-                &[("a", "unhealthy", "unhealthy"), ("b", "running", "unknown")]
-            ))
-            .starts_with("a unhealthy")
-        );
-    }
-
-    #[test]
-    fn a_failed_revision_is_reported_with_where_the_node_went() {
-        let d = CentralDesired {
-            revision: "r2".into(),
-            state: "failed".into(),
-            message: "boom".into(),
-            rolled_back_to: "r1".into(),
-        };
-        let mut s =
-            status("applied", &[("a", "running", "unknown"), ("b", "unhealthy", "unhealthy")]);
-        s.applied = "r1".into();
-        let r = report(&s, &d, "v");
-        assert_eq!(r.applied_revision, "r1");
-        assert_eq!(r.desired_revision, "r2");
-        let last = r.last_apply.unwrap();
-        assert!(!last.ok);
-        assert_eq!(last.rolled_back_to, "r1");
-        assert_eq!(r.workloads.iter().filter(|w| w.healthy).count(), 1);
-    }
-}
+#[path = "connected_tests.rs"]
+mod tests;

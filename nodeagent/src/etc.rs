@@ -75,8 +75,7 @@ pub fn prepare(dir: &Path, resolv_source: &Path, workload: &str) -> Result<(Path
     for (path, text) in [(&files.0, resolv), (&files.1, container_hosts(workload))] {
         if read(path)?.as_deref() != Some(text.as_str()) {
             // 0644: readable by the container's (possibly unprivileged) user.
-            backroom_session::files::write_atomic(path, text.as_bytes(), 0o644)
-                .map_err(|e| Error::io("write", path, e))?;
+            backroom_daemon::fs::save(path, text.as_bytes(), 0o644)?;
         }
     }
     Ok(files)

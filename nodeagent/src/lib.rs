@@ -12,7 +12,14 @@
 //! owns the records, carries the actions out (each workload's long operations run as tasks) and
 //! publishes [`engine::Event`]s; [`server`] is the gRPC front end nodectl talks to. Outside
 //! systems are behind traits with a real and an in-memory implementation each:
-//! [`runtime::Runtime`] (containerd), [`network::Network`] (netd), [`vms::Vms`] (vmd).
+//! [`runtime::Runtime`] (containerd), [`network::Network`] (netd), [`vms::Vms`] (vmd),
+//! [`probe::Prober`] (health probes); time is a [`backroom_daemon::Clock`] in the engine's
+//! [`engine::Config`]. What fails in a background loop (a restart policy that cannot start a
+//! workload, a pull, netd or vmd out of reach, and netd's and vmd's own problems) becomes one
+//! `failing` and one `recovered` event and an open problem in the status ([`problems`]).
+//!
+//! The plumbing every daemon shares (sockets, readiness and watchdog, logging, signals, atomic
+//! files, error chains, the clock, backoff, conditions) is `backroom-daemon`'s.
 //!
 //! It does not own network objects (netd does), libvirt domains (vmd does), or the session to
 //! central (issue 6 feeds revisions in through [`engine::EngineHandle::apply`] and reads
@@ -23,11 +30,11 @@ pub mod connected;
 pub mod engine;
 pub mod error;
 pub mod etc;
-pub mod grpc;
 pub mod logs;
 pub mod network;
 pub mod plan;
 pub mod probe;
+pub mod problems;
 pub mod record;
 pub mod restart;
 pub mod runtime;
@@ -38,9 +45,5 @@ pub mod vms;
 
 pub use error::Error;
 
-/// Milliseconds since the Unix epoch (the clock every record and event uses).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+#[cfg(test)]
+mod roundtrip_tests;

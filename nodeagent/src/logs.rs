@@ -16,15 +16,19 @@ use rustix::fs::{CWD, FileType, Mode, mknodat};
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 
+use backroom_daemon::SharedClock;
+
 use crate::error::{Error, Result};
 
 /// The pipe buffer of each log FIFO: what a container may write while nodeagent is down.
 pub const FIFO_BYTES: usize = 1 << 20;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Logs {
     dir: PathBuf,
     fifo_dir: PathBuf,
+    /// Stamps each line.
+    clock: SharedClock,
     /// A log file is rotated past this size.
     pub max_bytes: u64,
     /// Rotated files kept besides the current one.
@@ -73,35 +77,24 @@ fn rotated(path: &Path, i: usize) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// UTC time of day with milliseconds, and the date: `2026-11-26T10:00:00.123Z`.
-fn timestamp() -> String {
-    let ms = crate::now_ms();
-    let secs = ms / 1000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!(
-        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        ms % 1000
-    )
+/// A log line's time, UTC with milliseconds: `2026-11-26T10:00:00.123Z`.
+fn timestamp(ms: i64) -> String {
+    let whole = backroom_daemon::clock::rfc3339(ms);
+    format!("{}.{:03}Z", whole.trim_end_matches('Z'), ms.rem_euclid(1000))
+}
+
+impl std::fmt::Debug for Logs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Logs").field("dir", &self.dir).finish_non_exhaustive()
+    }
 }
 
 impl Logs {
-    pub fn new(state_dir: &Path) -> Self {
+    pub fn new(state_dir: &Path, clock: SharedClock) -> Self {
         Logs {
             dir: state_dir.join("logs"),
             fifo_dir: state_dir.join("fifo"),
+            clock,
             max_bytes: 10 << 20,
             keep: 3,
         }
@@ -157,9 +150,12 @@ impl Logs {
                 .open_receiver(&path)
                 .map_err(|e| Error::io("open the FIFO", &path, e))?;
             if let Err(e) = rustix::pipe::fcntl_setpipe_size(&rx, FIFO_BYTES) {
-                tracing::warn!(fifo = %path.display(), "cannot raise the FIFO's buffer to {FIFO_BYTES} bytes: {e}");
+                let e = std::io::Error::from(e);
+                tracing::warn!(fifo = %path.display(), error = %backroom_daemon::Chain(&e), "cannot raise the FIFO's buffer to {FIFO_BYTES} bytes");
             }
             let file = file.clone();
+            let clock = self.clock.clone();
+            let workload = workload.to_string();
             let id = container_id.to_string();
             handles.push(tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 << 10];
@@ -171,20 +167,21 @@ impl Logs {
                     };
                     partial.extend_from_slice(&buf[..n]);
                     let mut out = Vec::new();
+                    let stamp = timestamp(clock.now_ms());
                     while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
                         let line: Vec<u8> = partial.drain(..=pos).collect();
-                        out.extend_from_slice(format!("{} {stream} ", timestamp()).as_bytes());
+                        out.extend_from_slice(format!("{stamp} {stream} ").as_bytes());
                         out.extend_from_slice(&line);
                     }
                     if partial.len() > 8192 {
-                        out.extend_from_slice(format!("{} {stream} ", timestamp()).as_bytes());
+                        out.extend_from_slice(format!("{stamp} {stream} ").as_bytes());
                         out.append(&mut partial);
                         out.push(b'\n');
                     }
                     if !out.is_empty() {
                         let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
                         if let Err(e) = f.write(&out) {
-                            tracing::warn!(container = %id, "cannot write the log: {e}");
+                            tracing::warn!(%workload, container = %id, error = %backroom_daemon::Chain(&e), "cannot write the log");
                         }
                     }
                 }
@@ -255,16 +252,21 @@ mod tests {
         assert_eq!(read(dir.path().join("w.log.1")), "cccc\ndddd\n");
         assert_eq!(read(dir.path().join("w.log.2")), "aaaa\nbbbb\n");
         assert!(!dir.path().join("w.log.3").exists());
-        let logs =
-            Logs { dir: dir.path().into(), fifo_dir: dir.path().into(), max_bytes: 10, keep: 2 };
+        let logs = Logs {
+            max_bytes: 10,
+            keep: 2,
+            ..Logs::new(dir.path(), backroom_daemon::clock::system())
+        };
+        let logs = Logs { dir: dir.path().into(), ..logs };
         assert_eq!(logs.tail("w", 8).unwrap(), b"dddd\neeee\n"[2..].to_vec());
-        assert!(timestamp().ends_with('Z'));
+        assert_eq!(timestamp(1_795_651_200_045), "2026-11-26T00:00:00.045Z");
     }
 
     #[tokio::test]
     async fn the_pump_copies_fifo_lines_into_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = Logs::new(dir.path());
+        let clock = backroom_daemon::ManualClock::new(1_795_651_200_007);
+        let logs = Logs::new(dir.path(), std::sync::Arc::new(clock));
         let handles = logs.pump("web", "web.1").unwrap();
         let (out, _) = logs.fifos("web.1");
         let mut w = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
@@ -279,6 +281,7 @@ mod tests {
             }
         }
         assert!(text.contains(" out hello\n") && text.contains(" out world\n"), "{text}");
+        assert!(text.starts_with("2026-11-26T00:00:00.007Z out "), "stamped by the clock: {text}");
         for h in handles {
             h.abort();
         }
@@ -287,7 +290,7 @@ mod tests {
     #[tokio::test]
     async fn a_container_may_write_a_megabyte_while_nobody_drains_its_fifo() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = Logs::new(dir.path());
+        let logs = Logs::new(dir.path(), backroom_daemon::clock::system());
         let (out, _) = logs.fifos("pos.1");
         let handles = logs.pump("pos", "pos.1").unwrap();
         // containerd's shim keeps a read end of its FIFOs, so the pipe outlives nodeagent.

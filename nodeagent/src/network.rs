@@ -1,6 +1,9 @@
 //! netd, as nodeagent uses it: the [`Network`] trait, the gRPC client ([`NetdClient`]) and an
 //! in-memory implementation for unit tests ([`MemoryNetwork`]).
 //!
+//! nodeagent also listens to netd: its `Events` stream (netd's own `failing`/`recovered`
+//! problems among them) and, on each (re)connect, the problems `Observe` lists as open.
+//!
 //! A container's network namespace comes from `attach(workload, instance)`; its OCI spec then
 //! joins that namespace. For a start-first update the new instance runs as `next` (namespace
 //! `bk-<workload>--next`, temporary addresses) and `promote` moves the stable addresses onto it.
@@ -12,9 +15,16 @@ use std::sync::{Arc, Mutex};
 
 use backroom_api::netd as pb;
 use backroom_api::netd::netd_client::NetdClient as PbClient;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::error::{Error, Result, status_message};
+use crate::error::{Error, Result, Rpc};
+use crate::problems::{OpenProblem, PeerEvent, Source};
+
+/// netd's events, until the connection drops (an error item says why).
+pub type NetEvents = BoxStream<'static, Result<PeerEvent>>;
 
 /// What netd gave an instance of a container workload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,6 +63,12 @@ pub trait Network: Send + Sync + 'static {
         workload: &str,
         instance: &str,
     ) -> impl Future<Output = Result<Endpoints>> + Send;
+    /// netd's event stream.
+    fn events(&self) -> impl Future<Output = Result<NetEvents>> + Send;
+    /// The problems netd's loops have open now.
+    fn problems(&self) -> impl Future<Output = Result<Vec<OpenProblem>>> + Send;
+    /// Whether a netd is there at all (without one nothing listens to it).
+    fn configured(&self) -> bool;
 }
 
 fn endpoints(r: pb::AttachReply) -> Endpoints {
@@ -69,8 +85,24 @@ pub struct NetdClient {
 }
 
 impl NetdClient {
-    pub fn new(socket: &Path) -> Result<Self> {
-        Ok(NetdClient { client: PbClient::new(crate::grpc::channel(socket)?) })
+    /// A client of the netd on `socket`; it connects on first use, so nodeagent may start
+    /// before netd.
+    pub fn new(socket: &Path) -> Self {
+        NetdClient { client: PbClient::new(backroom_daemon::socket::channel(socket)) }
+    }
+}
+
+fn netd(op: &'static str) -> impl FnOnce(tonic::Status) -> Error {
+    move |s| Error::Netd { op, source: Rpc(s) }
+}
+
+fn net_event(e: pb::Event) -> PeerEvent {
+    PeerEvent {
+        at_ms: e.at_unix_ms,
+        kind: e.kind,
+        subject: e.subject,
+        workload: String::new(),
+        message: e.message,
     }
 }
 
@@ -91,7 +123,7 @@ impl Network for NetdClient {
                 uplink_override: String::new(),
             })
             .await
-            .map_err(|s| Error::Netd { op: "apply", message: status_message(&s) })?
+            .map_err(netd("apply"))?
             .into_inner();
         Ok(NetworkApplied {
             changed: r.changed,
@@ -105,7 +137,7 @@ impl Network for NetdClient {
             .clone()
             .confirm(pb::ConfirmRequest { revision: revision.into() })
             .await
-            .map_err(|s| Error::Netd { op: "confirm", message: status_message(&s) })?;
+            .map_err(netd("confirm"))?;
         Ok(())
     }
 
@@ -115,7 +147,7 @@ impl Network for NetdClient {
             .clone()
             .attach(pb::AttachRequest { workload: workload.into(), instance: instance.into() })
             .await
-            .map_err(|s| Error::Netd { op: "attach", message: status_message(&s) })?;
+            .map_err(netd("attach"))?;
         Ok(endpoints(r.into_inner()))
     }
 
@@ -124,7 +156,7 @@ impl Network for NetdClient {
             .clone()
             .detach(pb::DetachRequest { workload: workload.into(), instance: instance.into() })
             .await
-            .map_err(|s| Error::Netd { op: "detach", message: status_message(&s) })?;
+            .map_err(netd("detach"))?;
         Ok(())
     }
 
@@ -134,9 +166,29 @@ impl Network for NetdClient {
             .clone()
             .promote(pb::PromoteRequest { workload: workload.into(), instance: instance.into() })
             .await
-            .map_err(|s| Error::Netd { op: "promote", message: status_message(&s) })?
+            .map_err(netd("promote"))?
             .into_inner();
         Ok(r.endpoints.map(endpoints).unwrap_or_default())
+    }
+
+    async fn events(&self) -> Result<NetEvents> {
+        let stream =
+            self.client.clone().events(pb::EventsRequest {}).await.map_err(netd("events"))?;
+        Ok(stream.into_inner().map(|r| r.map(net_event).map_err(netd("events"))).boxed())
+    }
+
+    async fn problems(&self) -> Result<Vec<OpenProblem>> {
+        let r =
+            self.client.clone().observe(pb::ObserveRequest {}).await.map_err(netd("observe"))?;
+        Ok(r.into_inner()
+            .problems
+            .into_iter()
+            .map(|p| OpenProblem::from_pb(Source::Netd, p))
+            .collect())
+    }
+
+    fn configured(&self) -> bool {
+        true
     }
 }
 
@@ -165,9 +217,19 @@ impl Network for NoNetwork {
     async fn promote(&self, _: &str, _: &str) -> Result<Endpoints> {
         Err(Error::NotConfigured("netd"))
     }
+    async fn events(&self) -> Result<NetEvents> {
+        Err(Error::NotConfigured("netd"))
+    }
+    async fn problems(&self) -> Result<Vec<OpenProblem>> {
+        Ok(Vec::new())
+    }
+    fn configured(&self) -> bool {
+        false
+    }
 }
 
-/// An in-memory netd for unit tests: remembers calls, hands out namespace paths.
+/// An in-memory netd for unit tests: remembers calls, hands out namespace paths, sends the
+/// events a test makes it send, and can be cut off and brought back.
 #[derive(Clone, Default)]
 pub struct MemoryNetwork {
     inner: Arc<Mutex<MemoryNetState>>,
@@ -178,12 +240,85 @@ pub struct MemoryNetState {
     pub applied: Vec<String>,
     pub attached: BTreeMap<(String, String), Endpoints>,
     pub calls: Vec<String>,
+    /// netd refuses every apply with this message.
     pub fail_apply: Option<String>,
+    /// What netd's loops have open (what `problems` answers).
+    pub problems: Vec<OpenProblem>,
+    /// netd is unreachable, for this reason.
+    pub down: Option<String>,
+    listeners: Vec<mpsc::UnboundedSender<Result<PeerEvent>>>,
 }
 
 impl MemoryNetwork {
     pub fn state(&self) -> std::sync::MutexGuard<'_, MemoryNetState> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// netd's loop `subject` starts failing: it is open, and a `failing` event goes out.
+    pub fn fail(&self, subject: &str, message: &str, at_ms: i64) {
+        let mut s = self.state();
+        s.problems.retain(|p| p.subject != subject);
+        s.problems.push(OpenProblem {
+            source: Source::Netd,
+            subject: subject.into(),
+            workload: String::new(),
+            message: message.into(),
+            since_ms: at_ms,
+            failures: 1,
+        });
+        s.send(PeerEvent {
+            at_ms,
+            kind: "failing".into(),
+            subject: subject.into(),
+            workload: String::new(),
+            message: format!("{subject}: {message}"),
+        });
+    }
+
+    /// netd's loop `subject` works again.
+    pub fn recover(&self, subject: &str, at_ms: i64) {
+        let mut s = self.state();
+        s.problems.retain(|p| p.subject != subject);
+        s.send(PeerEvent {
+            at_ms,
+            kind: "recovered".into(),
+            subject: subject.into(),
+            workload: String::new(),
+            message: format!("{subject} works again"),
+        });
+    }
+
+    /// netd goes away: its streams end and calls fail until [`MemoryNetwork::restore`].
+    pub fn cut(&self, why: &str) {
+        let mut s = self.state();
+        s.down = Some(why.to_string());
+        s.listeners.clear();
+    }
+
+    pub fn restore(&self) {
+        self.state().down = None;
+    }
+
+    /// How many event streams are open.
+    pub fn listeners(&self) -> usize {
+        let mut s = self.state();
+        s.listeners.retain(|l| !l.is_closed());
+        s.listeners.len()
+    }
+}
+
+impl MemoryNetState {
+    fn send(&mut self, e: PeerEvent) {
+        self.listeners.retain(|l| l.send(Ok(e.clone())).is_ok());
+    }
+
+    fn reachable(&self, op: &'static str) -> Result<()> {
+        match &self.down {
+            Some(why) => {
+                Err(Error::Netd { op, source: Rpc(tonic::Status::unavailable(why.clone())) })
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -191,8 +326,12 @@ impl Network for MemoryNetwork {
     async fn apply(&self, revision: &str, _: &str, _: u32) -> Result<NetworkApplied> {
         let mut s = self.state();
         s.calls.push(format!("apply {}", crate::plan::short(revision)));
+        s.reachable("apply")?;
         if let Some(m) = &s.fail_apply {
-            return Err(Error::Netd { op: "apply", message: m.clone() });
+            return Err(Error::Netd {
+                op: "apply",
+                source: Rpc(tonic::Status::failed_precondition(m.clone())),
+            });
         }
         s.applied.push(revision.into());
         Ok(NetworkApplied { changed: true, actions: vec![], confirm_deadline: 0 })
@@ -225,6 +364,21 @@ impl Network for MemoryNetwork {
         s.attached.insert((workload.into(), String::new()), e.clone());
         Ok(e)
     }
+    async fn events(&self) -> Result<NetEvents> {
+        let mut s = self.state();
+        s.reachable("events")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        s.listeners.push(tx);
+        Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(rx).boxed())
+    }
+    async fn problems(&self) -> Result<Vec<OpenProblem>> {
+        let s = self.state();
+        s.reachable("observe")?;
+        Ok(s.problems.clone())
+    }
+    fn configured(&self) -> bool {
+        true
+    }
 }
 
 /// The network a node runs with: netd's socket, or none (`--netd-socket none`).
@@ -236,11 +390,11 @@ pub enum NetworkChoice {
 
 impl NetworkChoice {
     /// `none` (no netd) or the path of netd's socket.
-    pub fn from_flag(socket: &Path) -> Result<Self> {
+    pub fn from_flag(socket: &Path) -> Self {
         if socket.as_os_str() == "none" {
-            Ok(NetworkChoice::None(NoNetwork))
+            NetworkChoice::None(NoNetwork)
         } else {
-            Ok(NetworkChoice::Netd(NetdClient::new(socket)?))
+            NetworkChoice::Netd(NetdClient::new(socket))
         }
     }
 }
@@ -280,5 +434,20 @@ impl Network for NetworkChoice {
             NetworkChoice::Netd(n) => n.promote(workload, instance).await,
             NetworkChoice::None(n) => n.promote(workload, instance).await,
         }
+    }
+    async fn events(&self) -> Result<NetEvents> {
+        match self {
+            NetworkChoice::Netd(n) => n.events().await,
+            NetworkChoice::None(n) => n.events().await,
+        }
+    }
+    async fn problems(&self) -> Result<Vec<OpenProblem>> {
+        match self {
+            NetworkChoice::Netd(n) => n.problems().await,
+            NetworkChoice::None(n) => n.problems().await,
+        }
+    }
+    fn configured(&self) -> bool {
+        matches!(self, NetworkChoice::Netd(_))
     }
 }

@@ -9,7 +9,7 @@ use std::fmt;
 use backroom_profiles::{ContainerSpec, Profile, UpdateStrategy, Workload};
 
 use crate::record::{HealthStatus, Records, Role, WorkloadRecord, spec_hash};
-use crate::restart::{Backoff, should_restart};
+use crate::restart::should_restart;
 
 /// Where a node-wide phase (network, VMs) stands for the desired revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,7 +151,6 @@ pub struct Input<'a> {
     pub now_ms: u64,
     /// How long a container without a health check must run to count as ready.
     pub settle_ms: u64,
-    pub backoff: &'a Backoff,
 }
 
 /// The actions to carry out now, in order.

@@ -65,7 +65,6 @@ struct Fixture {
     vms_ready: BTreeSet<String>,
     network: Phase,
     now: u64,
-    backoff: Backoff,
 }
 
 impl Fixture {
@@ -77,7 +76,6 @@ impl Fixture {
             vms_ready: BTreeSet::new(),
             network: Phase::Done,
             now: 100_000,
-            backoff: Backoff::default(),
         }
     }
 
@@ -92,7 +90,6 @@ impl Fixture {
             vms_ready: &self.vms_ready,
             now_ms: self.now,
             settle_ms: 2000,
-            backoff: &self.backoff,
         })
     }
 

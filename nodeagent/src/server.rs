@@ -15,19 +15,37 @@ use tonic::{Request, Response, Status};
 use crate::engine::{EngineHandle, Status as EngineStatus};
 use crate::error::Error;
 
+/// The error as a gRPC status whose message is its whole chain of causes.
 pub fn to_status(e: Error) -> Status {
-    let msg = e.to_string();
+    let msg = backroom_daemon::chain(&e);
     match e {
-        Error::Invalid(_) | Error::Refused(_) => Status::failed_precondition(msg),
+        Error::Invalid(_) | Error::Refused(_) | Error::Profile { .. } => {
+            Status::failed_precondition(msg)
+        }
         Error::NoSuchWorkload(_) => Status::not_found(msg),
         Error::NotConfigured(_) => Status::failed_precondition(msg),
         Error::ShuttingDown => Status::unavailable(msg),
         Error::Connect { .. }
+        | Error::Handshake { .. }
         | Error::Netd { .. }
         | Error::Vmd { .. }
-        | Error::Containerd { .. } => Status::unavailable(msg),
-        Error::Image { .. } => Status::failed_precondition(msg),
-        Error::Io { .. } | Error::State { .. } | Error::Other(_) => Status::internal(msg),
+        | Error::NotConfirmed { .. }
+        | Error::StreamClosed(_)
+        | Error::Containerd { .. }
+        | Error::Teardown { .. }
+        | Error::ExecTimeout { .. } => Status::unavailable(msg),
+        Error::Image { .. }
+        | Error::ImageJson { .. }
+        | Error::ImageConfig { .. }
+        | Error::Pull { .. }
+        | Error::Blob { .. } => Status::failed_precondition(msg),
+        Error::RuntimeSpec { .. } => Status::internal(msg),
+        Error::Io { .. }
+        | Error::StateFile { .. }
+        | Error::Encode { .. }
+        | Error::RevisionMismatch { .. }
+        | Error::Task { .. }
+        | Error::Daemon(_) => Status::internal(msg),
     }
 }
 
@@ -50,7 +68,7 @@ fn ms_to_unix(ms: u64) -> i64 {
 
 pub fn status_reply(s: EngineStatus) -> pb::StatusReply {
     pb::StatusReply {
-        problems: Vec::new(),
+        problems: s.problems.iter().map(|p| p.to_pb()).collect(),
         desired_revision: s.desired,
         applied_revision: s.applied,
         last_known_good: s.last_known_good,
@@ -211,7 +229,7 @@ impl NodeAgent for Service {
                     workload: e.workload,
                     kind: e.kind,
                     message: e.message,
-                    subject: String::new(),
+                    subject: e.subject,
                 })
             })
         });

@@ -37,8 +37,8 @@ pub struct ImageConfig {
 impl ImageConfig {
     /// Reads an image config blob (OCI or Docker, same fields).
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let c: oci_spec::image::ImageConfiguration = serde_json::from_slice(bytes)
-            .map_err(|e| Error::Invalid(format!("the image config is not valid JSON: {e}")))?;
+        let c: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(bytes).map_err(|source| Error::ImageConfig { source })?;
         let inner = c.config().clone().unwrap_or_default();
         Ok(ImageConfig {
             entrypoint: inner.entrypoint().clone().unwrap_or_default(),
@@ -83,8 +83,8 @@ const CAPS: &[Capability] = &[
 const PIDS_LIMIT: i64 = 4096;
 const CPU_PERIOD_US: u64 = 100_000;
 
-fn bad(e: impl std::fmt::Display) -> Error {
-    Error::Invalid(format!("cannot build the container's runtime spec: {e}"))
+fn bad(source: oci_spec::OciSpecError) -> Error {
+    Error::RuntimeSpec { source }
 }
 
 /// The argv: the profile's command, or the image's entrypoint + cmd.
@@ -226,7 +226,9 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
         ])
         .pids(LinuxPidsBuilder::default().limit(PIDS_LIMIT).build().map_err(bad)?);
     if let Some(m) = limits.memory {
-        let bytes = i64::try_from(m.bytes()).map_err(bad)?;
+        let bytes = i64::try_from(m.bytes()).map_err(|_| {
+            Error::Invalid(format!("the memory limit {m} of {} is too large", c.name))
+        })?;
         // swap = limit: no swap beyond the memory limit.
         res = res
             .memory(LinuxMemoryBuilder::default().limit(bytes).swap(bytes).build().map_err(bad)?);

@@ -1,7 +1,8 @@
 //! Durable node state under the state folder, written crash-safely (write a temporary file,
 //! fsync, rename, fsync the folder): the desired, applied and last-known-good revisions
 //! (`node.json`, the profiles themselves in `revisions/<id>.yaml`) and the workload records
-//! (`workloads.json`). A revision is on disk before nodeagent acts on it.
+//! (`workloads.json`), the latest action results (`actions.json`) and the open problems
+//! (`problems.json`). A revision is on disk before nodeagent acts on it.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,7 @@ use backroom_profiles::Rendered;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::problems::OpenProblem;
 use crate::record::Records;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,10 +35,9 @@ pub struct Store {
 }
 
 /// Writes `bytes` to `path` (0600) so that a crash leaves the old or the new content, never a
-/// mix (the session crate's temporary-file, fsync, rename, fsync-the-folder sequence).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    backroom_session::files::write_atomic(path, bytes, 0o600)
-        .map_err(|e| Error::io("write", path, e))
+/// mix ([`backroom_daemon::fs::save`]).
+pub fn save(path: &Path, bytes: &[u8]) -> Result<()> {
+    Ok(backroom_daemon::fs::save(path, bytes, 0o600)?)
 }
 
 impl Store {
@@ -56,18 +57,19 @@ impl Store {
     }
 
     pub fn save_revision(&self, r: &Rendered) -> Result<()> {
-        write_atomic(&self.revision_path(r.revision.as_str()), r.to_yaml().as_bytes())
+        save(&self.revision_path(r.revision.as_str()), r.to_yaml().as_bytes())
     }
 
     pub fn load_revision(&self, revision: &str) -> Result<Rendered> {
         let path = self.revision_path(revision);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
         let r = backroom_profiles::render_str(&path.display().to_string(), &text)
-            .map_err(|e| Error::State { path: path.clone(), message: e.to_string() })?;
+            .map_err(|source| Error::Profile { what: path.display().to_string(), source })?;
         if r.revision.as_str() != revision {
-            return Err(Error::State {
+            return Err(Error::RevisionMismatch {
                 path,
-                message: format!("it renders to revision {}, not {revision}", r.revision),
+                found: r.revision.to_string(),
+                wanted: revision.to_string(),
             });
         }
         Ok(r)
@@ -88,8 +90,7 @@ impl Store {
     fn load_json<T: for<'de> Deserialize<'de> + Default>(&self, name: &str) -> Result<T> {
         let path = self.dir.join(name);
         match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| Error::State { path, message: e.to_string() }),
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| Error::StateFile { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
             Err(e) => Err(Error::io("read", &path, e)),
         }
@@ -97,8 +98,8 @@ impl Store {
 
     fn save_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(value)
-            .map_err(|e| Error::Other(format!("cannot encode {name}: {e}")))?;
-        write_atomic(&self.dir.join(name), &bytes)
+            .map_err(|source| Error::Encode { what: name.to_string(), source })?;
+        save(&self.dir.join(name), &bytes)
     }
 
     pub fn load_node(&self) -> Result<NodeState> {
@@ -124,6 +125,15 @@ impl Store {
 
     pub fn save_actions<T: Serialize>(&self, actions: &[T]) -> Result<()> {
         self.save_json("actions.json", &actions)
+    }
+
+    /// The problems open when nodeagent last saved them (see `problems.rs`).
+    pub fn load_problems(&self) -> Result<Vec<OpenProblem>> {
+        self.load_json("problems.json")
+    }
+
+    pub fn save_problems(&self, open: &[OpenProblem]) -> Result<()> {
+        self.save_json("problems.json", &open)
     }
 }
 

@@ -9,9 +9,14 @@ use backroom_api::vmd as pb;
 use backroom_api::vmd::vmd_client::VmdClient as PbClient;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::error::{Error, Result, status_message};
+use crate::error::{Error, Result, Rpc};
+use crate::problems::{OpenProblem, PeerEvent, Source};
+
+/// vmd's events, until the connection drops (an error item says why).
+pub type VmEvents = BoxStream<'static, Result<PeerEvent>>;
 
 /// A VM as vmd reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,14 +40,6 @@ impl VmState {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmEvent {
-    pub at_ms: i64,
-    pub vm: String,
-    pub kind: String,
-    pub message: String,
-}
-
 /// The VM daemon.
 pub trait Vms: Send + Sync + 'static {
     fn apply(
@@ -52,8 +49,10 @@ pub trait Vms: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<String>>> + Send;
     fn list(&self) -> impl Future<Output = Result<Vec<VmState>>> + Send;
     fn restart(&self, name: &str) -> impl Future<Output = Result<()>> + Send;
-    /// vmd's lifecycle events, until the connection drops.
-    fn events(&self) -> impl Future<Output = Result<BoxStream<'static, VmEvent>>> + Send;
+    /// vmd's lifecycle events (its own `failing`/`recovered` problems among them).
+    fn events(&self) -> impl Future<Output = Result<VmEvents>> + Send;
+    /// The problems vmd's loops have open now.
+    fn problems(&self) -> impl Future<Output = Result<Vec<OpenProblem>>> + Send;
     /// Whether a vmd is there at all (without one, a profile with VMs cannot run them).
     fn configured(&self) -> bool;
 }
@@ -64,9 +63,14 @@ pub struct VmdClient {
 }
 
 impl VmdClient {
-    pub fn new(socket: &Path) -> Result<Self> {
-        Ok(VmdClient { client: PbClient::new(crate::grpc::channel(socket)?) })
+    /// A client of the vmd on `socket`; it connects on first use.
+    pub fn new(socket: &Path) -> Self {
+        VmdClient { client: PbClient::new(backroom_daemon::socket::channel(socket)) }
     }
+}
+
+fn vmd(op: &'static str) -> impl FnOnce(tonic::Status) -> Error {
+    move |s| Error::Vmd { op, source: Rpc(s) }
 }
 
 fn vm_state(v: pb::VmStatus) -> VmState {
@@ -92,7 +96,7 @@ impl Vms for VmdClient {
                 profile_yaml: profile_yaml.into(),
             })
             .await
-            .map_err(|s| Error::Vmd { op: "apply", message: status_message(&s) })?
+            .map_err(vmd("apply"))?
             .into_inner()
             .actions)
     }
@@ -103,7 +107,7 @@ impl Vms for VmdClient {
             .clone()
             .list(pb::ListRequest {})
             .await
-            .map_err(|s| Error::Vmd { op: "list", message: status_message(&s) })?
+            .map_err(vmd("list"))?
             .into_inner()
             .vms
             .into_iter()
@@ -116,29 +120,35 @@ impl Vms for VmdClient {
             .clone()
             .restart(pb::VmRequest { name: name.into() })
             .await
-            .map_err(|s| Error::Vmd { op: "restart", message: status_message(&s) })?;
+            .map_err(vmd("restart"))?;
         Ok(())
     }
 
-    async fn events(&self) -> Result<BoxStream<'static, VmEvent>> {
-        let stream = self
-            .client
-            .clone()
-            .events(pb::EventsRequest {})
-            .await
-            .map_err(|s| Error::Vmd { op: "events", message: status_message(&s) })?
-            .into_inner();
+    async fn events(&self) -> Result<VmEvents> {
+        let stream =
+            self.client.clone().events(pb::EventsRequest {}).await.map_err(vmd("events"))?;
         Ok(stream
-            .take_while(|r| futures::future::ready(r.is_ok()))
-            .filter_map(|r| async move {
-                r.ok().map(|e| VmEvent {
+            .into_inner()
+            .map(|r| {
+                r.map(|e| PeerEvent {
                     at_ms: e.at_unix_ms,
-                    vm: e.vm,
                     kind: e.kind,
+                    subject: e.subject,
+                    workload: e.vm,
                     message: e.message,
                 })
+                .map_err(vmd("events"))
             })
             .boxed())
+    }
+
+    async fn problems(&self) -> Result<Vec<OpenProblem>> {
+        let r = self.client.clone().list(pb::ListRequest {}).await.map_err(vmd("list"))?;
+        Ok(r.into_inner()
+            .problems
+            .into_iter()
+            .map(|p| OpenProblem::from_pb(Source::Vmd, p))
+            .collect())
     }
 
     fn configured(&self) -> bool {
@@ -160,8 +170,11 @@ impl Vms for NoVms {
     async fn restart(&self, _: &str) -> Result<()> {
         Err(Error::NotConfigured("vmd"))
     }
-    async fn events(&self) -> Result<BoxStream<'static, VmEvent>> {
-        Ok(futures::stream::pending().boxed())
+    async fn events(&self) -> Result<VmEvents> {
+        Err(Error::NotConfigured("vmd"))
+    }
+    async fn problems(&self) -> Result<Vec<OpenProblem>> {
+        Ok(Vec::new())
     }
     fn configured(&self) -> bool {
         false
@@ -173,12 +186,66 @@ impl Vms for NoVms {
 pub struct MemoryVms {
     inner: Arc<Mutex<Vec<VmState>>>,
     pub calls: Arc<Mutex<Vec<String>>>,
+    problems: Arc<Mutex<Watched>>,
+}
+
+/// What an in-memory vmd's loops have open, and who listens to its events.
+type Watched = (Vec<OpenProblem>, Vec<mpsc::UnboundedSender<Result<PeerEvent>>>);
+
+impl MemoryVms {
+    fn watched(&self) -> std::sync::MutexGuard<'_, Watched> {
+        self.problems.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// vmd's loop `subject` (about the VM `vm`) fails: it is open, a `failing` event goes out.
+    pub fn fail(&self, vm: &str, subject: &str, message: &str, at_ms: i64) {
+        let mut g = self.watched();
+        g.0.retain(|p| p.subject != subject);
+        g.0.push(OpenProblem {
+            source: Source::Vmd,
+            subject: subject.into(),
+            workload: vm.into(),
+            message: message.into(),
+            since_ms: at_ms,
+            failures: 1,
+        });
+        let e = PeerEvent {
+            at_ms,
+            kind: "failing".into(),
+            subject: subject.into(),
+            workload: vm.into(),
+            message: format!("{subject}: {message}"),
+        };
+        g.1.retain(|l| l.send(Ok(e.clone())).is_ok());
+    }
+
+    /// vmd's loop `subject` works again.
+    pub fn recover(&self, vm: &str, subject: &str, at_ms: i64) {
+        let mut g = self.watched();
+        g.0.retain(|p| p.subject != subject);
+        let e = PeerEvent {
+            at_ms,
+            kind: "recovered".into(),
+            subject: subject.into(),
+            workload: vm.into(),
+            message: format!("{subject} works again"),
+        };
+        g.1.retain(|l| l.send(Ok(e.clone())).is_ok());
+    }
+
+    /// How many event streams are open.
+    pub fn listeners(&self) -> usize {
+        let mut g = self.watched();
+        g.1.retain(|l| !l.is_closed());
+        g.1.len()
+    }
 }
 
 impl Vms for MemoryVms {
     async fn apply(&self, revision: &str, profile_yaml: &str) -> Result<Vec<String>> {
-        let r = backroom_profiles::render_str("vmd.yaml", profile_yaml)
-            .map_err(|e| Error::Vmd { op: "apply", message: e.to_string() })?;
+        let r = backroom_profiles::render_str("vmd.yaml", profile_yaml).map_err(|source| {
+            Error::Profile { what: format!("of revision {}", crate::plan::short(revision)), source }
+        })?;
         let vms: Vec<VmState> = r
             .profile
             .vms()
@@ -204,8 +271,13 @@ impl Vms for MemoryVms {
         self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(format!("restart {name}"));
         Ok(())
     }
-    async fn events(&self) -> Result<BoxStream<'static, VmEvent>> {
-        Ok(futures::stream::pending().boxed())
+    async fn events(&self) -> Result<VmEvents> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.watched().1.push(tx);
+        Ok(tokio_stream::wrappers::UnboundedReceiverStream::new(rx).boxed())
+    }
+    async fn problems(&self) -> Result<Vec<OpenProblem>> {
+        Ok(self.watched().0.clone())
     }
     fn configured(&self) -> bool {
         true
@@ -221,11 +293,11 @@ pub enum VmsChoice {
 
 impl VmsChoice {
     /// `none` (no vmd) or the path of vmd's socket.
-    pub fn from_flag(socket: &Path) -> Result<Self> {
+    pub fn from_flag(socket: &Path) -> Self {
         if socket.as_os_str() == "none" {
-            Ok(VmsChoice::None(NoVms))
+            VmsChoice::None(NoVms)
         } else {
-            Ok(VmsChoice::Vmd(VmdClient::new(socket)?))
+            VmsChoice::Vmd(VmdClient::new(socket))
         }
     }
 }
@@ -249,10 +321,16 @@ impl Vms for VmsChoice {
             VmsChoice::None(v) => v.restart(name).await,
         }
     }
-    async fn events(&self) -> Result<BoxStream<'static, VmEvent>> {
+    async fn events(&self) -> Result<VmEvents> {
         match self {
             VmsChoice::Vmd(v) => v.events().await,
             VmsChoice::None(v) => v.events().await,
+        }
+    }
+    async fn problems(&self) -> Result<Vec<OpenProblem>> {
+        match self {
+            VmsChoice::Vmd(v) => v.problems().await,
+            VmsChoice::None(v) => v.problems().await,
         }
     }
     fn configured(&self) -> bool {

@@ -1,16 +1,19 @@
 //! nodeagent's engine against the real containerd and the loopback registry: HTTP served from
 //! a container on its segment address, the OCI spec seen from inside, a memory limit enforced,
-//! a crash loop backed off, start-first updates promoted or rolled back.
+//! a crash loop backed off (on a manual clock: the real containerd, time moved by the test),
+//! start-first updates promoted or rolled back.
 //! Needs `scripts/install-deps` and `scripts/start-services` (containerd, the registry).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use backroom_daemon::{Clock, ManualClock, SharedClock};
 use backroom_nodeagent::engine::{Config, Engine, EngineHandle, Status, WorkloadView};
 use backroom_nodeagent::network::Network;
-use backroom_nodeagent::restart::Backoff;
+use backroom_nodeagent::restart::Timing;
 use backroom_nodeagent::vms::NoVms;
 use common::image::TestImage;
 use common::net::{TestNetwork, http_get_in};
@@ -31,16 +34,22 @@ impl Drop for Node {
 }
 
 async fn node<N: Network>(ns: &Namespace, net: N, backoff_ms: u64) -> Node {
+    node_on(ns, net, backoff_ms, backroom_daemon::clock::system()).await
+}
+
+/// A node whose engine reads time from `clock`.
+async fn node_on<N: Network>(ns: &Namespace, net: N, backoff_ms: u64, clock: SharedClock) -> Node {
     let state = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(state.path().to_path_buf(), state.path().join("volumes"));
-    cfg.backoff = Backoff { base_ms: backoff_ms, ..Backoff::default() };
+    cfg.restart = Timing::with_first_delay(Duration::from_millis(backoff_ms));
+    cfg.clock = clock.clone();
     cfg.stop_grace = Duration::from_secs(2);
     cfg.tick = Duration::from_millis(200);
     cfg.image_grace_ms = 0;
     // The host's resolv.conf as a test stand-in: a loopback resolver and a reachable one.
     cfg.resolv_conf = state.path().join("host-resolv.conf");
     std::fs::write(&cfg.resolv_conf, HOST_RESOLV).unwrap();
-    let runtime = common::containerd(&ns.name).await;
+    let runtime = common::containerd(&ns.name).await.with_clock(clock);
     let (engine, handle) = Engine::new(cfg, runtime, net, NoVms).unwrap();
     let task = tokio::spawn(async move {
         engine.run(None, || {}).await.unwrap();
@@ -161,21 +170,58 @@ async fn a_crash_loop_is_detected_and_backed_off() {
     let ns = Namespace::new();
     let image = TestImage::busybox(&["/bin/busybox", "false"], "");
     let reference = image.push("backroom-test/crash", &unique("t")).await;
-    let node = node(&ns, backroom_nodeagent::network::NoNetwork, 100).await;
+    // The real containerd, with time in the test's hands: a restart can only come when the
+    // test moves the clock past the backoff.
+    let clock = ManualClock::new(backroom_daemon::SystemClock.now_ms());
+    let node =
+        node_on(&ns, backroom_nodeagent::network::NoNetwork, 100, Arc::new(clock.clone())).await;
     let p = profile(&format!("  - name: crash\n    kind: container\n    image: {reference}\n"));
     node.handle.apply(p, "test".into()).await.unwrap();
-    let s =
-        until(&node, "a crash loop", 60, |s| workload(s, "crash").reason.contains("crash loop"))
-            .await;
+    let timing = Timing::with_first_delay(Duration::from_millis(100));
+    // Each exit waits out its backoff (100 ms, doubling) and no more: the restart comes once the
+    // clock reaches it. `took` is how long a permitted restart takes here, in real time.
+    let mut took = Duration::ZERO;
+    for exits in 1..=4u32 {
+        until(&node, "the exit booked", 60, |s| {
+            let w = workload(s, "crash");
+            w.restarts == exits - 1 && w.reason.contains("next try in")
+        })
+        .await;
+        let t0 = Instant::now();
+        clock.advance(Duration::from_millis(timing.delay_ms(exits)));
+        until(&node, "restarted once its backoff is over", 60, |s| {
+            workload(s, "crash").restarts == exits
+        })
+        .await;
+        took = took.max(t0.elapsed());
+    }
+    // The fifth exit in a row: a crash loop, shown as such and told once as a problem.
+    let s = until(&node, "a crash loop", 60, |s| {
+        let w = workload(s, "crash");
+        w.restarts == 4 && w.reason.contains("crash loop")
+    })
+    .await;
     let w = workload(&s, "crash");
     assert_eq!(w.state, "failed");
-    assert!(w.reason.contains("exited with code 1"), "{w:?}");
-    // Five failures in a row: the next delays are 1.6 s, 3.2 s…: few restarts from now on.
-    let before = w.restarts;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = workload(&node.handle.status().await.unwrap(), "crash").restarts;
-    assert!(after <= before + 1, "backed off: {before} → {after} restarts in 1.5 s");
-    assert!(before >= 3, "it was restarted before the loop was called: {before}");
+    assert!(
+        w.reason.contains("exited with code 1") && w.reason.contains("next try in 2s"),
+        "{w:?}"
+    );
+    let problem = s.problems.iter().find(|p| p.subject == "workload crash").expect("a problem");
+    assert!(problem.message.starts_with("crash loop: 5 exits in a row"), "{problem:?}");
+    // Backed off: 1.6 s now. Just short of it, no restart, for three times as long as a
+    // permitted restart took above...
+    clock.advance(Duration::from_millis(timing.delay_ms(5) - 1));
+    let window = (took * 3).max(Duration::from_secs(1));
+    tokio::time::sleep(window).await;
+    let w = workload(&node.handle.status().await.unwrap(), "crash").clone();
+    assert_eq!(w.restarts, 4, "restarted before its backoff was over (waited {window:?})");
+    // ...and one millisecond later it is.
+    clock.advance(Duration::from_millis(1));
+    until(&node, "restarted after the crash-loop backoff", 60, |s| {
+        workload(s, "crash").restarts == 5
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,9 +270,18 @@ async fn start_first_updates_promote_a_healthy_version_and_roll_back_a_broken_on
     let w = workload(&s, "web");
     assert_eq!(w.container_id, second.container_id, "v2 kept running, untouched");
     assert_eq!(w.image, v2);
-    // It stays on v2, says why, and does not retry the broken version.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let s = node.handle.status().await.unwrap();
+    // It stays on v2, says why, and does not retry the broken version: two more health checks
+    // of v2 (each answer makes the engine plan again) and the broken one was not started again.
+    let checked = w.health_checked_ms;
+    let starts = |s: &Status| {
+        s.actions.iter().filter(|a| a.action.starts_with("start the new version of web")).count()
+    };
+    let tried = starts(&s);
+    let s = until(&node, "v2 checked twice more", 30, |s| {
+        workload(s, "web").health_checked_ms > checked + 1000
+    })
+    .await;
+    assert_eq!(starts(&s), tried, "the broken version was tried again");
     let w = workload(&s, "web");
     assert_eq!(w.container_id, second.container_id);
     assert!(w.reason.contains("rolled back"), "{w:?}");
@@ -378,7 +433,7 @@ async fn a_lost_layer_directory_is_unpacked_again_on_start() {
     std::fs::remove_dir_all(&lower).unwrap();
 
     let state = tempfile::tempdir().unwrap();
-    let logs = backroom_nodeagent::logs::Logs::new(state.path());
+    let logs = backroom_nodeagent::logs::Logs::new(state.path(), backroom_daemon::clock::system());
     let (stdout, stderr) = logs.prepare("lost.1").unwrap();
     let mut spec = oci_spec::runtime::Spec::default();
     let mut process = spec.process().clone().unwrap();

@@ -96,7 +96,7 @@ async fn a_private_registry_is_trusted_through_its_ca_and_only_through_it() {
     // Another CA than the one that signed the registry's certificate: refused.
     let other = TestCa::new("some other CA");
     let e = runtime(&ns, &registry, &other.pem).await.ensure_image(&via).await.unwrap_err();
-    let text = format!("{e:#}");
+    let text = backroom_daemon::chain(&e);
     assert!(text.contains(&registry), "the error names the image: {text}");
     assert!(text.to_lowercase().contains("certificate"), "a certificate error: {text}");
 

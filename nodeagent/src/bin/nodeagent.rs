@@ -6,9 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use backroom_daemon::logging::LogArgs;
+use backroom_daemon::{Chain, notify};
 use backroom_nodeagent::engine::{Config, Engine};
 use backroom_nodeagent::network::NetworkChoice;
-use backroom_nodeagent::restart::Backoff;
+use backroom_nodeagent::restart::Timing;
 use backroom_nodeagent::runtime::{Containerd, ContainerdConfig, RegistryAuth};
 use backroom_nodeagent::vms::VmsChoice;
 use clap::Parser;
@@ -94,6 +96,8 @@ struct Args {
     /// that uses them).
     #[arg(long, default_value_t = 24)]
     image_grace_hours: u64,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,20 +106,20 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: called first thing in main, before any other thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .init();
+    args.log.init("info");
     // One thread is plenty for a node agent, and keeps it small.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    // One nodeagent per state folder; the kernel lets go of the lock however this one ends.
+    let lock = args.state_dir.join("nodeagent.lock");
+    let _lock = tokio::task::spawn_blocking(move || {
+        backroom_daemon::fs::StateLock::acquire_wait(&lock, Duration::from_secs(5))
+    })
+    .await??;
+    let clock = backroom_daemon::clock::system();
     let auth: BTreeMap<String, RegistryAuth> = match &args.registry_auth {
         Some(p) => {
             let text = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
@@ -148,19 +152,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let runtime = loop {
         match Containerd::connect(ctd_config.clone()).await {
-            Ok(c) => break c,
+            Ok(c) => break c.with_clock(clock.clone()),
             Err(e) => {
-                tracing::warn!("{e}; trying again in 2 s");
+                tracing::warn!(error = %Chain(&e), "containerd is not there yet; trying again in 2 s");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
     };
-    let net = NetworkChoice::from_flag(&args.netd_socket)?;
-    let vms = VmsChoice::from_flag(&args.vmd_socket)?;
+    let net = NetworkChoice::from_flag(&args.netd_socket);
+    let vms = VmsChoice::from_flag(&args.vmd_socket);
     let mut cfg = Config::new(
         args.state_dir.clone(),
         args.volumes_dir.clone().unwrap_or_else(|| args.state_dir.join("volumes")),
     );
+    cfg.clock = clock.clone();
     cfg.resolv_conf = args.resolv_conf.clone();
     let contact = tokio::sync::watch::Sender::new(0i64);
     let central_state = tokio::sync::watch::Sender::new(String::from("standalone (no --central)"));
@@ -169,7 +174,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.central.is_some() {
         cfg.confirm_gate = Some(backroom_nodeagent::connected::confirm_gate(contact.subscribe()));
     }
-    cfg.backoff = Backoff { base_ms: args.restart_backoff_ms.max(1), ..Backoff::default() };
+    cfg.restart = Timing::with_first_delay(Duration::from_millis(args.restart_backoff_ms.max(1)));
     cfg.stop_grace = Duration::from_secs(args.stop_grace_seconds);
     cfg.image_grace_ms = args.image_grace_hours * 3600 * 1000;
     let (engine, handle) = Engine::new(cfg, runtime, net, vms)?;
@@ -192,45 +197,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
             apply_deadline: args.apply_deadline.to_std(),
             outbox_limits: backroom_session::outbox::Limits::default(),
             disk_low_percent: 10,
+            clock: clock.clone(),
         };
         backroom_nodeagent::connected::spawn(opts, handle.clone(), central_state.clone(), contact);
     }
-    let incoming = backroom_nodeagent::grpc::listen(&args.socket)?;
+    let incoming =
+        backroom_daemon::socket::listen(&args.socket, backroom_daemon::socket::Access::ROOT)?;
     tracing::info!("serving nodectl on {}", args.socket.display());
 
-    if let Some(period) = sd_notify::watchdog_enabled() {
-        let h = handle.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(period / 2).await;
-                // Only a live engine earns the ping.
-                if tokio::time::timeout(period / 4, h.status()).await.is_ok_and(|r| r.is_ok()) {
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-                }
-            }
-        });
-    }
+    // Only a live engine earns the ping: one that answers a status request.
+    let h = handle.clone();
+    notify::spawn_watchdog(move || {
+        let h = h.clone();
+        async move { h.status().await.is_ok() }
+    });
     let server = tonic::transport::Server::builder()
         .add_service(backroom_nodeagent::server::service(handle, central_state.subscribe()))
         .serve_with_incoming(incoming);
     let ready = || {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        notify::ready();
         tracing::info!("ready");
     };
     tokio::select! {
         r = engine.run(args.profile.clone(), ready) => r?,
         r = server => r.context("the nodectl server stopped")?,
-        _ = shutdown() => tracing::info!("stopping: containers keep running"),
+        signal = backroom_daemon::signal::shutdown() => {
+            notify::stopping();
+            tracing::info!("{signal}: stopping; containers keep running");
+        }
     }
     Ok(())
-}
-
-async fn shutdown() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
-    let Ok(mut int) = signal(SignalKind::interrupt()) else { return std::future::pending().await };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use backroom_api::nodeagent as pb;
 use backroom_api::nodeagent::node_agent_client::NodeAgentClient;
+use backroom_daemon::Clock;
+use backroom_daemon::condition::for_how_long;
+use backroom_daemon::logging::LogArgs;
+use backroom_nodeagent::problems::{FAILING, RECOVERED};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -23,12 +27,14 @@ struct Args {
     json: bool,
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The profile revision, each workload with its state, health, since when, restarts and
-    /// address, and the latest actions.
+    /// The profile revision, what is failing now (and since when), each workload with its
+    /// state, health, since when, restarts and address, and the latest problems and actions.
     Status,
     /// A workload's log (stdout and stderr, timestamped).
     Logs {
@@ -62,6 +68,7 @@ enum ImageCommand {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    args.log.init("warn");
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -83,7 +90,9 @@ fn fail(s: tonic::Status) -> anyhow::Error {
 }
 
 async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    let channel = backroom_nodeagent::grpc::channel(&args.socket)?;
+    let channel = backroom_daemon::socket::connect(&args.socket)
+        .await
+        .context("is nodeagent running? (see `systemctl status nodeagent`)")?;
     let mut client = NodeAgentClient::new(channel);
     let ok = std::process::ExitCode::SUCCESS;
     match args.command {
@@ -93,7 +102,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 .await
                 .map_err(|s| {
                     anyhow::anyhow!(
-                        "cannot reach nodeagent at {}: {}",
+                        "nodeagent at {} does not answer: {}",
                         args.socket.display(),
                         s.message()
                     )
@@ -102,7 +111,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
             } else {
-                print!("{}", status_text(&s, now_unix()));
+                print!("{}", status_text(&s, backroom_daemon::SystemClock.now_ms()));
             }
         }
         Command::Logs { name, follow, tail } => {
@@ -187,7 +196,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 if args.json {
                     println!(
                         "{}",
-                        json!({ "at_unix_ms": e.at_unix_ms, "workload": e.workload, "kind": e.kind, "message": e.message })
+                        json!({ "at_unix_ms": e.at_unix_ms, "workload": e.workload, "kind": e.kind, "subject": e.subject, "message": e.message })
                     );
                 } else {
                     let w = if e.workload.is_empty() { "node" } else { &e.workload };
@@ -197,10 +206,6 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(ok)
-}
-
-fn now_unix() -> i64 {
-    i64::try_from(backroom_nodeagent::now_ms() / 1000).unwrap_or(0)
 }
 
 fn short(rev: &str) -> &str {
@@ -235,6 +240,10 @@ fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         "source": s.source,
         "network": s.network,
         "central": s.central,
+        "problems": s.problems.iter().map(|p| json!({
+            "subject": p.subject, "message": p.message, "since_unix_ms": p.since_unix_ms,
+            "failures": p.failures, "source": p.source,
+        })).collect::<Vec<_>>(),
         "workloads": s.workloads.iter().map(|w| json!({
             "name": w.name, "kind": w.kind, "state": w.state, "health": w.health,
             "reason": w.reason, "since_unix": w.since_unix, "restarts": w.restarts,
@@ -248,7 +257,33 @@ fn status_json(s: &pb::StatusReply) -> serde_json::Value {
     })
 }
 
-fn status_text(s: &pb::StatusReply, now: i64) -> String {
+/// The problems open now, in words a store manager can read aloud: what fails, since when,
+/// who noticed, and why.
+fn problems_text(s: &pb::StatusReply, now_ms: i64) -> String {
+    if s.problems.is_empty() {
+        return "problems: none\n".to_string();
+    }
+    let mut o = format!("problems ({}):\n", s.problems.len());
+    for p in &s.problems {
+        let tries = if p.failures > 1 { format!(", {} tries", p.failures) } else { String::new() };
+        o.push_str(&format!(
+            "  {} is failing since {} UTC ({} ago; seen by {}{tries}): {}\n",
+            p.subject,
+            clock(p.since_unix_ms.div_euclid(1000)),
+            for_how_long(now_ms.saturating_sub(p.since_unix_ms)),
+            p.source,
+            p.message
+        ));
+    }
+    o
+}
+
+fn is_problem_notice(a: &pb::ActionResult) -> bool {
+    a.action.starts_with(FAILING) || a.action.starts_with(RECOVERED)
+}
+
+fn status_text(s: &pb::StatusReply, now_ms: i64) -> String {
+    let now = now_ms.div_euclid(1000);
     let mut o = String::new();
     if s.desired_revision.is_empty() {
         o.push_str("no profile yet\n");
@@ -270,6 +305,7 @@ fn status_text(s: &pb::StatusReply, now: i64) -> String {
     if !s.central.is_empty() {
         o.push_str(&format!("central: {}\n", s.central));
     }
+    o.push_str(&problems_text(s, now_ms));
     o.push('\n');
     let rows: Vec<[String; 8]> = s
         .workloads
@@ -312,9 +348,20 @@ fn status_text(s: &pb::StatusReply, now: i64) -> String {
             o.push_str(&format!("    {}\n", w.reason));
         }
     }
-    if !s.actions.is_empty() {
+    let notices: Vec<&pb::ActionResult> =
+        s.actions.iter().filter(|a| is_problem_notice(a)).take(10).collect();
+    if !notices.is_empty() {
+        o.push_str("\nrecent problems:\n");
+        for a in notices {
+            let kind = if a.ok { "recovered" } else { "failing  " };
+            o.push_str(&format!("  {} {kind} {}\n", clock(a.at_unix_ms / 1000), a.message));
+        }
+    }
+    let actions: Vec<&pb::ActionResult> =
+        s.actions.iter().filter(|a| !is_problem_notice(a)).take(10).collect();
+    if !actions.is_empty() {
         o.push_str("\nrecent actions:\n");
-        for a in s.actions.iter().take(10) {
+        for a in actions {
             let w = if a.workload.is_empty() { "node" } else { &a.workload };
             let msg = if a.message.is_empty() { String::new() } else { format!(": {}", a.message) };
             o.push_str(&format!(
@@ -326,4 +373,59 @@ fn status_text(s: &pb::StatusReply, now: i64) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_read_aloud_worst_first_with_since_when_and_recent_notices() {
+        let now = 1_795_651_200_000 + 9 * 3600 * 1000 + 45 * 60 * 1000;
+        let since = now - (3 * 60 + 5) * 1000;
+        let s = pb::StatusReply {
+            network: "applied (revision 86a3bc5de5ad)".into(),
+            problems: vec![backroom_api::common::Problem {
+                subject: "uplink eno1".into(),
+                message: "the link eno1 does not exist".into(),
+                since_unix_ms: since,
+                failures: 12,
+                source: "netd".into(),
+            }],
+            actions: vec![
+                pb::ActionResult {
+                    at_unix_ms: since,
+                    workload: String::new(),
+                    action: format!("{FAILING}uplink eno1"),
+                    ok: false,
+                    message: "uplink eno1: the link eno1 does not exist".into(),
+                },
+                pb::ActionResult {
+                    at_unix_ms: since - 1000,
+                    workload: "orders".into(),
+                    action: "start orders (r/orders:1)".into(),
+                    ok: true,
+                    message: "container orders.1 started".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let text = status_text(&s, now);
+        assert!(
+            text.contains(
+                "problems (1):\n  uplink eno1 is failing since 09:41:55 UTC (3m 5s ago; seen by netd, 12 tries): the link eno1 does not exist\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "recent problems:\n  09:41:55 failing   uplink eno1: the link eno1 does not exist\n"
+            ),
+            "{text}"
+        );
+        let actions = &text[text.find("recent actions:").unwrap()..];
+        assert!(actions.contains("start orders") && !actions.contains("uplink"), "{text}");
+        let calm = status_text(&pb::StatusReply::default(), now);
+        assert!(calm.contains("problems: none\n"), "{calm}");
+    }
 }

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use backroom_profiles::{ContainerSpec, Rendered, Workload};
-use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
+
+use backroom_daemon::Chain;
 
 use super::ops::{self, Ctx, Launched};
 use super::view::{ActionResult, Event};
@@ -16,6 +17,8 @@ use crate::error::{Error, Result};
 use crate::logs::Logs;
 use crate::network::Network;
 use crate::plan::short;
+use crate::probe::{HostProber, Prober};
+use crate::problems::{Change, FAILING, Problems, RECOVERED, Source};
 use crate::record::{Exit, Records, Update, WorkloadRecord};
 use crate::restart::record_failure;
 use crate::runtime::{Runtime, TaskState, images_to_collect};
@@ -40,10 +43,15 @@ pub(super) struct PhaseState {
     pub(super) error: Option<String>,
 }
 
-pub struct Engine<R, N, V> {
+/// The engine over a runtime, a network, a VM daemon and a prober (by default the host's,
+/// which probes through the runtime).
+pub struct Engine<R, N, V, P = HostProber<R>> {
     pub(super) cfg: Config,
     pub(super) ctx: Ctx<R, N>,
     pub(super) vms: Arc<V>,
+    pub(super) prober: Arc<P>,
+    pub(super) problems: Problems,
+    pub(super) problems_dirty: bool,
     pub(super) store: Store,
     pub(super) node: NodeState,
     pub(super) desired: Option<Rendered>,
@@ -79,29 +87,59 @@ pub(super) fn update_deadline_ms(spec: &ContainerSpec, settle_ms: u64) -> u64 {
 
 impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
     /// Opens the state folder and makes the engine and its handle; nothing runs before
-    /// [`Engine::run`].
+    /// [`Engine::run`]. Health is probed from the host ([`HostProber`]).
     pub fn new(cfg: Config, runtime: R, net: N, vms: V) -> Result<(Self, EngineHandle)> {
+        let runtime = Arc::new(runtime);
+        let prober = HostProber::new(runtime.clone());
+        Engine::build(cfg, runtime, net, vms, prober)
+    }
+}
+
+impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
+    /// [`Engine::new`] with another prober (tests use [`crate::probe::MemoryProber`]).
+    pub fn with_prober(
+        cfg: Config,
+        runtime: R,
+        net: N,
+        vms: V,
+        prober: P,
+    ) -> Result<(Self, EngineHandle)> {
+        Engine::build(cfg, Arc::new(runtime), net, vms, prober)
+    }
+
+    fn build(
+        cfg: Config,
+        runtime: Arc<R>,
+        net: N,
+        vms: V,
+        prober: P,
+    ) -> Result<(Self, EngineHandle)> {
         let store = Store::open(&cfg.state_dir)?;
         let node = store.load_node()?;
         let records = store.load_records()?;
         let actions: VecDeque<ActionResult> = store.load_actions()?.into();
-        let logs = Logs::new(&cfg.state_dir);
+        let problems = Problems::restore(store.load_problems()?);
+        let logs = Logs::new(&cfg.state_dir, cfg.clock.clone());
         let (tx, rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(256);
         let handle = EngineHandle { tx: tx.clone(), events: events.clone(), logs: logs.clone() };
         let ctx = Ctx {
-            runtime: Arc::new(runtime),
+            runtime,
             net: Arc::new(net),
             logs,
             volumes_dir: cfg.volumes_dir.clone(),
             etc_dir: cfg.state_dir.join("etc"),
             resolv_conf: cfg.resolv_conf.clone(),
             stop_grace: cfg.stop_grace,
+            clock: cfg.clock.clone(),
         };
         let engine = Engine {
             cfg,
             ctx,
             vms: Arc::new(vms),
+            prober: Arc::new(prober),
+            problems,
+            problems_dirty: false,
             store,
             node,
             desired: None,
@@ -127,24 +165,66 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         Ok((engine, handle))
     }
 
+    /// Now, on the engine's clock (unix ms).
+    pub(super) fn now(&self) -> u64 {
+        u64::try_from(self.cfg.clock.now_ms()).unwrap_or(0)
+    }
+
     pub(super) fn emit(&self, workload: &str, kind: &str, message: String) {
-        tracing::info!(workload, kind, "{message}");
+        self.emit_about(workload, kind, "", message);
+    }
+
+    fn emit_about(&self, workload: &str, kind: &str, subject: &str, message: String) {
+        tracing::info!(workload, kind, subject, "{message}");
         let _ = self.events.send(Event {
-            at_ms: crate::now_ms(),
+            at_ms: self.now(),
             workload: workload.to_string(),
             kind: kind.to_string(),
             message,
+            subject: subject.to_string(),
         });
     }
 
+    /// Tells a problem opening or closing: an event, and an entry in the action history
+    /// (what `nodectl status` shows as recent problems).
+    pub(super) fn tell(&mut self, c: Change) {
+        let p = &c.problem;
+        if c.failing {
+            tracing::warn!(workload = %p.workload, source = p.source.as_str(), "{}", c.message);
+        }
+        self.emit_about(&p.workload, c.kind(), &p.subject, c.message.clone());
+        let prefix = if c.failing { FAILING } else { RECOVERED };
+        self.push_action(ActionResult {
+            at_ms: u64::try_from(c.at_ms).unwrap_or(0),
+            workload: p.workload.clone(),
+            action: format!("{prefix}{}", p.subject),
+            ok: !c.failing,
+            message: c.message,
+        });
+        self.problems_dirty = true;
+    }
+
+    /// One failed try of nodeagent's own `subject`.
+    pub(super) fn failing(&mut self, subject: &str, workload: &str, message: String) {
+        let now = self.cfg.clock.now_ms();
+        match self.problems.failed(subject, workload, message, now) {
+            Some(c) => self.tell(c),
+            // Still failing: the latest reason and count are kept (and saved), not told again.
+            None => self.problems_dirty = true,
+        }
+    }
+
+    /// One good try of nodeagent's own `subject`.
+    pub(super) fn working(&mut self, subject: &str) {
+        let now = self.cfg.clock.now_ms();
+        if let Some(c) = self.problems.succeeded(subject, now) {
+            self.tell(c);
+        }
+    }
+
     /// Books the end of a node-wide phase; true when it succeeded.
-    fn phase_done(
-        &mut self,
-        phase: Phase,
-        revision: &str,
-        result: std::result::Result<Vec<String>, String>,
-    ) -> bool {
-        let retry_at_ms = crate::now_ms() + self.cfg.retry_ms;
+    fn phase_done(&mut self, phase: Phase, revision: &str, result: Result<Vec<String>>) -> bool {
+        let retry_at_ms = self.now() + self.cfg.retry_ms;
         let (state, what) = match phase {
             Phase::Network => (&mut self.network, "network"),
             Phase::Vms => (&mut self.vm_phase, "VMs"),
@@ -157,41 +237,46 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 state.error = None;
                 let msg =
                     if actions.is_empty() { "no change".to_string() } else { actions.join("; ") };
-                self.record_action("", &action, Ok(msg));
+                self.record_action("", &action, true, msg);
                 true
             }
             Err(e) => {
-                state.error = Some(e.clone());
+                let why = backroom_daemon::chain(&e);
+                tracing::warn!(revision = short(revision), error = %Chain(&e), "cannot {action}");
+                state.error = Some(why.clone());
                 state.retry_at_ms = retry_at_ms;
-                self.record_action("", &action, Err(e));
+                self.record_action("", &action, false, why);
                 false
             }
         }
     }
 
+    /// Books how an action went (`message`: what it did, or why it failed).
     pub(super) fn record_action(
         &mut self,
         workload: &str,
         action: &str,
-        result: std::result::Result<String, String>,
+        ok: bool,
+        message: String,
     ) {
-        let (ok, message) = match result {
-            Ok(m) => (true, m),
-            Err(m) => (false, m),
-        };
         let line = if message.is_empty() {
             format!("{action}: {}", if ok { "done" } else { "failed" })
         } else {
             format!("{action}: {message}")
         };
         self.emit(workload, "action", line);
-        self.actions.push_front(ActionResult {
-            at_ms: crate::now_ms(),
+        let at_ms = self.now();
+        self.push_action(ActionResult {
+            at_ms,
             workload: workload.to_string(),
             action: action.to_string(),
             ok,
             message,
         });
+    }
+
+    fn push_action(&mut self, a: ActionResult) {
+        self.actions.push_front(a);
         self.actions.truncate(ACTIONS_KEPT);
         self.actions_dirty = true;
     }
@@ -205,9 +290,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         self.adopt().await;
         self.load_desired(boot_profile.as_deref());
         ready();
-        if self.vms.configured() {
-            self.forward_vm_events();
-        }
+        self.listen_to_peers();
         self.refresh_vms();
         self.reconcile();
         let mut tick = tokio::time::interval(self.cfg.tick);
@@ -234,8 +317,8 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             match self.store.load_revision(&rev) {
                 Ok(r) => self.desired = Some(r),
                 Err(e) => {
-                    tracing::error!("cannot load the desired revision {rev}: {e}");
-                    self.boot_error = Some(e.to_string());
+                    tracing::error!(revision = short(&rev), error = %Chain(&e), "cannot load the desired revision");
+                    self.boot_error = Some(backroom_daemon::chain(&e));
                 }
             }
         }
@@ -260,12 +343,12 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                     Ok(_) => {
                         self.node.boot_profile_revision = Some(rev);
                         if let Err(e) = self.store.save_node(&self.node) {
-                            tracing::error!("{e}");
+                            tracing::error!(error = %Chain(&e), "cannot keep which profile file was taken");
                         }
                     }
                     Err(e) => {
-                        tracing::error!("{e}");
-                        self.boot_error = Some(e.to_string());
+                        tracing::error!(profile = %path.display(), error = %Chain(&e), "the profile is not taken");
+                        self.boot_error = Some(backroom_daemon::chain(&e));
                     }
                 }
             }
@@ -278,7 +361,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             match self.ctx.runtime.list().await {
                 Ok(o) => break o,
                 Err(e) => {
-                    tracing::warn!("cannot list containers yet (retrying in 2 s): {e}");
+                    tracing::warn!(error = %Chain(&e), "cannot list containers yet (retrying in 2 s)");
                     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 }
             }
@@ -286,7 +369,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         let by_id: HashMap<String, TaskState> =
             observed.iter().map(|o| (o.id.clone(), o.task.clone())).collect();
         let mut known = BTreeSet::new();
-        let now = crate::now_ms();
+        let now = self.now();
         let mut to_watch = Vec::new();
         let mut gone = Vec::new();
         for rec in self.records.values_mut() {
@@ -316,14 +399,16 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 Ok(p) => {
                     self.pumps.insert(id.clone(), p);
                 }
-                Err(e) => tracing::warn!(workload = %w, "cannot reopen the log of {id}: {e}"),
+                Err(e) => {
+                    tracing::warn!(workload = %w, error = %Chain(&e), "cannot reopen the log of {id}")
+                }
             }
             self.watch(id.clone());
             self.emit(w, "state", format!("adopted container {id}"));
         }
         for (w, id) in gone {
             if let Some(rec) = self.records.get_mut(&w) {
-                record_failure(&self.cfg.backoff, rec, None, now);
+                record_failure(&self.cfg.restart, rec, None, now);
             }
             self.emit(&w, "exit", format!("container {id} was gone when nodeagent started"));
         }
@@ -333,7 +418,9 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 self.stopping.insert(o.id.clone());
                 let ctx = self.ctx.clone();
                 tokio::spawn(async move {
-                    let _ = ops::remove(&ctx, &o.id).await;
+                    if let Err(e) = ops::remove(&ctx, &o.id).await {
+                        tracing::warn!(container = %o.id, error = %Chain(&e), "cannot remove an unknown container");
+                    }
                 });
             }
         }
@@ -347,12 +434,12 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         let h = tokio::spawn(async move {
             loop {
                 match runtime.wait(&id).await {
-                    Ok(exit) => {
-                        let _ = tx.send(Msg::Exited { container_id: id, exit }).await;
+                    Ok(ended) => {
+                        let _ = tx.send(Msg::Exited { container_id: id, ended }).await;
                         return;
                     }
                     Err(e) => {
-                        tracing::debug!("wait for {id}: {e}; again in 2 s");
+                        tracing::debug!(container = %id, error = %Chain(&e), "cannot wait for the task; again in 2 s");
                         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                     }
                 }
@@ -383,21 +470,42 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         launched.instance
     }
 
-    fn forward_vm_events(&self) {
-        let vms = self.vms.clone();
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            loop {
-                if let Ok(mut s) = vms.events().await {
-                    while let Some(e) = s.next().await {
-                        if tx.send(Msg::VmEvent(e)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-            }
-        });
+    /// Follows netd's and vmd's event streams (those configured).
+    fn listen_to_peers(&self) {
+        if self.ctx.net.configured() {
+            let (a, b) = (self.ctx.net.clone(), self.ctx.net.clone());
+            super::peers::spawn(
+                Source::Netd,
+                self.tx.clone(),
+                self.cfg.clock.clone(),
+                self.cfg.peer_retry,
+                move || {
+                    let n = a.clone();
+                    async move { n.events().await }
+                },
+                move || {
+                    let n = b.clone();
+                    async move { n.problems().await }
+                },
+            );
+        }
+        if self.vms.configured() {
+            let (a, b) = (self.vms.clone(), self.vms.clone());
+            super::peers::spawn(
+                Source::Vmd,
+                self.tx.clone(),
+                self.cfg.clock.clone(),
+                self.cfg.peer_retry,
+                move || {
+                    let v = a.clone();
+                    async move { v.events().await }
+                },
+                move || {
+                    let v = b.clone();
+                    async move { v.problems().await }
+                },
+            );
+        }
     }
 
     pub(super) fn refresh_vms(&self) {
@@ -407,7 +515,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         let vms = self.vms.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let r = vms.list().await.map_err(|e| e.to_string());
+            let r = vms.list().await;
             let _ = tx.send(Msg::VmList(r)).await;
         });
     }
@@ -416,7 +524,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         let runtime = self.ctx.runtime.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let r = runtime.list().await.map_err(|e| e.to_string());
+            let r = runtime.list().await;
             let _ = tx.send(Msg::Observed(r)).await;
         });
         self.refresh_vms();
@@ -442,12 +550,21 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         }
         let runtime = self.ctx.runtime.clone();
         let grace = self.cfg.image_grace_ms;
+        let now = self.now();
         tokio::spawn(async move {
-            let Ok(images) = runtime.images().await else { return };
-            for name in images_to_collect(&images, &keep, crate::now_ms(), grace) {
+            let images = match runtime.images().await {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(error = %Chain(&e), "cannot list the images to collect");
+                    return;
+                }
+            };
+            for name in images_to_collect(&images, &keep, now, grace) {
                 match runtime.delete_image(&name).await {
                     Ok(()) => tracing::info!("deleted image {name}: no workload uses it"),
-                    Err(e) => tracing::warn!("cannot delete image {name}: {e}"),
+                    Err(e) => {
+                        tracing::warn!(image = %name, error = %Chain(&e), "cannot delete an image no workload uses")
+                    }
                 }
             }
         });
@@ -475,7 +592,10 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 });
                 return;
             }
-            Msg::Exited { container_id, exit } => self.on_exit(&container_id, exit),
+            Msg::Exited { container_id, ended } => {
+                let exit = Exit { code: ended.code, oom: ended.oom, at_ms: self.now() };
+                self.on_exit(&container_id, exit)
+            }
             Msg::Probed { container_id, result } => self.on_probe(&container_id, result),
             Msg::OpDone { workload, action, outcome } => {
                 self.on_op_done(&workload, &action, *outcome)
@@ -490,15 +610,12 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             }
             Msg::VmList(r) => match r {
                 Ok(v) => self.vm_states = v,
-                Err(e) => tracing::warn!("cannot list VMs: {e}"),
+                Err(e) => tracing::warn!(error = %Chain(&e), "cannot list the VMs"),
             },
-            Msg::VmEvent(e) => {
-                self.emit(&e.vm, "vm", format!("{}: {}", e.kind, e.message));
-                self.refresh_vms();
-            }
+            Msg::Peer { source, news } => self.on_peer(source, news),
             Msg::Observed(r) => match r {
                 Ok(list) => self.on_observed(list),
-                Err(e) => tracing::warn!("cannot list containers: {e}"),
+                Err(e) => tracing::warn!(error = %Chain(&e), "cannot list the containers"),
             },
             Msg::Poke => {}
         }
@@ -511,6 +628,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             self.emit("", "revision", format!("revision {} refused: {why}", short(&rev)));
             return Err(Error::Refused(why));
         }
+        let _span = tracing::info_span!("apply", revision = short(&rev)).entered();
         if self.desired.as_ref().is_some_and(|d| d.revision == rendered.revision) {
             return Ok(ApplyOutcome { revision: rev, changed: false });
         }
@@ -546,7 +664,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 tokio::spawn(async move {
                     let r = vms.restart(&n).await;
                     if let Err(e) = r {
-                        tracing::warn!("restart of VM {n} failed: {e}");
+                        tracing::warn!(workload = %n, error = %Chain(&e), "vmd did not restart the VM");
                     }
                     let _ = tx.send(Msg::Poke).await;
                 });

@@ -3,19 +3,27 @@
 
 use backroom_profiles::Rendered;
 
+use tracing::Instrument;
+
 use super::Msg;
 use super::actor::{Engine, update_deadline_ms};
-use super::ops::{self, OpOutcome};
+use super::ops::{self, OpOutcome, StartError};
 use crate::error::Error;
 use crate::network::Network;
-use crate::plan::Action;
+use crate::plan::{Action, short};
+use crate::probe::Prober;
+use crate::problems::{pull_subject, workload_subject};
 use crate::record::{BadVersion, Role, Update, WorkloadRecord, spec_hash};
 use crate::restart::record_failure;
 use crate::runtime::Runtime;
 use crate::vms::Vms;
 
-impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
-    pub(super) fn spawn_op<F>(&mut self, workload: &str, action: String, fut: F)
+fn chain_all(errors: &[Error]) -> String {
+    errors.iter().map(|e| backroom_daemon::chain(e)).collect::<Vec<_>>().join("; ")
+}
+
+impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
+    pub(super) fn spawn_op<F>(&mut self, workload: &str, action: String, rev: &str, fut: F)
     where
         F: std::future::Future<Output = OpOutcome> + Send + 'static,
     {
@@ -23,10 +31,26 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         self.emit(workload, "action", format!("{action}: started"));
         let tx = self.tx.clone();
         let w = workload.to_string();
-        tokio::spawn(async move {
-            let outcome = fut.await;
-            let _ = tx.send(Msg::OpDone { workload: w, action, outcome: Box::new(outcome) }).await;
-        });
+        let span = tracing::info_span!("workload", name = %w, revision = short(rev));
+        tokio::spawn(
+            async move {
+                let outcome = fut.await;
+                let _ =
+                    tx.send(Msg::OpDone { workload: w, action, outcome: Box::new(outcome) }).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    /// A start failed: a pull that failed is the image's problem, anything else the
+    /// workload's (its restart policy cannot start it).
+    fn start_failed(&mut self, workload: &str, error: &StartError) {
+        let why = backroom_daemon::chain(error);
+        if error.is_pull() {
+            self.failing(&pull_subject(workload), workload, why);
+        } else {
+            self.failing(&workload_subject(workload), workload, why);
+        }
     }
 
     pub(super) fn dispatch(&mut self, action: Action, rev: &str) {
@@ -40,34 +64,34 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 let tx = self.tx.clone();
                 let confirm = self.cfg.confirm_seconds;
                 let gate = self.cfg.confirm_gate.clone();
-                tokio::spawn(async move {
-                    let r = async {
-                        let applied = net.apply(&revision, &yaml, confirm).await?;
-                        if applied.confirm_deadline > 0 {
-                            // Standalone: nodeagent still reaches netd after the change, which is
-                            // what the confirmation asks. Connected: only once central answered
-                            // after the change; otherwise netd restores the previous network.
-                            let window = std::time::Duration::from_secs(u64::from(confirm));
-                            let reachable = match &gate {
-                                Some(g) => g(crate::now_ms(), window).await,
-                                None => true,
-                            };
-                            if !reachable {
-                                return Err(Error::Netd {
-                                    op: "confirm",
-                                    message: format!(
-                                        "central did not answer within {confirm} s of the network change; netd restores the previous network"
-                                    ),
-                                });
+                let clock = self.cfg.clock.clone();
+                let span = tracing::info_span!("network", revision = short(&revision));
+                tokio::spawn(
+                    async move {
+                        let r = async {
+                            let applied = net.apply(&revision, &yaml, confirm).await?;
+                            if applied.confirm_deadline > 0 {
+                                // Standalone: nodeagent still reaches netd after the change, which is
+                                // what the confirmation asks. Connected: only once central answered
+                                // after the change; otherwise netd restores the previous network.
+                                let window = std::time::Duration::from_secs(u64::from(confirm));
+                                let since = u64::try_from(clock.now_ms()).unwrap_or(0);
+                                let reachable = match &gate {
+                                    Some(g) => g(since, window).await,
+                                    None => true,
+                                };
+                                if !reachable {
+                                    return Err(Error::NotConfirmed { seconds: confirm });
+                                }
+                                net.confirm(&revision).await?;
                             }
-                            net.confirm(&revision).await?;
+                            Ok::<_, Error>(applied.actions)
                         }
-                        Ok::<_, Error>(applied.actions)
+                        .await;
+                        let _ = tx.send(Msg::NetworkDone { revision, result: r }).await;
                     }
-                    .await
-                    .map_err(|e| e.to_string());
-                    let _ = tx.send(Msg::NetworkDone { revision, result: r }).await;
-                });
+                    .instrument(span),
+                );
             }
             Action::ApplyVms { revision } => {
                 let Some(yaml) = self.desired.as_ref().map(Rendered::to_yaml) else { return };
@@ -75,7 +99,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 let vms = self.vms.clone();
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
-                    let r = vms.apply(&revision, &yaml).await.map_err(|e| e.to_string());
+                    let r = vms.apply(&revision, &yaml).await;
                     let _ = tx.send(Msg::VmsDone { revision, result: r }).await;
                 });
             }
@@ -88,7 +112,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                     rec.consecutive_failures = 0;
                     self.dirty = true;
                 }
-                self.record_action(&workload, &line, Ok(String::new()));
+                self.record_action(&workload, &line, true, String::new());
                 self.collect_images();
             }
             Action::Start { workload, spec, role, .. } => {
@@ -98,7 +122,12 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                     .or_insert_with(|| WorkloadRecord::new(&workload));
                 let id = rec.next_container_id();
                 self.dirty = true;
-                self.spawn_op(&workload, line, ops::start(ctx, *spec, role, id, rev.to_string()));
+                self.spawn_op(
+                    &workload,
+                    line,
+                    rev,
+                    ops::start(ctx, *spec, role, id, rev.to_string()),
+                );
             }
             Action::Restart { workload, .. } => {
                 let Some(rec) = self.records.get_mut(&workload) else { return };
@@ -112,6 +141,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 self.spawn_op(
                     &workload,
                     line,
+                    rev,
                     ops::restart(ctx, Some(p.container_id), p.spec, id, revision),
                 );
             }
@@ -134,6 +164,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 self.spawn_op(
                     &workload,
                     line,
+                    rev,
                     ops::replace(
                         ctx,
                         p.container_id,
@@ -154,6 +185,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 self.spawn_op(
                     &workload,
                     line,
+                    rev,
                     ops::promote(ctx, workload.clone(), p.container_id, networked),
                 );
             }
@@ -165,6 +197,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                     self.spawn_op(
                         &workload,
                         line,
+                        rev,
                         ops::drop_next(
                             ctx,
                             workload.clone(),
@@ -181,6 +214,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                     self.spawn_op(
                         &workload,
                         line,
+                        rev,
                         ops::roll_back(
                             ctx,
                             p.container_id,
@@ -201,6 +235,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 self.spawn_op(
                     &workload,
                     line,
+                    rev,
                     ops::drop_next(ctx, workload.clone(), n.container_id, networked, None),
                 );
             }
@@ -213,7 +248,12 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 for (id, _, _) in &containers {
                     self.stopping.insert(id.clone());
                 }
-                self.spawn_op(&workload, line, ops::remove_all(ctx, workload.clone(), containers));
+                self.spawn_op(
+                    &workload,
+                    line,
+                    rev,
+                    ops::remove_all(ctx, workload.clone(), containers),
+                );
             }
         }
     }
@@ -221,8 +261,8 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
     pub(super) fn on_op_done(&mut self, workload: &str, action: &str, outcome: OpOutcome) {
         self.busy.remove(workload);
         self.dirty = true;
-        let now = crate::now_ms();
-        let backoff = self.cfg.backoff;
+        let now = self.now();
+        let timing = self.cfg.restart;
         let settle = self.cfg.settle_ms;
         match outcome {
             OpOutcome::Started { launched, replaced } => {
@@ -266,7 +306,9 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                         rec.next = Some(inst);
                     }
                 }
-                self.record_action(workload, action, Ok(format!("container {id} started")));
+                self.record_action(workload, action, true, format!("container {id} started"));
+                // It has its image: whatever kept the image from it is over.
+                self.working(&pull_subject(workload));
             }
             OpOutcome::StartFailed { error, removed, .. } => {
                 for r in &removed {
@@ -277,10 +319,11 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                     if rec.primary.as_ref().is_some_and(|p| removed.contains(&p.container_id)) {
                         rec.primary = None;
                     }
-                    rec.start_error = Some(error.clone());
-                    record_failure(&backoff, rec, None, now);
+                    rec.start_error = Some(backroom_daemon::chain(&error));
+                    record_failure(&timing, rec, None, now);
                 }
-                self.record_action(workload, action, Err(error));
+                self.start_failed(workload, &error);
+                self.record_action(workload, action, false, backroom_daemon::chain(&error));
             }
             OpOutcome::ReplaceFailed { error, restored, removed } => {
                 self.forget_container(&removed);
@@ -295,26 +338,37 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                         })
                         .and_then(|c| c.image.map(|i| i.to_string()))
                         .unwrap_or_default();
+                    let why = backroom_daemon::chain(&error);
                     rec.bad = pending.map(|u| BadVersion {
                         spec_hash: u.to_hash,
                         image: desired_image,
-                        reason: format!("it could not start: {error}"),
+                        reason: format!("it could not start: {why}"),
                         at_ms: now,
                     });
                     rec.update = None;
                     rec.primary = restored;
                     if rec.primary.is_none() {
-                        rec.start_error = Some(error.clone());
-                        record_failure(&backoff, rec, None, now);
+                        rec.start_error = Some(why);
+                        record_failure(&timing, rec, None, now);
                     }
                 }
+                let restored = self.records.get(workload).is_some_and(|r| r.primary.is_some());
+                if error.is_pull() || !restored {
+                    self.start_failed(workload, &error);
+                }
+                let then = if restored {
+                    "the previous version was started again"
+                } else {
+                    "the previous version did not start either"
+                };
                 self.record_action(
                     workload,
                     action,
-                    Err(format!("{error}; the previous version was started again")),
+                    false,
+                    format!("{}; {then}", backroom_daemon::chain(&error)),
                 );
             }
-            OpOutcome::Promoted { removed, netns, addresses, warning } => {
+            OpOutcome::Promoted { removed, netns, addresses, warnings } => {
                 self.forget_container(&removed);
                 if let Some(rec) = self.records.get_mut(workload)
                     && let Some(mut n) = rec.next.take()
@@ -334,10 +388,10 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                     rec.update = None;
                     rec.consecutive_failures = 0;
                 }
-                self.record_action(workload, action, Ok(warning.unwrap_or_default()));
+                self.record_action(workload, action, true, chain_all(&warnings));
                 self.collect_images();
             }
-            OpOutcome::NextRemoved { removed, rollback_reason, error } => {
+            OpOutcome::NextRemoved { removed, rollback_reason, errors } => {
                 self.forget_container(&removed);
                 if let Some(rec) = self.records.get_mut(workload) {
                     let n = rec.next.take();
@@ -351,12 +405,12 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                         });
                     }
                 }
-                let result = match (&rollback_reason, error) {
-                    (_, Some(e)) => Err(e),
-                    (Some(r), None) => Ok(format!("rolled back: {r}")),
-                    (None, None) => Ok(String::new()),
+                let (ok, message) = match (&rollback_reason, errors.is_empty()) {
+                    (_, false) => (false, chain_all(&errors)),
+                    (Some(r), true) => (true, format!("rolled back: {r}")),
+                    (None, true) => (true, String::new()),
                 };
-                self.record_action(workload, action, result);
+                self.record_action(workload, action, ok, message);
             }
             OpOutcome::RolledBack { removed, reason, restored } => {
                 self.forget_container(&removed);
@@ -374,18 +428,24 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                     match &restored {
                         Ok(i) => rec.primary = Some(i.clone()),
                         Err(e) => {
-                            rec.start_error = Some(e.clone());
-                            record_failure(&backoff, rec, None, now);
+                            rec.start_error = Some(backroom_daemon::chain(e));
+                            record_failure(&timing, rec, None, now);
                         }
                     }
                 }
-                let r = match restored {
-                    Ok(_) => Ok(format!("rolled back: {reason}")),
-                    Err(e) => Err(format!(
-                        "rolled back ({reason}), but the previous version did not start: {e}"
-                    )),
-                };
-                self.record_action(workload, action, r);
+                match restored {
+                    Ok(_) => {
+                        self.record_action(workload, action, true, format!("rolled back: {reason}"))
+                    }
+                    Err(e) => {
+                        self.start_failed(workload, &e);
+                        let why = format!(
+                            "rolled back ({reason}), but the previous version did not start: {}",
+                            backroom_daemon::chain(&e)
+                        );
+                        self.record_action(workload, action, false, why);
+                    }
+                }
             }
             OpOutcome::Removed { errors } => {
                 if let Some(rec) = self.records.remove(workload) {
@@ -395,8 +455,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                         self.forget_container(&id);
                     }
                 }
-                let r = if errors.is_empty() { Ok(String::new()) } else { Err(errors.join("; ")) };
-                self.record_action(workload, action, r);
+                self.record_action(workload, action, errors.is_empty(), chain_all(&errors));
                 self.collect_images();
             }
         }

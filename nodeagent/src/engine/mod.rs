@@ -2,19 +2,28 @@
 //! reconcile step ([`crate::plan::plan`]) on every change and on a timer, carries the actions
 //! out (long ones as tasks), probes health, handles exits, and publishes events.
 //!
+//! It also keeps the node's open problems ([`crate::problems`]): its own (a workload the
+//! restart policy cannot start, an image that cannot be pulled, netd or vmd out of reach) and
+//! those netd and vmd report, whose event streams it follows (`peers.rs`).
+//!
+//! Every timestamp and every timing rule (backoff, crash loops, settle time, update deadlines,
+//! image grace) reads the [`Config::clock`], so tests move time with a manual clock.
+//!
 //! The seam for the central session (issue 6): [`EngineHandle::apply`] hands in a rendered
-//! revision, [`EngineHandle::status`] reads per-workload state and action results, and
-//! [`EngineHandle::subscribe`] streams [`Event`]s (an outbox can persist them).
+//! revision, [`EngineHandle::status`] reads per-workload state, action results and problems,
+//! and [`EngineHandle::subscribe`] streams [`Event`]s (an outbox can persist them).
 
 mod actor;
 mod dispatch;
 mod observe;
 pub mod ops;
+mod peers;
 mod view;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use backroom_daemon::SharedClock;
 use backroom_profiles::Rendered;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -24,9 +33,10 @@ pub use view::{ActionResult, Event, Status, WorkloadView, derive_state};
 use crate::error::{Error, Result};
 use crate::logs::Logs;
 use crate::probe::ProbeResult;
-use crate::record::Exit;
-use crate::restart::Backoff;
-use crate::vms::{VmEvent, VmState};
+use crate::problems::{OpenProblem, PeerEvent, Source};
+use crate::restart::Timing;
+use crate::runtime::{Ended, Observed};
+use crate::vms::VmState;
 
 /// Decides whether to confirm a network change netd applied with commit-confirm: given when
 /// the change was applied (unix ms) and how long netd waits, it resolves to true once the node
@@ -45,7 +55,8 @@ pub struct Config {
     /// netd rolls the network back by itself unless confirmed within this many seconds
     /// (0: no confirmation asked).
     pub confirm_seconds: u32,
-    pub backoff: Backoff,
+    /// Restart backoff and crash-loop rules.
+    pub restart: Timing,
     /// A container without a health check counts as ready after running this long.
     pub settle_ms: u64,
     pub stop_grace: Duration,
@@ -57,6 +68,10 @@ pub struct Config {
     pub image_grace_ms: u64,
     /// Retry delay of a failed network or VM apply.
     pub retry_ms: u64,
+    /// How long to wait before listening to netd or vmd again after losing them (doubling).
+    pub peer_retry: backroom_daemon::Backoff,
+    /// Every timestamp and timing rule reads this clock.
+    pub clock: SharedClock,
     /// With commit-confirm: when to confirm. `None`: at once, since nodeagent still reaches
     /// netd after the change (standalone mode).
     pub confirm_gate: Option<ConfirmGate>,
@@ -79,13 +94,18 @@ impl Config {
             volumes_dir,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             confirm_seconds: 0,
-            backoff: Backoff::default(),
+            restart: Timing::default(),
             settle_ms: 2_000,
             stop_grace: Duration::from_secs(10),
             tick: Duration::from_secs(1),
             resync: Duration::from_secs(30),
             image_grace_ms: 24 * 3600 * 1000,
             retry_ms: 10_000,
+            peer_retry: backroom_daemon::Backoff::new(
+                Duration::from_secs(1),
+                Duration::from_secs(30),
+            ),
+            clock: backroom_daemon::clock::system(),
             confirm_gate: None,
         }
     }
@@ -98,19 +118,60 @@ pub struct ApplyOutcome {
 }
 
 pub(crate) enum Msg {
-    Apply { rendered: Box<Rendered>, source: String, reply: oneshot::Sender<Result<ApplyOutcome>> },
-    Status { reply: oneshot::Sender<Status> },
-    Restart { name: String, reply: oneshot::Sender<Result<String>> },
-    Import { path: PathBuf, reply: oneshot::Sender<Result<Vec<(String, String)>>> },
-    Exited { container_id: String, exit: Exit },
-    Probed { container_id: String, result: ProbeResult },
-    OpDone { workload: String, action: String, outcome: Box<ops::OpOutcome> },
-    NetworkDone { revision: String, result: std::result::Result<Vec<String>, String> },
-    VmsDone { revision: String, result: std::result::Result<Vec<String>, String> },
-    VmList(std::result::Result<Vec<VmState>, String>),
-    VmEvent(VmEvent),
-    Observed(std::result::Result<Vec<crate::runtime::Observed>, String>),
+    Apply {
+        rendered: Box<Rendered>,
+        source: String,
+        reply: oneshot::Sender<Result<ApplyOutcome>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+    Restart {
+        name: String,
+        reply: oneshot::Sender<Result<String>>,
+    },
+    Import {
+        path: PathBuf,
+        reply: oneshot::Sender<Result<Vec<(String, String)>>>,
+    },
+    Exited {
+        container_id: String,
+        ended: Ended,
+    },
+    Probed {
+        container_id: String,
+        result: ProbeResult,
+    },
+    OpDone {
+        workload: String,
+        action: String,
+        outcome: Box<ops::OpOutcome>,
+    },
+    NetworkDone {
+        revision: String,
+        result: Result<Vec<String>>,
+    },
+    VmsDone {
+        revision: String,
+        result: Result<Vec<String>>,
+    },
+    VmList(Result<Vec<VmState>>),
+    Observed(Result<Vec<Observed>>),
+    /// News from netd or vmd's event stream (see `peers.rs`).
+    Peer {
+        source: Source,
+        news: PeerNews,
+    },
     Poke,
+}
+
+/// What the watcher of a peer daemon tells the engine.
+pub(crate) enum PeerNews {
+    /// (Re)connected; these are its problems open now.
+    Up(Vec<OpenProblem>),
+    /// Lost (or never reached), and why.
+    Down(Error),
+    Event(PeerEvent),
 }
 
 /// A cloneable handle to a running engine.

@@ -1,25 +1,28 @@
-//! The engine observing: exits, probes, containerd's view, the reconcile step, the states
-//! shown and the revisions reached.
+//! The engine observing: exits, probes, containerd's view, netd's and vmd's news, the
+//! reconcile step, the states shown, the problems open and the revisions reached.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use backroom_profiles::{ContainerSpec, Probe, Workload};
+use backroom_daemon::Chain;
+use backroom_profiles::{Probe, Workload};
+use tracing::Instrument;
 
-use super::Msg;
 use super::actor::{Engine, PhaseState};
 use super::view::{Status, WorkloadView, derive_state};
+use super::{Msg, PeerNews};
 use crate::network::Network;
 use crate::plan::{self, Input, Phase, short};
-use crate::probe;
+use crate::probe::{self, Check, ProbeRequest, Prober};
+use crate::problems::{Source, link_subject, pull_subject, workload_subject};
 use crate::record::{Exit, HealthStatus, Role, WorkloadRecord, spec_hash};
-use crate::restart::record_failure;
+use crate::restart::{record_failure, should_restart};
 use crate::runtime::Runtime;
 use crate::runtime::TaskState;
 use crate::vms::Vms;
 
-impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
+impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
     pub(super) fn find_instance(
         &mut self,
         container_id: &str,
@@ -35,25 +38,44 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             return;
         }
         self.waiters.remove(container_id);
-        let backoff = self.cfg.backoff;
-        let now = crate::now_ms();
-        let Some((rec, _)) = self.find_instance(container_id) else { return };
+        let timing = self.cfg.restart;
+        let now = self.now();
+        let Some((rec, role)) = self.find_instance(container_id) else { return };
         let Some(inst) = rec.instance_mut(container_id) else { return };
         if inst.exit.is_some() {
             return;
         }
         let started = inst.started_ms;
         let text = exit.describe();
+        let policy = inst.spec.restart;
+        let restarts = should_restart(policy, &exit);
+        let failed = exit.code != 0 || exit.oom;
         inst.exit = Some(exit);
-        record_failure(&backoff, rec, Some(started), now);
+        record_failure(&timing, rec, Some(started), now);
         let name = rec.name.clone();
+        let looping = timing.crash_loop(rec);
+        let in_a_row = rec.consecutive_failures;
         self.dirty = true;
         self.emit(&name, "exit", format!("container {container_id} {text}"));
+        if role != Role::Primary {
+            return;
+        }
+        // The restart policy cannot get it going: it will not start it again, or it keeps
+        // dying (the backoff goes on, but someone should look).
+        if !restarts && failed {
+            let why =
+                format!("it {text} and its restart policy ({policy:?}) does not start it again")
+                    .to_lowercase();
+            self.failing(&workload_subject(&name), &name, why);
+        } else if looping {
+            let why = format!("crash loop: {in_a_row} exits in a row, the last: it {text}");
+            self.failing(&workload_subject(&name), &name, why);
+        }
     }
 
     pub(super) fn on_probe(&mut self, container_id: &str, result: probe::ProbeResult) {
         self.probing.remove(container_id);
-        let now = crate::now_ms();
+        let now = self.now();
         let Some((rec, _)) = self.find_instance(container_id) else { return };
         let name = rec.name.clone();
         let Some(inst) = rec.instance_mut(container_id) else { return };
@@ -82,7 +104,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
     pub(super) fn on_observed(&mut self, list: Vec<crate::runtime::Observed>) {
         let present: HashMap<String, TaskState> =
             list.into_iter().map(|o| (o.id, o.task)).collect();
-        let now = crate::now_ms();
+        let now = self.now();
         let mut vanished = Vec::new();
         for rec in self.records.values() {
             if self.busy.contains_key(&rec.name) {
@@ -100,8 +122,8 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         }
     }
 
-    pub(super) fn schedule_probes(&mut self) {
-        let now = crate::now_ms();
+    /// The probes due now, as data.
+    fn due_probes(&self, now: u64) -> Vec<ProbeRequest> {
         let mut due = Vec::new();
         for rec in self.records.values() {
             for i in rec.instances() {
@@ -118,31 +140,136 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 }
                 let netns = PathBuf::from(format!("/proc/{}/ns/net", i.pid));
                 let target = probe::target(&i.addresses);
-                let timeout = h.timeout.to_std();
-                let job: ProbeJob = match p {
-                    Probe::Http(hp) => {
-                        ProbeJob::Http(netns, SocketAddr::new(target, hp.port), hp.path.clone())
+                let check = match p {
+                    Probe::Http(hp) => Check::Http {
+                        netns,
+                        addr: SocketAddr::new(target, hp.port),
+                        path: hp.path.clone(),
+                    },
+                    Probe::Tcp(tp) => Check::Tcp { netns, addr: SocketAddr::new(target, tp.port) },
+                    Probe::Exec(argv) => {
+                        let argv = argv.to_vec();
+                        let image = crate::spec::ImageConfig::default();
+                        match crate::spec::process(&i.spec, &image, argv.clone()) {
+                            Ok(process) => Check::Exec { process: Box::new(process), argv },
+                            Err(e) => {
+                                tracing::warn!(workload = %rec.name, error = %Chain(&e), "cannot make the exec probe");
+                                continue;
+                            }
+                        }
                     }
-                    Probe::Tcp(tp) => ProbeJob::Tcp(netns, SocketAddr::new(target, tp.port)),
-                    Probe::Exec(argv) => ProbeJob::Exec(Box::new(i.spec.clone()), argv.to_vec()),
                 };
-                due.push((i.container_id.clone(), job, timeout));
+                due.push(ProbeRequest {
+                    workload: rec.name.clone(),
+                    container_id: i.container_id.clone(),
+                    check,
+                    timeout: h.timeout.to_std(),
+                });
             }
         }
-        for (id, job, timeout) in due {
-            self.probing.insert(id.clone());
+        due
+    }
+
+    pub(super) fn schedule_probes(&mut self) {
+        for req in self.due_probes(self.now()) {
+            self.probing.insert(req.container_id.clone());
             let tx = self.tx.clone();
-            let runtime = self.ctx.runtime.clone();
-            tokio::spawn(async move {
-                let result = match job {
-                    ProbeJob::Http(ns, addr, path) => probe::http(ns, addr, &path, timeout).await,
-                    ProbeJob::Tcp(ns, addr) => probe::tcp(ns, addr, timeout).await,
-                    ProbeJob::Exec(spec, argv) => {
-                        exec_probe(&*runtime, &id, &spec, argv, timeout).await
+            let prober = self.prober.clone();
+            let span = tracing::info_span!("probe", workload = %req.workload);
+            tokio::spawn(
+                async move {
+                    let container_id = req.container_id.clone();
+                    let result = prober.probe(req).await;
+                    let _ = tx.send(Msg::Probed { container_id, result }).await;
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    /// News from netd's or vmd's watcher.
+    pub(super) fn on_peer(&mut self, source: Source, news: PeerNews) {
+        let now = self.cfg.clock.now_ms();
+        match news {
+            PeerNews::Up(open) => {
+                self.working(link_subject(source));
+                for c in self.problems.peer_snapshot(source, open, now) {
+                    self.tell(c);
+                }
+            }
+            PeerNews::Down(e) => {
+                let why = format!(
+                    "nodeagent cannot reach {}: {}",
+                    source.as_str(),
+                    backroom_daemon::chain(&e)
+                );
+                self.failing(link_subject(source), "", why);
+            }
+            PeerNews::Event(e) => match e.kind.as_str() {
+                "failing" => {
+                    let p = crate::problems::OpenProblem {
+                        source,
+                        subject: e.subject.clone(),
+                        workload: e.workload.clone(),
+                        message: e
+                            .message
+                            .strip_prefix(&format!("{}: ", e.subject))
+                            .unwrap_or(&e.message)
+                            .to_string(),
+                        since_ms: e.at_ms,
+                        failures: 1,
+                    };
+                    if let Some(c) = self.problems.peer_failing(p, e.at_ms) {
+                        self.tell(c);
                     }
-                };
-                let _ = tx.send(Msg::Probed { container_id: id, result }).await;
-            });
+                }
+                "recovered" => {
+                    if let Some(c) =
+                        self.problems.peer_recovered(source, &e.subject, e.message, e.at_ms)
+                    {
+                        self.tell(c);
+                    }
+                }
+                kind => match source {
+                    Source::Vmd => {
+                        self.emit(&e.workload, "vm", format!("{kind}: {}", e.message));
+                        self.refresh_vms();
+                    }
+                    _ => self.emit(&e.workload, "netd", format!("{kind}: {}", e.message)),
+                },
+            },
+        }
+    }
+
+    /// The problems of the desired containers that are over, and those of workloads that
+    /// left the profile.
+    fn update_problems(&mut self, now: u64) {
+        let Some(d) = &self.desired else { return };
+        let stable_ms = self.cfg.restart.stable_ms();
+        let mut over = Vec::new();
+        for c in d.profile.containers() {
+            let name = c.name.as_str();
+            let Some(rec) = self.records.get(name) else { continue };
+            let Some(p) = rec.primary.as_ref().filter(|p| p.running()) else { continue };
+            // Works again: it has run for a stable while since its last start.
+            if now.saturating_sub(p.started_ms) >= stable_ms {
+                over.push(workload_subject(name));
+            }
+            // Runs the profile's version, so that image is here.
+            if p.spec_hash == spec_hash(c) && rec.next.is_none() {
+                over.push(pull_subject(name));
+            }
+        }
+        let names: BTreeSet<String> =
+            d.profile.workloads.iter().map(|w| w.name().to_string()).collect();
+        for subject in over {
+            if self.problems.is_failing(&subject) {
+                self.working(&subject);
+            }
+        }
+        let ms = i64::try_from(now).unwrap_or(i64::MAX);
+        for c in self.problems.forget_workloads(ms, |w| names.contains(w)) {
+            self.tell(c);
         }
     }
 
@@ -157,12 +284,14 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
     }
 
     pub(super) fn reconcile(&mut self) {
-        let now = crate::now_ms();
+        let now = self.now();
         let Some(desired) = &self.desired else {
             self.persist();
             return;
         };
         let rev = desired.revision.to_string();
+        let span = tracing::debug_span!("reconcile", revision = short(&rev));
+        let _entered = span.enter();
         let network = self.phase(&self.network, &rev, now);
         let has_vms = desired.profile.vms().next().is_some();
         let vms = if !has_vms && !self.vms.configured() {
@@ -183,7 +312,6 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             vms_ready: &vms_ready,
             now_ms: now,
             settle_ms: self.cfg.settle_ms,
-            backoff: &self.cfg.backoff,
         });
         self.waiting.clear();
         for a in actions {
@@ -192,6 +320,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         // A container that just started gets its first probe now, not on the next tick.
         self.schedule_probes();
         self.update_states(now);
+        self.update_problems(now);
         self.check_applied(now);
         self.persist();
     }
@@ -201,7 +330,13 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             let list: Vec<_> = self.actions.iter().collect();
             match self.store.save_actions(&list) {
                 Ok(()) => self.actions_dirty = false,
-                Err(e) => tracing::error!("cannot save the action results: {e}"),
+                Err(e) => tracing::error!(error = %Chain(&e), "cannot save the action results"),
+            }
+        }
+        if self.problems_dirty {
+            match self.store.save_problems(&self.problems.open()) {
+                Ok(()) => self.problems_dirty = false,
+                Err(e) => tracing::error!(error = %Chain(&e), "cannot save the open problems"),
             }
         }
         if !self.dirty {
@@ -209,7 +344,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
         }
         match self.store.save_records(&self.records) {
             Ok(()) => self.dirty = false,
-            Err(e) => tracing::error!("cannot save the workload records: {e}"),
+            Err(e) => tracing::error!(error = %Chain(&e), "cannot save the workload records"),
         }
     }
 
@@ -220,7 +355,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 rec,
                 self.busy.get(&rec.name).map(String::as_str),
                 self.waiting.get(&rec.name).map(String::as_str),
-                &self.cfg.backoff,
+                &self.cfg.restart,
                 now,
             );
             if rec.state != state {
@@ -280,7 +415,9 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             }
             match self.store.save_node(&node) {
                 Ok(()) => self.node = node,
-                Err(e) => tracing::error!("{e}"),
+                Err(e) => {
+                    tracing::error!(revision = short(&rev), error = %Chain(&e), "cannot keep the revisions reached")
+                }
             }
             let keep: Vec<&str> =
                 [&self.node.desired, &self.node.applied, &self.node.last_known_good]
@@ -293,7 +430,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
     }
 
     pub(super) fn status(&self) -> Status {
-        let now = crate::now_ms();
+        let now = self.now();
         let mut workloads = Vec::new();
         let profile = self.desired.as_ref().map(|d| &d.profile);
         let mut names: BTreeSet<String> = self.records.keys().cloned().collect();
@@ -334,7 +471,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 rec,
                 self.busy.get(&name).map(String::as_str),
                 self.waiting.get(&name).map(String::as_str),
-                &self.cfg.backoff,
+                &self.cfg.restart,
                 now,
             );
             let p = rec.primary.as_ref();
@@ -357,6 +494,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
                 container_id: p.map(|p| p.container_id.clone()).unwrap_or_default(),
                 revision: p.map(|p| p.revision.clone()).unwrap_or_default(),
                 health_reason: p.map(|p| p.health.reason.clone()).unwrap_or_default(),
+                health_checked_ms: p.map_or(0, |p| p.health.last_probe_ms),
             });
         }
         let network = match (&self.desired, &self.network) {
@@ -388,36 +526,7 @@ impl<R: Runtime, N: Network, V: Vms> Engine<R, N, V> {
             vms,
             workloads,
             actions: self.actions.iter().cloned().collect(),
+            problems: self.problems.open(),
         }
-    }
-}
-
-enum ProbeJob {
-    Http(PathBuf, SocketAddr, String),
-    Tcp(PathBuf, SocketAddr),
-    Exec(Box<ContainerSpec>, Vec<String>),
-}
-
-async fn exec_probe<R: Runtime>(
-    runtime: &R,
-    id: &str,
-    spec: &ContainerSpec,
-    argv: Vec<String>,
-    timeout: std::time::Duration,
-) -> probe::ProbeResult {
-    let t0 = std::time::Instant::now();
-    let process =
-        match crate::spec::process(spec, &crate::spec::ImageConfig::default(), argv.clone()) {
-            Ok(p) => p,
-            Err(e) => return probe::ProbeResult::fail(e.to_string()),
-        };
-    match runtime.exec(id, process, timeout).await {
-        Ok(0) => probe::ProbeResult::ok(format!(
-            "exec {} exited 0 in {} ms",
-            argv.join(" "),
-            t0.elapsed().as_millis()
-        )),
-        Ok(c) => probe::ProbeResult::fail(format!("exec {} exited with code {c}", argv.join(" "))),
-        Err(e) => probe::ProbeResult::fail(format!("exec {}: {e}", argv.join(" "))),
     }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backroom_daemon::SharedClock;
 use backroom_profiles::ContainerSpec;
 use tokio::task::JoinHandle;
 
@@ -26,6 +27,7 @@ pub struct Ctx<R, N> {
     pub etc_dir: PathBuf,
     pub resolv_conf: PathBuf,
     pub stop_grace: Duration,
+    pub clock: SharedClock,
 }
 
 impl<R, N> Clone for Ctx<R, N> {
@@ -38,6 +40,7 @@ impl<R, N> Clone for Ctx<R, N> {
             etc_dir: self.etc_dir.clone(),
             resolv_conf: self.resolv_conf.clone(),
             stop_grace: self.stop_grace,
+            clock: self.clock.clone(),
         }
     }
 }
@@ -54,6 +57,21 @@ impl std::fmt::Debug for Launched {
     }
 }
 
+/// Why a container did not start: its image could not be had, or something after.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Pull(Error),
+    #[error(transparent)]
+    Run(#[from] Error),
+}
+
+impl StartError {
+    pub fn is_pull(&self) -> bool {
+        matches!(self, StartError::Pull(_))
+    }
+}
+
 #[derive(Debug)]
 pub enum OpOutcome {
     /// A new instance runs (start, restart, replace, rollback to the previous version).
@@ -63,12 +81,12 @@ pub enum OpOutcome {
     },
     /// Starting failed; `removed` lists containers the operation removed before failing.
     StartFailed {
-        error: String,
+        error: StartError,
         removed: Vec<String>,
     },
     /// Stop-first: the new version could not start and the previous one runs again (or not).
     ReplaceFailed {
-        error: String,
+        error: StartError,
         restored: Option<Launched>,
         removed: String,
     },
@@ -76,22 +94,23 @@ pub enum OpOutcome {
         removed: String,
         netns: Option<String>,
         addresses: Vec<String>,
-        warning: Option<String>,
+        /// What went wrong on the way without stopping the promotion.
+        warnings: Vec<Error>,
     },
     /// The `next` instance is gone (rollback or abandon).
     NextRemoved {
         removed: String,
         rollback_reason: Option<String>,
-        error: Option<String>,
+        errors: Vec<Error>,
     },
     /// Stop-first rollback: the new primary is removed and the previous version started.
     RolledBack {
         removed: String,
         reason: String,
-        restored: std::result::Result<Launched, String>,
+        restored: std::result::Result<Launched, StartError>,
     },
     Removed {
-        errors: Vec<String>,
+        errors: Vec<Error>,
     },
 }
 
@@ -102,13 +121,13 @@ pub async fn launch<R: Runtime, N: Network>(
     role: Role,
     container_id: &str,
     revision: &str,
-) -> Result<Launched> {
+) -> std::result::Result<Launched, StartError> {
     let workload = spec.name.as_str();
     let image_ref = spec
         .image
         .as_ref()
         .ok_or_else(|| Error::Invalid(format!("workload {workload} has no image")))?;
-    let image = ctx.runtime.ensure_image(image_ref).await?;
+    let image = ctx.runtime.ensure_image(image_ref).await.map_err(StartError::Pull)?;
     let endpoints = if spec.networks.is_empty() {
         None
     } else {
@@ -158,10 +177,10 @@ pub async fn launch<R: Runtime, N: Network>(
                 p.abort();
             }
             ctx.logs.remove_fifos(container_id);
-            return Err(e);
+            return Err(e.into());
         }
     };
-    let now = crate::now_ms();
+    let now = u64::try_from(ctx.clock.now_ms()).unwrap_or(0);
     Ok(Launched {
         instance: Instance {
             container_id: container_id.to_string(),
@@ -199,10 +218,13 @@ pub async fn start<R: Runtime, N: Network>(
     match launch(&ctx, &spec, role, &id, &revision).await {
         Ok(launched) => OpOutcome::Started { launched, replaced: None },
         Err(e) => {
-            if role == Role::Next && !spec.networks.is_empty() {
-                let _ = ctx.net.detach(spec.name.as_str(), role.netd_instance()).await;
+            if role == Role::Next
+                && !spec.networks.is_empty()
+                && let Err(d) = ctx.net.detach(spec.name.as_str(), role.netd_instance()).await
+            {
+                tracing::warn!(error = %backroom_daemon::Chain(&d), "cannot give the new version's endpoints back to netd");
             }
-            OpOutcome::StartFailed { error: e.to_string(), removed: vec![] }
+            OpOutcome::StartFailed { error: e, removed: vec![] }
         }
     }
 }
@@ -218,13 +240,13 @@ pub async fn restart<R: Runtime, N: Network>(
     let mut removed = Vec::new();
     if let Some(old) = &old {
         if let Err(e) = remove(&ctx, old).await {
-            return OpOutcome::StartFailed { error: e.to_string(), removed };
+            return OpOutcome::StartFailed { error: e.into(), removed };
         }
         removed.push(old.clone());
     }
     match launch(&ctx, &spec, Role::Primary, &id, &revision).await {
         Ok(launched) => OpOutcome::Started { launched, replaced: old },
-        Err(e) => OpOutcome::StartFailed { error: e.to_string(), removed },
+        Err(error) => OpOutcome::StartFailed { error, removed },
     }
 }
 
@@ -241,14 +263,27 @@ pub async fn replace<R: Runtime, N: Network>(
     revision: String,
 ) -> OpOutcome {
     if let Err(e) = remove(&ctx, &old).await {
-        return OpOutcome::StartFailed { error: e.to_string(), removed: vec![] };
+        return OpOutcome::StartFailed { error: e.into(), removed: vec![] };
     }
     match launch(&ctx, &spec, Role::Primary, &id, &revision).await {
         Ok(launched) => OpOutcome::Started { launched, replaced: Some(old) },
-        Err(e) => {
-            let restored =
-                launch(&ctx, &previous, Role::Primary, &restore_id, &previous_revision).await.ok();
-            OpOutcome::ReplaceFailed { error: e.to_string(), restored, removed: old }
+        Err(error) => {
+            let restored = match launch(
+                &ctx,
+                &previous,
+                Role::Primary,
+                &restore_id,
+                &previous_revision,
+            )
+            .await
+            {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::error!(error = %backroom_daemon::Chain(&e), "the previous version does not start either");
+                    None
+                }
+            };
+            OpOutcome::ReplaceFailed { error, restored, removed: old }
         }
     }
 }
@@ -260,7 +295,7 @@ pub async fn promote<R: Runtime, N: Network>(
     old: String,
     networked: bool,
 ) -> OpOutcome {
-    let mut warning = remove(&ctx, &old).await.err().map(|e| e.to_string());
+    let mut warnings: Vec<Error> = remove(&ctx, &old).await.err().into_iter().collect();
     let (mut netns, mut addresses) = (None, Vec::new());
     if networked {
         match ctx.net.promote(&workload, "next").await {
@@ -268,10 +303,10 @@ pub async fn promote<R: Runtime, N: Network>(
                 netns = Some(e.netns_path).filter(|p| !p.is_empty());
                 addresses = e.addresses;
             }
-            Err(e) => warning = Some(e.to_string()),
+            Err(e) => warnings.push(e),
         }
     }
-    OpOutcome::Promoted { removed: old, netns, addresses, warning }
+    OpOutcome::Promoted { removed: old, netns, addresses, warnings }
 }
 
 /// Removes the `next` instance (rollback or abandon).
@@ -284,16 +319,12 @@ pub async fn drop_next<R: Runtime, N: Network>(
 ) -> OpOutcome {
     let mut errors = Vec::new();
     if let Err(e) = remove(&ctx, &next).await {
-        errors.push(e.to_string());
+        errors.push(e);
     }
     if networked && let Err(e) = ctx.net.detach(&workload, "next").await {
-        errors.push(e.to_string());
+        errors.push(e);
     }
-    OpOutcome::NextRemoved {
-        removed: next,
-        rollback_reason,
-        error: if errors.is_empty() { None } else { Some(errors.join("; ")) },
-    }
+    OpOutcome::NextRemoved { removed: next, rollback_reason, errors }
 }
 
 /// Stop-first rollback: remove the failed new primary, start the previous version again.
@@ -305,10 +336,10 @@ pub async fn roll_back<R: Runtime, N: Network>(
     id: String,
     reason: String,
 ) -> OpOutcome {
-    let _ = remove(&ctx, &failed).await;
-    let restored = launch(&ctx, &previous, Role::Primary, &id, &previous_revision)
-        .await
-        .map_err(|e| e.to_string());
+    if let Err(e) = remove(&ctx, &failed).await {
+        tracing::warn!(error = %backroom_daemon::Chain(&e), "the failed version is not removed cleanly");
+    }
+    let restored = launch(&ctx, &previous, Role::Primary, &id, &previous_revision).await;
     OpOutcome::RolledBack { removed: failed, reason, restored }
 }
 
@@ -321,10 +352,10 @@ pub async fn remove_all<R: Runtime, N: Network>(
     let mut errors = Vec::new();
     for (id, role, networked) in containers {
         if let Err(e) = remove(&ctx, &id).await {
-            errors.push(e.to_string());
+            errors.push(e);
         }
         if networked && let Err(e) = ctx.net.detach(&workload, role.netd_instance()).await {
-            errors.push(e.to_string());
+            errors.push(e);
         }
     }
     OpOutcome::Removed { errors }

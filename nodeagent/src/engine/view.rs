@@ -3,16 +3,19 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::problems::OpenProblem;
 use crate::record::{HealthStatus, WorkloadRecord};
-use crate::restart::{Backoff, should_restart};
+use crate::restart::{Timing, should_restart};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Event {
     pub at_ms: u64,
     pub workload: String,
-    /// state | action | health | exit | revision | vm
+    /// state | action | health | exit | revision | vm | netd | failing | recovered
     pub kind: String,
     pub message: String,
+    /// failing | recovered: the problem's subject ("" otherwise).
+    pub subject: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +42,8 @@ pub struct WorkloadView {
     pub container_id: String,
     pub revision: String,
     pub health_reason: String,
+    /// When its health was last checked (unix ms; 0: not yet).
+    pub health_checked_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -54,6 +59,8 @@ pub struct Status {
     pub vms: String,
     pub workloads: Vec<WorkloadView>,
     pub actions: Vec<ActionResult>,
+    /// What fails now, on this node (nodeagent's, netd's and vmd's): the worst and oldest first.
+    pub problems: Vec<OpenProblem>,
 }
 
 fn secs(ms: u64) -> String {
@@ -65,7 +72,7 @@ pub fn derive_state(
     rec: &WorkloadRecord,
     busy: Option<&str>,
     waiting: Option<&str>,
-    backoff: &Backoff,
+    timing: &Timing,
     now_ms: u64,
 ) -> (String, String) {
     let s = |a: &str, b: String| (a.to_string(), b);
@@ -78,7 +85,7 @@ pub fn derive_state(
         return s("updating", waiting.unwrap_or("").to_string());
     }
     let left = rec.backoff_until_ms.saturating_sub(now_ms);
-    let crash_loop = backoff.crash_loop(rec);
+    let crash_loop = timing.crash_loop(rec);
     let Some(p) = &rec.primary else {
         if let Some(err) = &rec.start_error {
             let state = if crash_loop { "failed" } else { "backoff" };
@@ -158,7 +165,7 @@ mod tests {
 
     #[test]
     fn states_and_reasons() {
-        let b = Backoff::default();
+        let b = Timing::default();
         let mut r = rec("    health: {tcp: {port: 80}}\n");
         assert_eq!(derive_state(&r, None, None, &b, 0).0, "starting");
         r.primary.as_mut().unwrap().health.status = HealthStatus::Healthy;

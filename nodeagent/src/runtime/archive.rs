@@ -12,7 +12,9 @@ use futures::stream::BoxStream;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::containerd::Containerd;
-use super::content::{BlobSource, Desc, Index, media_type_of, sha256_digest};
+use oci_spec::image::{Descriptor, ImageIndex};
+
+use super::content::{BlobSource, media_type_of, parse, sha256_digest};
 use crate::error::{Error, Result};
 
 /// Annotations that name an image in an archive (containerd's, then the OCI one).
@@ -27,6 +29,7 @@ struct Archive {
 }
 
 fn archive_err(path: &Path, message: impl std::fmt::Display) -> Error {
+    // The archive stands for the image here: it is what the operator handed in.
     Error::Image { image: path.display().to_string(), message: message.to_string() }
 }
 
@@ -59,15 +62,17 @@ fn scan(path: &Path) -> Result<Archive> {
 }
 
 impl Archive {
-    fn locate(&self, desc: &Desc) -> Result<(u64, u64)> {
-        self.blobs.get(&desc.digest).copied().ok_or_else(|| {
-            archive_err(&self.path, format!("blob {} is missing from it", desc.digest))
-        })
+    fn locate(&self, desc: &Descriptor) -> Result<(u64, u64)> {
+        let digest = desc.digest().to_string();
+        self.blobs
+            .get(&digest)
+            .copied()
+            .ok_or_else(|| archive_err(&self.path, format!("blob {digest} is missing from it")))
     }
 }
 
 impl BlobSource for Archive {
-    async fn read(&self, desc: &Desc) -> Result<Vec<u8>> {
+    async fn read(&self, desc: &Descriptor) -> Result<Vec<u8>> {
         let (offset, size) = self.locate(desc)?;
         let mut f = tokio::fs::File::open(&self.path)
             .await
@@ -77,16 +82,19 @@ impl BlobSource for Archive {
             .map_err(|e| Error::io("read the archive", &self.path, e))?;
         let mut buf = vec![0; usize::try_from(size).unwrap_or(0)];
         f.read_exact(&mut buf).await.map_err(|e| Error::io("read the archive", &self.path, e))?;
-        if sha256_digest(&buf) != desc.digest {
+        if sha256_digest(&buf) != desc.digest().as_ref() {
             return Err(archive_err(
                 &self.path,
-                format!("blob {} does not match its digest", desc.digest),
+                format!("blob {} does not match its digest", desc.digest()),
             ));
         }
         Ok(buf)
     }
 
-    async fn stream(&self, desc: &Desc) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
+    async fn stream(
+        &self,
+        desc: &Descriptor,
+    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
         let (offset, size) = self.locate(desc)?;
         let mut f = tokio::fs::File::open(&self.path)
             .await
@@ -115,21 +123,21 @@ impl Containerd {
         let p = path.to_path_buf();
         let archive = tokio::task::spawn_blocking(move || scan(&p))
             .await
-            .map_err(|e| archive_err(path, e))??;
-        let index: Index = serde_json::from_slice(&archive.index)
-            .map_err(|e| archive_err(path, format!("its index.json is not valid JSON: {e}")))?;
+            .map_err(|source| Error::Task { what: "the archive scan", source })??;
+        let shown = path.display().to_string();
+        let index: ImageIndex = parse(&shown, "index.json", &archive.index)?;
         let mut out = Vec::new();
-        for entry in &index.manifests {
+        for entry in index.manifests() {
             let name = NAME_ANNOTATIONS
                 .iter()
-                .find_map(|k| entry.annotations.get(*k))
+                .find_map(|k| entry.annotations().as_ref().and_then(|a| a.get(*k)))
                 .filter(|n| n.contains('/') || n.contains(':'))
                 .cloned()
-                .unwrap_or_else(|| format!("import@{}", entry.digest));
+                .unwrap_or_else(|| format!("import@{}", entry.digest()));
             let bytes = archive.read(entry).await?;
             let mut target = entry.clone();
-            if target.media_type.is_empty() {
-                target.media_type = media_type_of(&bytes);
+            if target.media_type().as_ref().is_empty() {
+                target.set_media_type(media_type_of(&bytes));
             }
             let info = self.store_image(&archive, &name, target, bytes).await?;
             out.push((info.name, info.digest));

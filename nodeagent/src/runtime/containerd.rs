@@ -21,9 +21,10 @@ use prost_types::Any;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-use super::{CreateRequest, ImageInfo, LABEL_WORKLOAD, Observed, StoredImage, TaskState};
+use backroom_daemon::SharedClock;
+
+use super::{CreateRequest, Ended, ImageInfo, LABEL_WORKLOAD, Observed, StoredImage, TaskState};
 use crate::error::{Error, Result};
-use crate::record::Exit;
 
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
@@ -60,32 +61,36 @@ pub struct ContainerdConfig {
 pub struct Containerd {
     pub(super) channel: Channel,
     pub(super) config: ContainerdConfig,
+    /// For the wall-clock times containerd is told (a lease's expiry) and unique names.
+    pub(super) clock: SharedClock,
 }
 
 pub(super) fn status_err(op: &str, s: tonic::Status) -> Error {
-    Error::containerd(op, &s)
+    Error::containerd(op, s)
 }
 
 impl Containerd {
-    /// Connects to containerd's socket (lazily: the first call fails if it is not there).
+    /// Connects to containerd's socket; fails when it does not answer as containerd.
     pub async fn connect(config: ContainerdConfig) -> Result<Self> {
-        let channel =
-            containerd_client::connect(&config.socket).await.map_err(|e| Error::Connect {
-                what: "containerd",
-                path: config.socket.clone(),
-                message: e.to_string(),
-            })?;
-        let c = Containerd { channel, config };
+        let channel = backroom_daemon::socket::connect(&config.socket)
+            .await
+            .map_err(|source| Error::Connect { what: "containerd", source })?;
+        let c = Containerd { channel, config, clock: backroom_daemon::clock::system() };
         // A cheap call that fails early when the socket is not containerd's.
         containerd_client::services::v1::version_client::VersionClient::new(c.channel.clone())
             .version(())
             .await
-            .map_err(|s| Error::Connect {
+            .map_err(|s| Error::Handshake {
                 what: "containerd",
                 path: c.config.socket.clone(),
-                message: crate::error::status_message(&s),
+                source: s.into(),
             })?;
         Ok(c)
+    }
+
+    /// The same containerd, reading time from `clock`.
+    pub fn with_clock(self, clock: SharedClock) -> Self {
+        Containerd { clock, ..self }
     }
 
     pub(super) fn req<T>(&self, msg: T) -> Request<T> {
@@ -154,7 +159,12 @@ impl Containerd {
                 // containerd 1.6 sometimes loses an unpacked layer's directory while its GC runs
                 // (seen when images are deleted at the same time): unpack the image again and
                 // try once more instead of failing the workload.
-                tracing::warn!(container = %req.id, "{e}; unpacking {} again", req.image.name);
+                tracing::warn!(
+                    container = %req.id,
+                    error = %backroom_daemon::Chain(&e),
+                    "a layer of the image is gone; unpacking {} again",
+                    req.image.name
+                );
                 let _ = self.remove_impl(&req.id, Duration::from_secs(1)).await;
                 let image = self.unpack_again(&req.image).await?;
                 let retry = CreateRequest { image, ..req };
@@ -165,8 +175,10 @@ impl Containerd {
     }
 
     async fn start_once(&self, req: &CreateRequest) -> Result<u32> {
-        let spec_json = serde_json::to_vec(&req.spec)
-            .map_err(|e| Error::Invalid(format!("cannot encode the runtime spec: {e}")))?;
+        let spec_json = serde_json::to_vec(&req.spec).map_err(|source| Error::Encode {
+            what: format!("the runtime spec of {}", req.id),
+            source,
+        })?;
         let mounts = self.rootfs(&req.id, &req.image.chain_id).await?;
         let container = Container {
             id: req.id.clone(),
@@ -233,7 +245,7 @@ impl Containerd {
         Ok(out)
     }
 
-    pub(super) async fn wait_impl(&self, id: &str) -> Result<Exit> {
+    pub(super) async fn wait_impl(&self, id: &str) -> Result<Ended> {
         let r = self
             .tasks()
             .wait(self.req(WaitRequest { container_id: id.into(), exec_id: String::new() }))
@@ -241,7 +253,7 @@ impl Containerd {
             .map_err(|s| status_err(&format!("wait for task {id}"), s))?
             .into_inner();
         let oom = oom_killed(&self.cgroups_path_impl(id));
-        Ok(Exit { code: r.exit_status, at_ms: crate::now_ms(), oom })
+        Ok(Ended { code: r.exit_status, oom })
     }
 
     async fn kill(&self, id: &str, signal: u32) -> Result<()> {
@@ -273,11 +285,11 @@ impl Containerd {
         };
         if running {
             if let Err(e) = self.kill(id, SIGTERM).await {
-                failures.push(e.to_string());
+                failures.push(e);
             }
             if tokio::time::timeout(grace, self.wait_impl(id)).await.is_err() {
                 if let Err(e) = self.kill(id, SIGKILL).await {
-                    failures.push(e.to_string());
+                    failures.push(e);
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(10), self.wait_impl(id)).await;
             }
@@ -285,12 +297,12 @@ impl Containerd {
         match self.tasks().delete(self.req(DeleteTaskRequest { container_id: id.into() })).await {
             Ok(_) => {}
             Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => failures.push(status_err(&format!("delete task {id}"), s).to_string()),
+            Err(s) => failures.push(status_err(&format!("delete task {id}"), s)),
         }
         match self.containers().delete(self.req(DeleteContainerRequest { id: id.into() })).await {
             Ok(_) => {}
             Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => failures.push(status_err(&format!("delete container {id}"), s).to_string()),
+            Err(s) => failures.push(status_err(&format!("delete container {id}"), s)),
         }
         match self
             .snapshots()
@@ -301,12 +313,12 @@ impl Containerd {
         {
             Ok(_) => {}
             Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => failures.push(status_err(&format!("remove snapshot {id}"), s).to_string()),
+            Err(s) => failures.push(status_err(&format!("remove snapshot {id}"), s)),
         }
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(Error::Containerd { op: format!("remove {id}"), message: failures.join("; ") })
+            Err(Error::Teardown { id: id.to_string(), failures })
         }
     }
 
@@ -316,9 +328,13 @@ impl Containerd {
         process: Process,
         timeout: Duration,
     ) -> Result<i32> {
-        let exec_id = format!("probe-{}", crate::now_ms());
-        let value = serde_json::to_vec(&process)
-            .map_err(|e| Error::Invalid(format!("cannot encode the exec process: {e}")))?;
+        static EXECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = EXECS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let exec_id = format!("probe-{}-{n}", self.clock.now_ms());
+        let value = serde_json::to_vec(&process).map_err(|source| Error::Encode {
+            what: format!("the exec process for {id}"),
+            source,
+        })?;
         self.tasks()
             .exec(self.req(ExecProcessRequest {
                 container_id: id.into(),
@@ -361,7 +377,7 @@ impl Containerd {
                 .await;
         match result {
             Ok(r) => r,
-            Err(_) => Err(Error::Other(format!("timed out after {} ms", timeout.as_millis()))),
+            Err(_) => Err(Error::ExecTimeout { container: id.to_string(), timeout }),
         }
     }
 
@@ -372,7 +388,7 @@ impl Containerd {
 
 /// A start that failed because an unpacked layer's directory is gone.
 fn lost_layer(e: &Error) -> bool {
-    let m = e.to_string();
+    let m = backroom_daemon::chain(e);
     m.contains("failed to mount rootfs component")
         || (m.contains("failed to stat parent") && m.contains("no such file"))
 }
@@ -406,7 +422,7 @@ impl super::Runtime for Containerd {
         self.list_impl().await
     }
 
-    async fn wait(&self, id: &str) -> Result<Exit> {
+    async fn wait(&self, id: &str) -> Result<Ended> {
         self.wait_impl(id).await
     }
 

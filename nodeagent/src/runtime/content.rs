@@ -15,10 +15,10 @@ use containerd_client::services::v1::{
     Image, InfoRequest, ListImagesRequest, ReadContentRequest, UpdateImageRequest, WriteAction,
     WriteContentRequest,
 };
-use containerd_client::types::Descriptor;
+use containerd_client::types::Descriptor as CtdDescriptor;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use serde::Deserialize;
+use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, Os};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
@@ -27,81 +27,54 @@ use super::{ImageInfo, StoredImage};
 use crate::error::{Error, Result};
 use crate::spec::ImageConfig;
 
-pub(super) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker's media types, which registries still serve beside the OCI ones.
 pub(super) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub(super) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub(super) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-/// A content descriptor as manifests and indexes write it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct Desc {
-    #[serde(default)]
-    pub media_type: String,
-    pub digest: String,
-    pub size: i64,
-    #[serde(default)]
-    pub platform: Option<Platform>,
-    #[serde(default)]
-    pub annotations: HashMap<String, String>,
-}
-
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub(super) struct Platform {
-    pub architecture: String,
-    pub os: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct Manifest {
-    #[serde(default)]
-    pub media_type: String,
-    pub config: Desc,
-    #[serde(default)]
-    pub layers: Vec<Desc>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct Index {
-    #[serde(default)]
-    pub manifests: Vec<Desc>,
-}
-
 /// Whether a manifest-ish document is an index (by media type, else by shape).
-pub(super) fn is_index(media_type: &str, bytes: &[u8]) -> bool {
-    if media_type == OCI_INDEX || media_type == DOCKER_LIST {
-        return true;
-    }
-    if media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST {
-        return false;
+pub(super) fn is_index(media_type: &MediaType, bytes: &[u8]) -> bool {
+    match media_type {
+        MediaType::ImageIndex => return true,
+        MediaType::ImageManifest => return false,
+        MediaType::Other(m) if m == DOCKER_LIST => return true,
+        MediaType::Other(m) if m == DOCKER_MANIFEST => return false,
+        _ => {}
     }
     serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| v.get("manifests").is_some())
 }
 
 /// The media type a manifest-ish document declares, or a guess from its shape.
-pub(super) fn media_type_of(bytes: &[u8]) -> String {
+pub(super) fn media_type_of(bytes: &[u8]) -> MediaType {
     let v: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
     match v.get("mediaType").and_then(|m| m.as_str()) {
-        Some(m) => m.to_string(),
-        None if v.get("manifests").is_some() => OCI_INDEX.to_string(),
-        None => OCI_MANIFEST.to_string(),
+        Some(m) => MediaType::from(m),
+        None if v.get("manifests").is_some() => MediaType::ImageIndex,
+        None => MediaType::ImageManifest,
     }
 }
 
-/// The entry of an index for this machine (linux/amd64), or the only one.
-pub(super) fn pick_platform(index: &Index) -> Option<&Desc> {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    index
-        .manifests
-        .iter()
-        .find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
-        .or_else(|| if index.manifests.len() == 1 { index.manifests.first() } else { None })
+/// The entry of an index for this machine (linux on its architecture), or the only one.
+pub(super) fn pick_platform(index: &ImageIndex) -> Option<&Descriptor> {
+    let arch = Arch::default();
+    let list = index.manifests();
+    list.iter()
+        .find(|d| {
+            d.platform().as_ref().is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == arch)
+        })
+        .or_else(|| if list.len() == 1 { list.first() } else { None })
+}
+
+/// A manifest or an index, parsed; `image` and `what` name it in the error.
+pub(super) fn parse<T: serde::de::DeserializeOwned>(
+    image: &str,
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| Error::ImageJson {
+        image: image.to_string(),
+        what,
+        source,
+    })
 }
 
 pub(super) fn sha256_digest(bytes: &[u8]) -> String {
@@ -124,21 +97,21 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 /// Where blobs come from: a registry or an archive.
 pub(super) trait BlobSource: Sync {
     /// A small blob (manifest, config), checked against its digest.
-    fn read(&self, desc: &Desc) -> impl Future<Output = Result<Vec<u8>>> + Send;
+    fn read(&self, desc: &Descriptor) -> impl Future<Output = Result<Vec<u8>>> + Send;
     /// A layer, as a stream (containerd checks the digest when the write is committed).
     fn stream(
         &self,
-        desc: &Desc,
+        desc: &Descriptor,
     ) -> impl Future<Output = Result<BoxStream<'static, std::io::Result<Bytes>>>> + Send;
 }
 
 use std::future::Future;
 
-fn to_descriptor(d: &Desc) -> Descriptor {
-    Descriptor {
-        media_type: d.media_type.clone(),
-        digest: d.digest.clone(),
-        size: d.size,
+fn to_descriptor(d: &Descriptor) -> CtdDescriptor {
+    CtdDescriptor {
+        media_type: d.media_type().to_string(),
+        digest: d.digest().to_string(),
+        size: i64::try_from(d.size()).unwrap_or(i64::MAX),
         annotations: Default::default(),
     }
 }
@@ -161,12 +134,12 @@ impl Containerd {
     async fn lease_create(&self) -> Result<String> {
         static LEASES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = LEASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("backroom-import-{}-{}-{n}", std::process::id(), crate::now_ms());
+        let now = self.clock.now_ms();
+        let id = format!("backroom-import-{}-{now}-{n}", std::process::id());
         let mut labels = std::collections::HashMap::new();
         // A lease outlives a crashed import by an hour at most.
-        let expire = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-        let secs = expire.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        labels.insert("containerd.io/gc.expire".to_string(), rfc3339(secs));
+        let expire = backroom_daemon::clock::rfc3339(now.saturating_add(3_600_000));
+        labels.insert("containerd.io/gc.expire".to_string(), expire);
         containerd_client::services::v1::leases_client::LeasesClient::new(self.channel.clone())
             .create(self.req(CreateLeaseRequest { id: id.clone(), labels }))
             .await
@@ -180,7 +153,8 @@ impl Containerd {
                 .delete(self.req(DeleteLeaseRequest { id: id.into(), sync: false }))
                 .await;
         if let Err(s) = r {
-            tracing::warn!(lease = id, "cannot delete the import lease: {}", s.message());
+            let e = status_err("delete lease", s);
+            tracing::warn!(lease = id, error = %backroom_daemon::Chain(&e), "cannot delete the import lease");
         }
     }
 
@@ -196,28 +170,27 @@ impl Containerd {
     async fn write_blob(
         &self,
         lease: &str,
-        desc: &Desc,
+        desc: &Descriptor,
         labels: HashMap<String, String>,
         mut data: BoxStream<'static, std::io::Result<Bytes>>,
     ) -> Result<()> {
-        if self.content_exists(&desc.digest).await? {
+        let digest = desc.digest().to_string();
+        if self.content_exists(&digest).await? {
             return Ok(());
         }
         // Unique per write: two workloads pulling one image at once must not share an ingest.
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let reference = format!("backroom-{}-{n}-{}", std::process::id(), &desc.digest);
+        let reference = format!("backroom-{}-{n}-{digest}", std::process::id());
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
-        let total = desc.size;
-        let expected = desc.digest.clone();
+        let total = i64::try_from(desc.size()).unwrap_or(i64::MAX);
+        let expected = digest.clone();
         let r2 = reference.clone();
         let send = async move {
             let mut offset: i64 = 0;
             while let Some(chunk) = data.next().await {
-                let chunk = chunk.map_err(|e| Error::Image {
-                    image: expected.clone(),
-                    message: format!("cannot read the blob: {e}"),
-                })?;
+                let chunk =
+                    chunk.map_err(|source| Error::Blob { digest: expected.clone(), source })?;
                 let len = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
                 let msg = WriteContentRequest {
                     action: WriteAction::Write as i32,
@@ -265,16 +238,13 @@ impl Containerd {
         };
         let (sent, received) = tokio::join!(send, receive);
         sent?;
-        received.map_err(|e| Error::Image {
-            image: desc.digest.clone(),
-            message: format!("cannot store the blob: {e}"),
-        })
+        received
     }
 
     async fn write_bytes(
         &self,
         lease: &str,
-        desc: &Desc,
+        desc: &Descriptor,
         labels: HashMap<String, String>,
         bytes: Vec<u8>,
     ) -> Result<()> {
@@ -312,7 +282,12 @@ impl Containerd {
     }
 
     /// Unpacks the layers into committed snapshots named by chain id.
-    async fn unpack(&self, lease: &str, layers: &[Desc], diff_ids: &[String]) -> Result<String> {
+    async fn unpack(
+        &self,
+        lease: &str,
+        layers: &[Descriptor],
+        diff_ids: &[String],
+    ) -> Result<String> {
         let chains = chain_ids(diff_ids);
         let mut parent = String::new();
         for (i, layer) in layers.iter().enumerate() {
@@ -323,7 +298,7 @@ impl Containerd {
             }
             static KEYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let n = KEYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let key = format!("extract-{}-{}-{n} {chain}", std::process::id(), crate::now_ms());
+            let key = format!("extract-{}-{}-{n} {chain}", std::process::id(), self.clock.now_ms());
             let mounts = self
                 .snapshots()
                 .prepare(self.req_lease(
@@ -353,7 +328,7 @@ impl Containerd {
                     lease,
                 ))
                 .await
-                .map_err(|s| status_err(&format!("apply layer {}", layer.digest), s))?
+                .map_err(|s| status_err(&format!("apply layer {}", layer.digest()), s))?
                 .into_inner();
             let got = applied.applied.map(|d| d.digest).unwrap_or_default();
             if got != diff_ids[i] {
@@ -364,7 +339,7 @@ impl Containerd {
                     )
                     .await;
                 return Err(Error::Image {
-                    image: layer.digest.clone(),
+                    image: layer.digest().to_string(),
                     message: format!(
                         "layer {i} unpacked to {got}, but the image config says {}",
                         diff_ids[i]
@@ -406,7 +381,7 @@ impl Containerd {
         &self,
         source: &S,
         name: &str,
-        target: Desc,
+        target: Descriptor,
         target_bytes: Vec<u8>,
     ) -> Result<ImageInfo> {
         let lease = self.lease_create().await?;
@@ -419,36 +394,38 @@ impl Containerd {
         &self,
         source: &S,
         name: &str,
-        target: Desc,
+        target: Descriptor,
         target_bytes: Vec<u8>,
         lease: &str,
     ) -> Result<ImageInfo> {
-        let img_err = |message: String| Error::Image { image: name.to_string(), message };
-        let (manifest_desc, manifest_bytes) = if is_index(&target.media_type, &target_bytes) {
-            let index: Index = serde_json::from_slice(&target_bytes)
-                .map_err(|e| img_err(format!("its index is not valid JSON: {e}")))?;
-            let entry = pick_platform(&index)
-                .ok_or_else(|| img_err("it has no linux/amd64 manifest".to_string()))?
-                .clone();
+        let (manifest_desc, manifest_bytes) = if is_index(target.media_type(), &target_bytes) {
+            let index: ImageIndex = parse(name, "index", &target_bytes)?;
+            let entry = pick_platform(&index).cloned().ok_or_else(|| Error::Image {
+                image: name.to_string(),
+                message: format!("it has no linux/{} manifest", Arch::default()),
+            })?;
             let bytes = source.read(&entry).await?;
             (entry, bytes)
         } else {
             (target.clone(), target_bytes.clone())
         };
-        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-            .map_err(|e| img_err(format!("its manifest is not valid JSON: {e}")))?;
-        let config_bytes = source.read(&manifest.config).await?;
+        let manifest: ImageManifest = parse(name, "manifest", &manifest_bytes)?;
+        let config_bytes = source.read(manifest.config()).await?;
         let config = ImageConfig::parse(&config_bytes)?;
-        if config.diff_ids.len() != manifest.layers.len() {
-            return Err(img_err(format!(
-                "its manifest has {} layers but its config {} diff ids",
-                manifest.layers.len(),
-                config.diff_ids.len()
-            )));
+        let layers = manifest.layers();
+        if config.diff_ids.len() != layers.len() {
+            return Err(Error::Image {
+                image: name.to_string(),
+                message: format!(
+                    "its manifest has {} layers but its config {} diff ids",
+                    layers.len(),
+                    config.diff_ids.len()
+                ),
+            });
         }
         let chains = chain_ids(&config.diff_ids);
-        for (i, layer) in manifest.layers.iter().enumerate() {
-            if self.content_exists(&layer.digest).await? {
+        for (i, layer) in layers.iter().enumerate() {
+            if self.content_exists(layer.digest().as_ref()).await? {
                 continue;
             }
             let labels = HashMap::from([(
@@ -462,37 +439,36 @@ impl Containerd {
         if let Some(top) = chains.last() {
             labels.insert(format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}"), top.clone());
         }
-        self.write_bytes(lease, &manifest.config, labels, config_bytes).await?;
+        self.write_bytes(lease, manifest.config(), labels, config_bytes).await?;
         let mut labels = HashMap::from([(
             "containerd.io/gc.ref.content.config".to_string(),
-            manifest.config.digest.clone(),
+            manifest.config().digest().to_string(),
         )]);
-        for (i, l) in manifest.layers.iter().enumerate() {
-            labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
+        for (i, l) in layers.iter().enumerate() {
+            labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest().to_string());
         }
-        let mut mdesc = manifest_desc.clone();
-        if mdesc.media_type.is_empty() {
-            mdesc.media_type = if manifest.media_type.is_empty() {
-                OCI_MANIFEST.into()
-            } else {
-                manifest.media_type.clone()
-            };
-        }
-        self.write_bytes(lease, &mdesc, labels, manifest_bytes).await?;
-        if mdesc.digest != target.digest {
+        // The manifest's own bytes, as the registry or the archive had them: serialising the
+        // parsed manifest again would change its digest.
+        self.write_bytes(lease, &manifest_desc, labels, manifest_bytes).await?;
+        if manifest_desc.digest() != target.digest() {
             let labels = HashMap::from([(
                 "containerd.io/gc.ref.content.m.0".to_string(),
-                mdesc.digest.clone(),
+                manifest_desc.digest().to_string(),
             )]);
             self.write_bytes(lease, &target, labels, target_bytes).await?;
         }
-        let top = self.unpack(lease, &manifest.layers, &config.diff_ids).await?;
+        let top = self.unpack(lease, layers, &config.diff_ids).await?;
         self.put_image(name, &target).await?;
-        Ok(ImageInfo { name: name.to_string(), digest: target.digest, config, chain_id: top })
+        Ok(ImageInfo {
+            name: name.to_string(),
+            digest: target.digest().to_string(),
+            config,
+            chain_id: top,
+        })
     }
 
     /// Creates (or points anew) the image record `name`.
-    pub(super) async fn put_image(&self, name: &str, target: &Desc) -> Result<()> {
+    pub(super) async fn put_image(&self, name: &str, target: &Descriptor) -> Result<()> {
         let image = Image {
             name: name.to_string(),
             labels: Default::default(),
@@ -536,32 +512,32 @@ impl Containerd {
     }
 
     /// The image record's content, unpacked (again, if its snapshots were collected).
-    pub(super) async fn image_info(&self, name: &str, target: &Desc) -> Result<ImageInfo> {
-        let img_err = |message: String| Error::Image { image: name.to_string(), message };
-        let target_bytes = self.read_content(&target.digest).await?;
-        let manifest_bytes = if is_index(&target.media_type, &target_bytes) {
-            let index: Index = serde_json::from_slice(&target_bytes)
-                .map_err(|e| img_err(format!("its index is not valid JSON: {e}")))?;
-            let entry = pick_platform(&index)
-                .ok_or_else(|| img_err("it has no linux/amd64 manifest".to_string()))?;
-            self.read_content(&entry.digest).await?
+    pub(super) async fn image_info(&self, name: &str, target: &Descriptor) -> Result<ImageInfo> {
+        let target_bytes = self.read_content(target.digest().as_ref()).await?;
+        let manifest_bytes = if is_index(target.media_type(), &target_bytes) {
+            let index: ImageIndex = parse(name, "index", &target_bytes)?;
+            let entry = pick_platform(&index).ok_or_else(|| Error::Image {
+                image: name.to_string(),
+                message: format!("it has no linux/{} manifest", Arch::default()),
+            })?;
+            self.read_content(entry.digest().as_ref()).await?
         } else {
             target_bytes
         };
-        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-            .map_err(|e| img_err(format!("its manifest is not valid JSON: {e}")))?;
-        let config = ImageConfig::parse(&self.read_content(&manifest.config.digest).await?)?;
+        let manifest: ImageManifest = parse(name, "manifest", &manifest_bytes)?;
+        let config =
+            ImageConfig::parse(&self.read_content(manifest.config().digest().as_ref()).await?)?;
         let chains = chain_ids(&config.diff_ids);
         let top = chains.last().cloned().unwrap_or_default();
         if !top.is_empty() && !self.snapshot_exists(&top).await? {
             let lease = self.lease_create().await?;
-            let r = self.unpack(&lease, &manifest.layers, &config.diff_ids).await;
+            let r = self.unpack(&lease, manifest.layers(), &config.diff_ids).await;
             self.lease_delete(&lease).await;
             r?;
         }
         Ok(ImageInfo {
             name: name.to_string(),
-            digest: target.digest.clone(),
+            digest: target.digest().to_string(),
             config,
             chain_id: top,
         })
@@ -579,7 +555,8 @@ impl Containerd {
                 }))
                 .await;
             if let Err(s) = r {
-                tracing::warn!("cannot remove snapshot {chain}: {}", s.message());
+                let e = status_err(&format!("remove snapshot {chain}"), s);
+                tracing::warn!(error = %backroom_daemon::Chain(&e), "cannot unpack the image again from scratch");
                 break;
             }
         }
@@ -592,9 +569,9 @@ impl Containerd {
                 .map_err(|s| status_err(&format!("get image {}", image.name), s))?
                 .into_inner()
                 .image;
-        let target = img.as_ref().and_then(desc_of).ok_or_else(|| Error::Image {
+        let target = img.as_ref().map(desc_of).transpose()?.ok_or_else(|| Error::Image {
             image: image.name.clone(),
-            message: "it has no target".into(),
+            message: "it is gone".into(),
         })?;
         self.image_info(&image.name, &target).await
     }
@@ -628,33 +605,19 @@ impl Containerd {
     }
 }
 
-pub(super) fn desc_of(image: &Image) -> Option<Desc> {
-    image.target.as_ref().map(|t| Desc {
-        media_type: t.media_type.clone(),
-        digest: t.digest.clone(),
-        size: t.size,
-        platform: None,
-        annotations: HashMap::new(),
-    })
-}
-
-/// `secs` since the epoch as RFC 3339 UTC (for containerd's lease expiry label).
-fn rfc3339(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if mo <= 2 { y + 1 } else { y };
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+/// The target of a containerd image record, as an OCI descriptor.
+pub(super) fn desc_of(image: &Image) -> Result<Descriptor> {
+    let bad = |message: String| Error::Image { image: image.name.clone(), message };
+    let t = image.target.as_ref().ok_or_else(|| bad("it has no target".into()))?;
+    let digest: oci_spec::image::Digest = t
+        .digest
+        .parse()
+        .map_err(|e| bad(format!("its target digest {} is not valid: {e}", t.digest)))?;
+    Ok(Descriptor::new(
+        MediaType::from(t.media_type.as_str()),
+        u64::try_from(t.size).unwrap_or(0),
+        digest,
+    ))
 }
 
 #[cfg(test)]
@@ -672,15 +635,33 @@ mod tests {
     }
 
     #[test]
-    fn dates_are_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_651_200), "2026-11-26T00:00:00Z");
+    fn indexes_are_told_from_manifests() {
+        let unknown = MediaType::Other(String::new());
+        assert!(is_index(&unknown, br#"{"manifests": []}"#));
+        assert!(!is_index(&unknown, br#"{"config": {}}"#));
+        assert!(is_index(&MediaType::Other(DOCKER_LIST.into()), b"{}"));
+        assert!(!is_index(&MediaType::ImageManifest, br#"{"manifests": []}"#));
+        assert_eq!(media_type_of(br#"{"schemaVersion":2,"manifests":[]}"#), MediaType::ImageIndex);
     }
 
     #[test]
-    fn indexes_are_told_from_manifests() {
-        assert!(is_index("", br#"{"manifests": []}"#));
-        assert!(!is_index("", br#"{"config": {}}"#));
-        assert_eq!(media_type_of(br#"{"schemaVersion":2,"manifests":[]}"#), OCI_INDEX);
+    fn the_platform_entry_of_an_index() {
+        let entry = |arch: &str, digit: char| {
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"digest":"sha256:{}","platform":{{"architecture":"{arch}","os":"linux"}}}}"#,
+                digit.to_string().repeat(64)
+            )
+        };
+        let text = format!(
+            r#"{{"schemaVersion":2,"manifests":[{},{}]}}"#,
+            entry("s390x", 'a'),
+            entry(&Arch::default().to_string(), 'b')
+        );
+        let index: ImageIndex = parse("t", "index", text.as_bytes()).unwrap();
+        assert!(pick_platform(&index).unwrap().digest().to_string().ends_with("bbbb"));
+        let e = parse::<ImageIndex>("t", "index", br#"{"manifests": 3}"#).unwrap_err();
+        assert!(backroom_daemon::chain(&e).starts_with("image t: its index is not valid JSON: "));
+        let bad = r#"{"schemaVersion":2,"manifests":[{"mediaType":"x","size":1,"digest":"../etc:passwd"}]}"#;
+        assert!(parse::<ImageIndex>("t", "index", bad.as_bytes()).is_err(), "digests are checked");
     }
 }

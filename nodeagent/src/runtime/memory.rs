@@ -9,16 +9,15 @@ use std::time::Duration;
 use oci_spec::runtime::{Process, Spec};
 use tokio::sync::watch;
 
-use super::{CreateRequest, ImageInfo, Observed, StoredImage, TaskState};
+use super::{CreateRequest, Ended, ImageInfo, Observed, StoredImage, TaskState};
 use crate::error::{Error, Result};
-use crate::record::Exit;
 use crate::spec::ImageConfig;
 
 struct Task {
     labels: BTreeMap<String, String>,
     spec: Spec,
     pid: u32,
-    exit: watch::Sender<Option<Exit>>,
+    exit: watch::Sender<Option<Ended>>,
 }
 
 #[derive(Default)]
@@ -58,7 +57,7 @@ impl MemoryRuntime {
     /// Ends a running task with `code`.
     pub fn exit(&self, id: &str, code: u32) {
         if let Some(t) = self.lock().tasks.get(id) {
-            t.exit.send_replace(Some(Exit { code, at_ms: crate::now_ms(), oom: false }));
+            t.exit.send_replace(Some(Ended { code, oom: false }));
         }
     }
 
@@ -81,17 +80,17 @@ impl super::Runtime for MemoryRuntime {
         let name = image.to_string();
         self.lock().images.get(&name).cloned().ok_or_else(|| Error::Image {
             image: name,
-            message: "cannot pull it: not found".into(),
+            message: "the in-memory runtime has no such image".into(),
         })
     }
 
     async fn start(&self, req: CreateRequest) -> Result<u32> {
         let mut g = self.lock();
         if g.tasks.contains_key(&req.id) {
-            return Err(Error::Containerd {
-                op: format!("create container {}", req.id),
-                message: "already exists".into(),
-            });
+            return Err(Error::containerd(
+                format!("create container {}", req.id),
+                tonic::Status::already_exists("container already exists"),
+            ));
         }
         g.next_pid += 1;
         let pid = 1000 + g.next_pid;
@@ -117,28 +116,27 @@ impl super::Runtime for MemoryRuntime {
             .collect())
     }
 
-    async fn wait(&self, id: &str) -> Result<Exit> {
+    async fn wait(&self, id: &str) -> Result<Ended> {
         let mut rx = {
             let g = self.lock();
-            let t = g.tasks.get(id).ok_or_else(|| Error::Containerd {
-                op: format!("wait for task {id}"),
-                message: "not found".into(),
+            let t = g.tasks.get(id).ok_or_else(|| {
+                Error::containerd(format!("wait for task {id}"), tonic::Status::not_found(id))
             })?;
             t.exit.subscribe()
         };
         loop {
-            if let Some(e) = rx.borrow_and_update().clone() {
+            if let Some(e) = *rx.borrow_and_update() {
                 return Ok(e);
             }
             if rx.changed().await.is_err() {
-                return Ok(Exit { code: 137, at_ms: crate::now_ms(), oom: false });
+                return Ok(Ended { code: 137, oom: false });
             }
         }
     }
 
     async fn remove(&self, id: &str, _grace: Duration) -> Result<()> {
         if let Some(t) = self.lock().tasks.remove(id) {
-            t.exit.send_replace(Some(Exit { code: 143, at_ms: crate::now_ms(), oom: false }));
+            t.exit.send_replace(Some(Ended { code: 143, oom: false }));
         }
         Ok(())
     }

@@ -21,7 +21,6 @@ pub use memory::MemoryRuntime;
 pub use pull::install_crypto_provider;
 
 use crate::error::Result;
-use crate::record::Exit;
 use crate::spec::ImageConfig;
 
 /// Labels nodeagent puts on its containers (how it finds them again after a restart).
@@ -49,6 +48,14 @@ pub struct CreateRequest {
     /// FIFOs the task writes its stdout and stderr to (nodeagent reads them, see `logs.rs`).
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+}
+
+/// How a task ended, as the runtime saw it (the engine stamps the time with its clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub code: u32,
+    /// Killed by the kernel's OOM killer (its cgroup's memory limit).
+    pub oom: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +100,7 @@ pub trait Runtime: Send + Sync + 'static {
     fn list(&self) -> impl Future<Output = Result<Vec<Observed>>> + Send;
 
     /// Waits for the container's task to end.
-    fn wait(&self, id: &str) -> impl Future<Output = Result<Exit>> + Send;
+    fn wait(&self, id: &str) -> impl Future<Output = Result<Ended>> + Send;
 
     /// Stops the task (SIGTERM, then SIGKILL after `grace`) and removes the task, the container
     /// and its snapshot. Absent pieces are fine.

@@ -11,13 +11,16 @@ use oci_client::secrets::RegistryAuth as OciAuth;
 use oci_client::{Client, Reference};
 
 use super::containerd::Containerd;
+use oci_spec::image::{Descriptor, MediaType};
+
 use super::content::{
-    BlobSource, DOCKER_LIST, DOCKER_MANIFEST, Desc, OCI_INDEX, OCI_MANIFEST, desc_of,
-    media_type_of, sha256_digest,
+    BlobSource, DOCKER_LIST, DOCKER_MANIFEST, desc_of, media_type_of, sha256_digest,
 };
 use super::{ImageInfo, plain_http};
 use crate::error::{Error, Result};
 
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const ACCEPTED: &[&str] = &[OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST];
 
 static RUSTLS: std::sync::Once = std::sync::Once::new();
@@ -35,60 +38,50 @@ struct Registry {
     auth: OciAuth,
 }
 
-fn pull_msg(image: &str, message: impl std::fmt::Display) -> Error {
-    Error::Image { image: image.to_string(), message: format!("cannot pull it: {message}") }
+fn pull_err(image: &str, source: oci_client::errors::OciDistributionError) -> Error {
+    Error::Pull { image: image.to_string(), source }
 }
 
-/// A pull error with its causes (e.g. "error sending request: … invalid peer certificate:
-/// UnknownIssuer"), which say what an operator can fix.
-fn pull_err(image: &str, e: &dyn std::error::Error) -> Error {
-    let mut message = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        cause = c.source();
-    }
-    pull_msg(image, message)
+fn pull_msg(image: &str, message: String) -> Error {
+    Error::Image { image: image.to_string(), message }
 }
 
 impl BlobSource for Registry {
-    async fn read(&self, desc: &Desc) -> Result<Vec<u8>> {
+    async fn read(&self, desc: &Descriptor) -> Result<Vec<u8>> {
         let whole = self.reference.whole();
-        let bytes = if desc.media_type.contains("manifest") || desc.media_type.contains("index") {
-            let r = self.reference.clone_with_digest(desc.digest.clone());
+        let digest = desc.digest().to_string();
+        let kind = desc.media_type().as_ref();
+        let bytes = if kind.contains("manifest") || kind.contains("index") {
+            let r = self.reference.clone_with_digest(digest.clone());
             self.client
                 .pull_manifest_raw(&r, &self.auth, ACCEPTED)
                 .await
-                .map_err(|e| pull_err(&whole, &e))?
+                .map_err(|e| pull_err(&whole, e))?
                 .0
                 .to_vec()
         } else {
             let mut out = Vec::new();
             self.client
-                .pull_blob(&self.reference, desc.digest.as_str(), &mut out)
+                .pull_blob(&self.reference, digest.as_str(), &mut out)
                 .await
-                .map_err(|e| pull_err(&whole, &e))?;
+                .map_err(|e| pull_err(&whole, e))?;
             out
         };
-        if sha256_digest(&bytes) != desc.digest {
-            return Err(pull_msg(
-                &whole,
-                format!("blob {} does not match its digest", desc.digest),
-            ));
+        if sha256_digest(&bytes) != digest {
+            return Err(pull_msg(&whole, format!("blob {digest} does not match its digest")));
         }
         Ok(bytes)
     }
 
-    async fn stream(&self, desc: &Desc) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
+    async fn stream(
+        &self,
+        desc: &Descriptor,
+    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>> {
         let s = self
             .client
-            .pull_blob_stream(&self.reference, desc.digest.as_str())
+            .pull_blob_stream(&self.reference, desc.digest().as_ref())
             .await
-            .map_err(|e| pull_err(&self.reference.whole(), &e))?;
+            .map_err(|e| pull_err(&self.reference.whole(), e))?;
         Ok(s.stream.map_err(std::io::Error::other).boxed())
     }
 }
@@ -120,9 +113,8 @@ impl Containerd {
                 r == image.repository && t == image.tag.as_deref() && !i.name.contains('@')
             }),
         });
-        if let Some(img) = found
-            && let Some(target) = desc_of(img)
-        {
+        if let Some(img) = found {
+            let target = desc_of(img)?;
             let info = self.image_info(&want, &target).await?;
             if img.name != want {
                 self.put_image(&want, &target).await?;
@@ -135,7 +127,9 @@ impl Containerd {
     async fn pull(&self, image: &backroom_profiles::ImageRef) -> Result<ImageInfo> {
         install_crypto_provider();
         let want = image.to_string();
-        let reference: Reference = want.parse().map_err(|e| pull_err(&want, &e))?;
+        let reference: Reference = want
+            .parse()
+            .map_err(|e| pull_msg(&want, format!("it is not an image reference: {e}")))?;
         let registry = reference.resolve_registry().to_string();
         let cas = self.config.registry_cas.get(&registry);
         let protocol = if cas.is_none() && plain_http(&registry, &self.config.insecure_registries) {
@@ -165,7 +159,7 @@ impl Containerd {
         let (bytes, digest) = client
             .pull_manifest_raw(&reference, &auth, ACCEPTED)
             .await
-            .map_err(|e| pull_err(&want, &e))?;
+            .map_err(|e| pull_err(&want, e))?;
         if let Some(d) = &image.digest
             && d != &digest
         {
@@ -175,13 +169,14 @@ impl Containerd {
             ));
         }
         let bytes: Vec<u8> = bytes.to_vec();
-        let target = Desc {
-            media_type: media_type_of(&bytes),
-            digest,
-            size: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
-            platform: None,
-            annotations: Default::default(),
-        };
+        let served: oci_spec::image::Digest = digest.parse().map_err(|e| {
+            pull_msg(
+                &want,
+                format!("the registry served the digest {digest}, which is not valid: {e}"),
+            )
+        })?;
+        let media_type: MediaType = media_type_of(&bytes);
+        let target = Descriptor::new(media_type, u64::try_from(bytes.len()).unwrap_or(0), served);
         let source = Registry { client, reference, auth };
         self.store_image(&source, &want, target, bytes).await
     }

@@ -3,12 +3,17 @@
 //! touching the root namespace. Everything it made is deleted on drop.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::sync::Mutex;
 
-use backroom_nodeagent::error::{Error, Result};
-use backroom_nodeagent::network::{Endpoints, Network, NetworkApplied};
+use backroom_nodeagent::error::{Error, Result, Rpc};
+use backroom_nodeagent::network::{Endpoints, NetEvents, Network, NetworkApplied};
+use backroom_nodeagent::problems::OpenProblem;
+
+/// The test network's failures, as netd would answer them.
+fn netd(op: &'static str) -> impl FnOnce(String) -> Error {
+    move |message| Error::Netd { op, source: Rpc(tonic::Status::internal(message)) }
+}
 
 pub struct TestNetwork {
     pub hub: String,
@@ -128,13 +133,13 @@ impl Network for TestNetwork {
                 addresses: vec![a.clone()],
             });
         }
-        self.make(workload, instance).map_err(|message| Error::Netd { op: "attach", message })
+        self.make(workload, instance).map_err(netd("attach"))
     }
     async fn detach(&self, workload: &str, instance: &str) -> Result<()> {
         let removed =
             self.state.lock().unwrap().endpoints.remove(&(workload.into(), instance.into()));
         if let Some((ns, _)) = removed {
-            ip(&["netns", "del", &ns]).map_err(|message| Error::Netd { op: "detach", message })?;
+            ip(&["netns", "del", &ns]).map_err(netd("detach"))?;
         }
         Ok(())
     }
@@ -143,7 +148,7 @@ impl Network for TestNetwork {
         let (next_ns, temp) = s
             .endpoints
             .remove(&(workload.into(), instance.into()))
-            .ok_or_else(|| Error::Netd { op: "promote", message: "no such instance".into() })?;
+            .ok_or_else(|| netd("promote")("no such instance".into()))?;
         let primary_ns = format!("bkt{}-{workload}", self.tag);
         if let Some((old_ns, _)) = s.endpoints.remove(&(workload.into(), String::new())) {
             let _ = ip(&["netns", "del", &old_ns]);
@@ -164,28 +169,31 @@ impl Network for TestNetwork {
                 }
                 ip(&["netns", "del", &next_ns])
             });
-        r.map_err(|message| Error::Netd { op: "promote", message })?;
+        r.map_err(netd("promote"))?;
         if !s.namespaces.contains(&primary_ns) {
             s.namespaces.push(primary_ns.clone());
         }
         s.endpoints.insert((workload.into(), String::new()), (primary_ns.clone(), stable.clone()));
         Ok(Endpoints { netns_path: format!("/run/netns/{primary_ns}"), addresses: vec![stable] })
     }
+    async fn events(&self) -> Result<NetEvents> {
+        // A network without loops of its own: nothing ever fails in it.
+        Ok(Box::pin(futures::stream::pending()))
+    }
+    async fn problems(&self) -> Result<Vec<OpenProblem>> {
+        Ok(Vec::new())
+    }
+    fn configured(&self) -> bool {
+        true
+    }
 }
 
 /// GET `path` from `addr` with a socket made inside the namespace at `netns` (blocking; a thread).
 pub fn http_get_in(netns: &str, addr: &str, path: &str) -> std::result::Result<String, String> {
-    let netns = netns.to_string();
     let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
     let path = path.to_string();
-    std::thread::spawn(move || {
+    backroom_daemon::netns::run_in(std::path::Path::new(netns), move || {
         use std::io::{Read, Write};
-        let f = std::fs::File::open(&netns).map_err(|e| format!("open {netns}: {e}"))?;
-        rustix::thread::move_into_link_name_space(
-            f.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .map_err(|e| format!("setns: {e}"))?;
         let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))
             .map_err(|e| format!("connect {addr}: {e}"))?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok();
@@ -195,6 +203,5 @@ pub fn http_get_in(netns: &str, addr: &str, path: &str) -> std::result::Result<S
         s.read_to_string(&mut out).map_err(|e| e.to_string())?;
         Ok(out)
     })
-    .join()
-    .map_err(|_| "thread panicked".to_string())?
+    .map_err(|e| e.to_string())?
 }
