@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use backroom_session::files::write_atomic;
+use backroom_daemon::fs::write_atomic;
 use backroom_session::pki;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,

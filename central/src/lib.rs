@@ -12,11 +12,6 @@ pub mod alerts;
 pub mod app;
 pub mod ca;
 pub mod client;
-/// The daemon crate's clock, under the name central's callers used before it moved there
-/// (nodeagent's tests); new code uses `backroom_daemon::clock`.
-pub mod clock {
-    pub use backroom_daemon::clock::{Clock, ManualClock, SharedClock, SystemClock};
-}
 pub mod ctl_report;
 pub mod db;
 pub mod hub;

@@ -17,8 +17,8 @@ use backroom_api::operator::{
 };
 use backroom_central::app::Settings;
 use backroom_central::client::Client;
-use backroom_central::clock::SystemClock;
 use backroom_central::server::{Running, ServeConfig, serve};
+use backroom_daemon::clock::SystemClock;
 use common::image::TestImage;
 use common::{Namespace, bin, require_services, unique};
 

@@ -13,7 +13,6 @@
 //! channels. The fleet simulator uses the same code.
 
 pub mod enroll;
-pub mod files;
 pub mod link;
 pub mod outbox;
 pub mod pki;
