@@ -165,7 +165,10 @@ impl Containerd {
                     "a layer of the image is gone; unpacking {} again",
                     req.image.name
                 );
-                let _ = self.remove_impl(&req.id, Duration::from_secs(1)).await;
+                // Its snapshot is a child of the lost layer: it must go first.
+                if let Err(e) = self.remove_impl(&req.id, Duration::from_secs(1)).await {
+                    tracing::warn!(container = %req.id, error = %backroom_daemon::Chain(&e), "cannot remove the failed container before unpacking again");
+                }
                 let image = self.unpack_again(&req.image).await?;
                 let retry = CreateRequest { image, ..req };
                 self.start_once(&retry).await

@@ -546,18 +546,31 @@ impl Containerd {
     /// Drops the image's layer snapshots (those no container still builds on) and unpacks it
     /// again.
     pub(super) async fn unpack_again(&self, image: &ImageInfo) -> Result<ImageInfo> {
-        for chain in chain_ids(&image.config.diff_ids).iter().rev() {
-            let r = self
-                .snapshots()
-                .remove(self.req(RemoveSnapshotRequest {
-                    snapshotter: SNAPSHOTTER.into(),
-                    key: chain.clone(),
-                }))
-                .await;
-            if let Err(s) = r {
-                let e = status_err(&format!("remove snapshot {chain}"), s);
-                tracing::warn!(error = %backroom_daemon::Chain(&e), "cannot unpack the image again from scratch");
-                break;
+        'layers: for chain in chain_ids(&image.config.diff_ids).iter().rev() {
+            // containerd refuses for a moment while its GC holds the snapshotter, or while the
+            // failed container's own snapshot (a child of the top layer) is still going away.
+            let mut tries = 0;
+            loop {
+                let r = self
+                    .snapshots()
+                    .remove(self.req(RemoveSnapshotRequest {
+                        snapshotter: SNAPSHOTTER.into(),
+                        key: chain.clone(),
+                    }))
+                    .await;
+                match r {
+                    Ok(_) => break,
+                    Err(s) if s.code() == Code::NotFound => break,
+                    Err(_) if tries < 25 => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    Err(s) => {
+                        let e = status_err(&format!("remove snapshot {chain}"), s);
+                        tracing::warn!(error = %backroom_daemon::Chain(&e), "cannot unpack the image again from scratch");
+                        break 'layers;
+                    }
+                }
             }
         }
         let img =
