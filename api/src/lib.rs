@@ -34,3 +34,16 @@ pub mod operator {
 pub mod nodeagent {
     tonic::include_proto!("backroom.nodeagent.v1");
 }
+
+/// How large a message each end of the node ↔ central link decodes, in one place so the two
+/// ends cannot drift apart: central refuses at push a profile a node could not receive.
+pub mod limits {
+    /// What central decodes from a node (an event batch of 500 events with long messages).
+    pub const NODE_MESSAGE_MAX: usize = 16 << 20;
+    /// What a node decodes from central (a desired revision carries its whole profile).
+    pub const CENTRAL_MESSAGE_MAX: usize = 4 << 20;
+    /// The largest rendered store profile central accepts at push. It stays well below
+    /// [`CENTRAL_MESSAGE_MAX`], and equals the largest document the profile parser reads (the
+    /// node parses what it receives again), so a pushed profile always reaches the node whole.
+    pub const PROFILE_MAX: usize = 1 << 20;
+}

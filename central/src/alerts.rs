@@ -8,11 +8,22 @@
 //!   subject `uplink eno1`), resolved by its `recovered` event.
 //!
 //! Each opens once per (kind, store, subject) and resolves by itself when the cause goes.
+//!
+//! Workload and problem alerts are keyed by names a node sends, so a node could open them
+//! without end (a crash-looping workload with a new name each time): a store has at most
+//! `max_open_alerts_per_store` of them open; past that, one `alert_limit` alert says that the
+//! store has more than central shows, until enough resolve. `store_offline` and `apply_failed`
+//! (one per store) are never held back.
 
 use std::collections::HashSet;
 
 use crate::app::{App, StatusJson};
-use crate::db::{AlertRow, Db, DbError, NewEvent};
+use crate::db::{AlertOpened, AlertRow, Db, DbError, NewEvent};
+
+/// The kinds whose subjects come from a node, and so are capped per store.
+pub const CAPPED: &[&str] = &["workload_unhealthy", "crash_loop", "problem"];
+/// The alert that stands for the ones a store is not shown.
+pub const LIMIT_KIND: &str = "alert_limit";
 
 fn new_id() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -25,6 +36,7 @@ pub fn title(kind: &str) -> &'static str {
         "apply_failed" => "profile revisions that failed to apply",
         "crash_loop" => "workloads crash-looping",
         "problem" => "things failing on store servers",
+        LIMIT_KIND => "stores with more alerts than central shows",
         _ => "other",
     }
 }
@@ -43,13 +55,19 @@ pub async fn evaluate(app: &App) -> Result<(), DbError> {
         if store.enrolled_ms == 0 {
             continue;
         }
+        if open.iter().any(|a| a.kind == LIMIT_KIND && a.store_id == store.id) {
+            let n = db.count_open_alerts(&store.id, CAPPED).await?;
+            if n < i64::from(s.max_open_alerts_per_store) {
+                db.resolve_alert(LIMIT_KIND, &store.id, "", now).await?;
+            }
+        }
         let online = app.hub.is_online(&store.id);
         // A store enrolled but not yet connected counts from its enrollment.
         let last = store.last_seen_ms.max(store.enrolled_ms);
         let quiet = now - last;
         if !online && quiet > s.offline_alert_ms {
             let msg = format!("no session with the store for {}", minutes(quiet));
-            open_alert(db, "store_offline", &store.id, "", &msg, last).await?;
+            open_alert(db, "store_offline", &store.id, "", &msg, last, u32::MAX).await?;
         } else if online {
             db.resolve_alert("store_offline", &store.id, "", now).await?;
         }
@@ -61,7 +79,7 @@ pub async fn evaluate(app: &App) -> Result<(), DbError> {
                 store.last_apply_message,
                 short(&store.applied_revision)
             );
-            open_alert(db, "apply_failed", &store.id, "", &msg, now).await?;
+            open_alert(db, "apply_failed", &store.id, "", &msg, now, u32::MAX).await?;
         } else {
             db.resolve_alert("apply_failed", &store.id, "", now).await?;
         }
@@ -78,7 +96,16 @@ pub async fn evaluate(app: &App) -> Result<(), DbError> {
                     format!("{}: {}", w.state, w.reason)
                 };
                 let msg = format!("{} {} for {}", w.kind, why, minutes(now - w.since_ms));
-                open_alert(db, "workload_unhealthy", &store.id, &w.name, &msg, w.since_ms).await?;
+                open_alert(
+                    db,
+                    "workload_unhealthy",
+                    &store.id,
+                    &w.name,
+                    &msg,
+                    w.since_ms,
+                    s.max_open_alerts_per_store,
+                )
+                .await?;
             }
             if unhealthy {
                 bad.insert(w.name.as_str());
@@ -107,6 +134,7 @@ async fn open_alert(
     subject: &str,
     msg: &str,
     since: i64,
+    cap: u32,
 ) -> Result<bool, DbError> {
     let a = AlertRow {
         id: new_id(),
@@ -117,19 +145,43 @@ async fn open_alert(
         since_ms: since,
         resolved_ms: 0,
     };
-    let opened = db.open_alert(&a).await?;
-    if opened {
-        tracing::warn!(kind, store, subject, "alert: {msg}");
+    let limit = AlertRow {
+        id: new_id(),
+        kind: LIMIT_KIND.into(),
+        store_id: store.into(),
+        subject: String::new(),
+        message: format!(
+            "this store has {cap} open alerts about its workloads and problems: newer ones are \
+             not shown until some resolve (see centralctl store get {store})"
+        ),
+        since_ms: since,
+        resolved_ms: 0,
+    };
+    match db.open_alert_capped(&a, CAPPED, cap, &limit).await? {
+        AlertOpened::Opened => {
+            tracing::warn!(kind, store, subject, "alert: {msg}");
+            Ok(true)
+        }
+        AlertOpened::AlreadyOpen => Ok(false),
+        AlertOpened::Capped { limit_opened } => {
+            if limit_opened {
+                tracing::warn!(
+                    store,
+                    cap,
+                    "store {store} reached its limit of {cap} open alerts: newer ones are not opened"
+                );
+            }
+            Ok(false)
+        }
     }
-    Ok(opened)
 }
 
 /// Alerts that come straight from events.
-pub async fn from_events(db: &Db, events: &[NewEvent]) {
+pub async fn from_events(db: &Db, events: &[NewEvent], cap: u32) {
     for e in events {
         let r = match e.kind.as_str() {
             "crash_loop" => {
-                open_alert(db, "crash_loop", &e.store_id, &e.workload, &e.message, e.at_ms)
+                open_alert(db, "crash_loop", &e.store_id, &e.workload, &e.message, e.at_ms, cap)
                     .await
                     .map(|_| ())
             }
@@ -138,7 +190,7 @@ pub async fn from_events(db: &Db, events: &[NewEvent]) {
             }
             // A problem is keyed by its subject; one without a subject cannot be resolved later.
             "failing" if !e.subject.is_empty() => {
-                open_alert(db, "problem", &e.store_id, &e.subject, &e.message, e.at_ms)
+                open_alert(db, "problem", &e.store_id, &e.subject, &e.message, e.at_ms, cap)
                     .await
                     .map(|_| ())
             }

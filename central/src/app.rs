@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use backroom_daemon::SharedClock;
 
 use crate::ca::Ca;
-use crate::db::{Db, NewEvent};
+use crate::db::{AuditEntry, Db, NewEvent, Retention};
 use crate::hub::Hub;
 use crate::ingest::Ingest;
 
@@ -24,6 +24,11 @@ pub struct Settings {
     pub unhealthy_alert_ms: i64,
     /// Node certificates are valid this long (nodes renew at two thirds).
     pub node_cert_days: u32,
+    /// Open alerts of one store about its workloads and problems (subjects a node names); past
+    /// it, one `alert_limit` alert says so. A store's offline and apply-failed alerts always open.
+    pub max_open_alerts_per_store: u32,
+    /// How long events and resolved alerts are kept, and how many events per store.
+    pub retention: Retention,
 }
 
 impl Default for Settings {
@@ -34,6 +39,8 @@ impl Default for Settings {
             offline_alert_ms: 5 * 60_000,
             unhealthy_alert_ms: 5 * 60_000,
             node_cert_days: 30,
+            max_open_alerts_per_store: 100,
+            retention: Retention::default(),
         }
     }
 }
@@ -56,6 +63,7 @@ impl App {
         // Crash-loop and problem alerts come straight from events; the others from periodic
         // checks.
         let alert_db = db.clone();
+        let cap = settings.max_open_alerts_per_store;
         let ingest = Ingest::start(
             ingest_db,
             move || ingest_clock.now_ms(),
@@ -67,9 +75,9 @@ impl App {
                     .collect();
                 if !interesting.is_empty() {
                     let db = alert_db.clone();
-                    tokio::spawn(
-                        async move { crate::alerts::from_events(&db, &interesting).await },
-                    );
+                    tokio::spawn(async move {
+                        crate::alerts::from_events(&db, &interesting, cap).await
+                    });
                 }
             },
         );
@@ -88,6 +96,42 @@ impl App {
         self.clock.now_ms()
     }
 
+    /// An audit record of `actor` doing `action` about `store_id`, to write with the change.
+    pub fn audit_entry(
+        &self,
+        actor: &str,
+        action: &str,
+        store_id: &str,
+        detail: impl Into<String>,
+    ) -> AuditEntry {
+        AuditEntry::new(actor, action, store_id, detail)
+    }
+
+    /// One retention pass, logged when it deleted anything.
+    pub async fn sweep(&self) -> crate::db::Swept {
+        match self.db.sweep(&self.settings.retention, self.now_ms()).await {
+            Ok(s) => {
+                if s != crate::db::Swept::default() {
+                    tracing::info!(
+                        old_events = s.old_events,
+                        excess_events = s.excess_events,
+                        resolved_alerts = s.resolved_alerts,
+                        more = s.more,
+                        "retention: deleted old events and alerts"
+                    );
+                }
+                s
+            }
+            Err(e) => {
+                tracing::error!(error = %backroom_daemon::Chain(&e), "retention: could not delete old events");
+                crate::db::Swept::default()
+            }
+        }
+    }
+
+    /// Writes an audit record on its own; a failure is logged. For what a node did (an
+    /// enrollment or a renewal has already happened when this runs); an operator's change
+    /// writes its record in the change's own transaction instead.
     pub async fn audit(&self, actor: &str, action: &str, detail: &str) {
         let id = format!("{:032x}", rand::random::<u128>());
         if let Err(e) = self.db.audit(&id, actor, action, detail, self.now_ms()).await {

@@ -226,7 +226,27 @@ async fn read_session(
         };
         let now = app.now_ms();
         app.hub.seen(&store, now);
-        let result = match msg.body {
+        // Bounded before anything is stored (central::limits): strings cut, counts capped.
+        let mut cuts = crate::limits::Cuts::default();
+        let mut left_out = 0;
+        let mut body = msg.body;
+        match body.as_mut() {
+            Some(NBody::Status(s)) => crate::limits::bound_status(s, &mut cuts),
+            Some(NBody::Events(b)) => {
+                left_out = crate::limits::bound_batch(&mut b.events, &mut cuts)
+            }
+            Some(NBody::CommandResult(r)) => crate::limits::cut(
+                &mut r.message,
+                crate::limits::MAX_TEXT_BYTES,
+                "command result",
+                &mut cuts,
+            ),
+            _ => {}
+        }
+        if !cuts.is_empty() {
+            tracing::warn!(store = %store, fields = %cuts.fields(), "the node sent more than central keeps: cut to its limits");
+        }
+        let result = match body {
             Some(NBody::Status(s)) => {
                 let last = s.last_apply.clone().unwrap_or_default();
                 let json = serde_json::to_string(&StatusJson::from_proto(&s)).unwrap_or_default();
@@ -267,9 +287,14 @@ async fn read_session(
                         if tx.send(Ok(ack)).await.is_err() {
                             break;
                         }
+                        if left_out > 0 {
+                            // The node sends what follows its ack on the next session.
+                            tracing::warn!(store = %store, left_out, "an event batch held more than {} events: stored that many, closing the session so the node sends the rest", crate::limits::MAX_EVENTS_PER_BATCH);
+                            break;
+                        }
                         Ok(())
                     }
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.to_string()),
                 }
             }
             Some(NBody::CommandResult(r)) => {

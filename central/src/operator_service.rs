@@ -1,6 +1,9 @@
 //! The operator-facing service (centralctl, the dashboard). Every call carries a bearer API
 //! token; roles are viewer (read), operator (also commands, enrollment tokens, fleet push) and
-//! admin (also API tokens). Every change is written to the audit trail.
+//! admin (also API tokens, replacement enrollment tokens, the audit trail). Every change is
+//! written to the audit trail in the change's own transaction: a change whose record cannot be
+//! written is not made, and the caller is told so. Lists that grow with the fleet come in pages.
+//! A viewer never sees a workload's `env` values.
 
 use std::sync::Arc;
 
@@ -8,18 +11,29 @@ use backroom_api::node::central_message::Body as CBody;
 use backroom_api::node::{CentralMessage, Command, Desired};
 use backroom_api::operator::operator_server::Operator;
 use backroom_api::operator::{
-    Alert, AlertGroup, CommandInfo, CreateApiTokenReply, CreateApiTokenRequest,
+    Alert, AlertGroup, AuditRecord, CommandInfo, CreateApiTokenReply, CreateApiTokenRequest,
     CreateEnrollTokenReply, CreateEnrollTokenRequest, FleetPushReply, FleetPushRequest,
     FleetStatusReply, FleetStatusRequest, GetCommandRequest, GetStoreReply, GetStoreRequest,
-    ListAlertsReply, ListAlertsRequest, ListStoresReply, ListStoresRequest, PushOutcome,
-    SendCommandRequest, StoreEvent, StoreProfile, StoreSummary, Workload,
+    ListAlertsReply, ListAlertsRequest, ListAuditReply, ListAuditRequest, ListStoresReply,
+    ListStoresRequest, PushOutcome, SendCommandRequest, StoreEvent, StoreProfile, StoreSummary,
+    Workload,
 };
 use backroom_session::token::EnrollToken;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::app::{App, StatusJson};
-use crate::db::{CommandRow, PushedStore, StoreRow};
+use crate::db::{AlertKey, AuditFilter, CommandRow, PushedStore, StoreRow};
+
+/// Page sizes: (default, most) per list.
+const STORES_PAGE: (u32, u32) = (1000, 1000);
+const FLEET_STATUS_PAGE: (u32, u32) = (100, 500);
+const ALERTS_PAGE: (u32, u32) = (1000, 1000);
+const AUDIT_PAGE: (u32, u32) = (100, 1000);
+
+fn page_size(asked: u32, (default, most): (u32, u32)) -> u32 {
+    if asked == 0 { default } else { asked.min(most) }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -58,6 +72,11 @@ impl OperatorSvc {
 
     /// Who is calling, if their token's role is at least `need`.
     async fn auth<T>(&self, req: &Request<T>, need: Role) -> Result<String, Status> {
+        self.caller(req, need).await.map(|(name, _)| name)
+    }
+
+    /// Who is calling and with which role, if it is at least `need`.
+    async fn caller<T>(&self, req: &Request<T>, need: Role) -> Result<(String, Role), Status> {
         let header =
             req.metadata().get("authorization").and_then(|v| v.to_str().ok()).ok_or_else(|| {
                 Status::unauthenticated("no API token: pass --token or set BACKROOM_TOKEN")
@@ -76,7 +95,7 @@ impl OperatorSvc {
                 "token `{name}` has the {role:?} role; this needs {need:?}"
             )));
         }
-        Ok(name)
+        Ok((name, role))
     }
 
     fn summary(&self, row: &StoreRow) -> StoreSummary {
@@ -108,6 +127,13 @@ fn internal(e: impl std::error::Error + 'static) -> Status {
     Status::internal(format!("central could not do that: {e}"))
 }
 
+/// A change that was not made, because it (or its audit record) could not be written.
+fn not_done(e: impl std::error::Error + 'static) -> Status {
+    let e = backroom_daemon::chain(&e);
+    tracing::error!(error = %e, "operator service: a change was not made");
+    Status::internal(format!("nothing was changed: {e}"))
+}
+
 fn command_info(c: &CommandRow) -> CommandInfo {
     CommandInfo {
         id: c.id.clone(),
@@ -134,41 +160,68 @@ impl Operator for OperatorSvc {
         &self,
         req: Request<CreateEnrollTokenRequest>,
     ) -> Result<Response<CreateEnrollTokenReply>, Status> {
-        let who = self.auth(&req, Role::Operator).await?;
+        let (who, role) = self.caller(&req, Role::Operator).await?;
         let r = req.into_inner();
         if !valid_store_id(&r.store_id) {
             return Err(Status::invalid_argument(format!(
                 "`{}` is not a store id: use lower-case letters, digits and dashes",
+                backroom_daemon::text::short(&r.store_id, 80)
+            )));
+        }
+        if r.region.len() > 63 {
+            return Err(Status::invalid_argument("a region name has at most 63 characters"));
+        }
+        // A token for an enrolled store replaces the server running there once it is used:
+        // that is for an admin who says so, never a side effect of a typo in a store id.
+        let existing = self.app.db.get_store(&r.store_id).await.map_err(internal)?;
+        let enrolled = existing.as_ref().is_some_and(|s| s.enrolled_ms != 0);
+        if enrolled && !r.replace {
+            return Err(Status::failed_precondition(format!(
+                "store {} is enrolled: a token for it would replace its running server when \
+                 used; for a replacement server an admin passes --replace",
                 r.store_id
+            )));
+        }
+        if enrolled && role < Role::Admin {
+            return Err(Status::permission_denied(format!(
+                "token `{who}` has the {role:?} role; replacing an enrolled store's server needs Admin"
             )));
         }
         let ttl_ms = if r.ttl_seconds == 0 {
             86_400_000
         } else {
-            i64::try_from(r.ttl_seconds).unwrap_or(i64::MAX / 2000) * 1000
+            i64::try_from(r.ttl_seconds).unwrap_or(i64::MAX / 2000).min(365 * 86_400) * 1000
         };
         let now = self.app.now_ms();
         let token = EnrollToken::generate(&r.store_id, self.app.ca.fingerprint());
         let expires = now + ttl_ms;
+        let (action, detail) = if enrolled {
+            (
+                "enroll-token-replace",
+                format!(
+                    "for enrolled store {} (region {:?}): its running server is replaced when used",
+                    r.store_id, r.region
+                ),
+            )
+        } else {
+            ("enroll-token", format!("for store {} (region {:?})", r.store_id, r.region))
+        };
+        let audit = self.app.audit_entry(&who, action, &r.store_id, detail);
         self.app
             .db
-            .insert_enroll_token(&crate::db::NewEnrollToken {
-                hash: &token.secret_hash(),
-                store_id: &r.store_id,
-                region: &r.region,
-                created_ms: now,
-                expires_ms: expires,
-                created_by: &who,
-            })
-            .await
-            .map_err(internal)?;
-        self.app
-            .audit(
-                &who,
-                "enroll-token",
-                &format!("for store {} (region {:?})", r.store_id, r.region),
+            .insert_enroll_token(
+                &crate::db::NewEnrollToken {
+                    hash: &token.secret_hash(),
+                    store_id: &r.store_id,
+                    region: &r.region,
+                    created_ms: now,
+                    expires_ms: expires,
+                    created_by: &who,
+                },
+                &audit,
             )
-            .await;
+            .await
+            .map_err(not_done)?;
         Ok(Response::new(CreateEnrollTokenReply {
             token: token.to_string(),
             expires_unix_ms: expires,
@@ -182,41 +235,22 @@ impl Operator for OperatorSvc {
         let who = self.auth(&req, Role::Operator).await?;
         let stores = req.into_inner().stores;
         // Never trust the client's rendering: render every store again, refuse the push whole.
-        let mut problems = Vec::new();
-        let mut regions = Vec::new();
-        for s in &stores {
-            if !valid_store_id(&s.store_id) {
-                problems.push(format!("`{}` is not a store id", s.store_id));
-                regions.push(String::new());
-                continue;
-            }
-            match backroom_profiles::render_str(&s.source, &s.profile_yaml) {
-                Ok(r) if r.revision.as_str() == s.revision => {
-                    regions
-                        .push(r.profile.metadata.labels.get("region").cloned().unwrap_or_default());
-                }
-                Ok(r) => {
-                    problems.push(format!(
-                        "{}: the profile renders to revision {}, not {}",
-                        s.store_id, r.revision, s.revision
-                    ));
-                    regions.push(String::new());
-                }
-                Err(e) => {
-                    let first: Vec<String> = e.errors().take(5).map(ToString::to_string).collect();
-                    problems.push(format!("{}: {}", s.store_id, first.join("; ")));
-                    regions.push(String::new());
-                }
-            }
-        }
-        if !problems.is_empty() {
-            return Err(Status::invalid_argument(format!(
+        // Rendering a fleet is seconds of CPU: it runs beside the runtime, not on it, so
+        // sessions and other calls go on meanwhile.
+        let (stores, checked) = tokio::task::spawn_blocking(move || {
+            let checked = check_push(&stores);
+            (stores, checked)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("checking the push failed: {e}")))?;
+        let regions = checked.map_err(|problems| {
+            Status::invalid_argument(format!(
                 "nothing was recorded: {} of {} stores are invalid: {}",
                 problems.len(),
                 stores.len(),
                 problems.join(" | ")
-            )));
-        }
+            ))
+        })?;
         let pushed: Vec<PushedStore<'_>> = stores
             .iter()
             .zip(&regions)
@@ -228,16 +262,9 @@ impl Operator for OperatorSvc {
                 source: &s.source,
             })
             .collect();
+        // The revisions and the audit record of each change commit together, or nothing does.
         let results =
-            self.app.db.record_push(&pushed, &who, self.app.now_ms()).await.map_err(internal)?;
-        let changed = results.iter().filter(|r| r.changed).count();
-        self.app
-            .audit(
-                &who,
-                "fleet-push",
-                &format!("{} stores, {changed} new revisions", results.len()),
-            )
-            .await;
+            self.app.db.record_push(&pushed, &who, self.app.now_ms()).await.map_err(not_done)?;
         for (r, s) in results.iter().zip(&stores) {
             if r.changed {
                 let msg = CentralMessage {
@@ -266,9 +293,13 @@ impl Operator for OperatorSvc {
         &self,
         req: Request<FleetStatusRequest>,
     ) -> Result<Response<FleetStatusReply>, Status> {
-        self.auth(&req, Role::Viewer).await?;
+        let (_, role) = self.caller(&req, Role::Viewer).await?;
+        let r = req.into_inner();
+        let limit = page_size(r.page_size, FLEET_STATUS_PAGE);
+        let rows = self.app.db.list_stores_page(&r.page_token, limit).await.map_err(internal)?;
+        let next_page_token = next_token(&rows, limit, |s| s.id.clone());
         let mut stores = Vec::new();
-        for row in self.app.db.list_stores().await.map_err(internal)? {
+        for row in rows {
             if row.desired_revision.is_empty() {
                 continue;
             }
@@ -286,7 +317,21 @@ impl Operator for OperatorSvc {
                 source: String::new(),
             });
         }
-        Ok(Response::new(FleetStatusReply { stores }))
+        let env_redacted = role == Role::Viewer;
+        if env_redacted {
+            stores = tokio::task::spawn_blocking(move || {
+                for s in &mut stores {
+                    s.profile_yaml = crate::redact::profile_yaml(
+                        &format!("central:{}", s.store_id),
+                        &s.profile_yaml,
+                    );
+                }
+                stores
+            })
+            .await
+            .map_err(|e| Status::internal(format!("redacting profiles failed: {e}")))?;
+        }
+        Ok(Response::new(FleetStatusReply { stores, next_page_token, env_redacted }))
     }
 
     async fn list_stores(
@@ -294,9 +339,12 @@ impl Operator for OperatorSvc {
         req: Request<ListStoresRequest>,
     ) -> Result<Response<ListStoresReply>, Status> {
         self.auth(&req, Role::Viewer).await?;
-        let rows = self.app.db.list_stores().await.map_err(internal)?;
+        let r = req.into_inner();
+        let limit = page_size(r.page_size, STORES_PAGE);
+        let rows = self.app.db.list_stores_page(&r.page_token, limit).await.map_err(internal)?;
         Ok(Response::new(ListStoresReply {
             stores: rows.iter().map(|r| self.summary(r)).collect(),
+            next_page_token: next_token(&rows, limit, |s| s.id.clone()),
         }))
     }
 
@@ -383,10 +431,13 @@ impl Operator for OperatorSvc {
             expires_ms: now + ttl,
             finished_ms: 0,
         };
-        self.app.db.insert_command(&c, &who).await.map_err(internal)?;
-        self.app
-            .audit(&who, "command", &format!("{} {} {} ({})", c.kind, c.store_id, c.workload, c.id))
-            .await;
+        let audit = self.app.audit_entry(
+            &who,
+            "command",
+            &c.store_id,
+            format!("{} {} {} ({})", c.kind, c.store_id, c.workload, c.id),
+        );
+        self.app.db.insert_command(&c, &who, &audit).await.map_err(not_done)?;
         let msg = CentralMessage {
             body: Some(CBody::Command(Command {
                 id: c.id.clone(),
@@ -424,8 +475,22 @@ impl Operator for OperatorSvc {
         req: Request<ListAlertsRequest>,
     ) -> Result<Response<ListAlertsReply>, Status> {
         self.auth(&req, Role::Viewer).await?;
-        let include = req.into_inner().include_resolved;
-        let rows = self.app.db.alerts(include).await.map_err(internal)?;
+        let r = req.into_inner();
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(AlertKey::parse(&r.page_token).ok_or_else(|| {
+                Status::invalid_argument("that page token is not one central gave out")
+            })?)
+        };
+        let limit = page_size(r.page_size, ALERTS_PAGE);
+        let rows = self
+            .app
+            .db
+            .alerts_page(r.include_resolved, after.as_ref(), limit)
+            .await
+            .map_err(internal)?;
+        let next_page_token = next_token(&rows, limit, |a| AlertKey::of(a).token());
         let mut groups: Vec<AlertGroup> = Vec::new();
         for a in rows {
             let alert = Alert {
@@ -446,7 +511,50 @@ impl Operator for OperatorSvc {
                 }),
             }
         }
-        Ok(Response::new(ListAlertsReply { groups }))
+        Ok(Response::new(ListAlertsReply { groups, next_page_token }))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditReply>, Status> {
+        self.auth(&req, Role::Admin).await?;
+        let r = req.into_inner();
+        let before = if r.page_token.is_empty() {
+            None
+        } else {
+            let bad = || Status::invalid_argument("that page token is not one central gave out");
+            let (at, id) = r.page_token.split_once('/').ok_or_else(bad)?;
+            Some((at.parse::<i64>().map_err(|_| bad())?, id.to_string()))
+        };
+        let limit = page_size(r.page_size, AUDIT_PAGE);
+        let rows = self
+            .app
+            .db
+            .audit_page(&AuditFilter {
+                store_id: r.store_id,
+                actor: r.actor,
+                since_ms: r.since_unix_ms,
+                before,
+                limit,
+            })
+            .await
+            .map_err(internal)?;
+        let next_page_token = next_token(&rows, limit, |a| format!("{}/{}", a.at_ms, a.id));
+        Ok(Response::new(ListAuditReply {
+            records: rows
+                .into_iter()
+                .map(|a| AuditRecord {
+                    id: a.id,
+                    at_unix_ms: a.at_ms,
+                    actor: a.actor,
+                    action: a.action,
+                    store_id: a.store_id,
+                    detail: a.detail,
+                })
+                .collect(),
+            next_page_token,
+        }))
     }
 
     async fn create_api_token(
@@ -461,13 +569,71 @@ impl Operator for OperatorSvc {
         if r.name.trim().is_empty() {
             return Err(Status::invalid_argument("give the token a name (who or what uses it)"));
         }
+        if r.name.len() > 200 {
+            return Err(Status::invalid_argument("a token's name has at most 200 characters"));
+        }
         let token = new_api_token();
+        let audit = self.app.audit_entry(&who, "api-token", "", format!("{} ({})", r.name, r.role));
         self.app
             .db
-            .insert_api_token(&hash_api_token(&token), &r.name, &r.role, self.app.now_ms())
+            .insert_api_token(&hash_api_token(&token), &r.name, &r.role, self.app.now_ms(), &audit)
             .await
-            .map_err(internal)?;
-        self.app.audit(&who, "api-token", &format!("{} ({})", r.name, r.role)).await;
+            .map_err(not_done)?;
         Ok(Response::new(CreateApiTokenReply { token }))
     }
+}
+
+/// The token of the next page: where this one ended, if it was full.
+fn next_token<T>(rows: &[T], limit: u32, key: impl Fn(&T) -> String) -> String {
+    match rows.last() {
+        Some(last) if rows.len() >= limit as usize => key(last),
+        _ => String::new(),
+    }
+}
+
+/// Checks every store of a push (size, id, rendering, revision) and returns each store's
+/// region, or every problem found. CPU-bound: run it off the async runtime.
+fn check_push(stores: &[StoreProfile]) -> Result<Vec<String>, Vec<String>> {
+    use backroom_api::limits::PROFILE_MAX;
+    let mut problems = Vec::new();
+    let mut regions = Vec::new();
+    for s in stores {
+        let id = backroom_daemon::text::short(&s.store_id, 80);
+        if !valid_store_id(&s.store_id) {
+            problems.push(format!("`{id}` is not a store id"));
+            regions.push(String::new());
+            continue;
+        }
+        // Checked before rendering: a profile a node cannot take must never be recorded, or
+        // every session of that store would fail on it.
+        if s.profile_yaml.len() > PROFILE_MAX {
+            problems.push(format!(
+                "{id}: its rendered profile is {} bytes; a store profile may be at most {} bytes \
+                 (1 MiB), what a node accepts",
+                s.profile_yaml.len(),
+                PROFILE_MAX
+            ));
+            regions.push(String::new());
+            continue;
+        }
+        match backroom_profiles::render_str(&s.source, &s.profile_yaml) {
+            Ok(r) if r.revision.as_str() == s.revision => {
+                regions.push(r.profile.metadata.labels.get("region").cloned().unwrap_or_default());
+            }
+            Ok(r) => {
+                problems.push(format!(
+                    "{id}: the profile renders to revision {}, not {}",
+                    r.revision,
+                    backroom_daemon::text::short(&s.revision, 80)
+                ));
+                regions.push(String::new());
+            }
+            Err(e) => {
+                let first: Vec<String> = e.errors().take(5).map(ToString::to_string).collect();
+                problems.push(format!("{id}: {}", first.join("; ")));
+                regions.push(String::new());
+            }
+        }
+    }
+    if problems.is_empty() { Ok(regions) } else { Err(problems) }
 }

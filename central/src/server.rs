@@ -6,18 +6,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backroom_api::limits::{CENTRAL_MESSAGE_MAX, NODE_MESSAGE_MAX};
 use backroom_api::node::node_service_server::NodeServiceServer;
 use backroom_api::operator::operator_server::OperatorServer;
 use backroom_daemon::fs::write_atomic;
 use backroom_daemon::{Chain, SharedClock};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::app::{App, Settings};
 use crate::ca::Ca;
 use crate::db::Db;
+use crate::listener::{self, PortLimits};
 use crate::node_service::NodeSvc;
 use crate::operator_service::{OperatorSvc, hash_api_token, new_api_token};
 
@@ -39,8 +40,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot set up TLS")]
-    Tls(#[source] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::listener::ListenError),
 }
 
 #[derive(Clone, Debug)]
@@ -57,6 +58,33 @@ pub struct ServeConfig {
     pub settings: Settings,
     /// How often alerts are evaluated.
     pub alert_interval: Duration,
+    /// Connections and TLS handshakes on the node port.
+    pub node_port: PortLimits,
+    /// Connections and TLS handshakes on the operator port.
+    pub api_port: PortLimits,
+    /// How long an enrollment or renewal may take (a session's stream is not cut by it).
+    pub node_request_timeout: Duration,
+    /// How often the retention job runs (on central's clock).
+    pub retention_interval: Duration,
+}
+
+impl ServeConfig {
+    /// Central's defaults for `data`, serving on `listen` and `api`.
+    pub fn new(data: PathBuf, listen: SocketAddr, api: SocketAddr) -> Self {
+        ServeConfig {
+            data,
+            database_url: None,
+            listen,
+            api,
+            names: Vec::new(),
+            settings: Settings::default(),
+            alert_interval: Duration::from_secs(5),
+            node_port: PortLimits::node_default(),
+            api_port: PortLimits::api_default(),
+            node_request_timeout: Duration::from_secs(30),
+            retention_interval: Duration::from_secs(600),
+        }
+    }
 }
 
 /// A running central: its bound addresses, and the tasks serving them.
@@ -103,16 +131,65 @@ async fn first_admin_token(db: &Db, data: &Path, now: i64) -> Result<(), ServeEr
         return Ok(());
     }
     let token = new_api_token();
-    db.insert_api_token(&hash_api_token(&token), "admin (first start)", "admin", now).await?;
+    let audit = crate::db::AuditEntry::new(
+        "central",
+        "api-token",
+        "",
+        "admin (first start) (admin), written to the data folder",
+    );
+    db.insert_api_token(&hash_api_token(&token), "admin (first start)", "admin", now, &audit)
+        .await?;
     let path = data.join("admin.token");
     write_atomic(&path, format!("{token}\n").as_bytes(), 0o600).map_err(data_err(&path))?;
     tracing::info!(path = %path.display(), "first start: an admin API token was written");
     Ok(())
 }
 
+/// Makes the data folder (0700) if needed. Central's secrets (CA key, admin token, database)
+/// live there, whatever the umask.
+fn make_data_folder(data: &Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !data.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data)
+            .map_err(data_err(data))?;
+    }
+    Ok(())
+}
+
+/// The data folder 0700 and every file in it 0600: checked at every start, and tightened (with a
+/// warning) when an older central, a copy or a restore left them readable by others. Central
+/// starts anyway: refusing would keep every store from reaching HQ over a file mode.
+pub fn secure_data_folder(data: &Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let tighten = |path: &Path, want: u32| -> Result<(), ServeError> {
+        let meta = std::fs::symlink_metadata(path).map_err(data_err(path))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & !want != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "readable by others: restricting it to {want:o}");
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(want))
+                .map_err(data_err(path))?;
+        }
+        Ok(())
+    };
+    tighten(data, 0o700)?;
+    for entry in std::fs::read_dir(data).map_err(data_err(data))? {
+        let entry = entry.map_err(data_err(data))?;
+        let kind = entry.file_type().map_err(data_err(data))?;
+        if kind.is_file() {
+            tighten(&entry.path(), 0o600)?;
+        } else if kind.is_dir() {
+            tighten(&entry.path(), 0o700)?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, ServeError> {
     let data = &cfg.data;
-    std::fs::create_dir_all(data).map_err(data_err(data))?;
+    make_data_folder(data)?;
     let now = clock.now_ms();
     let url = cfg
         .database_url
@@ -122,6 +199,7 @@ pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
     db.mark_all_offline().await?;
     first_admin_token(&db, data, now).await?;
     let ca = Ca::load_or_create(data, now)?;
+    secure_data_folder(data)?;
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     for n in cfg.names.iter().chain([&cfg.listen.ip().to_string(), &cfg.api.ip().to_string()]) {
         if !names.contains(n) && n != "0.0.0.0" && n != "::" {
@@ -145,46 +223,79 @@ pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
     let api =
         api_listener.local_addr().map_err(|source| ServeError::Listen { addr: cfg.api, source })?;
 
-    let identity = Identity::from_pem(chain.as_bytes(), key.as_bytes());
-    let node_tls = ServerTlsConfig::new()
-        .identity(identity.clone())
-        .client_ca_root(Certificate::from_pem(ca_pem.as_bytes()))
-        // Enrollment comes before the node has a certificate; every other call checks for one.
-        .client_auth_optional(true);
-    let api_tls = ServerTlsConfig::new().identity(identity);
+    // Enrollment comes before the node has a certificate; every other call checks for one.
+    let node_tls = listener::server_config(&chain, &key, Some(&ca_pem))?;
+    let api_tls = listener::server_config(&chain, &key, None)?;
     let (shutdown, mut stop) = tokio::sync::watch::channel(false);
 
     let mut tasks = Vec::new();
     let node_server = Server::builder()
-        .tls_config(node_tls)
-        .map_err(ServeError::Tls)?
+        // Enroll and Renew answer at once; a session's stream outlives this (it bounds only
+        // the wait for the response to start).
+        .timeout(cfg.node_request_timeout)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // A node needs one stream (its session) and now and then a renewal.
+        .max_concurrent_streams(Some(16))
         .add_service(
             NodeServiceServer::new(NodeSvc::new(Arc::clone(&app)))
-                .max_decoding_message_size(16 << 20),
+                .max_decoding_message_size(NODE_MESSAGE_MAX)
+                .max_encoding_message_size(CENTRAL_MESSAGE_MAX),
         );
+    let node_incoming = listener::incoming(
+        node_listener,
+        node_tls,
+        cfg.node_port,
+        "node",
+        Arc::clone(&clock),
+        stop.clone(),
+    );
     let mut s1 = stop.clone();
     tasks.push(tokio::spawn(async move {
-        let incoming = TcpIncoming::from(node_listener).with_nodelay(Some(true));
         let done = async move {
             let _ = s1.wait_for(|v| *v).await;
         };
-        if let Err(e) = node_server.serve_with_incoming_shutdown(incoming, done).await {
+        if let Err(e) = node_server.serve_with_incoming_shutdown(node_incoming, done).await {
             tracing::error!(error = %Chain(&e), "the node service stopped");
         }
     }));
-    let api_server = Server::builder().tls_config(api_tls).map_err(ServeError::Tls)?.add_service(
-        OperatorServer::new(OperatorSvc::new(Arc::clone(&app))).max_decoding_message_size(64 << 20),
+    let api_server = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(
+            OperatorServer::new(OperatorSvc::new(Arc::clone(&app)))
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        );
+    let api_incoming = listener::incoming(
+        api_listener,
+        api_tls,
+        cfg.api_port,
+        "operator",
+        Arc::clone(&clock),
+        stop.clone(),
     );
     let mut s2 = stop.clone();
     tasks.push(tokio::spawn(async move {
-        let incoming = TcpIncoming::from(api_listener);
         let done = async move {
             let _ = s2.wait_for(|v| *v).await;
         };
-        if let Err(e) = api_server.serve_with_incoming_shutdown(incoming, done).await {
+        if let Err(e) = api_server.serve_with_incoming_shutdown(api_incoming, done).await {
             tracing::error!(error = %Chain(&e), "the operator service stopped");
+        }
+    }));
+    // Retention: old and excess events, long-resolved alerts, in bounded chunks, every
+    // `retention_interval` of central's clock (moved by hand in tests).
+    let rt = Arc::clone(&app);
+    let every = cfg.retention_interval;
+    let mut rstop = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = rt.clock.sleep(every) => {}
+                _ = rstop.wait_for(|v| *v) => return,
+            }
+            rt.sweep().await;
         }
     }));
     // Background work: quiet sessions, alerts, heartbeat bookkeeping, command expiry. It looks

@@ -192,7 +192,7 @@ async fn fleet_push_records_revisions_only_when_they_change_and_reaches_the_node
     let mut wrong_rev = changed.clone();
     wrong_rev.stores[0].revision = "f".repeat(64);
     assert!(admin.fleet_push(wrong_rev).await.is_err());
-    let list = admin.list_stores(ListStoresRequest {}).await.unwrap().into_inner().stores;
+    let list = admin.list_stores(ListStoresRequest::default()).await.unwrap().into_inner().stores;
     let s42 = list.iter().find(|s| s.store_id == "store-0042").unwrap();
     assert_eq!(s42.desired_revision, new_rev);
     c.stop().await;
@@ -397,7 +397,8 @@ async fn alerts_group_offline_stores_unhealthy_workloads_and_failed_applies() {
     eventually("central sees store-0117 offline and store-0042's status", || {
         let mut a = a.clone();
         async move {
-            let list = a.list_stores(ListStoresRequest {}).await.unwrap().into_inner().stores;
+            let list =
+                a.list_stores(ListStoresRequest::default()).await.unwrap().into_inner().stores;
             let off = list.iter().any(|s| s.store_id == "store-0117" && !s.online);
             let failed =
                 list.iter().any(|s| s.store_id == "store-0042" && !s.last_apply_error.is_empty());
@@ -409,7 +410,7 @@ async fn alerts_group_offline_stores_unhealthy_workloads_and_failed_applies() {
     let mut groups = Vec::new();
     for _ in 0..50 {
         groups = a
-            .list_alerts(ListAlertsRequest { include_resolved: false })
+            .list_alerts(ListAlertsRequest { include_resolved: false, ..Default::default() })
             .await
             .unwrap()
             .into_inner()
@@ -446,7 +447,7 @@ async fn alerts_group_offline_stores_unhealthy_workloads_and_failed_applies() {
         let mut a = a.clone();
         async move {
             let g = a
-                .list_alerts(ListAlertsRequest { include_resolved: false })
+                .list_alerts(ListAlertsRequest { include_resolved: false, ..Default::default() })
                 .await
                 .unwrap()
                 .into_inner()
@@ -543,7 +544,8 @@ async fn a_node_that_goes_quiet_is_offline_once_the_timeout_passes_on_centrals_c
     eventually("central has the node's status (its last message)", || {
         let mut a = a.clone();
         async move {
-            let list = a.list_stores(ListStoresRequest {}).await.unwrap().into_inner().stores;
+            let list =
+                a.list_stores(ListStoresRequest::default()).await.unwrap().into_inner().stores;
             list.iter().any(|s| s.store_id == "store-0042" && s.agent_version == "test-agent 1.0")
         }
     })
@@ -563,7 +565,8 @@ async fn a_node_that_goes_quiet_is_offline_once_the_timeout_passes_on_centrals_c
     eventually("central shows the store offline", || {
         let mut a = a.clone();
         async move {
-            let list = a.list_stores(ListStoresRequest {}).await.unwrap().into_inner().stores;
+            let list =
+                a.list_stores(ListStoresRequest::default()).await.unwrap().into_inner().stores;
             list.iter().any(|s| s.store_id == "store-0042" && !s.online)
         }
     })
@@ -606,7 +609,10 @@ async fn a_failing_problem_reaches_the_operator_and_its_recovery_resolves_it() {
             .into_inner()
     };
     let alerts = |mut a: backroom_central::client::Client| async move {
-        a.list_alerts(ListAlertsRequest { include_resolved: true }).await.unwrap().into_inner()
+        a.list_alerts(ListAlertsRequest { include_resolved: true, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
     };
     let a = admin.clone();
     eventually("the problem, its event and its alert reach central", || {
@@ -663,7 +669,7 @@ async fn a_failing_problem_reaches_the_operator_and_its_recovery_resolves_it() {
     let s = get(admin.clone()).await;
     assert!(!backroom_central::ctl_report::store(&s, 0).contains("problems:"));
     let open = admin
-        .list_alerts(ListAlertsRequest { include_resolved: false })
+        .list_alerts(ListAlertsRequest { include_resolved: false, ..Default::default() })
         .await
         .unwrap()
         .into_inner();

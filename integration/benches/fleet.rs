@@ -103,7 +103,7 @@ async fn run() -> anyhow::Result<()> {
         let connect_time = t.elapsed();
         let mut a = admin.clone();
         let held = a
-            .list_stores(ListStoresRequest {})
+            .list_stores(ListStoresRequest::default())
             .await?
             .into_inner()
             .stores

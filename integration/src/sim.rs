@@ -54,6 +54,7 @@ pub async fn enroll_many(
                         store_id: store.clone(),
                         region: "sim".into(),
                         ttl_seconds: 3600,
+                        ..Default::default()
                     })
                     .await?
                     .into_inner()

@@ -47,6 +47,7 @@ async fn events_raised_while_central_is_down_arrive_once_it_returns() {
             store_id: "store-0042".into(),
             region: String::new(),
             ttl_seconds: 600,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -23,19 +23,11 @@ use common::image::TestImage;
 use common::{Namespace, bin, require_services, unique};
 
 async fn start_central(data: &Path, listen: &str, api: &str) -> Running {
-    let cfg = ServeConfig {
-        data: data.to_path_buf(),
-        database_url: None,
-        listen: listen.parse().unwrap(),
-        api: api.parse().unwrap(),
-        names: vec![],
-        settings: Settings {
-            heartbeat_seconds: 1,
-            session_timeout_ms: 5000,
-            ..Settings::default()
-        },
-        alert_interval: Duration::from_millis(300),
-    };
+    let mut cfg =
+        ServeConfig::new(data.to_path_buf(), listen.parse().unwrap(), api.parse().unwrap());
+    cfg.settings =
+        Settings { heartbeat_seconds: 1, session_timeout_ms: 5000, ..Settings::default() };
+    cfg.alert_interval = Duration::from_millis(300);
     serve(cfg, Arc::new(SystemClock)).await.unwrap()
 }
 
@@ -159,6 +151,7 @@ async fn a_connected_node_runs_what_central_pushes_falls_back_and_survives_centr
             store_id: store_id.clone(),
             region: "test".into(),
             ttl_seconds: 600,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -248,7 +241,7 @@ async fn a_connected_node_runs_what_central_pushes_falls_back_and_survives_centr
     until("an apply_failed alert", 30, &agent, || {
         let mut a = admin.clone();
         async move {
-            a.list_alerts(ListAlertsRequest { include_resolved: false })
+            a.list_alerts(ListAlertsRequest { include_resolved: false, ..Default::default() })
                 .await
                 .unwrap()
                 .into_inner()

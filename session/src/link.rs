@@ -205,7 +205,11 @@ impl Link {
             }),
         )
         .await?;
+        // Both ends' limits are set in one place (backroom_api::limits): central refuses at push
+        // a profile bigger than what is decoded here.
         let mut incoming = NodeServiceClient::new(channel)
+            .max_decoding_message_size(backroom_api::limits::CENTRAL_MESSAGE_MAX)
+            .max_encoding_message_size(backroom_api::limits::NODE_MESSAGE_MAX)
             .session(ReceiverStream::new(rx))
             .await
             .map_err(|s| LinkError::Refused(s.message().to_string()))?

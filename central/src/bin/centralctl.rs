@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use backroom_api::operator::{
-    CreateApiTokenRequest, CreateEnrollTokenRequest, FleetPushRequest, FleetStatusRequest,
-    GetCommandRequest, GetStoreRequest, ListAlertsRequest, ListStoresRequest, SendCommandRequest,
-    StoreProfile,
+    AlertGroup, CreateApiTokenRequest, CreateEnrollTokenRequest, FleetPushRequest,
+    FleetStatusRequest, GetCommandRequest, GetStoreRequest, ListAlertsReply, ListAlertsRequest,
+    ListAuditRequest, ListStoresRequest, SendCommandRequest, StoreProfile, StoreSummary,
 };
 use backroom_central::{client, ctl_report, profile_report};
 use backroom_daemon::logging::LogArgs;
@@ -85,6 +85,21 @@ enum Remote {
     /// API tokens for operators and tools (admin only).
     #[command(subcommand, name = "api-token")]
     ApiToken(ApiTokenCommand),
+    /// Who changed what, newest first (admin only).
+    Audit {
+        /// Only what concerns this store.
+        #[arg(long)]
+        store: Option<String>,
+        /// Only what this API token (by name) or node (node:STORE) did.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only the last DURATION (e.g. 24h).
+        #[arg(long)]
+        since: Option<backroom_profiles::Duration>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,6 +152,10 @@ enum TokenCommand {
         /// How long the token stays usable.
         #[arg(long, default_value = "24h")]
         ttl: backroom_profiles::Duration,
+        /// The store is enrolled and this token is for its replacement server: when used, the
+        /// running server's certificate is revoked (admin only; audited).
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -310,8 +329,13 @@ async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
         }
         Remote::Fleet(FleetCommand::Diff { dir }) => {
             let Some(stores) = render_fleet_or_report(&dir)? else { return Ok(ExitCode::FAILURE) };
-            let current =
-                c.fleet_status(FleetStatusRequest {}).await.map_err(status)?.into_inner().stores;
+            let (current, redacted) = all_fleet_status(&mut c).await?;
+            if redacted {
+                eprintln!(
+                    "env values are hidden from viewers: changes to them are not shown (and the \
+                     revisions differ where only they changed)"
+                );
+            }
             for (id, r) in &stores {
                 match current.iter().find(|s| &s.store_id == id) {
                     None => println!("== {id}: new store (rev {})\n", r.revision.short()),
@@ -327,17 +351,22 @@ async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
                             anyhow::anyhow!("central's copy of {id} does not render: {e}")
                         })?;
                         println!("== {id}: rev {} → {}", old.revision.short(), r.revision.short());
-                        println!("{}", backroom_profiles::diff(&old.profile, &r.profile));
+                        let mut new = r.profile.clone();
+                        if redacted {
+                            backroom_central::redact::redact_profile(&mut new);
+                        }
+                        println!("{}", backroom_profiles::diff(&old.profile, &new));
                     }
                 }
             }
         }
-        Remote::Token(TokenCommand::Create { store, region, ttl }) => {
+        Remote::Token(TokenCommand::Create { store, region, ttl, replace }) => {
             let r = c
                 .create_enroll_token(CreateEnrollTokenRequest {
                     store_id: store.clone(),
                     region,
                     ttl_seconds: ttl.millis() / 1000,
+                    replace,
                 })
                 .await
                 .map_err(status)?
@@ -349,11 +378,11 @@ async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
             );
         }
         Remote::Store(StoreCommand::List) => {
-            let r = c.list_stores(ListStoresRequest {}).await.map_err(status)?.into_inner();
+            let stores = all_stores(&mut c).await?;
             if conn.json {
-                println!("{}", serde_json::to_string_pretty(&stores_json(&r.stores))?);
+                println!("{}", serde_json::to_string_pretty(&stores_json(&stores))?);
             } else {
-                print!("{}", ctl_report::stores(&r.stores, now_ms()));
+                print!("{}", ctl_report::stores(&stores, now_ms()));
             }
         }
         Remote::Store(StoreCommand::Get { id, events }) => {
@@ -397,12 +426,48 @@ async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
             print!("{}", ctl_report::command(&r, now_ms()));
         }
         Remote::Alerts { all } => {
-            let r = c
-                .list_alerts(ListAlertsRequest { include_resolved: all })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let r = all_alerts(&mut c, all).await?;
             print!("{}", ctl_report::alerts(&r, now_ms()));
+        }
+        Remote::Audit { store, actor, since, limit } => {
+            let since_unix_ms = since.map_or(0, |d| {
+                now_ms().saturating_sub(i64::try_from(d.millis()).unwrap_or(i64::MAX))
+            });
+            let mut records = Vec::new();
+            let mut page_token = String::new();
+            while records.len() < limit as usize {
+                let r = c
+                    .list_audit(ListAuditRequest {
+                        store_id: store.clone().unwrap_or_default(),
+                        actor: actor.clone().unwrap_or_default(),
+                        since_unix_ms,
+                        page_size: (limit as usize - records.len()).min(1000) as u32,
+                        page_token,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                records.extend(r.records);
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+            records.truncate(limit as usize);
+            if conn.json {
+                let v: Vec<_> = records
+                    .iter()
+                    .map(|a| {
+                        serde_json::json!({
+                            "at_unix_ms": a.at_unix_ms, "actor": a.actor, "action": a.action,
+                            "store": a.store_id, "detail": a.detail,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", ctl_report::audit(&records, now_ms()));
+            }
         }
         Remote::ApiToken(ApiTokenCommand::Create { name, role }) => {
             let r = c
@@ -414,6 +479,70 @@ async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every store, page by page.
+async fn all_stores(c: &mut client::Client) -> anyhow::Result<Vec<StoreSummary>> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let r = c
+            .list_stores(ListStoresRequest { page_size: 0, page_token })
+            .await
+            .map_err(status)?
+            .into_inner();
+        out.extend(r.stores);
+        if r.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = r.next_page_token;
+    }
+}
+
+/// Every alert, page by page, groups of a kind joined across pages.
+async fn all_alerts(
+    c: &mut client::Client,
+    include_resolved: bool,
+) -> anyhow::Result<ListAlertsReply> {
+    let mut groups: Vec<AlertGroup> = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let r = c
+            .list_alerts(ListAlertsRequest { include_resolved, page_size: 0, page_token })
+            .await
+            .map_err(status)?
+            .into_inner();
+        for g in r.groups {
+            match groups.iter_mut().find(|x| x.kind == g.kind) {
+                Some(x) => x.alerts.extend(g.alerts),
+                None => groups.push(g),
+            }
+        }
+        if r.next_page_token.is_empty() {
+            return Ok(ListAlertsReply { groups, next_page_token: String::new() });
+        }
+        page_token = r.next_page_token;
+    }
+}
+
+/// Every store's desired profile, page by page; and whether env values were hidden.
+async fn all_fleet_status(c: &mut client::Client) -> anyhow::Result<(Vec<StoreProfile>, bool)> {
+    let mut out = Vec::new();
+    let mut redacted = false;
+    let mut page_token = String::new();
+    loop {
+        let r = c
+            .fleet_status(FleetStatusRequest { page_size: 0, page_token })
+            .await
+            .map_err(status)?
+            .into_inner();
+        out.extend(r.stores);
+        redacted |= r.env_redacted;
+        if r.next_page_token.is_empty() {
+            return Ok((out, redacted));
+        }
+        page_token = r.next_page_token;
+    }
 }
 
 fn stores_json(list: &[backroom_api::operator::StoreSummary]) -> Vec<serde_json::Value> {

@@ -7,12 +7,16 @@
 //! caller, so the clock stays outside. The schema is one file of numbered migrations
 //! (`schema.sql`).
 
+mod audit;
+mod retention;
 mod rows;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, AssertSqlSafe};
 use sqlx::{Executor, Row};
 
+pub use audit::{AuditEntry, AuditFilter, AuditRow};
+pub use retention::{Retention, Swept};
 pub use rows::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +32,12 @@ pub enum DbError {
         version: i64,
         #[source]
         source: sqlx::Error,
+    },
+    #[error("cannot restrict the database files of {url} to their owner")]
+    Files {
+        url: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("database query failed: {what}")]
     Query {
@@ -85,7 +95,11 @@ pub enum TokenRefusal {
 
 #[derive(Clone)]
 pub struct Db {
+    /// Writes (and, on PostgreSQL, reads too).
     pool: AnyPool,
+    /// Reads. On a SQLite file these are connections of their own: WAL lets them read while the
+    /// one writer commits a batch of events, so `store list` does not wait behind ingestion.
+    read: AnyPool,
     sqlite: bool,
 }
 
@@ -102,31 +116,44 @@ impl Db {
     async fn connect(url: &str) -> Result<Db> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
-        let mut opts = AnyPoolOptions::new();
-        if sqlite {
-            // One writer at a time is how SQLite works; a single connection also makes
-            // `sqlite::memory:` one database rather than one per connection.
-            opts = opts.max_connections(1).after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA busy_timeout = 5000").await?;
-                    Ok(())
-                })
-            });
-        } else {
-            opts = opts.max_connections(16);
+        let memory = sqlite && url.contains("memory");
+        let open_err = |source| DbError::Open { url: redact_url(url), source };
+        if !sqlite {
+            // sslmode, sslrootcert and the rest of libpq's options come in the URL.
+            let pool =
+                AnyPoolOptions::new().max_connections(16).connect(url).await.map_err(open_err)?;
+            return Ok(Db { read: pool.clone(), pool, sqlite });
         }
-        let url_full = if sqlite && !url.contains("memory") && !url.contains('?') {
-            format!("{url}?mode=rwc")
-        } else {
-            url.to_string()
-        };
-        let pool = opts
-            .connect(&url_full)
-            .await
-            .map_err(|source| DbError::Open { url: url.to_string(), source })?;
-        Ok(Db { pool, sqlite })
+        if !memory {
+            secure_sqlite_files(url)
+                .map_err(|source| DbError::Files { url: url.to_string(), source })?;
+        }
+        // One writer at a time is how SQLite works; a single connection also makes
+        // `sqlite::memory:` one database rather than one per connection.
+        let writer = AnyPoolOptions::new().max_connections(1).after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                conn.execute("PRAGMA synchronous = FULL").await?;
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                Ok(())
+            })
+        });
+        let url_full =
+            if !memory && !url.contains('?') { format!("{url}?mode=rwc") } else { url.to_string() };
+        let pool = writer.connect(&url_full).await.map_err(open_err)?;
+        if memory {
+            return Ok(Db { read: pool.clone(), pool, sqlite });
+        }
+        let reader = AnyPoolOptions::new().max_connections(READERS).after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute("PRAGMA busy_timeout = 5000").await?;
+                // A reader never writes: a query that tried would be a bug, refused here.
+                conn.execute("PRAGMA query_only = 1").await?;
+                Ok(())
+            })
+        });
+        let read = reader.connect(&url_full).await.map_err(open_err)?;
+        Ok(Db { pool, read, sqlite })
     }
 
     pub fn is_sqlite(&self) -> bool {
@@ -139,18 +166,20 @@ impl Db {
             .execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
             .await
             .map_err(|source| DbError::Migrate { version: 0, source })?;
-        let current: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM schema_version")
-            .fetch_one(&self.pool)
+        let done: Vec<i64> = sqlx::query("SELECT version FROM schema_version")
+            .fetch_all(&self.pool)
             .await
-            .and_then(|r| r.try_get::<Option<i64>, _>("v"))
+            .and_then(|rows| rows.iter().map(|r| r.try_get::<i64, _>("version")).collect())
             .map_err(|source| DbError::Migrate { version: 0, source })?;
-        self.migrate_to(current.unwrap_or(0), upto).await
+        self.migrate_to(&done, upto).await
     }
 
-    /// Runs the migrations above `current` up to and including `upto`, each in one transaction.
-    async fn migrate_to(&self, current: i64, upto: i64) -> Result<()> {
+    /// Runs every migration up to and including `upto` that is not in `done`, in order, each in
+    /// one transaction. A migration is known by its number, not by being above the highest one
+    /// run: two branches may number theirs 3 and 4, and a database that ran 4 first still gets 3.
+    async fn migrate_to(&self, done: &[i64], upto: i64) -> Result<()> {
         for (version, stmts) in migrations() {
-            if version <= current || version > upto {
+            if done.contains(&version) || version > upto {
                 continue;
             }
             let fail = |source| DbError::Migrate { version, source };
@@ -173,7 +202,7 @@ impl Db {
     pub async fn list_stores(&self) -> Result<Vec<StoreRow>> {
         let rows =
             sqlx::query(AssertSqlSafe(format!("SELECT {STORE_COLUMNS} FROM stores ORDER BY id")))
-                .fetch_all(&self.pool)
+                .fetch_all(&self.read)
                 .await
                 .map_err(q("listing stores"))?;
         rows.iter()
@@ -186,7 +215,7 @@ impl Db {
         let row =
             sqlx::query(AssertSqlSafe(format!("SELECT {STORE_COLUMNS} FROM stores WHERE id = $1")))
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.read)
                 .await
                 .map_err(q("reading a store"))?;
         row.as_ref().map(StoreRow::from_row).transpose().map_err(q("reading a store"))
@@ -253,7 +282,13 @@ impl Db {
 
     // ---- enrollment and certificates ----------------------------------------------------
 
-    pub async fn insert_enroll_token(&self, t: &NewEnrollToken<'_>) -> Result<()> {
+    /// Stores an enrollment token and its audit record, both or neither.
+    pub async fn insert_enroll_token(
+        &self,
+        t: &NewEnrollToken<'_>,
+        audit: &AuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(q("storing an enrollment token"))?;
         sqlx::query(
             "INSERT INTO enroll_tokens (hash, store_id, region, created_ms, expires_ms, created_by) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -264,9 +299,11 @@ impl Db {
         .bind(t.created_ms)
         .bind(t.expires_ms)
         .bind(t.created_by)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(q("storing an enrollment token"))?;
+        audit::write(&mut tx, std::slice::from_ref(audit), t.created_ms).await?;
+        tx.commit().await.map_err(q("storing an enrollment token"))?;
         Ok(())
     }
 
@@ -374,7 +411,7 @@ impl Db {
     pub async fn certificate_is_current(&self, store_id: &str, serial: &str) -> Result<bool> {
         let cur: Option<String> = sqlx::query("SELECT cert_serial FROM stores WHERE id = $1")
             .bind(store_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(q("checking a certificate"))?
             .map(|r| r.try_get("cert_serial"))
@@ -446,6 +483,30 @@ impl Db {
                 previous,
             });
         }
+        // Which stores changed to which revision, one record each (so `audit --store` finds
+        // them), and the push as a whole; committed with the revisions or not at all.
+        let changed = out.iter().filter(|r| r.changed).count();
+        let mut records: Vec<AuditEntry> = out
+            .iter()
+            .zip(stores)
+            .filter(|(r, _)| r.changed)
+            .map(|(r, s)| {
+                let was = if r.previous.is_empty() { "none" } else { &r.previous };
+                AuditEntry::new(
+                    by,
+                    "fleet-push",
+                    &r.store_id,
+                    format!("revision {} (was {was}) from {}", r.revision, s.source),
+                )
+            })
+            .collect();
+        records.push(AuditEntry::new(
+            by,
+            "fleet-push",
+            "",
+            format!("{} stores, {changed} new revisions", out.len()),
+        ));
+        audit::write(&mut tx, &records, now_ms).await?;
         tx.commit().await.map_err(q("recording a fleet push"))?;
         Ok(out)
     }
@@ -454,7 +515,7 @@ impl Db {
         sqlx::query("SELECT profile_yaml FROM revisions WHERE store_id = $1 AND revision = $2")
             .bind(store_id)
             .bind(revision)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(q("reading a revision"))?
             .map(|r| r.try_get("profile_yaml"))
@@ -516,7 +577,7 @@ impl Db {
         )
         .bind(store_id)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await
         .map_err(q("reading events"))?;
         rows.iter()
@@ -528,7 +589,7 @@ impl Db {
     pub async fn count_events(&self, store_id: &str) -> Result<i64> {
         sqlx::query("SELECT COUNT(*) AS n FROM events WHERE store_id = $1")
             .bind(store_id)
-            .fetch_one(&self.pool)
+            .fetch_one(&self.read)
             .await
             .and_then(|r| r.try_get("n"))
             .map_err(q("counting events"))
@@ -536,7 +597,9 @@ impl Db {
 
     // ---- commands -----------------------------------------------------------------------
 
-    pub async fn insert_command(&self, c: &CommandRow, by: &str) -> Result<()> {
+    /// Stores a command and its audit record, both or neither.
+    pub async fn insert_command(&self, c: &CommandRow, by: &str, audit: &AuditEntry) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(q("storing a command"))?;
         sqlx::query(
             "INSERT INTO commands (id, store_id, kind, workload, state, result, created_ms, expires_ms, finished_ms, created_by) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -551,9 +614,11 @@ impl Db {
         .bind(c.expires_ms)
         .bind(c.finished_ms)
         .bind(by)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(q("storing a command"))?;
+        audit::write(&mut tx, std::slice::from_ref(audit), c.created_ms).await?;
+        tx.commit().await.map_err(q("storing a command"))?;
         Ok(())
     }
 
@@ -608,7 +673,7 @@ impl Db {
             "SELECT {COMMAND_COLUMNS} FROM commands WHERE id = $1"
         )))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await
         .map_err(q("reading a command"))?;
         row.as_ref().map(CommandRow::from_row).transpose().map_err(q("reading a command"))
@@ -620,7 +685,7 @@ impl Db {
         )))
         .bind(store_id)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await
         .map_err(q("reading commands"))?;
         rows.iter()
@@ -689,7 +754,7 @@ impl Db {
             )
         };
         let rows = sqlx::query(AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.read)
             .await
             .map_err(q("reading alerts"))?;
         rows.iter()
@@ -698,15 +763,126 @@ impl Db {
             .map_err(q("reading alerts"))
     }
 
+    /// Opens an alert like [`Db::open_alert`], unless the store already has `cap` open alerts
+    /// of the kinds in `capped`: then it opens (once) the store's `limit_kind` alert instead,
+    /// which says so. Checked and written in one transaction.
+    pub async fn open_alert_capped(
+        &self,
+        a: &AlertRow,
+        capped: &[&str],
+        cap: u32,
+        limit: &AlertRow,
+    ) -> Result<AlertOpened> {
+        let what = "opening an alert";
+        let mut tx = self.pool.begin().await.map_err(q(what))?;
+        let exists = sqlx::query(
+            "SELECT id FROM alerts WHERE kind = $1 AND store_id = $2 AND subject = $3 AND resolved_ms = 0",
+        )
+        .bind(&a.kind)
+        .bind(&a.store_id)
+        .bind(&a.subject)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(q("reading alerts"))?;
+        if exists.is_some() {
+            return Ok(AlertOpened::AlreadyOpen);
+        }
+        let mut outcome = AlertOpened::Opened;
+        let mut row = a;
+        if capped.contains(&a.kind.as_str()) {
+            let open = count_open(&mut tx, &a.store_id, capped).await?;
+            if open >= i64::from(cap) {
+                let limit_open = sqlx::query(
+                    "SELECT id FROM alerts WHERE kind = $1 AND store_id = $2 AND resolved_ms = 0",
+                )
+                .bind(&limit.kind)
+                .bind(&limit.store_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(q("reading alerts"))?;
+                if limit_open.is_some() {
+                    return Ok(AlertOpened::Capped { limit_opened: false });
+                }
+                outcome = AlertOpened::Capped { limit_opened: true };
+                row = limit;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO alerts (id, kind, store_id, subject, message, since_ms, resolved_ms) VALUES ($1, $2, $3, $4, $5, $6, 0)",
+        )
+        .bind(&row.id)
+        .bind(&row.kind)
+        .bind(&row.store_id)
+        .bind(&row.subject)
+        .bind(&row.message)
+        .bind(row.since_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(q(what))?;
+        tx.commit().await.map_err(q(what))?;
+        Ok(outcome)
+    }
+
+    /// How many alerts of `kinds` are open for a store.
+    pub async fn count_open_alerts(&self, store_id: &str, kinds: &[&str]) -> Result<i64> {
+        let mut conn = self.read.acquire().await.map_err(q("counting alerts"))?;
+        count_open(&mut conn, store_id, kinds).await
+    }
+
+    /// A page of alerts in (kind, since, id) order, after `after` (where the last page ended).
+    pub async fn alerts_page(
+        &self,
+        include_resolved: bool,
+        after: Option<&AlertKey>,
+        limit: u32,
+    ) -> Result<Vec<AlertRow>> {
+        let start = AlertKey { kind: String::new(), since_ms: i64::MIN, id: String::new() };
+        let k = after.unwrap_or(&start);
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE ($1 = 1 OR resolved_ms = 0)              AND (kind > $2 OR (kind = $2 AND (since_ms > $3 OR (since_ms = $3 AND id > $4))))              ORDER BY kind, since_ms, id LIMIT $5"
+        )))
+        .bind(i64::from(include_resolved))
+        .bind(&k.kind)
+        .bind(k.since_ms)
+        .bind(&k.id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await
+        .map_err(q("reading alerts"))?;
+        rows.iter()
+            .map(AlertRow::from_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("reading alerts"))
+    }
+
+    /// A page of stores in id order, after the store `after` ('' for the first page).
+    pub async fn list_stores_page(&self, after: &str, limit: u32) -> Result<Vec<StoreRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {STORE_COLUMNS} FROM stores WHERE id > $1 ORDER BY id LIMIT $2"
+        )))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await
+        .map_err(q("listing stores"))?;
+        rows.iter()
+            .map(StoreRow::from_row)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(q("reading stores"))
+    }
+
     // ---- operators ----------------------------------------------------------------------
 
+    /// Stores an API token and its audit record, both or neither.
     pub async fn insert_api_token(
         &self,
         hash: &str,
         name: &str,
         role: &str,
         now_ms: i64,
+        audit: &AuditEntry,
     ) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(q("storing an API token"))?;
         sqlx::query(
             "INSERT INTO api_tokens (hash, name, role, created_ms) VALUES ($1, $2, $3, $4)",
         )
@@ -714,9 +890,11 @@ impl Db {
         .bind(name)
         .bind(role)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(q("storing an API token"))?;
+        audit::write(&mut tx, std::slice::from_ref(audit), now_ms).await?;
+        tx.commit().await.map_err(q("storing an API token"))?;
         Ok(())
     }
 
@@ -724,7 +902,7 @@ impl Db {
     pub async fn api_token(&self, hash: &str) -> Result<Option<(String, String)>> {
         let row = sqlx::query("SELECT name, role FROM api_tokens WHERE hash = $1")
             .bind(hash)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(q("checking an API token"))?;
         row.map(|r| Ok((r.try_get("name")?, r.try_get("role")?)))
@@ -734,7 +912,7 @@ impl Db {
 
     pub async fn count_api_tokens(&self) -> Result<i64> {
         sqlx::query("SELECT COUNT(*) AS n FROM api_tokens")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.read)
             .await
             .and_then(|r| r.try_get("n"))
             .map_err(q("counting API tokens"))
@@ -767,7 +945,7 @@ impl Db {
             "SELECT at_ms, actor, action, detail FROM audit ORDER BY at_ms DESC LIMIT $1",
         )
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await
         .map_err(q("reading the audit trail"))?;
         rows.iter()
@@ -782,6 +960,70 @@ impl Db {
             .collect::<std::result::Result<_, sqlx::Error>>()
             .map_err(q("reading the audit trail"))
     }
+}
+
+async fn count_open(conn: &mut sqlx::AnyConnection, store_id: &str, kinds: &[&str]) -> Result<i64> {
+    // The kinds are ours (constants), never a node's text: safe to write into the statement.
+    let list: Vec<String> = kinds.iter().map(|k| format!("'{}'", k.replace('\'', ""))).collect();
+    if list.is_empty() {
+        return Ok(0);
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT COUNT(*) AS n FROM alerts WHERE store_id = $1 AND resolved_ms = 0 AND kind IN ({})",
+        list.join(", ")
+    )))
+    .bind(store_id)
+    .fetch_one(&mut *conn)
+    .await
+    .and_then(|r| r.try_get("n"))
+    .map_err(q("counting alerts"))
+}
+
+/// Read connections of a SQLite database: enough for operators and the background job to read
+/// while ingestion writes.
+const READERS: u32 = 4;
+
+/// A database URL fit for a log line: the password (if any) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((creds, host)) = rest.split_once('@') else { return url.to_string() };
+    match creds.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// The file of a `sqlite://` URL (None for an in-memory database).
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && !path.contains(":memory:")).then(|| path.into())
+}
+
+/// Makes the database file before SQLite does, readable by its owner only: SQLite gives its WAL
+/// and shared-memory files the database file's mode, so the three stay 0600 whatever the umask.
+/// Files left readable by an older central are restricted.
+fn secure_sqlite_files(url: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let Some(path) = sqlite_path(url) else { return Ok(()) };
+    if !path.exists() {
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                tracing::warn!(file = %p.display(), mode = format!("{:o}", m.permissions().mode() & 0o777), "the database file was readable by others: restricting it to 0600");
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Sequence numbers are u64 on the wire and BIGINT in SQL; a node never gets near 2^63.

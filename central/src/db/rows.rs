@@ -179,3 +179,42 @@ impl AlertRow {
         })
     }
 }
+
+/// What [`super::Db::open_alert_capped`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertOpened {
+    Opened,
+    AlreadyOpen,
+    /// The store is at its cap: the alert was not opened; `limit_opened` if the alert saying so
+    /// was opened now (rather than already open).
+    Capped {
+        limit_opened: bool,
+    },
+}
+
+/// Where a page of alerts ended: the (kind, since, id) of its last alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertKey {
+    pub kind: String,
+    pub since_ms: i64,
+    pub id: String,
+}
+
+impl AlertKey {
+    pub fn of(a: &AlertRow) -> Self {
+        AlertKey { kind: a.kind.clone(), since_ms: a.since_ms, id: a.id.clone() }
+    }
+
+    /// As a page token: `kind/since/id` (kinds and ids are ours: no `/` in them).
+    pub fn token(&self) -> String {
+        format!("{}/{}/{}", self.kind, self.since_ms, self.id)
+    }
+
+    pub fn parse(token: &str) -> Option<Self> {
+        let mut parts = token.splitn(3, '/');
+        let kind = parts.next()?.to_string();
+        let since_ms = parts.next()?.parse().ok()?;
+        let id = parts.next()?.to_string();
+        Some(AlertKey { kind, since_ms, id })
+    }
+}

@@ -93,3 +93,12 @@ CREATE TABLE audit (
 
 -- migration 2: events carry the subject of a failing/recovered problem (older events: '')
 ALTER TABLE events ADD COLUMN subject TEXT NOT NULL DEFAULT ''
+
+-- migration 4: bounds. Event retention reads events by when central received them; the audit
+-- trail is read by store, actor and time; the alert cap counts a store's open alerts. (3 is
+-- another branch's: migrations are run by number, so the gap is fine.)
+CREATE INDEX events_by_received ON events (received_ms);
+ALTER TABLE audit ADD COLUMN store_id TEXT NOT NULL DEFAULT '';
+CREATE INDEX audit_by_time ON audit (at_ms, id);
+CREATE INDEX audit_by_store ON audit (store_id, at_ms);
+CREATE INDEX alerts_by_store ON alerts (store_id, resolved_ms)

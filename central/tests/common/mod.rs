@@ -45,15 +45,9 @@ pub async fn start_with(
     api: SocketAddr,
     settings: Settings,
 ) -> Running {
-    let cfg = ServeConfig {
-        data: data.to_path_buf(),
-        database_url: None,
-        listen,
-        api,
-        names: vec![],
-        settings,
-        alert_interval: Duration::from_millis(200),
-    };
+    let mut cfg = ServeConfig::new(data.to_path_buf(), listen, api);
+    cfg.settings = settings;
+    cfg.alert_interval = Duration::from_millis(200);
     serve(cfg, clock).await.unwrap()
 }
 
@@ -72,6 +66,8 @@ pub async fn token(admin: &mut Client, store: &str, ttl_seconds: u64) -> EnrollT
             store_id: store.into(),
             region: "us-west".into(),
             ttl_seconds,
+            // Tests enroll replacement servers too (with the admin token).
+            replace: true,
         })
         .await
         .unwrap()
