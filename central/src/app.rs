@@ -54,6 +54,8 @@ pub struct App {
     pub settings: Settings,
     /// Set when central stops: session readers end, so their streams close.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Retention passes done (tests wait on it before saying a pass deleted nothing).
+    pub sweeps: std::sync::atomic::AtomicU64,
 }
 
 impl App {
@@ -89,6 +91,7 @@ impl App {
             ingest,
             settings,
             stopping: tokio::sync::watch::Sender::new(false),
+            sweeps: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -109,7 +112,9 @@ impl App {
 
     /// One retention pass, logged when it deleted anything.
     pub async fn sweep(&self) -> crate::db::Swept {
-        match self.db.sweep(&self.settings.retention, self.now_ms()).await {
+        let result = self.db.sweep(&self.settings.retention, self.now_ms()).await;
+        self.sweeps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match result {
             Ok(s) => {
                 if s != crate::db::Swept::default() {
                     tracing::info!(

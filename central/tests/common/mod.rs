@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backroom_api::node::{CommandResult, Status};
+use backroom_api::node::central_message::Body as CBody;
+pub use backroom_api::node::node_message::Body as NBody;
+use backroom_api::node::node_service_client::NodeServiceClient;
+use backroom_api::node::{CentralMessage, CommandResult, Event, Hello, NodeMessage, Status};
 use backroom_api::operator::CreateEnrollTokenRequest;
 use backroom_central::app::Settings;
 use backroom_central::client::{self, Client};
@@ -45,10 +48,116 @@ pub async fn start_with(
     api: SocketAddr,
     settings: Settings,
 ) -> Running {
+    start_cfg(test_config(data, listen, api, settings), clock).await
+}
+
+/// The configuration the tests run central with (change what a test needs, then `start_cfg`).
+pub fn test_config(
+    data: &Path,
+    listen: SocketAddr,
+    api: SocketAddr,
+    settings: Settings,
+) -> ServeConfig {
     let mut cfg = ServeConfig::new(data.to_path_buf(), listen, api);
     cfg.settings = settings;
     cfg.alert_interval = Duration::from_millis(200);
+    cfg
+}
+
+pub async fn start_cfg(cfg: ServeConfig, clock: SharedClock) -> Running {
     serve(cfg, clock).await.unwrap()
+}
+
+/// An operator client with a new API token of `role`.
+pub async fn with_role(c: &Running, admin: &mut Client, role: &str) -> Client {
+    let token = admin
+        .create_api_token(backroom_api::operator::CreateApiTokenRequest {
+            name: format!("test {role}"),
+            role: role.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    client::connect(&format!("https://{}", c.api), &c.ca_pem, &token).await.unwrap()
+}
+
+/// A session opened by hand: what a node (or someone with its key) can send, unfiltered.
+pub struct RawSession {
+    pub tx: mpsc::Sender<NodeMessage>,
+    pub rx: tonic::Streaming<CentralMessage>,
+}
+
+impl RawSession {
+    pub async fn open(c: &Running, id: &Identity) -> RawSession {
+        Self::try_open(c, id, Hello { store_id: id.store_id.clone(), ..Default::default() })
+            .await
+            .unwrap()
+    }
+
+    /// Opens a session that starts with `hello`; central's refusal as an error.
+    pub async fn try_open(
+        c: &Running,
+        id: &Identity,
+        hello: Hello,
+    ) -> Result<RawSession, tonic::Status> {
+        let channel =
+            backroom_session::tls::channel(&node_url(c), id.tls().unwrap(), false).await.unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(NodeMessage { body: Some(NBody::Hello(hello)) }).await.unwrap();
+        let mut rx = NodeServiceClient::new(channel)
+            .max_encoding_message_size(64 << 20)
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        match rx.message().await? {
+            Some(CentralMessage { body: Some(CBody::Welcome(_)) }) => Ok(RawSession { tx, rx }),
+            other => panic!("central did not start with a welcome: {other:?}"),
+        }
+    }
+
+    pub async fn send(&self, body: NBody) {
+        self.tx.send(NodeMessage { body: Some(body) }).await.unwrap();
+    }
+
+    /// The next event ack, skipping other messages; None when central closed the session.
+    pub async fn next_ack(&mut self) -> Option<u64> {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(30), self.rx.message())
+                .await
+                .expect("central answers within 30 s");
+            match m {
+                Ok(Some(CentralMessage { body: Some(CBody::EventAck(a)) })) => {
+                    return Some(a.acked_event_seq);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether central ends the session within `within` (skipping what it sends meanwhile).
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.message()).await {
+                Err(_) => return false,
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) | Ok(Err(_)) => return true,
+            }
+        }
+    }
+}
+
+pub fn event(seq: u64, kind: &str, workload: &str, message: &str) -> Event {
+    Event {
+        seq,
+        at_unix_ms: 1,
+        kind: kind.into(),
+        workload: workload.into(),
+        message: message.into(),
+        subject: String::new(),
+    }
 }
 
 pub fn any_port() -> SocketAddr {
