@@ -584,3 +584,37 @@ async fn the_audit_trail_filters_by_store_actor_and_time_and_pages_newest_first(
         assert_eq!(get(next).await, ["#2", "#1"]);
     }
 }
+
+#[tokio::test]
+async fn postgres_takes_sslmode_in_the_url_and_refuses_a_server_its_ca_did_not_sign() {
+    // Debian's PostgreSQL runs with ssl on and its snakeoil certificate.
+    for (db, guard) in engines().await {
+        let Guard::Postgres(name) = &guard else { continue };
+        drop(db);
+        let base = format!("{}/{name}", pg_server());
+        let db = Db::open(&format!("{base}?sslmode=require")).await.unwrap();
+        let ssl: bool = sqlx::query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&db.read)
+            .await
+            .unwrap()
+            .try_get("ssl")
+            .unwrap();
+        assert!(ssl, "sslmode=require did not give an encrypted connection");
+        drop(db);
+        // verify-full against a CA that did not sign the server's certificate: refused, and the
+        // error names the database without its password.
+        let dir = tempfile::tempdir().unwrap();
+        let other = crate::ca::Ca::load_or_create(dir.path(), 0).unwrap();
+        let ca = dir.path().join("other-ca.crt");
+        std::fs::write(&ca, other.cert_pem()).unwrap();
+        let url = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+        let e = match Db::open(&url).await {
+            Ok(_) => panic!("verify-full accepted a server certificate from another CA"),
+            Err(e) => backroom_daemon::chain(&e),
+        };
+        assert!(e.contains("cannot open the database"), "{e}");
+        assert!(!e.contains("backroom:backroom@"), "the password is in the error: {e}");
+        // A URL without sslmode still works (libpq's default, prefer).
+        Db::open(&base).await.unwrap();
+    }
+}
