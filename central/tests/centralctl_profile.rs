@@ -102,3 +102,62 @@ fn diff_shows_changes_and_exits_zero_either_way() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("vlan-twice.yaml:5:27"));
 }
+
+/// `centralctl profile validate FILE` under a 512 MiB address-space limit: a hostile profile must
+/// be refused in bounded memory, not abort (134) or be killed.
+fn validate_bounded(file: &Path) -> Output {
+    Command::new("prlimit")
+        .arg("--as=536870912")
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_centralctl"))
+        .args(["profile", "validate"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn validate_refuses_a_billion_laughs_with_a_position_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("laughs.yaml");
+    // 14 lines: every alias doubles nine times over what the line before it holds.
+    let mut y = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for (i, name) in
+        ["b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n"].iter().enumerate()
+    {
+        let prev = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m"][i];
+        let refs = vec![format!("*{prev}"); 9].join(",");
+        y.push_str(&format!("{name}: &{name} [{refs}]\n"));
+    }
+    assert_eq!(y.lines().count(), 14);
+    std::fs::write(&f, &y).unwrap();
+    let o = validate_bounded(&f);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    let line = t.lines().find(|l| l.contains(": error: ")).unwrap_or_else(|| panic!("{t}"));
+    assert!(line.starts_with(&format!("{}:", f.display())), "{line}");
+    let pos = line[f.display().to_string().len() + 1..].split(": ").next().unwrap();
+    let (l, c) = pos.split_once(':').unwrap_or_else(|| panic!("no line:column in {line}"));
+    assert!(l.parse::<u32>().is_ok() && c.parse::<u32>().is_ok(), "{line}");
+    assert!(line.contains("aliases"), "a sentence saying why: {line}");
+}
+
+#[test]
+fn validate_refuses_a_deeply_nested_block_mapping_with_a_position_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("deep.yaml");
+    let mut y = String::new();
+    for depth in 0..1000 {
+        y.push_str(&" ".repeat(depth));
+        y.push_str(&format!("k{depth}:\n"));
+    }
+    std::fs::write(&f, &y).unwrap();
+    let o = validate_bounded(&f);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    let line = t.lines().find(|l| l.contains(": error: ")).unwrap_or_else(|| panic!("{t}"));
+    assert!(line.starts_with(&format!("{}:", f.display())), "{line}");
+    assert!(line.contains("nest deeper than"), "{line}");
+}
