@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run stop test deps services build lint bench
+.PHONY: run stop test deps services build lint bench chaos
 
 ## make run: a working HQ (central) and one store node (netd, vmd, nodeagent) on this machine,
 ## the sample fleet pushed, the store enrolled; prints where to look. `make stop` ends it.
@@ -41,3 +41,8 @@ bench: deps services
 	$(CARGO) bench -p backroom-nodeagent
 	$(CARGO) bench -p backroom-vmd
 	$(CARGO) bench -p backroom-netd --bench apply
+
+## make chaos: central's abuse suite for longer (BACKROOM_ABUSE_SECONDS, default 300): every RPC
+## fed hostile messages while `store list` is measured; prints its p50/p99.
+chaos:
+	$(CARGO) test -p backroom-central --test abuse -- --ignored --nocapture abuse_long

@@ -14,6 +14,7 @@ pub mod ca;
 pub mod client;
 pub mod ctl_report;
 pub mod db;
+pub mod error_size;
 pub mod hub;
 pub mod ingest;
 pub mod limits;

@@ -230,6 +230,7 @@ pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
 
     let mut tasks = Vec::new();
     let node_server = Server::builder()
+        .layer(crate::error_size::ErrorSizeLayer)
         // Enroll and Renew answer at once; a session's stream outlives this (it bounds only
         // the wait for the response to start).
         .timeout(cfg.node_request_timeout)
@@ -260,6 +261,7 @@ pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         }
     }));
     let api_server = Server::builder()
+        .layer(crate::error_size::ErrorSizeLayer)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(

@@ -319,6 +319,20 @@ async fn a_token_for_an_enrolled_store_needs_an_admin_who_says_replace() {
         .into_inner();
     let actions: Vec<&str> = r.records.iter().map(|a| a.action.as_str()).collect();
     assert!(actions.contains(&"enroll-token-replace"), "{actions:?}");
+    // The same through centralctl, filtered by store and actor.
+    // (tokio's Command: central runs on this test's one thread and must answer meanwhile.)
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_centralctl"))
+        .args(["audit", "--store", "store-0042", "--actor", "admin (first start)", "--since", "1h"])
+        .env("BACKROOM_SERVER", format!("https://{}", c.api))
+        .env("BACKROOM_CA", data.path().join("ca.crt"))
+        .env("BACKROOM_TOKEN_FILE", data.path().join("admin.token"))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("WHEN") && text.contains("enroll-token-replace"), "{text}");
+    assert!(!text.contains("test operator"), "the actor filter let another through: {text}");
     // Only an admin reads the audit trail.
     let e = operator.list_audit(ListAuditRequest::default()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
