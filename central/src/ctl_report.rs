@@ -203,6 +203,29 @@ pub fn alerts(r: &ListAlertsReply, now_ms: i64) -> String {
     out
 }
 
+/// The audit trail, newest first.
+pub fn audit(records: &[AuditRecord], now_ms: i64) -> String {
+    if records.is_empty() {
+        return "no audit records match\n".into();
+    }
+    let mut rows =
+        vec![vec!["WHEN".into(), "ACTOR".into(), "ACTION".into(), "STORE".into(), "DETAIL".into()]];
+    for a in records {
+        rows.push(vec![
+            format!(
+                "{} ({})",
+                backroom_daemon::clock::rfc3339(a.at_unix_ms),
+                ago(now_ms, a.at_unix_ms)
+            ),
+            a.actor.clone(),
+            a.action.clone(),
+            if a.store_id.is_empty() { "-".into() } else { a.store_id.clone() },
+            a.detail.clone(),
+        ]);
+    }
+    table(&rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,27 +287,4 @@ mod tests {
         );
         assert!(t.contains("failing [uplink eno1]: uplink eno1: the link"), "{t}");
     }
-}
-
-/// The audit trail, newest first.
-pub fn audit(records: &[AuditRecord], now_ms: i64) -> String {
-    if records.is_empty() {
-        return "no audit records match\n".into();
-    }
-    let mut rows =
-        vec![vec!["WHEN".into(), "ACTOR".into(), "ACTION".into(), "STORE".into(), "DETAIL".into()]];
-    for a in records {
-        rows.push(vec![
-            format!(
-                "{} ({})",
-                backroom_daemon::clock::rfc3339(a.at_unix_ms),
-                ago(now_ms, a.at_unix_ms)
-            ),
-            a.actor.clone(),
-            a.action.clone(),
-            if a.store_id.is_empty() { "-".into() } else { a.store_id.clone() },
-            a.detail.clone(),
-        ]);
-    }
-    table(&rows)
 }
