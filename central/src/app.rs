@@ -24,6 +24,12 @@ pub struct Settings {
     pub unhealthy_alert_ms: i64,
     /// Node certificates are valid this long (nodes renew at two thirds).
     pub node_cert_days: u32,
+    /// A node whose certificate expired less than this long ago may still renew it (and
+    /// nothing else): a store closed for a season comes back by itself.
+    pub renew_grace_days: u32,
+    /// Commands waiting for one store (queued, or sent and not answered) at most; more are
+    /// refused.
+    pub max_queued_commands: u32,
 }
 
 impl Default for Settings {
@@ -34,6 +40,8 @@ impl Default for Settings {
             offline_alert_ms: 5 * 60_000,
             unhealthy_alert_ms: 5 * 60_000,
             node_cert_days: 30,
+            renew_grace_days: 90,
+            max_queued_commands: 1000,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod db;
 pub mod hub;
 pub mod ingest;
 pub mod node_service;
+pub mod node_tls;
 pub mod operator_service;
 pub mod profile_report;
 pub mod server;

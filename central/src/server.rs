@@ -13,7 +13,7 @@ use backroom_daemon::{Chain, SharedClock};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::app::{App, Settings};
 use crate::ca::Ca;
@@ -41,6 +41,8 @@ pub enum ServeError {
     },
     #[error("cannot set up TLS")]
     Tls(#[source] tonic::transport::Error),
+    #[error(transparent)]
+    NodeTls(#[from] crate::node_tls::NodeTlsError),
 }
 
 #[derive(Clone, Debug)]
@@ -120,6 +122,14 @@ pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         .unwrap_or_else(|| format!("sqlite://{}", data.join("central.db").display()));
     let db = Db::open(&url).await?;
     db.mark_all_offline().await?;
+    // No session exists yet: commands a node acknowledged but never answered wait again.
+    let requeued = db.requeue_unfinished_commands(None, now).await?;
+    if requeued > 0 {
+        tracing::info!(
+            commands = requeued,
+            "commands sent before central stopped are queued again"
+        );
+    }
     first_admin_token(&db, data, now).await?;
     let ca = Ca::load_or_create(data, now)?;
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
@@ -145,19 +155,14 @@ pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
     let api =
         api_listener.local_addr().map_err(|source| ServeError::Listen { addr: cfg.api, source })?;
 
+    let node_tls = crate::node_tls::server_config(&chain, &key, &ca_pem)?;
     let identity = Identity::from_pem(chain.as_bytes(), key.as_bytes());
-    let node_tls = ServerTlsConfig::new()
-        .identity(identity.clone())
-        .client_ca_root(Certificate::from_pem(ca_pem.as_bytes()))
-        // Enrollment comes before the node has a certificate; every other call checks for one.
-        .client_auth_optional(true);
     let api_tls = ServerTlsConfig::new().identity(identity);
     let (shutdown, mut stop) = tokio::sync::watch::channel(false);
 
     let mut tasks = Vec::new();
+    // Nodes' TLS is central's own (see node_tls): tonic speaks HTTP/2 over what it hands over.
     let node_server = Server::builder()
-        .tls_config(node_tls)
-        .map_err(ServeError::Tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(
@@ -165,12 +170,12 @@ pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
                 .max_decoding_message_size(16 << 20),
         );
     let mut s1 = stop.clone();
+    let node_incoming = crate::node_tls::incoming(node_listener, node_tls, stop.clone());
     tasks.push(tokio::spawn(async move {
-        let incoming = TcpIncoming::from(node_listener).with_nodelay(Some(true));
         let done = async move {
             let _ = s1.wait_for(|v| *v).await;
         };
-        if let Err(e) = node_server.serve_with_incoming_shutdown(incoming, done).await {
+        if let Err(e) = node_server.serve_with_incoming_shutdown(node_incoming, done).await {
             tracing::error!(error = %Chain(&e), "the node service stopped");
         }
     }));
@@ -200,6 +205,22 @@ pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
             }
             for store in bg.hub.close_quiet(bg.now_ms(), bg.settings.session_timeout_ms) {
                 tracing::warn!(store = %store, "no heartbeat for {} ms: closing the session", bg.settings.session_timeout_ms);
+            }
+            // A certificate revoked elsewhere (another replica, the database by hand) ends its
+            // session here too.
+            match bg.db.certificate_serials().await {
+                Ok(good) => {
+                    let closed = bg.hub.close_unless(
+                        |store, serial| {
+                            good.get(store).is_some_and(|(cur, next)| cur == serial || next == serial)
+                        },
+                        crate::node_service::REVOKED,
+                    );
+                    for store in closed {
+                        tracing::warn!(store = %store, "the certificate of the store's session was revoked: closing it");
+                    }
+                }
+                Err(e) => tracing::error!(error = %Chain(&e), "could not check the sessions' certificates"),
             }
             if let Err(e) = bg.db.touch_many(&bg.hub.last_seen()).await {
                 tracing::error!(error = %Chain(&e), "could not record heartbeats");

@@ -4,13 +4,21 @@
 //! before anyone is told about it; central acknowledges by sequence number, and only then are
 //! events forgotten. Delivery is at least once; central de-duplicates by (store, sequence).
 //!
+//! After a power cut: a torn last line is cut off before anything is appended (so the next
+//! event starts on a line of its own), lines that do not read (torn inside a character,
+//! garbled) are skipped and counted, and sequence numbers are never used twice: the next one
+//! is recovered from the log as well as from `outbox.state`, and when neither can be trusted
+//! (the state file lost or garbled, lines unreadable) the numbering is *unsure* until central's
+//! welcome says what it already has: events numbered at or below that are numbered again
+//! above it ([`Outbox::resume`]), since central would take them for ones it has.
+//!
 //! The outbox is bounded by count and age. When it must drop (the WAN has been down for a long
 //! time and the store is noisy), it drops the oldest unacknowledged events and records an
 //! `events_dropped` event that says how many, so central knows what it is missing.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -66,6 +74,9 @@ struct Inner {
     pending: VecDeque<OutEvent>,
     /// Lines in the log file that are already acknowledged (compaction removes them).
     stale_lines: usize,
+    /// The numbering may repeat numbers central already has (the state was lost or garbled,
+    /// or log lines did not read): settled by the next [`Outbox::resume`].
+    unsure: bool,
 }
 
 pub struct Outbox {
@@ -98,42 +109,55 @@ impl Outbox {
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| err("cannot create the folder", e))?;
-        let state: State = match std::fs::read(dir.join(STATE)) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+        // A state file that is missing or does not read: the numbers it kept are unknown.
+        let (state, state_ok): (State, bool) = match std::fs::read(dir.join(STATE)) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(s) => (s, true),
+                Err(_) => (State::default(), false),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (State::default(), false),
             Err(e) => return Err(err("cannot read the state file", e)),
         };
-        let mut pending = VecDeque::new();
-        let mut stale_lines = 0;
-        match File::open(dir.join(LOG)) {
-            Ok(f) => {
-                for line in BufReader::new(f).lines() {
-                    let line = line.map_err(|e| err("cannot read the log", e))?;
-                    // A torn last line (power cut mid-write) is not an event yet.
-                    let Ok(ev) = serde_json::from_str::<OutEvent>(&line) else { continue };
-                    if ev.seq > state.acked {
-                        pending.push_back(ev);
-                    } else {
-                        stale_lines += 1;
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        let recovered = match std::fs::read(dir.join(LOG)) {
+            Ok(bytes) => read_log(&bytes, state.acked),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Recovered::default(),
             Err(e) => return Err(err("cannot read the log", e)),
+        };
+        if recovered.torn_at.is_some() || recovered.unreadable > 0 {
+            tracing::warn!(
+                path = %dir.join(LOG).display(),
+                unreadable = recovered.unreadable,
+                torn = recovered.torn_at.is_some(),
+                "the event outbox was cut off or garbled (a power cut?): unreadable lines are skipped"
+            );
         }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join(LOG))
             .map_err(|e| err("cannot open the log", e))?;
+        // A torn last line is no event (its push never returned): cut it off, so what comes
+        // next starts on a line of its own instead of being glued to the torn one.
+        if let Some(len) = recovered.torn_at {
+            log.set_len(len).map_err(|e| err("cannot cut the torn end off the log", e))?;
+            log.sync_all().map_err(|e| err("cannot flush the log", e))?;
+        }
         let mut state = state;
-        let max_seen = pending.back().map_or(0, |e| e.seq);
-        state.next_seq = state.next_seq.max(max_seen + 1).max(state.acked + 1);
+        // Every number the log shows was handed out, acknowledged or not.
+        state.next_seq = state.next_seq.max(recovered.max_seq + 1).max(state.acked + 1);
+        let unsure = !state_ok || recovered.unreadable > 0;
         let ob = Outbox {
             dir: Some(dir.to_path_buf()),
             limits,
             clock,
-            inner: Mutex::new(Inner { log: Some(log), state, pending, stale_lines }),
+            inner: Mutex::new(Inner {
+                log: Some(log),
+                state,
+                pending: recovered.pending,
+                // Unreadable lines go with the next compaction, like acknowledged ones.
+                stale_lines: recovered.stale + recovered.unreadable,
+                unsure,
+            }),
             notify: tokio::sync::Notify::new(),
         };
         ob.compact()?;
@@ -156,6 +180,7 @@ impl Outbox {
                 state: State { acked: 0, next_seq: 1, dropped_total: 0 },
                 pending: VecDeque::new(),
                 stale_lines: 0,
+                unsure: false,
             }),
             notify: tokio::sync::Notify::new(),
         }
@@ -290,6 +315,58 @@ impl Outbox {
         Ok(())
     }
 
+    /// A session starts and central says it has every event up to `central_acked`. Normally
+    /// that is an acknowledgement. But when this outbox's numbering is unsure (its state was
+    /// lost) or behind central's (central has numbers this outbox never handed out: a state
+    /// folder restored from a backup, a replacement server), the events it holds at or below
+    /// that number are not the ones central has: they are numbered again above it, in order,
+    /// rather than being dropped as duplicates. Some may then reach central twice; none is
+    /// lost.
+    pub fn resume(&self, central_acked: u64) -> Result<(), OutboxError> {
+        let renumbered = {
+            let mut inner = self.lock();
+            let behind = central_acked >= inner.state.next_seq;
+            if !inner.unsure && !behind {
+                drop(inner);
+                return self.ack(central_acked);
+            }
+            let mut next = central_acked + 1;
+            let mut moved = 0usize;
+            if inner.pending.front().is_some_and(|e| e.seq <= central_acked) {
+                for e in inner.pending.iter_mut() {
+                    e.seq = next;
+                    next += 1;
+                    moved += 1;
+                }
+            } else if let Some(last) = inner.pending.back() {
+                next = last.seq + 1;
+            }
+            inner.state.next_seq = inner.state.next_seq.max(next).max(central_acked + 1);
+            // Central has everything up to its number, and what is pending is above it now.
+            inner.state.acked = central_acked;
+            inner.unsure = false;
+            if moved > 0 {
+                // The whole log is written again with the new numbers.
+                inner.stale_lines += inner.pending.len().max(1);
+            }
+            moved
+        };
+        if renumbered > 0 {
+            tracing::warn!(
+                events = renumbered,
+                from = central_acked + 1,
+                "the event outbox's numbering was behind central's: its events are numbered again"
+            );
+        }
+        self.compact()?;
+        Ok(())
+    }
+
+    /// Whether the numbering waits for central to settle it (see [`Outbox::resume`]).
+    pub fn unsure(&self) -> bool {
+        self.lock().unsure
+    }
+
     fn save_state(&self, inner: &Inner) -> Result<(), OutboxError> {
         let Some(dir) = &self.dir else { return Ok(()) };
         let bytes = serde_json::to_vec(&inner.state).unwrap_or_default();
@@ -342,6 +419,50 @@ impl Outbox {
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.notify.notified()
     }
+}
+
+/// What the log file says after a restart.
+#[derive(Default)]
+struct Recovered {
+    pending: VecDeque<OutEvent>,
+    /// Lines already acknowledged.
+    stale: usize,
+    /// Lines that do not read (garbled, or torn inside a character).
+    unreadable: usize,
+    /// The highest sequence number on any line that reads.
+    max_seq: u64,
+    /// Where a torn last line (no newline at its end) starts: the log is cut there.
+    torn_at: Option<u64>,
+}
+
+/// Reads the log as bytes, line by line: a line is an event only if it is whole and reads as
+/// one, so a tear anywhere (even inside a multi-byte character) costs that line only.
+fn read_log(bytes: &[u8], acked: u64) -> Recovered {
+    let mut r = Recovered::default();
+    let whole = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None => 0,
+    };
+    if whole < bytes.len() {
+        r.torn_at = Some(whole as u64);
+    }
+    for line in bytes[..whole].split(|&b| b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let Ok(ev) = serde_json::from_slice::<OutEvent>(line) else {
+            r.unreadable += 1;
+            continue;
+        };
+        r.max_seq = r.max_seq.max(ev.seq);
+        // Out of order would mean a garbled number: keep the log's order strictly rising.
+        if ev.seq > acked && r.pending.back().is_none_or(|p| p.seq < ev.seq) {
+            r.pending.push_back(ev);
+        } else {
+            r.stale += 1;
+        }
+    }
+    r
 }
 
 #[cfg(test)]

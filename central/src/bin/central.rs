@@ -96,6 +96,7 @@ async fn run() -> anyhow::Result<()> {
         offline_alert_ms: i64::try_from(offline_alert.millis()).unwrap_or(i64::MAX),
         unhealthy_alert_ms: i64::try_from(unhealthy_alert.millis()).unwrap_or(i64::MAX),
         node_cert_days,
+        ..Settings::default()
     };
     let cfg = ServeConfig {
         data: data.clone(),
