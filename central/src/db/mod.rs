@@ -763,3 +763,5 @@ fn seq_to_db(seq: u64) -> i64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trust_tests;
