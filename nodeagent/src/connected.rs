@@ -104,23 +104,19 @@ pub async fn identity(opts: &CentralOptions) -> Result<Identity, ConnectedError>
     let token = EnrollToken::parse(opts.token.as_deref().ok_or(ConnectedError::NoToken)?)?;
     let host = hostname();
     // Jittered: thousands of stores plugged in after one outage do not all ask at once.
-    let mut retries =
-        Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).with_jitter(0.25).retries();
-    loop {
-        match enroll::enroll_once(&opts.url, &token, &dir, &opts.agent_version, &host).await {
-            Ok(id) => {
-                tracing::info!(store = %id.store_id, "enrolled with central");
-                return Ok(id);
-            }
-            Err(e) if e.is_transient() => {
-                let delay = retries.fail();
-                tracing::warn!(error = %Chain(&e), "cannot enroll yet; trying again in {delay:?}");
-                opts.clock.sleep(delay).await;
-            }
-            // A refusal is final: the token is wrong, used, expired or revoked. Say so and stop.
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).with_jitter(0.25);
+    let id = enroll::enroll_with_retries(
+        &opts.url,
+        &token,
+        &dir,
+        &opts.agent_version,
+        &host,
+        &opts.clock,
+        backoff,
+    )
+    .await?;
+    tracing::info!(store = %id.store_id, "enrolled with central");
+    Ok(id)
 }
 
 fn hostname() -> String {

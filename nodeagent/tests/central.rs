@@ -200,7 +200,7 @@ async fn a_connected_node_runs_what_central_pushes_falls_back_and_survives_centr
     .await;
     let st = agent.status();
     assert!(st["central"].as_str().unwrap().starts_with("online"), "{st:#}");
-    for f in ["node.key", "node.crt"] {
+    for f in ["identity.json"] {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("state/central").join(f))
             .unwrap()

@@ -291,6 +291,36 @@ pub async fn enroll_once(
     enroll_into(url, token, dir, agent_version, hostname).await
 }
 
+/// [`enroll_once`] until it works or central refuses: a failure that may pass (central or the
+/// link down, the call cut off, the disk) is tried again after `backoff` on `clock`, for as
+/// long as it takes: a store plugged in before its WAN works enrolls when it does. A retry
+/// sends the same key, so a reply lost on the way does not use the token up.
+pub async fn enroll_with_retries(
+    url: &str,
+    token: &EnrollToken,
+    dir: &Path,
+    agent_version: &str,
+    hostname: &str,
+    clock: &backroom_daemon::SharedClock,
+    backoff: backroom_daemon::Backoff,
+) -> Result<Identity, EnrollError> {
+    let mut retries = backoff.retries();
+    loop {
+        match enroll_once(url, token, dir, agent_version, hostname).await {
+            Ok(id) => return Ok(id),
+            Err(e) if e.is_transient() => {
+                let delay = retries.fail();
+                tracing::warn!(
+                    error = %backroom_daemon::Chain(&e),
+                    "cannot enroll yet; trying again in {delay:?}"
+                );
+                clock.sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Enrolls with `token` whatever `dir` holds, and keeps the new identity there: a node whose
 /// identity central refuses, given a new token.
 pub async fn enroll_into(
