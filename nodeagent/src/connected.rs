@@ -595,13 +595,7 @@ async fn run(
     // Used again only if central refuses this identity (revoked, replaced, expired for good).
     link_cfg.token = opts.token.as_deref().and_then(|t| EnrollToken::parse(t).ok());
     link_cfg.hostname = hostname();
-    let link = Link::new(
-        link_cfg,
-        id,
-        Arc::clone(&outbox),
-        status_rx,
-        in_tx,
-    );
+    let link = Link::new(link_cfg, id, Arc::clone(&outbox), status_rx, in_tx);
     let mut contact = link.contact();
     tokio::spawn(async move {
         while contact.changed().await.is_ok() {
