@@ -31,7 +31,7 @@ impl Drop for Proxy {
 }
 
 /// How long after the node's request the connection is cut (central answers within it).
-const CUT_AFTER: Duration = Duration::from_millis(700);
+const CUT_AFTER: Duration = Duration::from_millis(1500);
 
 impl Proxy {
     pub async fn start(target: SocketAddr) -> Proxy {
