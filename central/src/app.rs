@@ -29,6 +29,12 @@ pub struct Settings {
     pub max_open_alerts_per_store: u32,
     /// How long events and resolved alerts are kept, and how many events per store.
     pub retention: Retention,
+    /// A node whose certificate expired less than this long ago may still renew it (and
+    /// nothing else): a store closed for a season comes back by itself.
+    pub renew_grace_days: u32,
+    /// Commands waiting for one store (queued, or sent and not answered) at most; more are
+    /// refused.
+    pub max_queued_commands: u32,
 }
 
 impl Default for Settings {
@@ -41,6 +47,8 @@ impl Default for Settings {
             node_cert_days: 30,
             max_open_alerts_per_store: 100,
             retention: Retention::default(),
+            renew_grace_days: 90,
+            max_queued_commands: 1000,
         }
     }
 }

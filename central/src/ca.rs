@@ -8,7 +8,8 @@ use backroom_daemon::fs::write_atomic;
 use backroom_session::pki;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType, SerialNumber,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,8 @@ pub struct Issued {
     pub cert_pem: String,
     pub serial: String,
     pub not_after_ms: i64,
+    /// sha256 of the node's public key (see `backroom_session::pki::key_fingerprint`).
+    pub key_fingerprint: String,
 }
 
 fn random_serial() -> SerialNumber {
@@ -137,6 +140,13 @@ impl Ca {
         Ok((format!("{}{}", cert.pem(), self.cert_pem), key.serialize_pem()))
     }
 
+    /// sha256 of the public key in a node's certificate request: which key is enrolling.
+    pub fn request_key_fingerprint(csr_pem: &str) -> Result<String, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::BadRequest(e.to_string()))?;
+        Ok(pki::key_fingerprint(csr.public_key.der_bytes()))
+    }
+
     /// A node certificate for `store_id` from the node's request, valid `days` days.
     pub fn sign_node(
         &self,
@@ -163,6 +173,7 @@ impl Ca {
             cert_pem: cert.pem(),
             serial: serial_hex,
             not_after_ms: (not_after_ms / 1000) * 1000,
+            key_fingerprint: pki::key_fingerprint(csr.public_key.der_bytes()),
         })
     }
 }
@@ -184,6 +195,8 @@ mod tests {
         assert_eq!(info.common_name, "store-0042", "central decides the name, not the request");
         assert_eq!(info.serial, issued.serial);
         assert_eq!(info.not_after_ms, issued.not_after_ms);
+        assert_eq!(pki::cert_key_fingerprint(&der[0]).unwrap(), issued.key_fingerprint);
+        assert_eq!(pki::key_pem_fingerprint(&_key).unwrap(), issued.key_fingerprint);
         assert!(again.sign_node("garbage", "s", 0, 1).is_err());
     }
 }

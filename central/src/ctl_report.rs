@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 
 use backroom_api::operator::{
-    AuditRecord, CommandInfo, GetStoreReply, ListAlertsReply, StoreSummary,
+    ApiTokenInfo, AuditRecord, CommandInfo, EnrollTokenInfo, GetStoreReply, ListAlertsReply,
+    StoreSummary,
 };
 
 /// "3m ago", "2h ago", "never".
@@ -155,6 +156,68 @@ pub fn store(r: &GetStoreReply, now_ms: i64) -> String {
 
 fn indent(s: &str) -> String {
     s.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+/// "in 3h", "2d ago": a time that may be ahead.
+fn when(now_ms: i64, at_ms: i64) -> String {
+    if at_ms > now_ms {
+        format!("in {}", ago(at_ms, now_ms).trim_end_matches(" ago"))
+    } else {
+        ago(now_ms, at_ms)
+    }
+}
+
+/// `centralctl token list`: ids, stores and states, never the tokens themselves.
+pub fn enroll_tokens(list: &[EnrollTokenInfo], now_ms: i64) -> String {
+    let mut rows = vec![vec![
+        "ID".into(),
+        "STORE".into(),
+        "REGION".into(),
+        "STATE".into(),
+        "CREATED".into(),
+        "EXPIRES".into(),
+        "BY".into(),
+    ]];
+    for t in list {
+        let state = match t.state.as_str() {
+            "used" => format!("used {}", ago(now_ms, t.used_unix_ms)),
+            "revoked" => format!("revoked {}", ago(now_ms, t.revoked_unix_ms)),
+            other => other.to_string(),
+        };
+        rows.push(vec![
+            t.id.clone(),
+            t.store_id.clone(),
+            if t.region.is_empty() { "-".into() } else { t.region.clone() },
+            state,
+            ago(now_ms, t.created_unix_ms),
+            when(now_ms, t.expires_unix_ms),
+            t.created_by.clone(),
+        ]);
+    }
+    if list.is_empty() {
+        return "no enrollment tokens\n".into();
+    }
+    table(&rows)
+}
+
+/// `centralctl api-token list`.
+pub fn api_tokens(list: &[ApiTokenInfo], now_ms: i64) -> String {
+    let mut rows =
+        vec![vec!["ID".into(), "NAME".into(), "ROLE".into(), "CREATED".into(), "STATE".into()]];
+    for t in list {
+        rows.push(vec![
+            t.id.clone(),
+            t.name.clone(),
+            t.role.clone(),
+            ago(now_ms, t.created_unix_ms),
+            if t.revoked {
+                format!("revoked {}", ago(now_ms, t.revoked_unix_ms))
+            } else {
+                "active".into()
+            },
+        ]);
+    }
+    table(&rows)
 }
 
 pub fn command(c: &CommandInfo, now_ms: i64) -> String {

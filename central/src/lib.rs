@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod limits;
 pub mod listener;
 pub mod node_service;
+pub mod node_tls;
 pub mod operator_service;
 pub mod profile_report;
 pub mod redact;

@@ -1,9 +1,17 @@
 //! The node-facing service: enrollment, certificate renewal and the session stream.
 //!
-//! A node is who its certificate says (CN = store id), and only while that certificate is the
-//! one central last issued to the store (a re-enrollment revokes the old one). It can read only
-//! its own desired state and write only its own status and events.
+//! A node is who its certificate says (CN = store id), and only while that certificate is one
+//! central accepts for the store: the current one, or the one of its last renewal (which then
+//! becomes current: the old one stays good until the new one is first used, so a renewal whose
+//! reply was lost costs nothing). Re-enrolling or revoking the store revokes both. Time is
+//! judged here, on central's clock: an expired certificate may still call `Renew` within the
+//! grace period (revocation still wins), and nothing else. A node can read only its own
+//! desired state and write only its own status, events and command results.
+//!
+//! A session is returned at once; its welcome, desired revision and queued commands follow
+//! from a task of their own, as the stream drains, so a long queue cannot stall the call.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +25,14 @@ use backroom_api::node::{
 };
 use backroom_session::pki::{self, CertInfo};
 use backroom_session::token::EnrollToken;
-use tokio::sync::mpsc;
+use futures::StreamExt as _;
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::app::{App, StatusJson};
-use crate::db::{NewEvent, SessionUpdate};
+use crate::ca::Ca;
+use crate::db::{CertUse, Enrollment, NewEvent, SessionUpdate};
 
 pub struct NodeSvc {
     app: Arc<App>,
@@ -40,20 +50,61 @@ fn internal(e: impl std::error::Error + 'static) -> Status {
     Status::internal(format!("central could not do that: {e}"))
 }
 
-/// The store a request comes from, from its client certificate, if that certificate is current.
-async fn identify<T>(app: &App, req: &Request<T>) -> Result<CertInfo, Status> {
+/// What a call with the node's certificate is for: time is judged differently.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Session,
+    Renew,
+}
+
+/// Why the session of a store ends when its certificates are revoked.
+pub const REVOKED: &str = "this store's certificate was revoked; the node must enroll again";
+
+/// The store a request comes from, from its client certificate, if central accepts that
+/// certificate for `purpose` now.
+async fn identify<T>(app: &App, req: &Request<T>, purpose: Purpose) -> Result<CertInfo, Status> {
     let certs = req.peer_certs().ok_or_else(|| {
         Status::unauthenticated("this call needs the node's certificate (mTLS); enroll first")
     })?;
     let first = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
     let info = pki::cert_info(first).map_err(|e| Status::unauthenticated(e.to_string()))?;
-    let current =
-        app.db.certificate_is_current(&info.common_name, &info.serial).await.map_err(internal)?;
-    if !current {
-        return Err(Status::unauthenticated(format!(
-            "this certificate of store `{}` was revoked (the store enrolled again, or renewed it)",
-            info.common_name
-        )));
+    let store = &info.common_name;
+    let now = app.now_ms();
+    // Revocation first: a revoked certificate is refused however fresh it is.
+    match app.db.use_certificate(store, &info.serial, now).await.map_err(internal)? {
+        CertUse::Current => {}
+        CertUse::Promoted { replaced } => {
+            tracing::info!(store = %store, "the store uses its renewed certificate");
+            app.audit(
+                &format!("node:{store}"),
+                "renewed-certificate-used",
+                &format!("certificate {} in use; certificate {replaced} revoked", info.serial),
+            )
+            .await;
+        }
+        CertUse::NotCurrent => {
+            return Err(Status::unauthenticated(format!(
+                "this certificate of store `{store}` is not valid any more: it was revoked, or \
+                 replaced by a newer enrollment (give the node a new enrollment token: \
+                 centralctl token create --store {store})"
+            )));
+        }
+    }
+    if now >= info.not_after_ms {
+        let expired = backroom_daemon::clock::rfc3339(info.not_after_ms);
+        let grace_ms = i64::from(app.settings.renew_grace_days) * 86_400_000;
+        return match purpose {
+            Purpose::Session => Err(Status::failed_precondition(format!(
+                "the certificate of store `{store}` expired at {expired}: renew it first"
+            ))),
+            Purpose::Renew if now - info.not_after_ms <= grace_ms => Ok(info),
+            Purpose::Renew => Err(Status::unauthenticated(format!(
+                "the certificate of store `{store}` expired at {expired}, more than {} days ago \
+                 (how long an expired certificate may still be renewed): give the node a new \
+                 enrollment token (centralctl token create --store {store})",
+                app.settings.renew_grace_days
+            ))),
+        };
     }
     Ok(info)
 }
@@ -73,31 +124,48 @@ impl NodeService for NodeSvc {
             ));
         }
         let now = app.now_ms();
-        let (store, region) = app
+        let key = Ca::request_key_fingerprint(&r.csr_pem)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let hash = token.secret_hash();
+        // A look first (nothing changes), so a refused token costs no signature.
+        let grant = app
             .db
-            .consume_enroll_token(&token.secret_hash(), now)
+            .check_enroll_token(&hash, &key, now)
             .await
             .map_err(internal)?
             .map_err(|refusal| Status::permission_denied(refusal.to_string()))?;
-        if store != token.store_id {
+        if grant.store_id != token.store_id {
             return Err(Status::permission_denied("the token does not belong to this store"));
         }
+        let store = grant.store_id;
         let issued = app
             .ca
             .sign_node(&r.csr_pem, &store, now, app.settings.node_cert_days)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let revoked = app
+        // The token is used in the very transaction that records the certificate: a call cut
+        // off before it leaves the token as it was; one cut off after may be retried by the
+        // same key.
+        let (grant, revoked) = app
             .db
-            .set_certificate(&store, Some(&region), &issued.serial, issued.not_after_ms, now, true)
+            .enroll_store(&Enrollment {
+                token_hash: &hash,
+                key_fingerprint: &key,
+                serial: &issued.serial,
+                not_after_ms: issued.not_after_ms,
+                now_ms: now,
+            })
             .await
-            .map_err(internal)?;
-        let detail = match &revoked {
-            Some(old) => format!(
-                "store {store} enrolled from host {:?}; certificate {old} revoked",
-                r.hostname
-            ),
-            None => format!("store {store} enrolled from host {:?}", r.hostname),
-        };
+            .map_err(internal)?
+            .map_err(|refusal| Status::permission_denied(refusal.to_string()))?;
+        // The session of a certificate just revoked ends now, not at its next call.
+        app.hub.close(&store, REVOKED);
+        let mut detail = format!("store {store} enrolled from host {:?}", r.hostname);
+        if grant.retry {
+            detail.push_str(" (the same key again: the reply before was lost)");
+        }
+        if !revoked.is_empty() {
+            detail.push_str(&format!("; certificate {} revoked", revoked.join(", ")));
+        }
         tracing::info!("{detail}");
         app.audit(&format!("node:{store}"), "enroll", &detail).await;
         Ok(Response::new(EnrollReply {
@@ -109,29 +177,26 @@ impl NodeService for NodeSvc {
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewReply>, Status> {
         let app = &self.app;
-        let who = identify(app, &req).await?;
+        let who = identify(app, &req, Purpose::Renew).await?;
         let now = app.now_ms();
         let issued = app
             .ca
             .sign_node(&req.get_ref().csr_pem, &who.common_name, now, app.settings.node_cert_days)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        app.db
-            .set_certificate(
-                &who.common_name,
-                None,
-                &issued.serial,
-                issued.not_after_ms,
-                now,
-                false,
-            )
+        let unused = app
+            .db
+            .record_renewal(&who.common_name, &issued.serial, issued.not_after_ms, now)
             .await
             .map_err(internal)?;
-        app.audit(
-            &format!("node:{}", who.common_name),
-            "renew",
-            &format!("certificate {} replaced", who.serial),
-        )
-        .await;
+        let mut detail = format!(
+            "certificate {} issued to replace {} once it is used",
+            issued.serial, who.serial
+        );
+        if let Some(u) = unused {
+            detail
+                .push_str(&format!("; certificate {u} of an earlier renewal, never used, revoked"));
+        }
+        app.audit(&format!("node:{}", who.common_name), "renew", &detail).await;
         Ok(Response::new(RenewReply { certificate_pem: issued.cert_pem }))
     }
 
@@ -142,7 +207,7 @@ impl NodeService for NodeSvc {
         req: Request<Streaming<NodeMessage>>,
     ) -> Result<Response<SessionStream>, Status> {
         let app = Arc::clone(&self.app);
-        let who = identify(&app, &req).await?;
+        let who = identify(&app, &req, Purpose::Session).await?;
         let store = who.common_name;
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(Duration::from_secs(15), inbound.message()).await {
@@ -161,57 +226,141 @@ impl NodeService for NodeSvc {
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::not_found("unknown store"))?;
+        if hello.next_event_seq <= row.acked_seq {
+            // The node numbers below what central has: its outbox state was lost or it is a
+            // replacement server. It numbers what it holds again after the welcome; said here
+            // so it is not silent.
+            tracing::warn!(
+                store = %store,
+                node_next = hello.next_event_seq,
+                central_has = row.acked_seq,
+                "the node's event numbering is behind central's; it renumbers its events"
+            );
+        }
         let (tx, rx) = mpsc::channel(256);
         let now = app.now_ms();
-        let (sid, quiet) = app.hub.register(&store, tx.clone(), now);
+        let handle = app.hub.register(&store, tx.clone(), &who.serial, now);
         app.db.set_online(&store, true, now).await.map_err(internal)?;
         tracing::info!(store = %store, agent = %hello.agent_version, "session opened");
         let welcome = Welcome {
             acked_event_seq: row.acked_seq,
             heartbeat_seconds: app.settings.heartbeat_seconds,
         };
-        let _ = tx.send(Ok(CentralMessage { body: Some(CBody::Welcome(welcome)) })).await;
-        // What the node does not have yet: its desired revision, and commands that waited.
-        if !row.desired_revision.is_empty()
-            && row.desired_revision != hello.desired_revision
-            && let Some(yaml) =
-                app.db.revision_yaml(&store, &row.desired_revision).await.map_err(internal)?
-        {
-            let d = Desired { revision: row.desired_revision.clone(), profile_yaml: yaml };
-            let _ = tx.send(Ok(CentralMessage { body: Some(CBody::Desired(d)) })).await;
+        // What the node does not have yet: its desired revision.
+        let desired =
+            if !row.desired_revision.is_empty() && row.desired_revision != hello.desired_revision {
+                app.db.revision_yaml(&store, &row.desired_revision).await.map_err(internal)?.map(
+                    |yaml| Desired { revision: row.desired_revision.clone(), profile_yaml: yaml },
+                )
+            } else {
+                None
+            };
+        tokio::spawn(deliver(
+            Arc::clone(&app),
+            store.clone(),
+            welcome,
+            desired,
+            handle.closed.clone(),
+            Arc::clone(&handle.wake),
+            tx.clone(),
+        ));
+        // The stream ends with a status saying why when the session is told to close (a newer
+        // session, a revocation), whoever still holds a sender.
+        let mut closed = handle.closed.clone();
+        let ended = futures::stream::once(async move {
+            closed.wait_for(|c| c.is_some()).await.ok().and_then(|r| r.clone())
+        })
+        .filter_map(|why| async move { why.map(|w| Err(Status::aborted(w))) });
+        tokio::spawn(read_session(app, store, row.acked_seq, handle, inbound, tx));
+        let stream = futures::stream::select(ReceiverStream::new(rx), ended);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Completes when the session is to end (told to, or unregistered).
+async fn ended(closed: &mut watch::Receiver<Option<String>>) {
+    let _ = closed.wait_for(|c| c.is_some()).await;
+}
+
+/// Sends a session's welcome and desired revision, then every command queued for the store,
+/// and more whenever it is woken, until the session ends. A command stays `queued` until the
+/// node acknowledges it; one pushed twice (in two sessions) the node runs once.
+async fn deliver(
+    app: Arc<App>,
+    store: String,
+    welcome: Welcome,
+    desired: Option<Desired>,
+    mut closed: watch::Receiver<Option<String>>,
+    wake: Arc<Notify>,
+    tx: mpsc::Sender<Result<CentralMessage, Status>>,
+) {
+    let first = std::iter::once(CBody::Welcome(welcome)).chain(desired.map(CBody::Desired));
+    for body in first {
+        tokio::select! {
+            r = tx.send(Ok(CentralMessage { body: Some(body) })) => if r.is_err() { return },
+            _ = ended(&mut closed) => return,
         }
-        for c in app.db.queued_commands(&store, now).await.map_err(internal)? {
+    }
+    let mut pushed: HashSet<String> = HashSet::new();
+    loop {
+        // Registered before the queue is read, so a command queued in between is not missed.
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let queued = match app.db.queued_commands(&store, app.now_ms()).await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::error!(store = %store, error = %backroom_daemon::Chain(&e), "cannot read the store's queued commands");
+                Vec::new()
+            }
+        };
+        for c in queued {
+            if pushed.contains(&c.id) {
+                continue;
+            }
             let msg = Command {
                 id: c.id.clone(),
                 kind: c.kind.clone(),
                 workload: c.workload.clone(),
                 expires_unix_ms: c.expires_ms,
             };
-            if tx.send(Ok(CentralMessage { body: Some(CBody::Command(msg)) })).await.is_ok() {
-                app.db.set_command_state(&c.id, "sent", "", 0).await.map_err(internal)?;
+            tokio::select! {
+                r = tx.send(Ok(CentralMessage { body: Some(CBody::Command(msg)) })) => if r.is_err() { return },
+                _ = ended(&mut closed) => return,
             }
+            pushed.insert(c.id);
         }
-        tokio::spawn(read_session(app, store, sid, quiet, inbound, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        tokio::select! {
+            _ = &mut woken => {}
+            _ = ended(&mut closed) => return,
+        }
     }
 }
 
-/// Reads a session until it ends, central stops, or the background job finds it quiet for
-/// too long (`Hub::close_quiet`, on central's clock).
+/// Reads a session until it ends, central stops, a newer session or a revocation closes it,
+/// or the background job finds it quiet for too long (`Hub::close_quiet`, on central's clock).
 async fn read_session(
     app: Arc<App>,
     store: String,
-    sid: u64,
-    quiet: Arc<tokio::sync::Notify>,
+    welcome_acked: u64,
+    handle: crate::hub::SessionHandle,
     mut inbound: Streaming<NodeMessage>,
     tx: mpsc::Sender<Result<CentralMessage, Status>>,
 ) {
     let mut stopping = app.stopping.subscribe();
+    let mut closed = handle.closed.clone();
+    // Commands the node acknowledged in this session and has not answered yet.
+    let mut unanswered: HashSet<String> = HashSet::new();
     loop {
         let next = tokio::select! {
             m = inbound.message() => m,
-            _ = quiet.notified() => {
+            _ = handle.quiet.notified() => {
                 tracing::warn!(store = %store, "no heartbeat: closing the session");
+                break;
+            }
+            why = closed.wait_for(|c| c.is_some()) => {
+                let why = why.ok().and_then(|w| w.clone()).unwrap_or_default();
+                tracing::info!(store = %store, %why, "session closed by central");
                 break;
             }
             _ = stopping.wait_for(|s| *s) => break,
@@ -266,6 +415,18 @@ async fn read_session(
                     .map_err(|e| backroom_daemon::chain(&e))
             }
             Some(NBody::Events(batch)) => {
+                // Within a session the node sends only what is above the welcome's number;
+                // one at or below it reuses a number central has, and would be dropped as a
+                // duplicate: say so rather than drop it silently.
+                let reused = batch.events.iter().filter(|e| e.seq <= welcome_acked).count();
+                if reused > 0 {
+                    tracing::error!(
+                        store = %store,
+                        events = reused,
+                        central_has = welcome_acked,
+                        "the node sent events numbered at or below what central has; they are not stored"
+                    );
+                }
                 let events: Vec<NewEvent> = batch
                     .events
                     .into_iter()
@@ -297,12 +458,31 @@ async fn read_session(
                     Err(e) => Err(e.to_string()),
                 }
             }
+            Some(NBody::CommandAck(a)) => match app.db.ack_command(&a.id, &store).await {
+                Ok(true) => {
+                    unanswered.insert(a.id);
+                    Ok(())
+                }
+                // Sent before (pushed twice), or not this store's: nothing to record.
+                Ok(false) => Ok(()),
+                Err(e) => Err(backroom_daemon::chain(&e)),
+            },
             Some(NBody::CommandResult(r)) => {
-                let state = if r.ok { "done" } else { "failed" };
-                app.db
-                    .set_command_state(&r.id, state, &r.message, now)
-                    .await
-                    .map_err(|e| backroom_daemon::chain(&e))
+                match app.db.finish_command(&r.id, &store, r.ok, &r.message, now).await {
+                    Ok(true) => {
+                        unanswered.remove(&r.id);
+                        Ok(())
+                    }
+                    Ok(false) => {
+                        tracing::warn!(
+                            store = %store,
+                            command = %r.id,
+                            "a result for a command that is not this store's, or not waiting: ignored"
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(backroom_daemon::chain(&e)),
+                }
             }
             Some(NBody::Heartbeat(_)) => {
                 let ack = CentralMessage {
@@ -320,7 +500,22 @@ async fn read_session(
             break;
         }
     }
-    if app.hub.unregister(&store, sid) {
+    // Acknowledged, never answered: queued again for the next session (or expired).
+    if !unanswered.is_empty() {
+        let ids: Vec<String> = unanswered.into_iter().collect();
+        match app.db.requeue_unfinished_commands(Some((&store, &ids)), app.now_ms()).await {
+            Ok(n) if n > 0 => {
+                tracing::info!(store = %store, commands = n, "unanswered commands are queued again");
+                // A newer session of the store may be up already: it looks again.
+                app.hub.wake(&store);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(store = %store, error = %backroom_daemon::Chain(&e), "could not queue unanswered commands again")
+            }
+        }
+    }
+    if app.hub.unregister(&store, handle.id) {
         let seen = app.now_ms();
         if let Err(e) = app.db.set_online(&store, false, seen).await {
             tracing::error!(store = %store, error = %backroom_daemon::Chain(&e), "could not record the store offline");

@@ -8,22 +8,26 @@
 use std::sync::Arc;
 
 use backroom_api::node::central_message::Body as CBody;
-use backroom_api::node::{CentralMessage, Command, Desired};
+use backroom_api::node::{CentralMessage, Desired};
 use backroom_api::operator::operator_server::Operator;
 use backroom_api::operator::{
-    Alert, AlertGroup, AuditRecord, CommandInfo, CreateApiTokenReply, CreateApiTokenRequest,
-    CreateEnrollTokenReply, CreateEnrollTokenRequest, FleetPushReply, FleetPushRequest,
-    FleetStatusReply, FleetStatusRequest, GetCommandRequest, GetStoreReply, GetStoreRequest,
-    ListAlertsReply, ListAlertsRequest, ListAuditReply, ListAuditRequest, ListStoresReply,
-    ListStoresRequest, PushOutcome, SendCommandRequest, StoreEvent, StoreProfile, StoreSummary,
-    Workload,
+    Alert, AlertGroup, ApiTokenInfo, AuditRecord, CommandInfo, CreateApiTokenReply,
+    CreateApiTokenRequest, CreateEnrollTokenReply, CreateEnrollTokenRequest, EnrollTokenInfo,
+    FleetPushReply, FleetPushRequest, FleetStatusReply, FleetStatusRequest, GetCommandRequest,
+    GetStoreReply, GetStoreRequest, ListAlertsReply, ListAlertsRequest, ListApiTokensReply,
+    ListApiTokensRequest, ListAuditReply, ListAuditRequest, ListEnrollTokensReply,
+    ListEnrollTokensRequest, ListStoresReply, ListStoresRequest, PushOutcome, RevokeApiTokenReply,
+    RevokeApiTokenRequest, RevokeEnrollTokenReply, RevokeEnrollTokenRequest, RevokeStoreReply,
+    RevokeStoreRequest, SendCommandRequest, StoreEvent, StoreProfile, StoreSummary, Workload,
 };
 use backroom_session::token::EnrollToken;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::app::{App, StatusJson};
-use crate::db::{AlertKey, AuditFilter, CommandRow, PushedStore, StoreRow};
+use crate::db::{
+    AlertKey, ApiTokenRow, AuditFilter, CommandRow, EnrollTokenRow, PushedStore, StoreRow, token_id,
+};
 
 /// Page sizes: (default, most) per list.
 const STORES_PAGE: (u32, u32) = (1000, 1000);
@@ -148,6 +152,31 @@ fn command_info(c: &CommandRow) -> CommandInfo {
     }
 }
 
+fn enroll_token_info(t: &EnrollTokenRow, now_ms: i64) -> EnrollTokenInfo {
+    EnrollTokenInfo {
+        id: t.id.clone(),
+        store_id: t.store_id.clone(),
+        region: t.region.clone(),
+        created_unix_ms: t.created_ms,
+        expires_unix_ms: t.expires_ms,
+        state: t.state(now_ms).to_string(),
+        used_unix_ms: t.used_ms,
+        revoked_unix_ms: t.revoked_ms,
+        created_by: t.created_by.clone(),
+    }
+}
+
+fn api_token_info(t: &ApiTokenRow) -> ApiTokenInfo {
+    ApiTokenInfo {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        role: t.role.clone(),
+        created_unix_ms: t.created_ms,
+        revoked: t.revoked_ms != 0,
+        revoked_unix_ms: t.revoked_ms,
+    }
+}
+
 fn valid_store_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 63
@@ -195,23 +224,29 @@ impl Operator for OperatorSvc {
         let now = self.app.now_ms();
         let token = EnrollToken::generate(&r.store_id, self.app.ca.fingerprint());
         let expires = now + ttl_ms;
+        let hash = token.secret_hash();
         let (action, detail) = if enrolled {
             (
                 "enroll-token-replace",
                 format!(
-                    "for enrolled store {} (region {:?}): its running server is replaced when used",
-                    r.store_id, r.region
+                    "{} for enrolled store {} (region {:?}): its running server is replaced when used",
+                    token_id(&hash),
+                    r.store_id,
+                    r.region
                 ),
             )
         } else {
-            ("enroll-token", format!("for store {} (region {:?})", r.store_id, r.region))
+            (
+                "enroll-token",
+                format!("{} for store {} (region {:?})", token_id(&hash), r.store_id, r.region),
+            )
         };
         let audit = self.app.audit_entry(&who, action, &r.store_id, detail);
         self.app
             .db
             .insert_enroll_token(
                 &crate::db::NewEnrollToken {
-                    hash: &token.secret_hash(),
+                    hash: &hash,
                     store_id: &r.store_id,
                     region: &r.region,
                     created_ms: now,
@@ -225,6 +260,7 @@ impl Operator for OperatorSvc {
         Ok(Response::new(CreateEnrollTokenReply {
             token: token.to_string(),
             expires_unix_ms: expires,
+            id: token_id(&hash),
         }))
     }
 
@@ -437,18 +473,17 @@ impl Operator for OperatorSvc {
             &c.store_id,
             format!("{} {} {} ({})", c.kind, c.store_id, c.workload, c.id),
         );
-        self.app.db.insert_command(&c, &who, &audit).await.map_err(not_done)?;
-        let msg = CentralMessage {
-            body: Some(CBody::Command(Command {
-                id: c.id.clone(),
-                kind: c.kind.clone(),
-                workload: c.workload.clone(),
-                expires_unix_ms: c.expires_ms,
-            })),
-        };
-        if self.app.hub.send(&c.store_id, msg) {
-            c.state = "sent".into();
-            self.app.db.set_command_state(&c.id, "sent", "", 0).await.map_err(internal)?;
+        let cap = self.app.settings.max_queued_commands;
+        if !self.app.db.insert_command_capped(&c, &who, cap, now, &audit).await.map_err(not_done)? {
+            return Err(Status::resource_exhausted(format!(
+                "store `{}` already has {cap} commands waiting (queued, or sent and not answered): \
+                 wait for them to finish or expire before sending more",
+                c.store_id
+            )));
+        }
+        // The store's session delivers it; it is `sent` once the node acknowledges it.
+        if self.app.hub.wake(&c.store_id) {
+            c.state = "sending".into();
         }
         Ok(Response::new(command_info(&c)))
     }
@@ -573,13 +608,132 @@ impl Operator for OperatorSvc {
             return Err(Status::invalid_argument("a token's name has at most 200 characters"));
         }
         let token = new_api_token();
-        let audit = self.app.audit_entry(&who, "api-token", "", format!("{} ({})", r.name, r.role));
+        let hash = hash_api_token(&token);
+        let audit = self.app.audit_entry(
+            &who,
+            "api-token",
+            "",
+            format!("{} {} ({})", token_id(&hash), r.name, r.role),
+        );
         self.app
             .db
-            .insert_api_token(&hash_api_token(&token), &r.name, &r.role, self.app.now_ms(), &audit)
+            .insert_api_token(&hash, &r.name, &r.role, self.app.now_ms(), &audit)
             .await
             .map_err(not_done)?;
-        Ok(Response::new(CreateApiTokenReply { token }))
+        Ok(Response::new(CreateApiTokenReply { token, id: token_id(&hash) }))
+    }
+
+    async fn revoke_store(
+        &self,
+        req: Request<RevokeStoreRequest>,
+    ) -> Result<Response<RevokeStoreReply>, Status> {
+        let who = self.auth(&req, Role::Operator).await?;
+        let store = req.into_inner().store_id;
+        let revoked = self
+            .app
+            .db
+            .revoke_store(&store, self.app.now_ms())
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("central knows no store `{store}`")))?;
+        // Its session ends now, not at its next call.
+        let closed = self.app.hub.close(&store, crate::node_service::REVOKED);
+        let detail = if revoked.is_empty() {
+            format!("store {store}: it had no certificate")
+        } else {
+            format!("store {store}: certificate {} revoked", revoked.join(", "))
+        };
+        tracing::warn!(by = %who, "{detail}");
+        self.app.audit(&who, "store-revoke", &detail).await;
+        Ok(Response::new(RevokeStoreReply { revoked_serials: revoked, session_closed: closed }))
+    }
+
+    async fn list_enroll_tokens(
+        &self,
+        req: Request<ListEnrollTokensRequest>,
+    ) -> Result<Response<ListEnrollTokensReply>, Status> {
+        self.auth(&req, Role::Operator).await?;
+        let store = req.into_inner().store_id;
+        let store = (!store.is_empty()).then_some(store.as_str());
+        let rows = self.app.db.list_enroll_tokens(store).await.map_err(internal)?;
+        let now = self.app.now_ms();
+        Ok(Response::new(ListEnrollTokensReply {
+            tokens: rows.iter().map(|t| enroll_token_info(t, now)).collect(),
+        }))
+    }
+
+    async fn revoke_enroll_token(
+        &self,
+        req: Request<RevokeEnrollTokenRequest>,
+    ) -> Result<Response<RevokeEnrollTokenReply>, Status> {
+        let who = self.auth(&req, Role::Operator).await?;
+        let r = req.into_inner();
+        let (id, store) = match (r.id.is_empty(), r.store_id.is_empty()) {
+            (false, true) => (Some(r.id.as_str()), None),
+            (true, false) => (None, Some(r.store_id.as_str())),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "name one token by its id, or a store (every token of it is revoked)",
+                ));
+            }
+        };
+        let now = self.app.now_ms();
+        let revoked = self.app.db.revoke_enroll_tokens(id, store, now).await.map_err(internal)?;
+        if revoked.is_empty() && id.is_some() {
+            return Err(Status::not_found(format!(
+                "no enrollment token `{}` that is not revoked already (centralctl token list shows them)",
+                r.id
+            )));
+        }
+        let ids: Vec<&str> = revoked.iter().map(|t| t.id.as_str()).collect();
+        self.app
+            .audit(
+                &who,
+                "enroll-token-revoke",
+                &format!(
+                    "{} revoked{}",
+                    if ids.is_empty() { "no token".to_string() } else { ids.join(", ") },
+                    store.map(|s| format!(" (store {s})")).unwrap_or_default()
+                ),
+            )
+            .await;
+        Ok(Response::new(RevokeEnrollTokenReply {
+            revoked: revoked.iter().map(|t| enroll_token_info(t, now)).collect(),
+        }))
+    }
+
+    async fn list_api_tokens(
+        &self,
+        req: Request<ListApiTokensRequest>,
+    ) -> Result<Response<ListApiTokensReply>, Status> {
+        self.auth(&req, Role::Admin).await?;
+        let rows = self.app.db.list_api_tokens().await.map_err(internal)?;
+        Ok(Response::new(ListApiTokensReply { tokens: rows.iter().map(api_token_info).collect() }))
+    }
+
+    async fn revoke_api_token(
+        &self,
+        req: Request<RevokeApiTokenRequest>,
+    ) -> Result<Response<RevokeApiTokenReply>, Status> {
+        let who = self.auth(&req, Role::Admin).await?;
+        let id = req.into_inner().id;
+        let token =
+            self.app.db.revoke_api_token(&id, self.app.now_ms()).await.map_err(internal)?.map_err(
+                |refusal| match refusal {
+                    crate::db::ApiTokenRefusal::Unknown(_) => {
+                        Status::not_found(refusal.to_string())
+                    }
+                    _ => Status::failed_precondition(refusal.to_string()),
+                },
+            )?;
+        self.app
+            .audit(
+                &who,
+                "api-token-revoke",
+                &format!("{} {} ({})", token.id, token.name, token.role),
+            )
+            .await;
+        Ok(Response::new(RevokeApiTokenReply { token: Some(api_token_info(&token)) }))
     }
 }
 

@@ -42,6 +42,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Tls(#[from] crate::listener::ListenError),
+    #[error(transparent)]
+    NodeTls(#[from] crate::node_tls::NodeTlsError),
 }
 
 #[derive(Clone, Debug)]
@@ -197,6 +199,14 @@ pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         .unwrap_or_else(|| format!("sqlite://{}", data.join("central.db").display()));
     let db = Db::open(&url).await?;
     db.mark_all_offline().await?;
+    // No session exists yet: commands a node acknowledged but never answered wait again.
+    let requeued = db.requeue_unfinished_commands(None, now).await?;
+    if requeued > 0 {
+        tracing::info!(
+            commands = requeued,
+            "commands sent before central stopped are queued again"
+        );
+    }
     first_admin_token(&db, data, now).await?;
     let ca = Ca::load_or_create(data, now)?;
     secure_data_folder(data)?;
@@ -224,11 +234,13 @@ pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
         api_listener.local_addr().map_err(|source| ServeError::Listen { addr: cfg.api, source })?;
 
     // Enrollment comes before the node has a certificate; every other call checks for one.
-    let node_tls = listener::server_config(&chain, &key, Some(&ca_pem))?;
+    // A node's certificate is judged in time by the call, on central's clock (see node_tls).
+    let node_tls = crate::node_tls::server_config(&chain, &key, &ca_pem)?;
     let api_tls = listener::server_config(&chain, &key, None)?;
     let (shutdown, mut stop) = tokio::sync::watch::channel(false);
 
     let mut tasks = Vec::new();
+    // TLS is central's own (see listener): tonic speaks HTTP/2 over what it hands over.
     let node_server = Server::builder()
         .layer(crate::error_size::ErrorSizeLayer)
         // Enroll and Renew answer at once; a session's stream outlives this (it bounds only
@@ -313,6 +325,22 @@ pub async fn serve(cfg: ServeConfig, clock: SharedClock) -> Result<Running, Serv
             }
             for store in bg.hub.close_quiet(bg.now_ms(), bg.settings.session_timeout_ms) {
                 tracing::warn!(store = %store, "no heartbeat for {} ms: closing the session", bg.settings.session_timeout_ms);
+            }
+            // A certificate revoked elsewhere (another replica, the database by hand) ends its
+            // session here too.
+            match bg.db.certificate_serials().await {
+                Ok(good) => {
+                    let closed = bg.hub.close_unless(
+                        |store, serial| {
+                            good.get(store).is_some_and(|(cur, next)| cur == serial || next == serial)
+                        },
+                        crate::node_service::REVOKED,
+                    );
+                    for store in closed {
+                        tracing::warn!(store = %store, "the certificate of the store's session was revoked: closing it");
+                    }
+                }
+                Err(e) => tracing::error!(error = %Chain(&e), "could not check the sessions' certificates"),
             }
             if let Err(e) = bg.db.touch_many(&bg.hub.last_seen()).await {
                 tracing::error!(error = %Chain(&e), "could not record heartbeats");

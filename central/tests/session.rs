@@ -58,19 +58,17 @@ async fn enrollment_accepts_a_good_token_once_and_refuses_the_rest() {
     let mut admin = admin(&c, data.path()).await;
     let url = node_url(&c);
 
-    // Good: the node gets a certificate naming its store, kept 0600.
+    // Good: the node gets a certificate naming its store, kept (with its key, in one file) 0600.
     let t = token(&mut admin, "store-0042", 3600).await;
     let n1 = tempfile::tempdir().unwrap();
     let id = enroll_once(&url, &t, n1.path(), "a", "h").await.unwrap();
     assert_eq!(id.store_id, "store-0042");
     use std::os::unix::fs::PermissionsExt;
-    for f in ["node.key", "node.crt"] {
-        assert_eq!(
-            std::fs::metadata(n1.path().join(f)).unwrap().permissions().mode() & 0o777,
-            0o600,
-            "{f}"
-        );
-    }
+    assert_eq!(
+        std::fs::metadata(n1.path().join("identity.json")).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(!n1.path().join("enroll.key").exists(), "the enrollment's key is in the identity now");
 
     // Reused: refused, with the reason.
     let n2 = tempfile::tempdir().unwrap();
@@ -327,7 +325,8 @@ async fn commands_go_at_once_to_online_stores_and_wait_for_offline_ones() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(sent.state, "sent");
+    // Pushed to the session; `sent` once the node acknowledges it.
+    assert_eq!(sent.state, "sending");
     let sid = sent.id.clone();
     eventually("the command's result comes back", || {
         let mut a = a.clone();

@@ -87,37 +87,40 @@ fn central_dir(state: &Path) -> PathBuf {
     state.join("central")
 }
 
-/// Enrolls once (retrying while central cannot be reached: a store plugged in before its WAN
-/// works enrolls when it does), then returns the node's identity.
+/// Enrolls once (retrying while central cannot be reached or the call is cut off: a store
+/// plugged in before its WAN works enrolls when it does), then returns the node's identity.
+/// Only a refusal (the token is wrong, used, expired or revoked) stops it.
 pub async fn identity(opts: &CentralOptions) -> Result<Identity, ConnectedError> {
     let dir = central_dir(&opts.state_dir);
-    if let Some(id) = Identity::load(&dir)? {
-        return Ok(id);
+    match Identity::load(&dir) {
+        Ok(Some(id)) => return Ok(id),
+        Ok(None) => {}
+        // Unusable (cut off while an older nodeagent saved it, say): a token replaces it.
+        Err(e) if opts.token.is_some() => {
+            tracing::warn!(error = %Chain(&e), "the node's identity cannot be used; enrolling again");
+        }
+        Err(e) => return Err(e.into()),
     }
     let token = EnrollToken::parse(opts.token.as_deref().ok_or(ConnectedError::NoToken)?)?;
-    let host =
-        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    let host = hostname();
     // Jittered: thousands of stores plugged in after one outage do not all ask at once.
-    let mut retries =
-        Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).with_jitter(0.25).retries();
-    loop {
-        match enroll::enroll_once(&opts.url, &token, &dir, &opts.agent_version, &host).await {
-            Ok(id) => {
-                tracing::info!(store = %id.store_id, "enrolled with central");
-                return Ok(id);
-            }
-            // A refusal is final: the token is wrong, used or expired. Say so and stop.
-            Err(e @ enroll::EnrollError::Refused(_))
-            | Err(e @ enroll::EnrollError::WrongStore { .. }) => {
-                return Err(e.into());
-            }
-            Err(e) => {
-                let delay = retries.fail();
-                tracing::warn!(error = %Chain(&e), "cannot enroll yet; trying again in {delay:?}");
-                opts.clock.sleep(delay).await;
-            }
-        }
-    }
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).with_jitter(0.25);
+    let id = enroll::enroll_with_retries(
+        &opts.url,
+        &token,
+        &dir,
+        &opts.agent_version,
+        &host,
+        &opts.clock,
+        backoff,
+    )
+    .await?;
+    tracing::info!(store = %id.store_id, "enrolled with central");
+    Ok(id)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
 }
 
 /// A confirm gate that says yes once central has answered after the change.
@@ -588,13 +591,11 @@ async fn run(
     // Central's requests.
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(16);
     let id_store = id.store_id.clone();
-    let link = Link::new(
-        LinkConfig::new(&opts.url, dir.clone(), &opts.agent_version),
-        id,
-        Arc::clone(&outbox),
-        status_rx,
-        in_tx,
-    );
+    let mut link_cfg = LinkConfig::new(&opts.url, dir.clone(), &opts.agent_version);
+    // Used again only if central refuses this identity (revoked, replaced, expired for good).
+    link_cfg.token = opts.token.as_deref().and_then(|t| EnrollToken::parse(t).ok());
+    link_cfg.hostname = hostname();
+    let link = Link::new(link_cfg, id, Arc::clone(&outbox), status_rx, in_tx);
     let mut contact = link.contact();
     tokio::spawn(async move {
         while contact.changed().await.is_ok() {
@@ -603,20 +604,31 @@ async fn run(
         }
     });
     let mut online = link.online();
+    let mut refused = link.refused();
     let store_id = id_store.clone();
     let url = opts.url.clone();
     let clock = opts.clock.clone();
     tokio::spawn(async move {
         state.send_replace(format!("connecting to {url} as {store_id}"));
-        while online.changed().await.is_ok() {
+        let (mut was_up, mut since) = (false, clock.now_ms());
+        loop {
+            tokio::select! {
+                c = online.changed() => if c.is_err() { return },
+                c = refused.changed() => if c.is_err() { return },
+            }
             let up = *online.borrow();
-            state.send_replace(if up {
-                format!("online ({store_id} at {url})")
-            } else {
-                format!(
+            let why = refused.borrow().clone();
+            if was_up && !up {
+                since = clock.now_ms();
+            }
+            was_up = up;
+            state.send_replace(match (up, why) {
+                (true, _) => format!("online ({store_id} at {url})"),
+                (false, Some(why)) => format!("refused by central: {why}"),
+                (false, None) => format!(
                     "offline since {} (reconnecting, the store keeps running)",
-                    backroom_daemon::clock::rfc3339(clock.now_ms())
-                )
+                    backroom_daemon::clock::rfc3339(since)
+                ),
             });
         }
     });

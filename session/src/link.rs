@@ -5,9 +5,17 @@
 //! (removed only when central acks them), and central's desired revisions and commands, handed
 //! to the node through a channel. On any loss the loop reconnects with jittered exponential
 //! backoff, with no limit on how long the node stays offline; the store keeps trading meanwhile.
+//!
+//! Commands are acknowledged as they arrive (central marks them sent only then) and remembered
+//! by id, so one that comes again after a broken session is not run twice: the node answers
+//! with the result it has, or waits for the run under way. When central refuses the node's
+//! certificate (revoked, replaced, expired past the grace period), the link enrolls again with
+//! the token it was given, if that is one it has not used; otherwise it says so
+//! ([`Link::refused`]) and keeps trying, slowly.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backroom_daemon::{Backoff, Chain, SharedClock};
@@ -16,7 +24,7 @@ use backroom_api::node::central_message::Body as CBody;
 use backroom_api::node::node_message::Body as NBody;
 use backroom_api::node::node_service_client::NodeServiceClient;
 use backroom_api::node::{
-    Command, CommandResult, Event, EventBatch, Heartbeat, Hello, NodeMessage, Status,
+    Command, CommandAck, CommandResult, Event, EventBatch, Heartbeat, Hello, NodeMessage, Status,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
@@ -25,6 +33,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::enroll::{self, Identity};
 use crate::outbox::Outbox;
 use crate::tls;
+use crate::token::EnrollToken;
 
 /// What central asks of the node.
 #[derive(Debug)]
@@ -48,6 +57,11 @@ pub struct LinkConfig {
     pub backoff_max: Duration,
     /// Events per message.
     pub batch: usize,
+    /// The enrollment token the node was given, if any: used again only when central refuses
+    /// the node's certificate, and only if it is not the token that identity came from.
+    pub token: Option<EnrollToken>,
+    /// The host name sent with such an enrollment.
+    pub hostname: String,
 }
 
 impl LinkConfig {
@@ -59,6 +73,8 @@ impl LinkConfig {
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             batch: 500,
+            token: None,
+            hostname: String::new(),
         }
     }
 }
@@ -73,6 +89,59 @@ pub enum LinkError {
     Broken(String),
     #[error(transparent)]
     Outbox(#[from] crate::outbox::OutboxError),
+    /// Central does not accept the node's certificate (revoked, replaced, unknown, expired
+    /// past the grace period): only an enrollment helps.
+    #[error("central refuses this node's certificate: {0}")]
+    IdentityRefused(String),
+    /// The certificate has expired: renew before the next session.
+    #[error("central wants a renewed certificate first: {0}")]
+    Expired(String),
+}
+
+impl LinkError {
+    /// How central refused a session, as a gRPC status.
+    fn from_status(s: &tonic::Status) -> LinkError {
+        match s.code() {
+            tonic::Code::Unauthenticated => LinkError::IdentityRefused(s.message().to_string()),
+            tonic::Code::FailedPrecondition => LinkError::Expired(s.message().to_string()),
+            _ => LinkError::Refused(s.message().to_string()),
+        }
+    }
+}
+
+/// Commands this node has seen, by id, with their result once there is one: a command
+/// central sends again (its session broke before the result arrived) is answered from here
+/// instead of being run twice.
+#[derive(Default)]
+struct CommandMemory {
+    results: HashMap<String, Option<CommandResult>>,
+    order: VecDeque<String>,
+}
+
+/// How many commands the node remembers (central queues at most a thousand per store).
+const REMEMBERED_COMMANDS: usize = 4096;
+
+impl CommandMemory {
+    fn get(&self, id: &str) -> Option<&Option<CommandResult>> {
+        self.results.get(id)
+    }
+
+    fn started(&mut self, id: &str) {
+        if self.results.insert(id.to_string(), None).is_none() {
+            self.order.push_back(id.to_string());
+        }
+        while self.order.len() > REMEMBERED_COMMANDS {
+            if let Some(old) = self.order.pop_front() {
+                self.results.remove(&old);
+            }
+        }
+    }
+
+    fn finished(&mut self, r: &CommandResult) {
+        if let Some(slot) = self.results.get_mut(&r.id) {
+            *slot = Some(r.clone());
+        }
+    }
 }
 
 /// The node's side of the link. Build it, then `run` it in its own task.
@@ -84,6 +153,13 @@ pub struct Link {
     inbound: mpsc::Sender<Inbound>,
     online: watch::Sender<bool>,
     contact: watch::Sender<i64>,
+    refused: watch::Sender<Option<String>>,
+    commands: Arc<Mutex<CommandMemory>>,
+    /// Hashes of tokens an enrollment was refused with: not tried again.
+    tried_tokens: HashSet<String>,
+    /// Central said the certificate expired: renew before the next session, whatever the
+    /// node's own clock says.
+    renew_now: bool,
     clock: SharedClock,
 }
 
@@ -123,6 +199,10 @@ impl Link {
             inbound,
             online: watch::Sender::new(false),
             contact: watch::Sender::new(0),
+            refused: watch::Sender::new(None),
+            commands: Arc::new(Mutex::new(CommandMemory::default())),
+            tried_tokens: HashSet::new(),
+            renew_now: false,
             clock,
         }
     }
@@ -143,6 +223,12 @@ impl Link {
         self.contact.subscribe()
     }
 
+    /// Why central refuses this node's certificate, while it does and the node has no token
+    /// it could enroll with (`None` otherwise): what nodectl shows the technician.
+    pub fn refused(&self) -> watch::Receiver<Option<String>> {
+        self.refused.subscribe()
+    }
+
     /// Keeps a session open forever; returns only if the node's side (the inbound channel) is gone.
     pub async fn run(mut self) {
         let mut retries = Self::backoff(&self.cfg).retries();
@@ -151,6 +237,16 @@ impl Link {
             let started = self.clock.now_ms();
             match self.session().await {
                 Ok(()) => return,
+                Err(LinkError::IdentityRefused(why)) => {
+                    if self.enroll_again(&why).await {
+                        // A new identity: try it at once.
+                        continue;
+                    }
+                }
+                Err(LinkError::Expired(why)) => {
+                    tracing::warn!(%why, "central says the node certificate expired; renewing");
+                    self.renew_now = true;
+                }
                 Err(e) => tracing::warn!(
                     error = %Chain(&e),
                     "no session with central; the store keeps running"
@@ -165,24 +261,76 @@ impl Link {
         }
     }
 
-    async fn renew_if_due(&mut self) {
-        if !self.identity.needs_renewal(self.clock.now_ms()) {
-            return;
+    /// Central refuses the node's identity: enrolls with the token the node was given, unless
+    /// that token made this identity or was refused before. True if the node has a new one.
+    async fn enroll_again(&mut self, why: &str) -> bool {
+        let token = self.cfg.token.clone().filter(|t| {
+            let hash = t.secret_hash();
+            hash != self.identity.enrolled_with && !self.tried_tokens.contains(&hash)
+        });
+        let Some(token) = token else {
+            tracing::error!(
+                %why,
+                "central refuses this node's certificate; it needs a new enrollment token"
+            );
+            self.refused.send_replace(Some(format!(
+                "{why}; give the node a new enrollment token (centralctl token create)"
+            )));
+            return false;
+        };
+        tracing::warn!(%why, "central refuses this node's certificate; enrolling again with the token given");
+        let dir = self.cfg.state_dir.clone();
+        match enroll::enroll_into(
+            &self.cfg.url,
+            &token,
+            &dir,
+            &self.cfg.agent_version,
+            &self.cfg.hostname,
+        )
+        .await
+        {
+            Ok(id) => {
+                tracing::info!(store = %id.store_id, "enrolled again with central");
+                self.identity = id;
+                self.refused.send_replace(None);
+                true
+            }
+            Err(e) => {
+                if !e.is_transient() {
+                    self.tried_tokens.insert(token.secret_hash());
+                }
+                tracing::error!(error = %Chain(&e), "could not enroll again");
+                self.refused.send_replace(Some(format!(
+                    "{why}; enrolling again failed: {}",
+                    backroom_daemon::chain(&e)
+                )));
+                false
+            }
+        }
+    }
+
+    async fn renew_if_due(&mut self) -> Result<(), LinkError> {
+        if !self.renew_now && !self.identity.needs_renewal(self.clock.now_ms()) {
+            return Ok(());
         }
         match enroll::renew(&self.cfg.url, &self.identity, &self.cfg.state_dir).await {
             Ok(id) => {
                 tracing::info!(until_ms = id.not_after_ms, "node certificate renewed");
                 self.identity = id;
+                self.renew_now = false;
+                Ok(())
             }
+            Err(enroll::EnrollError::IdentityRefused(why)) => Err(LinkError::IdentityRefused(why)),
             Err(e) => {
-                tracing::warn!(error = %Chain(&e), "could not renew the node certificate yet")
+                tracing::warn!(error = %Chain(&e), "could not renew the node certificate yet");
+                Ok(())
             }
         }
     }
 
     /// One session, until it breaks. `Ok` only when the node itself went away.
     async fn session(&mut self) -> Result<(), LinkError> {
-        self.renew_if_due().await;
+        self.renew_if_due().await?;
         let channel = tls::channel(&self.cfg.url, self.identity.tls()?, false).await?;
         let (tx, rx) = mpsc::channel::<NodeMessage>(256);
         let send = |tx: &mpsc::Sender<NodeMessage>, body: NBody| {
@@ -212,17 +360,19 @@ impl Link {
             .max_encoding_message_size(backroom_api::limits::NODE_MESSAGE_MAX)
             .session(ReceiverStream::new(rx))
             .await
-            .map_err(|s| LinkError::Refused(s.message().to_string()))?
+            .map_err(|s| LinkError::from_status(&s))?
             .into_inner();
         let welcome = match incoming.next().await {
             Some(Ok(m)) => match m.body {
                 Some(CBody::Welcome(w)) => w,
                 _ => return Err(LinkError::Broken("central did not start with a welcome".into())),
             },
-            Some(Err(s)) => return Err(LinkError::Refused(s.message().to_string())),
+            Some(Err(s)) => return Err(LinkError::from_status(&s)),
             None => return Err(LinkError::Broken("central closed the session at once".into())),
         };
-        self.outbox.ack(welcome.acked_event_seq)?;
+        // What central has settles the outbox's numbering (and acknowledges what it holds).
+        self.outbox.resume(welcome.acked_event_seq)?;
+        self.refused.send_replace(None);
         self.online.send_replace(true);
         self.contact.send_replace(self.clock.now_ms());
         tracing::info!(store = %self.identity.store_id, "session with central up");
@@ -271,16 +421,31 @@ impl Link {
                             if self.inbound.send(ask).await.is_err() { return Ok(()); }
                         }
                         Some(CBody::Command(c)) => {
-                            let (reply, answer) = oneshot::channel();
                             let id = c.id.clone();
+                            send(&tx, NBody::CommandAck(CommandAck { id: id.clone() })).await?;
+                            let seen = self.commands.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id).cloned();
+                            match seen {
+                                // Done before: the result, again (the last one was lost with its session).
+                                Some(Some(result)) => {
+                                    send(&tx, NBody::CommandResult(result)).await?;
+                                    continue;
+                                }
+                                // Running: its result comes when it is done.
+                                Some(None) => continue,
+                                None => {}
+                            }
+                            self.commands.lock().unwrap_or_else(std::sync::PoisonError::into_inner).started(&id);
+                            let (reply, answer) = oneshot::channel();
                             if self.inbound.send(Inbound::Command { command: c, reply }).await.is_err() { return Ok(()); }
                             let tx = tx.clone();
+                            let memory = Arc::clone(&self.commands);
                             tokio::spawn(async move {
                                 let result = answer.await.unwrap_or(CommandResult {
                                     id,
                                     ok: false,
                                     message: "the node dropped the command".into(),
                                 });
+                                memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner).finished(&result);
                                 let _ = tx.send(NodeMessage { body: Some(NBody::CommandResult(result)) }).await;
                             });
                         }
@@ -303,7 +468,7 @@ impl Link {
                 _ = &mut pushed => {}
                 _ = &mut renewal => {
                     renewal = clock.sleep(RENEWAL_CHECK);
-                    self.renew_if_due().await;
+                    self.renew_if_due().await?;
                 }
             }
         }

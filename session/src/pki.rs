@@ -60,11 +60,39 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, PkiError> {
 /// the certificate says; the request only proves the node holds the key.
 pub fn new_key_and_csr(common_name: &str) -> Result<(String, String), PkiError> {
     let key = rcgen::KeyPair::generate().map_err(|e| PkiError::Generate(e.to_string()))?;
+    let key_pem = key.serialize_pem();
+    let csr_pem = csr_for_key(&key_pem, common_name)?;
+    Ok((key_pem, csr_pem))
+}
+
+/// sha256 of a public key's raw bytes (the subject public key of its certificate or request),
+/// lower-case hex: what ties an enrollment to the key that made it.
+pub fn key_fingerprint(public_key_raw: &[u8]) -> String {
+    hex::encode(Sha256::digest(public_key_raw))
+}
+
+/// The fingerprint of the public key of a private key (PEM).
+pub fn key_pem_fingerprint(key_pem: &str) -> Result<String, PkiError> {
+    let key = rcgen::KeyPair::from_pem(key_pem)
+        .map_err(|e| PkiError::BadCertificate(format!("the node key: {e}")))?;
+    Ok(key_fingerprint(key.public_key_raw()))
+}
+
+/// The fingerprint of the public key a certificate (DER) is for.
+pub fn cert_key_fingerprint(der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| PkiError::BadCertificate(e.to_string()))?;
+    Ok(key_fingerprint(&cert.public_key().subject_public_key.data))
+}
+
+/// A certificate request (PEM) for the key `key_pem` already has: a retried enrollment sends
+/// the same key again, so central can tell it from another node's.
+pub fn csr_for_key(key_pem: &str, common_name: &str) -> Result<String, PkiError> {
+    let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| PkiError::Generate(e.to_string()))?;
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
         .map_err(|e| PkiError::Generate(e.to_string()))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
     let csr = params.serialize_request(&key).map_err(|e| PkiError::Generate(e.to_string()))?;
-    let csr_pem = csr.pem().map_err(|e| PkiError::Generate(e.to_string()))?;
-    Ok((key.serialize_pem(), csr_pem))
+    csr.pem().map_err(|e| PkiError::Generate(e.to_string()))
 }

@@ -126,6 +126,7 @@ async fn run() -> anyhow::Result<()> {
             resolved_alert_max_age_ms: retention_ms,
             ..Retention::default()
         },
+        ..Settings::default()
     };
     let mut cfg = ServeConfig::new(data.clone(), listen, api);
     cfg.database_url = database_url;

@@ -8,7 +8,9 @@ use anyhow::{Context, bail};
 use backroom_api::operator::{
     AlertGroup, CreateApiTokenRequest, CreateEnrollTokenRequest, FleetPushRequest,
     FleetStatusRequest, GetCommandRequest, GetStoreRequest, ListAlertsReply, ListAlertsRequest,
-    ListAuditRequest, ListStoresRequest, SendCommandRequest, StoreProfile, StoreSummary,
+    ListApiTokensRequest, ListAuditRequest, ListEnrollTokensRequest, ListStoresRequest,
+    RevokeApiTokenRequest, RevokeEnrollTokenRequest, RevokeStoreRequest, SendCommandRequest,
+    StoreProfile, StoreSummary,
 };
 use backroom_central::{client, ctl_report, profile_report};
 use backroom_daemon::logging::LogArgs;
@@ -157,6 +159,21 @@ enum TokenCommand {
         #[arg(long)]
         replace: bool,
     },
+    /// Enrollment tokens (their ids, stores and states; never the tokens themselves).
+    List {
+        /// Only this store's.
+        #[arg(long)]
+        store: Option<String>,
+    },
+    /// Revoke an enrollment token by its id, or every token of a store (--store): a leaked or
+    /// mistaken token stops working. A node already enrolled keeps its certificate (that is
+    /// `store revoke`).
+    Revoke {
+        #[arg(required_unless_present = "store", conflicts_with = "store")]
+        id: Option<String>,
+        #[arg(long)]
+        store: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +206,9 @@ enum StoreCommand {
         #[command(flatten)]
         opts: CommandOpts,
     },
+    /// Revoke the store's certificate (a stolen or replaced server): its session ends now and
+    /// central refuses it until it enrolls again with a new token.
+    Revoke { id: String },
 }
 
 #[derive(Args, Clone)]
@@ -216,6 +236,10 @@ enum ApiTokenCommand {
         #[arg(long)]
         role: String,
     },
+    /// API tokens: ids, names, roles (never the tokens themselves).
+    List,
+    /// Revoke an API token by its id (the last working admin token cannot be).
+    Revoke { id: String },
 }
 
 fn main() -> ExitCode {
@@ -373,9 +397,50 @@ async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
                 .into_inner();
             println!("{}", r.token);
             eprintln!(
-                "one-time enrollment token for {store}; usable until {} ms (in {})",
-                r.expires_unix_ms, ttl
+                "one-time enrollment token {} for {store}; usable until {} ms (in {})",
+                r.id, r.expires_unix_ms, ttl
             );
+        }
+        Remote::Token(TokenCommand::List { store }) => {
+            let r = c
+                .list_enroll_tokens(ListEnrollTokensRequest { store_id: store.unwrap_or_default() })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print!("{}", ctl_report::enroll_tokens(&r.tokens, now_ms()));
+        }
+        Remote::Token(TokenCommand::Revoke { id, store }) => {
+            let r = c
+                .revoke_enroll_token(RevokeEnrollTokenRequest {
+                    id: id.unwrap_or_default(),
+                    store_id: store.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if r.revoked.is_empty() {
+                println!("no token to revoke for {}", store.unwrap_or_default());
+            } else {
+                for t in &r.revoked {
+                    println!("revoked enrollment token {} (store {})", t.id, t.store_id);
+                }
+            }
+        }
+        Remote::Store(StoreCommand::Revoke { id }) => {
+            let r = c
+                .revoke_store(RevokeStoreRequest { store_id: id.clone() })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if r.revoked_serials.is_empty() {
+                println!("{id} had no certificate; nothing to revoke");
+            } else {
+                println!(
+                    "{id}: certificate {} revoked{}; the node needs a new enrollment token (centralctl token create --store {id})",
+                    r.revoked_serials.join(", "),
+                    if r.session_closed { ", its session ended" } else { "" }
+                );
+            }
         }
         Remote::Store(StoreCommand::List) => {
             let stores = all_stores(&mut c).await?;
@@ -476,6 +541,21 @@ async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
                 .map_err(status)?
                 .into_inner();
             println!("{}", r.token);
+            eprintln!("API token {}", r.id);
+        }
+        Remote::ApiToken(ApiTokenCommand::List) => {
+            let r = c.list_api_tokens(ListApiTokensRequest {}).await.map_err(status)?.into_inner();
+            print!("{}", ctl_report::api_tokens(&r.tokens, now_ms()));
+        }
+        Remote::ApiToken(ApiTokenCommand::Revoke { id }) => {
+            let r = c
+                .revoke_api_token(RevokeApiTokenRequest { id })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if let Some(t) = r.token {
+                println!("revoked API token {} ({}, {})", t.id, t.name, t.role);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -582,7 +662,8 @@ async fn send(
     }
     let deadline = tokio::time::Instant::now() + opts.wait.to_std();
     let mut last = info;
-    while (last.state == "sent" || last.state == "queued") && tokio::time::Instant::now() < deadline
+    while matches!(last.state.as_str(), "sending" | "sent" | "queued")
+        && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
         last = c

@@ -10,6 +10,7 @@
 mod audit;
 mod retention;
 mod rows;
+mod trust;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, AssertSqlSafe};
@@ -18,6 +19,7 @@ use sqlx::{Executor, Row};
 pub use audit::{AuditEntry, AuditFilter, AuditRow};
 pub use retention::{Retention, Swept};
 pub use rows::*;
+pub use trust::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -91,6 +93,8 @@ pub enum TokenRefusal {
     Used(i64),
     #[error("the enrollment token expired (at {0} ms)")]
     Expired(i64),
+    #[error("the enrollment token was revoked (at {0} ms)")]
+    Revoked(i64),
 }
 
 #[derive(Clone)]
@@ -290,8 +294,8 @@ impl Db {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(q("storing an enrollment token"))?;
         sqlx::query(
-            "INSERT INTO enroll_tokens (hash, store_id, region, created_ms, expires_ms, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO enroll_tokens (hash, store_id, region, created_ms, expires_ms, created_by, id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(t.hash)
         .bind(t.store_id)
@@ -299,6 +303,7 @@ impl Db {
         .bind(t.created_ms)
         .bind(t.expires_ms)
         .bind(t.created_by)
+        .bind(token_id(t.hash))
         .execute(&mut *tx)
         .await
         .map_err(q("storing an enrollment token"))?;
@@ -307,46 +312,8 @@ impl Db {
         Ok(())
     }
 
-    /// Uses a token once: returns its store and region, or why it cannot be used.
-    pub async fn consume_enroll_token(
-        &self,
-        hash: &str,
-        now_ms: i64,
-    ) -> Result<std::result::Result<(String, String), TokenRefusal>> {
-        let row = sqlx::query(
-            "SELECT store_id, region, expires_ms, used_ms FROM enroll_tokens WHERE hash = $1",
-        )
-        .bind(hash)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(q("reading an enrollment token"))?;
-        let Some(row) = row else { return Ok(Err(TokenRefusal::Unknown)) };
-        let get = |c: &str| row.try_get::<i64, _>(c).map_err(q("reading an enrollment token"));
-        let (expires, used) = (get("expires_ms")?, get("used_ms")?);
-        if used != 0 {
-            return Ok(Err(TokenRefusal::Used(used)));
-        }
-        if expires <= now_ms {
-            return Ok(Err(TokenRefusal::Expired(expires)));
-        }
-        // The `used_ms = 0` condition makes two simultaneous enrollments with one token race
-        // safely: only one update matches.
-        let done =
-            sqlx::query("UPDATE enroll_tokens SET used_ms = $2 WHERE hash = $1 AND used_ms = 0")
-                .bind(hash)
-                .bind(now_ms)
-                .execute(&self.pool)
-                .await
-                .map_err(q("using an enrollment token"))?;
-        if done.rows_affected() != 1 {
-            return Ok(Err(TokenRefusal::Used(now_ms)));
-        }
-        let store: String = row.try_get("store_id").map_err(q("reading an enrollment token"))?;
-        let region: String = row.try_get("region").map_err(q("reading an enrollment token"))?;
-        Ok(Ok((store, region)))
-    }
-
-    /// Records a store's (new) certificate; the one it had before, if any, is revoked.
+    /// Records a store's (new) certificate without a token (tests, tools); the ones it had
+    /// before, if any, are revoked. Enrollment is [`Db::enroll_store`].
     pub async fn set_certificate(
         &self,
         store_id: &str,
@@ -380,13 +347,16 @@ impl Db {
                 .await
                 .map_err(q("revoking a certificate"))?;
         }
-        sqlx::query("UPDATE stores SET cert_serial = $2, cert_not_after = $3 WHERE id = $1")
-            .bind(store_id)
-            .bind(serial)
-            .bind(not_after_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(q("recording a certificate"))?;
+        sqlx::query(
+            "UPDATE stores SET cert_serial = $2, cert_not_after = $3, next_cert_serial = '', \
+             next_cert_not_after = 0 WHERE id = $1",
+        )
+        .bind(store_id)
+        .bind(serial)
+        .bind(not_after_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(q("recording a certificate"))?;
         if enrolled {
             sqlx::query("UPDATE stores SET enrolled_ms = $2 WHERE id = $1")
                 .bind(store_id)
@@ -596,31 +566,6 @@ impl Db {
     }
 
     // ---- commands -----------------------------------------------------------------------
-
-    /// Stores a command and its audit record, both or neither.
-    pub async fn insert_command(&self, c: &CommandRow, by: &str, audit: &AuditEntry) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(q("storing a command"))?;
-        sqlx::query(
-            "INSERT INTO commands (id, store_id, kind, workload, state, result, created_ms, expires_ms, finished_ms, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&c.id)
-        .bind(&c.store_id)
-        .bind(&c.kind)
-        .bind(&c.workload)
-        .bind(&c.state)
-        .bind(&c.result)
-        .bind(c.created_ms)
-        .bind(c.expires_ms)
-        .bind(c.finished_ms)
-        .bind(by)
-        .execute(&mut *tx)
-        .await
-        .map_err(q("storing a command"))?;
-        audit::write(&mut tx, std::slice::from_ref(audit), c.created_ms).await?;
-        tx.commit().await.map_err(q("storing a command"))?;
-        Ok(())
-    }
 
     /// Commands waiting for a store, oldest first (expired ones are marked so first).
     pub async fn queued_commands(&self, store_id: &str, now_ms: i64) -> Result<Vec<CommandRow>> {
@@ -884,12 +829,13 @@ impl Db {
     ) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(q("storing an API token"))?;
         sqlx::query(
-            "INSERT INTO api_tokens (hash, name, role, created_ms) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO api_tokens (hash, name, role, created_ms, id) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(hash)
         .bind(name)
         .bind(role)
         .bind(now_ms)
+        .bind(token_id(hash))
         .execute(&mut *tx)
         .await
         .map_err(q("storing an API token"))?;
@@ -898,13 +844,14 @@ impl Db {
         Ok(())
     }
 
-    /// The name and role of the API token with this hash.
+    /// The name and role of the API token with this hash, unless it was revoked.
     pub async fn api_token(&self, hash: &str) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT name, role FROM api_tokens WHERE hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.read)
-            .await
-            .map_err(q("checking an API token"))?;
+        let row =
+            sqlx::query("SELECT name, role FROM api_tokens WHERE hash = $1 AND revoked_ms = 0")
+                .bind(hash)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(q("checking an API token"))?;
         row.map(|r| Ok((r.try_get("name")?, r.try_get("role")?)))
             .transpose()
             .map_err(q("checking an API token"))
@@ -1033,3 +980,5 @@ fn seq_to_db(seq: u64) -> i64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trust_tests;

@@ -129,7 +129,8 @@ pub struct CommandRow {
     pub store_id: String,
     pub kind: String,
     pub workload: String,
-    /// queued | sent | done | failed | expired
+    /// queued (waiting, or pushed to the store's session and not acknowledged yet) | sent
+    /// (the node acknowledged it) | done | failed | expired
     pub state: String,
     pub result: String,
     pub created_ms: i64,
@@ -216,5 +217,73 @@ impl AlertKey {
         let since_ms = parts.next()?.parse().ok()?;
         let id = parts.next()?.to_string();
         Some(AlertKey { kind, since_ms, id })
+    }
+}
+
+pub const ENROLL_TOKEN_COLUMNS: &str =
+    "id, store_id, region, created_ms, expires_ms, used_ms, revoked_ms, created_by";
+
+/// An enrollment token as central keeps it (never the token itself).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnrollTokenRow {
+    pub id: String,
+    pub store_id: String,
+    pub region: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub used_ms: i64,
+    pub revoked_ms: i64,
+    pub created_by: String,
+}
+
+impl EnrollTokenRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(EnrollTokenRow {
+            id: r.try_get("id")?,
+            store_id: r.try_get("store_id")?,
+            region: r.try_get("region")?,
+            created_ms: r.try_get("created_ms")?,
+            expires_ms: r.try_get("expires_ms")?,
+            used_ms: r.try_get("used_ms")?,
+            revoked_ms: r.try_get("revoked_ms")?,
+            created_by: r.try_get("created_by")?,
+        })
+    }
+
+    /// unused | used | expired | revoked, at `now_ms`.
+    pub fn state(&self, now_ms: i64) -> &'static str {
+        if self.revoked_ms != 0 {
+            "revoked"
+        } else if self.used_ms != 0 {
+            "used"
+        } else if self.expires_ms <= now_ms {
+            "expired"
+        } else {
+            "unused"
+        }
+    }
+}
+
+pub const API_TOKEN_COLUMNS: &str = "id, name, role, created_ms, revoked_ms";
+
+/// An API token as central keeps it (never the token itself).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiTokenRow {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub created_ms: i64,
+    pub revoked_ms: i64,
+}
+
+impl ApiTokenRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(ApiTokenRow {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            role: r.try_get("role")?,
+            created_ms: r.try_get("created_ms")?,
+            revoked_ms: r.try_get("revoked_ms")?,
+        })
     }
 }

@@ -94,9 +94,21 @@ CREATE TABLE audit (
 -- migration 2: events carry the subject of a failing/recovered problem (older events: '')
 ALTER TABLE events ADD COLUMN subject TEXT NOT NULL DEFAULT ''
 
+-- migration 3: a renewal's certificate waits until first used; enrollment tokens remember the key that used them (a retry after a lost reply) and, like API tokens, get a listable id and can be revoked
+ALTER TABLE stores ADD COLUMN next_cert_serial TEXT NOT NULL DEFAULT '';
+ALTER TABLE stores ADD COLUMN next_cert_not_after BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE stores ADD COLUMN enrolled_token TEXT NOT NULL DEFAULT '';
+ALTER TABLE enroll_tokens ADD COLUMN id TEXT NOT NULL DEFAULT '';
+ALTER TABLE enroll_tokens ADD COLUMN used_key TEXT NOT NULL DEFAULT '';
+ALTER TABLE enroll_tokens ADD COLUMN revoked_ms BIGINT NOT NULL DEFAULT 0;
+UPDATE enroll_tokens SET id = substr(hash, 1, 12);
+CREATE INDEX enroll_tokens_by_store ON enroll_tokens (store_id);
+ALTER TABLE api_tokens ADD COLUMN id TEXT NOT NULL DEFAULT '';
+ALTER TABLE api_tokens ADD COLUMN revoked_ms BIGINT NOT NULL DEFAULT 0;
+UPDATE api_tokens SET id = substr(hash, 1, 12)
+
 -- migration 4: bounds. Event retention reads events by when central received them; the audit
--- trail is read by store, actor and time; the alert cap counts a store's open alerts. (3 is
--- another branch's: migrations are run by number, so the gap is fine.)
+-- trail is read by store, actor and time; the alert cap counts a store's open alerts.
 CREATE INDEX events_by_received ON events (received_ms);
 ALTER TABLE audit ADD COLUMN store_id TEXT NOT NULL DEFAULT '';
 CREATE INDEX audit_by_time ON audit (at_ms, id);

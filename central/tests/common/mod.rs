@@ -2,6 +2,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -201,6 +203,8 @@ pub struct TestNode {
     pub desired: Arc<Mutex<Vec<String>>>,
     pub commands: Arc<Mutex<Vec<(String, String)>>>,
     pub online: watch::Receiver<bool>,
+    /// Why central refuses the node's certificate, while it does (and no token helps).
+    pub refused: watch::Receiver<Option<String>>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -227,14 +231,28 @@ pub fn run_node_on(
     outbox: Arc<Outbox>,
     clock: SharedClock,
 ) -> TestNode {
+    run_node_with(url, id, dir, outbox, clock, |_| {})
+}
+
+/// [`run_node_on`] with the link's configuration changed by `f` (a token, say).
+pub fn run_node_with(
+    url: &str,
+    id: Identity,
+    dir: &Path,
+    outbox: Arc<Outbox>,
+    clock: SharedClock,
+    f: impl FnOnce(&mut LinkConfig),
+) -> TestNode {
     let (status, status_rx) =
         watch::channel(Status { agent_version: "test-agent 1.0".into(), ..Default::default() });
     let (tx, mut rx) = mpsc::channel(16);
     let mut cfg = LinkConfig::new(url, dir.to_path_buf(), "test-agent 1.0");
     cfg.backoff_min = Duration::from_millis(100);
     cfg.backoff_max = Duration::from_millis(500);
+    f(&mut cfg);
     let link = Link::with_clock(cfg, id, Arc::clone(&outbox), status_rx, tx, clock);
     let online = link.online();
+    let refused = link.refused();
     let desired = Arc::new(Mutex::new(Vec::new()));
     let commands = Arc::new(Mutex::new(Vec::new()));
     let (d, c) = (Arc::clone(&desired), Arc::clone(&commands));
@@ -254,7 +272,7 @@ pub fn run_node_on(
         }
     });
     let task = tokio::spawn(link.run());
-    TestNode { outbox, status, desired, commands, online, task }
+    TestNode { outbox, status, desired, commands, online, refused, task }
 }
 
 pub fn mem_outbox() -> Arc<Outbox> {
@@ -274,4 +292,64 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// A session opened by hand with a node's identity: what it sends and what central answers,
+/// message by message (an old server's session, another store's).
+pub struct HandSession {
+    pub tx: mpsc::Sender<backroom_api::node::NodeMessage>,
+    pub rx: tonic::Streaming<backroom_api::node::CentralMessage>,
+}
+
+impl HandSession {
+    /// Opens a session as `id` (hello included); central's first message is the welcome.
+    pub async fn open(url: &str, id: &Identity) -> Result<HandSession, tonic::Status> {
+        use backroom_api::node::node_message::Body;
+        let channel = backroom_session::tls::channel(url, id.tls().unwrap(), false).await.unwrap();
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(backroom_api::node::NodeMessage {
+            body: Some(Body::Hello(backroom_api::node::Hello {
+                store_id: id.store_id.clone(),
+                agent_version: "raw".into(),
+                next_event_seq: 1,
+                ..Default::default()
+            })),
+        })
+        .await
+        .unwrap();
+        let rx = backroom_api::node::node_service_client::NodeServiceClient::new(channel)
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(HandSession { tx, rx })
+    }
+
+    pub async fn send(&self, body: backroom_api::node::node_message::Body) -> bool {
+        self.tx.send(backroom_api::node::NodeMessage { body: Some(body) }).await.is_ok()
+    }
+
+    /// Central's messages until the stream ends (within `within`): how it ended (`Ok` for a
+    /// plain end), or `None` if it did not end.
+    pub async fn ended_within(&mut self, within: Duration) -> Option<Result<(), tonic::Status>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.message()).await {
+                Err(_) => return None,
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => return Some(Ok(())),
+                Ok(Err(s)) => return Some(Err(s)),
+            }
+        }
+    }
+
+    /// The next message of central, within `within`.
+    pub async fn next(
+        &mut self,
+        within: Duration,
+    ) -> Option<backroom_api::node::central_message::Body> {
+        match tokio::time::timeout(within, self.rx.message()).await {
+            Ok(Ok(Some(m))) => m.body,
+            _ => None,
+        }
+    }
 }
