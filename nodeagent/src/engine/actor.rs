@@ -41,6 +41,9 @@ pub(super) struct PhaseState {
     pub(super) busy: bool,
     pub(super) retry_at_ms: u64,
     pub(super) error: Option<String>,
+    /// The error said its daemon could not be reached (restarting, say): the phase waits for it
+    /// rather than failing the revision.
+    pub(super) unreachable: bool,
 }
 
 /// The engine over a runtime, a network, a VM daemon and a prober (by default the host's,
@@ -235,6 +238,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             Ok(actions) => {
                 state.done = Some(revision.to_string());
                 state.error = None;
+                state.unreachable = false;
                 let msg =
                     if actions.is_empty() { "no change".to_string() } else { actions.join("; ") };
                 self.record_action("", &action, true, msg);
@@ -244,6 +248,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                 let why = backroom_daemon::chain(&e);
                 tracing::warn!(revision = short(revision), error = %Chain(&e), "cannot {action}");
                 state.error = Some(why.clone());
+                state.unreachable = e.unreachable();
                 state.retry_at_ms = retry_at_ms;
                 self.record_action("", &action, false, why);
                 false

@@ -500,6 +500,9 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
         let network = match (&self.desired, &self.network) {
             (None, _) => self.boot_error.clone().unwrap_or_else(|| "no profile yet".into()),
             (_, PhaseState { busy: true, .. }) => "applying".into(),
+            (_, PhaseState { error: Some(e), unreachable: true, .. }) => {
+                format!("waiting: {e}; retrying")
+            }
             (_, PhaseState { error: Some(e), .. }) => format!("failed: {e}; retrying"),
             (Some(d), PhaseState { done: Some(r), .. }) if *r == d.revision.as_str() => {
                 format!("applied (revision {})", short(r))
@@ -509,6 +512,9 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
         let vms = match (&self.desired, &self.vm_phase) {
             (None, _) => String::new(),
             (_, PhaseState { busy: true, .. }) => "applying".into(),
+            (_, PhaseState { error: Some(e), unreachable: true, .. }) => {
+                format!("waiting: {e}; retrying")
+            }
             (_, PhaseState { error: Some(e), .. }) => format!("failed: {e}; retrying"),
             (Some(d), PhaseState { done: Some(r), .. }) if *r == d.revision.as_str() => {
                 format!("applied (revision {})", short(r))
