@@ -211,6 +211,8 @@ pub struct MemoryVms {
     inner: Arc<Mutex<Vec<VmState>>>,
     pub calls: Arc<Mutex<Vec<String>>>,
     problems: Arc<Mutex<Watched>>,
+    /// Set: vmd answers, but says its libvirt connection fails, for this reason.
+    pub libvirt_error: Arc<Mutex<Option<String>>>,
 }
 
 /// What an in-memory vmd's loops have open, and who listens to its events.
@@ -305,6 +307,12 @@ impl Vms for MemoryVms {
     }
     fn configured(&self) -> bool {
         true
+    }
+    async fn ping(&self) -> Result<Option<String>> {
+        Ok(self.libvirt_error.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+    fn address(&self) -> String {
+        "the in-memory vmd".into()
     }
 }
 

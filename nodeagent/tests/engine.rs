@@ -564,3 +564,43 @@ async fn a_netd_that_stops_answering_is_one_problem_and_gets_the_network_again()
     assert_eq!(back.len(), 1, "{told:#?}");
     assert!(back[0].message.starts_with("netd works again (it had failed for "), "{}", back[0].message);
 }
+
+/// vmd answers but its libvirt connection fails (vmd says so in List): a `libvirtd` problem,
+/// told once, on the VMs line; closed once when vmd says libvirt works again.
+#[tokio::test]
+async fn libvirtd_out_of_reach_through_vmd_is_one_problem_on_the_vms_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, net, vms) = (MemoryRuntime::new(), MemoryNetwork::default(), MemoryVms::default());
+    let mut cfg = config(dir.path(), backroom_daemon::clock::system());
+    cfg.liveness_interval = Duration::from_millis(30);
+    let (engine, h) =
+        Engine::with_prober(cfg, rt.clone(), net.clone(), vms.clone(), MemoryProber::default())
+            .unwrap();
+    tokio::spawn(async move {
+        engine.run(None, || {}).await.unwrap();
+    });
+    let mut events = h.subscribe();
+    h.apply(render(VM), "test".into()).await.unwrap();
+    let s = until(&h, "VMs applied", |s| s.vms.starts_with("applied")).await;
+    let rev = s.desired.clone();
+    *vms.libvirt_error.lock().unwrap() = Some("cannot connect to libvirtd: no such file".into());
+    let s = until(&h, "libvirtd not answering", |s| s.vms.contains("not answering")).await;
+    assert!(
+        s.vms.starts_with("libvirtd not answering since ")
+            && s.vms.ends_with(&format!("(last applied revision {})", &rev[..12])),
+        "{}",
+        s.vms
+    );
+    let p = s.problems.iter().find(|p| p.subject == "libvirtd").expect("a libvirtd problem");
+    assert_eq!(
+        p.message,
+        "libvirtd is not answering: vmd's connection to it fails: cannot connect to libvirtd: no such file"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    *vms.libvirt_error.lock().unwrap() = None;
+    let s = until(&h, "libvirtd back", |s| !s.problems.iter().any(|p| p.subject == "libvirtd")).await;
+    assert!(s.vms.starts_with("applied"), "{}", s.vms);
+    let told = drain(&mut events);
+    assert_eq!(notices(&told, "failing", "libvirtd").len(), 1, "{told:#?}");
+    assert_eq!(notices(&told, "recovered", "libvirtd").len(), 1, "{told:#?}");
+}
