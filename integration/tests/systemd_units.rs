@@ -154,7 +154,9 @@ fn systemd_analyze_verify_finds_nothing_wrong() {
         std::fs::write(&p, text).unwrap();
         units.push(p);
     }
-    let out = Command::new("systemd-analyze").args(["verify", "--man=no"]).args(&units).output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out =
+        Command::new("systemd-analyze").args(["verify", "--man=no"]).args(&units).output().unwrap();
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
 }

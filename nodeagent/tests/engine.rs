@@ -525,7 +525,7 @@ async fn a_netd_that_stops_answering_is_one_problem_and_gets_the_network_again()
     let rev = s.desired.clone();
     assert_eq!(s.network, format!("applied (revision {})", &rev[..12]));
     assert!(s.containers.starts_with("1 of 1 running"), "{}", s.containers);
-    assert_eq!(n.net.state().applied, [rev.clone()]);
+    assert_eq!(n.net.state().applied, std::slice::from_ref(&rev));
 
     n.net.state().down = Some("connection refused".into());
     let pings = n.net.state().pings;
@@ -562,7 +562,11 @@ async fn a_netd_that_stops_answering_is_one_problem_and_gets_the_network_again()
     assert_eq!(notices(&told, "failing", "netd").len(), 1, "one notice, not one per check");
     let back = notices(&told, "recovered", "netd");
     assert_eq!(back.len(), 1, "{told:#?}");
-    assert!(back[0].message.starts_with("netd works again (it had failed for "), "{}", back[0].message);
+    assert!(
+        back[0].message.starts_with("netd works again (it had failed for "),
+        "{}",
+        back[0].message
+    );
 }
 
 /// vmd answers but its libvirt connection fails (vmd says so in List): a `libvirtd` problem,
@@ -598,7 +602,8 @@ async fn libvirtd_out_of_reach_through_vmd_is_one_problem_on_the_vms_line() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     *vms.libvirt_error.lock().unwrap() = None;
-    let s = until(&h, "libvirtd back", |s| !s.problems.iter().any(|p| p.subject == "libvirtd")).await;
+    let s =
+        until(&h, "libvirtd back", |s| !s.problems.iter().any(|p| p.subject == "libvirtd")).await;
     assert!(s.vms.starts_with("applied"), "{}", s.vms);
     let told = drain(&mut events);
     assert_eq!(notices(&told, "failing", "libvirtd").len(), 1, "{told:#?}");

@@ -110,7 +110,8 @@ fn logs(dir: &Path) -> String {
     let mut all = String::new();
     for f in ["nodeagent.log", "netd.log"] {
         let t = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-        let tail: Vec<&str> = t.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: Vec<&str> =
+            t.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
         all.push_str(&format!("--- {f}\n{}\n", tail.join("\n")));
     }
     all

@@ -97,7 +97,10 @@ fn only_root_and_the_socket_group_may_use_the_socket() {
         }
         if t0.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
-            panic!("nodeagent did not answer root: {}", std::fs::read_to_string(d.join("nodeagent.log")).unwrap_or_default());
+            panic!(
+                "nodeagent did not answer root: {}",
+                std::fs::read_to_string(d.join("nodeagent.log")).unwrap_or_default()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -122,7 +125,11 @@ fn only_root_and_the_socket_group_may_use_the_socket() {
         "the group as a supplementary group was refused: {}",
         text(&by_supplementary)
     );
-    assert!(!outsider_wide.status.success(), "peer credentials let a non-member in: {}", text(&outsider_wide));
+    assert!(
+        !outsider_wide.status.success(),
+        "peer credentials let a non-member in: {}",
+        text(&outsider_wide)
+    );
     assert!(member_wide.status.success(), "{}", text(&member_wide));
     assert!(
         log.contains("refused a connection") && log.contains(&format!("uid={STRANGER}")),

@@ -48,7 +48,8 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
     /// Starts the task that asks netd, vmd (and so libvirtd) and containerd every
     /// `liveness_interval`, all at once, each within `liveness_timeout`.
     pub(super) fn check_liveness(&self) {
-        let (net, vms, runtime) = (self.ctx.net.clone(), self.vms.clone(), self.ctx.runtime.clone());
+        let (net, vms, runtime) =
+            (self.ctx.net.clone(), self.vms.clone(), self.ctx.runtime.clone());
         let tx = self.tx.clone();
         let (every, timeout) = (self.cfg.liveness_interval, self.cfg.liveness_timeout);
         let (net_at, vms_at, ctd_at) = (net.address(), vms.address(), runtime.address());
@@ -162,7 +163,10 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                 return;
             }
         };
-        tracing::info!("{} answers again: applying {what} of the desired revision again", daemon.name());
+        tracing::info!(
+            "{} answers again: applying {what} of the desired revision again",
+            daemon.name()
+        );
     }
 }
 

@@ -12,10 +12,10 @@ use tracing::Instrument;
 use super::actor::{Engine, PhaseState};
 use super::view::{Status, WorkloadView, derive_state};
 use super::{Msg, PeerNews};
+use crate::liveness::{Daemon, not_answering, status_line};
 use crate::network::Network;
 use crate::plan::{self, Input, Phase, short};
 use crate::probe::{self, Check, ProbeRequest, Prober};
-use crate::liveness::{Daemon, not_answering, status_line};
 use crate::problems::{Source, pull_subject, workload_subject};
 use crate::record::{Exit, HealthStatus, Role, WorkloadRecord, spec_hash};
 use crate::restart::{record_failure, should_restart};
@@ -529,10 +529,8 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             _ => "pending".into(),
         };
         let containers = silent(Daemon::Containerd).unwrap_or_else(|| {
-            let running = workloads
-                .iter()
-                .filter(|w| w.kind == "container" && w.state == "running")
-                .count();
+            let running =
+                workloads.iter().filter(|w| w.kind == "container" && w.state == "running").count();
             let all = workloads.iter().filter(|w| w.kind == "container").count();
             format!("{running} of {all} running (containerd answers)")
         });
