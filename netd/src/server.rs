@@ -663,12 +663,18 @@ impl Netd for Daemon {
     }
 }
 
-/// Serves the API on `socket` (mode 0600, through `backroom_daemon::socket`) until SIGTERM or
-/// SIGINT; tells systemd when ready and when stopping, and feeds its watchdog while the
-/// background loop turns. Stopping leaves the network as it is.
-pub async fn serve(daemon: Daemon, socket: PathBuf, interval: Duration) -> Result<(), Error> {
+/// Serves the API on `socket` (root only, 0600, or `access`'s group too, 0660: through
+/// `backroom_daemon::socket`) until SIGTERM or SIGINT; tells systemd when ready and when
+/// stopping, and feeds its watchdog while the background loop turns. Stopping leaves the
+/// network as it is.
+pub async fn serve(
+    daemon: Daemon,
+    socket: PathBuf,
+    access: backroom_daemon::socket::Access,
+    interval: Duration,
+) -> Result<(), Error> {
     use backroom_daemon::{notify, signal, socket as sock};
-    let incoming = sock::listen(&socket, sock::Access::ROOT)?;
+    let incoming = sock::listen(&socket, access)?;
     // Re-adopt what exists: repair whatever drifted while netd was not running.
     daemon.check().await;
     daemon.deadline().await;

@@ -225,6 +225,16 @@ impl Vmd {
         self.problems_lock().open().cloned().collect()
     }
 
+    /// Why vmd's connection to libvirtd does not work now (`None`: it works), as the
+    /// supervisor's loop last found it (it checks every turn, and reconnects when libvirtd is
+    /// back). nodeagent reaches libvirtd through this.
+    pub fn libvirt_error(&self) -> Option<String> {
+        self.problems_lock()
+            .open()
+            .find(|p| p.subject == crate::supervise::EVENTS_SUBJECT)
+            .map(|p| p.message.clone())
+    }
+
     /// A VM left: its problems are no longer anyone's.
     fn forget_problems_of(&self, vm: &str) {
         let now = self.now_ms();

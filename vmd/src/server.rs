@@ -116,6 +116,7 @@ impl pb::vmd_server::Vmd for VmdService {
         Ok(Response::new(pb::ListReply {
             vms: self.vmd.list().into_iter().map(to_pb).collect(),
             problems: self.vmd.problems().into_iter().map(problem_pb).collect(),
+            libvirt_error: self.vmd.libvirt_error().unwrap_or_default(),
         }))
     }
 
@@ -158,14 +159,15 @@ impl pb::vmd_server::Vmd for VmdService {
 }
 
 /// Serves the API on `socket` (see `backroom_daemon::socket::listen`: refused while another
-/// vmd serves there, 0600) until `shutdown` resolves. `ready` runs once the socket listens.
+/// vmd serves there, 0600, or 0660 for `access`'s group) until `shutdown` resolves. `ready` runs once the socket listens.
 pub async fn serve(
     vmd: Vmd,
     socket: &Path,
+    access: backroom_daemon::socket::Access,
     ready: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let incoming = backroom_daemon::socket::listen(socket, backroom_daemon::socket::Access::ROOT)?;
+    let incoming = backroom_daemon::socket::listen(socket, access)?;
     ready();
     tonic::transport::Server::builder()
         .add_service(pb::vmd_server::VmdServer::new(VmdService::new(vmd)))

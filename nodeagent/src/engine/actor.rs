@@ -14,6 +14,7 @@ use super::ops::{self, Ctx, Launched};
 use super::view::{ActionResult, Event};
 use super::{ApplyOutcome, Config, EngineHandle, Msg};
 use crate::error::{Error, Result};
+use crate::liveness::Liveness;
 use crate::logs::Logs;
 use crate::network::Network;
 use crate::plan::short;
@@ -55,6 +56,8 @@ pub struct Engine<R, N, V, P = HostProber<R>> {
     pub(super) prober: Arc<P>,
     pub(super) problems: Problems,
     pub(super) problems_dirty: bool,
+    /// Which daemons are not answering now (see `alive.rs`).
+    pub(super) liveness: Liveness,
     pub(super) store: Store,
     pub(super) node: NodeState,
     pub(super) desired: Option<Rendered>,
@@ -143,6 +146,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             prober: Arc::new(prober),
             problems,
             problems_dirty: false,
+            liveness: Liveness::default(),
             store,
             node,
             desired: None,
@@ -296,6 +300,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
         self.load_desired(boot_profile.as_deref());
         ready();
         self.listen_to_peers();
+        self.check_liveness();
         self.refresh_vms();
         self.reconcile();
         let mut tick = tokio::time::interval(self.cfg.tick);
@@ -618,6 +623,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                 Err(e) => tracing::warn!(error = %Chain(&e), "cannot list the VMs"),
             },
             Msg::Peer { source, news } => self.on_peer(source, news),
+            Msg::Alive(round) => self.on_alive(round),
             Msg::Observed(r) => match r {
                 Ok(list) => self.on_observed(list),
                 Err(e) => tracing::warn!(error = %Chain(&e), "cannot list the containers"),

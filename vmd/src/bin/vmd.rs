@@ -35,7 +35,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: serve the local API, adopt the VMs applied before, keep them running.
-    Serve(Common),
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        access: backroom_daemon::socket::SocketArgs,
+    },
     /// Apply the VMs of a store profile file (rendered with its layers), then exit.
     Apply {
         /// The store profile (YAML).
@@ -247,7 +252,7 @@ fn print_status(vms: &[backroom_api::vmd::VmStatus]) {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(c) => serve_daemon(c).await,
+        Command::Serve { common, access } => serve_daemon(common, access).await,
         Command::Apply { file, common } => {
             let r = backroom_profiles::render_file(&file)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -394,7 +399,8 @@ async fn vm_op(c: &Common, name: &str, op: Op) -> Result<()> {
     Ok(())
 }
 
-async fn serve_daemon(c: Common) -> Result<()> {
+async fn serve_daemon(c: Common, access: backroom_daemon::socket::SocketArgs) -> Result<()> {
+    let access = access.access().context("--socket-group")?;
     let (vmd, _lock, hv) = c.local(Duration::from_secs(15)).await?;
     tracing::info!(socket = %c.socket.display(), state_dir = %c.state_dir.display(), libvirt = hv.uri(), "vmd starting");
     // The probe runs now, in the background; Apply waits for it when it needs it.
@@ -431,7 +437,7 @@ async fn serve_daemon(c: Common) -> Result<()> {
         tracing::info!("vmd ready");
         backroom_daemon::notify::ready();
     };
-    serve(vmd, &c.socket, ready, shutdown).await?;
+    serve(vmd, &c.socket, access, ready, shutdown).await?;
     supervisor.stop();
     Ok(())
 }
