@@ -83,7 +83,8 @@ impl Vmd {
         named: &(dyn Fn(&Path) -> bool + Sync),
     ) -> Result<Vec<String>> {
         let in_use = self.running_xml(d).await?;
-        let held = |p: &Path| in_use.as_deref().is_some_and(|x| x.contains(&p.display().to_string()));
+        let held =
+            |p: &Path| in_use.as_deref().is_some_and(|x| x.contains(&p.display().to_string()));
         let mut files: Vec<(&Path, DiskKind, &str)> = Vec::new();
         if let Some((_, p)) = &d.root {
             files.push((p, DiskKind::Qcow2, "root overlay"));
@@ -260,7 +261,11 @@ mod tests {
         let lines = v.adopt().await.unwrap();
         assert_eq!(lines, ["nvr: started"], "{lines:?}");
         assert_eq!(node.get(&overlay).as_deref(), Some("overlay of /img/a.qcow2"), "made again");
-        assert_eq!(node.get(&disk).as_deref(), Some("disk of 1073741824"), "an empty data disk made again");
+        assert_eq!(
+            node.get(&disk).as_deref(),
+            Some("disk of 1073741824"),
+            "an empty data disk made again"
+        );
         let now = T0 / 1000;
         let aside = crate::storage::torn_name(&overlay, now);
         assert_eq!(node.get(&aside).as_deref(), Some(""), "the torn overlay kept, set aside");
@@ -290,7 +295,13 @@ mod tests {
         let lines = v.apply(&profile_with_memory("2Gi")).await.unwrap();
         assert_eq!(lines, ["nvr: updated"]);
         assert!(
-            !node.storage.files.lock().unwrap().keys().any(|p| p.display().to_string().contains(".torn-")),
+            !node
+                .storage
+                .files
+                .lock()
+                .unwrap()
+                .keys()
+                .any(|p| p.display().to_string().contains(".torn-")),
             "nothing set aside under a running VM"
         );
 
@@ -304,10 +315,21 @@ mod tests {
         assert!(matches!(e, Error::Failed { .. }), "{text}");
         assert!(text.contains("data disk") && text.contains("does not replace"), "{text}");
         assert_eq!(node.get(&disk).as_deref(), Some("torn: recordings"));
-        assert!(!node.hv.calls().iter().skip_while(|c| *c != "destroy bk-nvr").any(|c| c == "start bk-nvr"));
+        assert!(
+            !node
+                .hv
+                .calls()
+                .iter()
+                .skip_while(|c| *c != "destroy bk-nvr")
+                .any(|c| c == "start bk-nvr")
+        );
     }
 
     fn profile_with_memory(m: &str) -> backroom_profiles::Rendered {
-        backroom_profiles::render_str("t.yaml", &PROFILE.replace("memory: 1Gi, boot", &format!("memory: {m}, boot"))).unwrap()
+        backroom_profiles::render_str(
+            "t.yaml",
+            &PROFILE.replace("memory: 1Gi, boot", &format!("memory: {m}, boot")),
+        )
+        .unwrap()
     }
 }

@@ -346,7 +346,10 @@ mod tests {
         let text = e.to_string();
         assert!(matches!(e, Error::ImageOutsideFolders { .. }), "{text}");
         assert!(text.contains(&image.display().to_string()), "names the path: {text}");
-        assert!(text.contains(&node.path("images").display().to_string()), "names the folders: {text}");
+        assert!(
+            text.contains(&node.path("images").display().to_string()),
+            "names the folders: {text}"
+        );
         assert!(text.contains(why), "says why ({why}): {text}");
     }
 
@@ -355,7 +358,10 @@ mod tests {
         let n = Node::new();
         refused(&n, &n.path("node.key"), "it is outside them");
         refused(&n, Path::new("/etc/passwd"), "outside them");
-        assert_eq!(n.cache().confine(&n.path("images/ok.img")).unwrap(), n.path("images/ok.img").canonicalize().unwrap());
+        assert_eq!(
+            n.cache().confine(&n.path("images/ok.img")).unwrap(),
+            n.path("images/ok.img").canonicalize().unwrap()
+        );
     }
 
     #[test]
@@ -393,13 +399,18 @@ mod tests {
         assert!(matches!(e, Error::ImageOutsideFolders { .. }), "{e}");
         assert_eq!(n.cached_files(), 0, "nothing copied");
         // The storage asks before anything else (the manager calls this first).
-        let s = FsStorage::new(Layout::new(n.path("state"))).unwrap().with_image_folders(vec![n.path("images")]);
+        let s = FsStorage::new(Layout::new(n.path("state")))
+            .unwrap()
+            .with_image_folders(vec![n.path("images")]);
         let disk = |image: &Path, sha: Option<&str>| backroom_profiles::BootDisk {
             image: image.display().to_string(),
             sha256: sha.map(|s| s.parse().unwrap()),
             size: None,
         };
-        assert!(matches!(s.image_identity(&disk(&key, None)), Err(Error::ImageOutsideFolders { .. })));
+        assert!(matches!(
+            s.image_identity(&disk(&key, None)),
+            Err(Error::ImageOutsideFolders { .. })
+        ));
         assert!(matches!(
             s.image_identity(&disk(&key, Some(&digest))),
             Err(Error::ImageOutsideFolders { .. })

@@ -45,7 +45,10 @@ pub enum DiskCheck {
     Missing,
     Usable,
     /// There, but not a readable image of its kind. `empty`: zero length (never held data).
-    Torn { why: String, empty: bool },
+    Torn {
+        why: String,
+        empty: bool,
+    },
 }
 
 pub trait Storage: Send + Sync {
@@ -163,11 +166,8 @@ pub fn image_info(path: &Path) -> Result<(String, u64)> {
 impl Storage for FsStorage {
     fn image_identity(&self, disk: &BootDisk) -> Result<String> {
         // Checked first, so that a refused path changes nothing (no VM, no copy).
-        let local = if disk.is_url() {
-            None
-        } else {
-            Some(self.images.confine(Path::new(&disk.image))?)
-        };
+        let local =
+            if disk.is_url() { None } else { Some(self.images.confine(Path::new(&disk.image))?) };
         if let Some(s) = &disk.sha256 {
             return Ok(s.as_str().to_string());
         }
@@ -291,8 +291,9 @@ impl Storage for FsStorage {
                 // The primary volume descriptor of ISO 9660: sector 16, "CD001" at byte 1.
                 use std::io::{Read, Seek, SeekFrom};
                 let mut sig = [0u8; 5];
-                let read = std::fs::File::open(path)
-                    .and_then(|mut f| f.seek(SeekFrom::Start(32769)).and_then(|_| f.read_exact(&mut sig)));
+                let read = std::fs::File::open(path).and_then(|mut f| {
+                    f.seek(SeekFrom::Start(32769)).and_then(|_| f.read_exact(&mut sig))
+                });
                 match read {
                     Ok(()) if &sig == b"CD001" => Ok(DiskCheck::Usable),
                     _ => torn("it holds no ISO 9660 volume".into()),
@@ -440,7 +441,8 @@ mod tests {
     use super::*;
 
     fn qemu_img(args: &[&str]) {
-        let o = Command::new("qemu-img").args(args).output().expect("qemu-img (scripts/install-deps)");
+        let o =
+            Command::new("qemu-img").args(args).output().expect("qemu-img (scripts/install-deps)");
         assert!(o.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&o.stderr));
     }
 
@@ -457,7 +459,10 @@ mod tests {
         std::fs::create_dir_all(overlay.parent().unwrap()).unwrap();
         std::fs::write(&overlay, b"").unwrap();
         assert!(
-            matches!(s.check(&overlay, DiskKind::Qcow2).unwrap(), DiskCheck::Torn { empty: true, .. }),
+            matches!(
+                s.check(&overlay, DiskKind::Qcow2).unwrap(),
+                DiskCheck::Torn { empty: true, .. }
+            ),
             "a zero-length overlay is not taken as existing"
         );
         let aside = s.set_aside(&overlay, 1_700_000_000).unwrap();
@@ -475,7 +480,10 @@ mod tests {
         // Bytes that are not qcow2 are told apart from an empty file (a data disk's case).
         std::fs::write(&overlay, vec![7u8; 4096]).unwrap();
         let c = s.check(&overlay, DiskKind::Qcow2).unwrap();
-        assert!(matches!(&c, DiskCheck::Torn { empty: false, why } if why.contains("not qcow2")), "{c:?}");
+        assert!(
+            matches!(&c, DiskCheck::Torn { empty: false, why } if why.contains("not qcow2")),
+            "{c:?}"
+        );
     }
 
     #[test]

@@ -102,7 +102,10 @@ async fn node_path_images_are_verified_and_copied_into_the_cache() {
     let img = tmp.path().join("nvr.img");
     std::fs::write(&img, blob(1 << 16)).unwrap();
     let sha = sha256_file(&img);
-    let cache = ImageCache::new(Layout::new(tmp.path().join("state"))).unwrap();
+    // The image's folder is one vmd takes node paths from (vmd --image-folder).
+    let cache = ImageCache::new(Layout::new(tmp.path().join("state")))
+        .unwrap()
+        .with_folders(vec![tmp.path().to_path_buf()]);
     let e = cache.fetch_path(&img, Some(&"cd".repeat(32))).await.unwrap_err().to_string();
     assert!(e.contains(&format!("its sha256 is {sha}")), "{e}");
     let p = cache.fetch_path(&img, Some(&sha)).await.unwrap();
