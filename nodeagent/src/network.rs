@@ -299,6 +299,17 @@ impl MemoryNetwork {
         });
     }
 
+    /// netd sends an event of `kind` (e.g. `unconfirmed_kept`, `confirmed`).
+    pub fn event(&self, kind: &str, message: &str, at_ms: i64) {
+        self.state().send(PeerEvent {
+            at_ms,
+            kind: kind.into(),
+            subject: String::new(),
+            workload: String::new(),
+            message: message.into(),
+        });
+    }
+
     /// netd's loop `subject` works again.
     pub fn recover(&self, subject: &str, at_ms: i64) {
         let mut s = self.state();

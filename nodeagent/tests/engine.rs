@@ -244,6 +244,37 @@ async fn the_desired_revision_is_on_disk_before_the_network_is_touched() {
 }
 
 #[tokio::test]
+async fn a_network_netd_kept_unconfirmed_shows_as_applied_and_kept_until_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, net, vms) = (MemoryRuntime::new(), MemoryNetwork::default(), MemoryVms::default());
+    rt.add_image("reg.example/web:1");
+    let h = start(dir.path(), &rt, &net, &vms);
+    let t0 = Instant::now();
+    while net.listeners() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "nodeagent does not listen to netd");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.apply(
+        render("  - name: web\n    kind: container\n    image: reg.example/web:1\n"),
+        "t".into(),
+    )
+    .await
+    .unwrap();
+    until(&h, "the network applied", |s| s.network.starts_with("applied (revision")).await;
+    // netd's deadline passed with central away and nothing earlier to go back to.
+    net.event(
+        "unconfirmed_kept",
+        "the network of revision abc was not confirmed in time, and netd kept it",
+        T0,
+    );
+    let s = until(&h, "the kept network shown", |s| s.network.contains("kept")).await;
+    assert_eq!(s.network, "applied (first network, not confirmed: kept)");
+    net.event("confirmed", "revision abc is confirmed", T0 + 1_000);
+    let s = until(&h, "the mark gone", |s| !s.network.contains("kept")).await;
+    assert!(s.network.starts_with("applied (revision"), "{}", s.network);
+}
+
+#[tokio::test]
 async fn restart_backoff_crash_loops_and_stable_runs_on_the_manual_clock() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);

@@ -32,6 +32,8 @@ pub fn status(e: Error) -> Status {
         | Error::RevisionMismatch { .. }
         | Error::AutoAddressNeedsNetd { .. }
         | Error::Spec { .. } => Status::invalid_argument(msg),
+        Error::ImageOutsideFolders { .. } => Status::permission_denied(msg),
+        Error::DataDiskUnreadable { .. } => Status::failed_precondition(msg),
         Error::Admission(_) => Status::resource_exhausted(msg),
         Error::UnknownVm(_) => Status::not_found(msg),
         Error::Foreign(_) | Error::Locked(_) => Status::failed_precondition(msg),

@@ -205,6 +205,11 @@ fn print_observation(o: &backroom_api::netd::ObserveReply) {
     if !o.pending_revision.is_empty() {
         println!("waiting for confirmation until {} (unix time)", o.confirm_deadline_unix);
     }
+    if o.unconfirmed_kept {
+        println!(
+            "not confirmed: kept at its deadline (no earlier network to go back to; confirm it to clear)"
+        );
+    }
     for s in &o.segments {
         let state = if s.present { "present" } else { "MISSING" };
         println!(

@@ -72,6 +72,9 @@ pub struct Engine<R, N, V, P = HostProber<R>> {
     pub(super) actions: VecDeque<ActionResult>,
     pub(super) actions_dirty: bool,
     pub(super) network: PhaseState,
+    /// netd kept the applied network at its confirmation deadline (nothing earlier to go
+    /// back to), unconfirmed; cleared by a confirmation or an apply that works.
+    pub(super) network_kept: bool,
     pub(super) vm_phase: PhaseState,
     pub(super) vm_states: Vec<VmState>,
     pub(super) tx: mpsc::Sender<Msg>,
@@ -161,6 +164,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             actions,
             actions_dirty: false,
             network: PhaseState::default(),
+            network_kept: false,
             vm_phase: PhaseState::default(),
             vm_states: Vec::new(),
             tx,
@@ -232,6 +236,10 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
     /// Books the end of a node-wide phase; true when it succeeded.
     fn phase_done(&mut self, phase: Phase, revision: &str, result: Result<Vec<String>>) -> bool {
         let retry_at_ms = self.now() + self.cfg.retry_ms;
+        if matches!(phase, Phase::Network) && result.is_ok() {
+            // Confirmed (or nothing to confirm): no longer a kept, unconfirmed network.
+            self.network_kept = false;
+        }
         let (state, what) = match phase {
             Phase::Network => (&mut self.network, "network"),
             Phase::Vms => (&mut self.vm_phase, "VMs"),

@@ -243,7 +243,14 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                         self.emit(&e.workload, "vm", format!("{kind}: {}", e.message));
                         self.refresh_vms();
                     }
-                    _ => self.emit(&e.workload, "netd", format!("{kind}: {}", e.message)),
+                    _ => {
+                        match kind {
+                            "unconfirmed_kept" => self.network_kept = true,
+                            "confirmed" => self.network_kept = false,
+                            _ => {}
+                        }
+                        self.emit(&e.workload, "netd", format!("{kind}: {}", e.message))
+                    }
                 },
             },
         }
@@ -511,6 +518,8 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             _ if silent(Daemon::Netd).is_some() => silent(Daemon::Netd).unwrap_or_default(),
             (None, _) => self.boot_error.clone().unwrap_or_else(|| "no profile yet".into()),
             (_, PhaseState { busy: true, .. }) => "applying".into(),
+            // netd kept it at the deadline: it is applied, only its confirmation is missing.
+            _ if self.network_kept => "applied (first network, not confirmed: kept)".into(),
             (_, PhaseState { error: Some(e), unreachable: true, .. }) => {
                 format!("waiting: {e}; retrying")
             }

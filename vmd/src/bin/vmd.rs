@@ -136,6 +136,11 @@ struct Common {
     /// private CA). A download is also checked against the profile's sha256 either way.
     #[arg(long, env = "VMD_IMAGE_CA")]
     image_ca: Option<PathBuf>,
+    /// A folder that boot images named by a node path (`boot: {disk: {image: /…}}`) may come
+    /// from; repeat it for more than one. Such a path must resolve (symlinks and `..` followed)
+    /// to a regular file inside one of them, or the profile is refused and nothing is copied.
+    #[arg(long = "image-folder", value_name = "DIR", default_value = backroom_vmd::images::DEFAULT_IMAGE_FOLDER)]
+    image_folders: Vec<PathBuf>,
     /// Work on libvirt directly even when the daemon's socket answers.
     #[arg(long)]
     direct: bool,
@@ -176,7 +181,10 @@ impl Common {
         };
         let deps = Deps {
             hypervisor: hv.clone() as Arc<dyn Hypervisor>,
-            storage: Arc::new(FsStorage::with_image_ca(layout.clone(), self.image_ca.as_deref())?),
+            storage: Arc::new(
+                FsStorage::with_image_ca(layout.clone(), self.image_ca.as_deref())?
+                    .with_image_folders(self.image_folders.clone()),
+            ),
             nics,
         };
         Ok((Vmd::new(deps, layout, self.config())?, lock, hv))
