@@ -36,12 +36,8 @@ impl Vmd {
         storage.ensure_dir(&self.layout().vm_dir(&d.name))?;
         if let backroom_profiles::Boot { kernel: Some(k), .. } = &d.spec.boot {
             for p in std::iter::once(&k.kernel).chain(k.initrd.iter()) {
-                if !storage.exists(Path::new(p)) {
-                    return Err(Error::Spec {
-                        vm: d.name.clone(),
-                        message: format!("{p} does not exist on this node"),
-                    });
-                }
+                // Inside the image folders, like a boot disk named by path.
+                storage.confine(Path::new(p))?;
             }
         }
         let named = |p: &Path| defined.is_none_or(|x| x.contains(&p.display().to_string()));

@@ -349,6 +349,17 @@ impl Vmd {
         let virt = self.virt().await.virt_type;
         let mut desired = Vec::new();
         for vm in profile.vms() {
+            // A direct-boot kernel and initrd come from the image folders too, checked before
+            // anything is made: QEMU loads them into the guest.
+            if let Some(k) = &vm.boot.kernel {
+                let s = self.storage();
+                let files: Vec<String> =
+                    std::iter::once(k.kernel.clone()).chain(k.initrd.clone()).collect();
+                blocking(move || {
+                    files.iter().try_for_each(|f| s.confine(std::path::Path::new(f)).map(drop))
+                })
+                .await?;
+            }
             let nics = self.inner.deps.nics.attach(profile, vm).await?;
             let image_id = match &vm.boot.disk {
                 Some(d) => {

@@ -63,6 +63,10 @@ pub trait Storage: Send + Sync {
     fn ensure_data_disk(&self, path: &Path, size: u64) -> Result<bool>;
     fn write_seed(&self, path: &Path, seed: &Seed) -> Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// A file a profile names for QEMU to read (a direct-boot kernel or initrd): refused unless
+    /// it is a regular file inside the image folders, as for a boot disk named by path (QEMU
+    /// loads it into the guest, which could read the node's key otherwise).
+    fn confine(&self, path: &Path) -> Result<PathBuf>;
     /// Whether the file at `path` is a readable image of `kind` (`qemu-img info` for qcow2, the
     /// ISO 9660 signature for a seed). Fails only when it cannot tell (e.g. no `qemu-img`).
     fn check(&self, path: &Path, kind: DiskKind) -> Result<DiskCheck>;
@@ -265,6 +269,10 @@ impl Storage for FsStorage {
         install(&tmp, path)
     }
 
+    fn confine(&self, path: &Path) -> Result<PathBuf> {
+        self.images().confine(path)
+    }
+
     fn exists(&self, path: &Path) -> bool {
         path.exists()
     }
@@ -388,6 +396,17 @@ impl Storage for MemStorage {
 
     fn ensure_dir(&self, _dir: &Path) -> Result<()> {
         Ok(())
+    }
+
+    fn confine(&self, path: &Path) -> Result<PathBuf> {
+        if self.exists(path) {
+            Ok(path.to_path_buf())
+        } else {
+            Err(Error::Image {
+                image: path.display().to_string(),
+                message: "no such file on this node".into(),
+            })
+        }
     }
 
     fn exists(&self, path: &Path) -> bool {

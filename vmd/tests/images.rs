@@ -204,3 +204,49 @@ fn a_daemon_refuses_a_boot_image_outside_its_image_folders_and_copies_nothing() 
     assert!(!virsh(&["list", "--all", "--name"]).lines().any(|l| l.trim() == format!("bk-{vm}")));
     assert!(d.list().is_empty(), "no VM taken on");
 }
+
+/// A direct-boot kernel or initrd is a file QEMU loads into the guest: one outside the image
+/// folders (the node's key, say) is refused the same way, before anything is made.
+#[test]
+fn a_daemon_refuses_a_kernel_or_initrd_outside_its_image_folders() {
+    require_libvirt();
+    let tmp = tempfile::Builder::new().prefix("vmd-kernel").tempdir_in("/tmp").unwrap();
+    let images = tmp.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let key = tmp.path().join("node.key");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    let inside = images.join("vmlinuz");
+    std::fs::write(&inside, "not really a kernel").unwrap();
+    let d = Daemon::start(tmp.path(), &["--image-folder", images.to_str().unwrap()]);
+    let vm = uniq();
+    let _domains = Domains(vec![vm.clone()]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for (kernel, initrd) in [(&key, &inside), (&inside, &key)] {
+        let t = format!(
+            "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {{name: kernel}}\n\
+             node: {{reserved: {{cpus: 0.5, memory: 1Gi}}, capacity: {{cpus: 4, memory: 4Gi}}}}\n\
+             workloads:\n  - {{name: {vm}, kind: vm, cpus: 1, memory: 256Mi, boot: {{disk: ~, kernel: {{kernel: {}, initrd: {}}}}}}}\n",
+            kernel.display(),
+            initrd.display()
+        );
+        let r = render_str("kernel.yaml", &t).unwrap();
+        let e = rt
+            .block_on(async {
+                let mut c = backroom_vmd::client::vmd_client(&d.socket).await.unwrap();
+                c.apply(backroom_api::vmd::ApplyRequest {
+                    revision: r.revision.as_str().into(),
+                    profile_yaml: r.to_yaml(),
+                })
+                .await
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{kernel:?} {initrd:?}: {e:?}");
+        assert!(
+            e.message().contains(&key.display().to_string()),
+            "names the path: {}",
+            e.message()
+        );
+    }
+    assert!(!virsh(&["list", "--all", "--name"]).lines().any(|l| l.trim() == format!("bk-{vm}")));
+    assert!(d.list().is_empty(), "no VM taken on");
+}

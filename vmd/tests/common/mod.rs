@@ -164,6 +164,9 @@ impl Daemon {
             "12s".into(),
             "--probe-netns".into(),
             NS.into(),
+            // The test guests' kernels and initrds are read from their folder.
+            "--image-folder".into(),
+            guest().dir.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut d = Daemon { child: spawn(&args, &log), socket, state, args, log };
