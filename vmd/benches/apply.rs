@@ -102,7 +102,11 @@ fn main() {
         let hv = Arc::new(Libvirt::open("qemu:///system").unwrap());
         let deps = Deps {
             hypervisor: hv,
-            storage: Arc::new(FsStorage::new(layout.clone()).unwrap()),
+            storage: Arc::new(
+                FsStorage::new(layout.clone())
+                    .unwrap()
+                    .with_image_folders(vec![std::path::PathBuf::from(&gdir)]),
+            ),
             nics: Arc::new(StaticNics),
         };
         let cfg = Config {

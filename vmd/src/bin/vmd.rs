@@ -136,9 +136,10 @@ struct Common {
     /// private CA). A download is also checked against the profile's sha256 either way.
     #[arg(long, env = "VMD_IMAGE_CA")]
     image_ca: Option<PathBuf>,
-    /// A folder that boot images named by a node path (`boot: {disk: {image: /…}}`) may come
-    /// from; repeat it for more than one. Such a path must resolve (symlinks and `..` followed)
-    /// to a regular file inside one of them, or the profile is refused and nothing is copied.
+    /// A folder that boot images named by a node path (`boot: {disk: {image: /…}}`) and
+    /// direct-boot kernels and initrds may come from; repeat it for more than one. Such a path
+    /// must resolve (symlinks and `..` followed) to a regular file inside one of them, or the
+    /// profile is refused and nothing is copied or defined.
     #[arg(long = "image-folder", value_name = "DIR", default_value = backroom_vmd::images::DEFAULT_IMAGE_FOLDER)]
     image_folders: Vec<PathBuf>,
     /// Work on libvirt directly even when the daemon's socket answers.
