@@ -6,8 +6,10 @@
 //!   same link code nodeagent uses (the `fleetsim` binary and the fleet benchmark);
 //! - [`procs`]: starting and measuring real processes (central) for tests and benchmarks;
 //! - [`ociimage`]: small OCI images built around busybox-static, for tests and `make run`;
+//! - [`chaos`]: state files damaged as a power cut would, and the fault suite's figures;
 //! - [`kernel_lab`]: running a test inside Debian's kernel (VLANs, bridge conntrack, netem).
 
+pub mod chaos;
 pub mod genfleet;
 pub mod kernel_lab;
 pub mod ociimage;

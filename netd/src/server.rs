@@ -273,13 +273,14 @@ impl Daemon {
     /// State files found unreadable (and set aside) are problems, `state file <name>`, until
     /// netd has written them again.
     pub async fn check_state_files(&self) {
-        let (dir, found) = match self.run(|e| Ok((e.state_dir().to_path_buf(), e.check_state_files()))).await {
-            Ok(v) => v,
-            Err(e) => {
-                warn!(error = %Chain(&e), "cannot check the state files");
-                return;
-            }
-        };
+        let (dir, found) =
+            match self.run(|e| Ok((e.state_dir().to_path_buf(), e.check_state_files()))).await {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(error = %Chain(&e), "cannot check the state files");
+                    return;
+                }
+            };
         for s in found {
             let name = s.path.strip_prefix(&dir).unwrap_or(&s.path).display().to_string();
             let subject = format!("state file {name}");

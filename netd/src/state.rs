@@ -73,14 +73,18 @@ impl StateDir {
     pub fn load<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T> {
         let p = self.dir.join(name);
         let now = backroom_daemon::SystemClock.now_unix();
-        Ok(match backroom_daemon::fs::load_or_set_aside(&p, now, |b| serde_json::from_slice::<T>(b)) {
-            Loaded::Read(v) => v,
-            Loaded::Missing => T::default(),
-            Loaded::SetAside(s) => {
-                self.set_aside.lock().unwrap_or_else(|e| e.into_inner()).push(s);
-                T::default()
-            }
-        })
+        Ok(
+            match backroom_daemon::fs::load_or_set_aside(&p, now, |b| {
+                serde_json::from_slice::<T>(b)
+            }) {
+                Loaded::Read(v) => v,
+                Loaded::Missing => T::default(),
+                Loaded::SetAside(s) => {
+                    self.set_aside.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+                    T::default()
+                }
+            },
+        )
     }
 
     /// The files set aside since the last call (to be told once).

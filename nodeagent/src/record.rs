@@ -209,9 +209,8 @@ pub fn rebuild(
     netns_exists: impl Fn(&str) -> bool,
 ) -> (Vec<String>, Vec<String>) {
     use crate::runtime::{LABEL_ROLE, LABEL_SPEC, LABEL_WORKLOAD, TaskState};
-    let generation = |id: &str| {
-        id.rsplit_once('.').and_then(|(_, g)| g.parse::<u64>().ok()).unwrap_or(0)
-    };
+    let generation =
+        |id: &str| id.rsplit_once('.').and_then(|(_, g)| g.parse::<u64>().ok()).unwrap_or(0);
     // (workload, role) → the best candidate: running first, then the newest generation.
     let mut best: BTreeMap<(String, Role), &crate::runtime::Observed> = BTreeMap::new();
     let mut left_out = Vec::new();
@@ -338,7 +337,10 @@ mod tests {
         assert_eq!(menu.image, "r.example/menu:1");
         assert_eq!(menu.revision, profile.revision.as_str());
         assert_eq!(records["menu"].generation, 3, "the next container id is a new one");
-        assert!(records["orders"].primary.as_ref().unwrap().running(), "its watch finds it stopped");
+        assert!(
+            records["orders"].primary.as_ref().unwrap().running(),
+            "its watch finds it stopped"
+        );
         assert!(!records.contains_key("gone"));
         // A record that knows its primary already: another primary is not taken.
         let again = [observed("menu.9", "menu", "primary", running(90))];

@@ -231,7 +231,11 @@ mod tests {
         assert_eq!(s.load_node().unwrap(), NodeState::default(), "started without it");
         let told = s.take_set_aside();
         assert_eq!(told.len(), 1, "{told:?}");
-        assert!(told[0].sentence().contains("node.json could not be read"), "{}", told[0].sentence());
+        assert!(
+            told[0].sentence().contains("node.json could not be read"),
+            "{}",
+            told[0].sentence()
+        );
         let kept = told[0].kept_as.clone().unwrap();
         assert_eq!(std::fs::read(kept).unwrap(), &bytes[..bytes.len() / 2]);
         assert!(s.take_set_aside().is_empty(), "told once");

@@ -730,7 +730,11 @@ mod tests {
         let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         let msgs: Vec<String> = messages(&ob);
         assert_eq!(msgs, ["next"]);
-        assert!(notices(&ob).iter().any(|n| n.contains("1 lines do not read")), "{:?}", notices(&ob));
+        assert!(
+            notices(&ob).iter().any(|n| n.contains("1 lines do not read")),
+            "{:?}",
+            notices(&ob)
+        );
         // The state file still knows every number handed out: nothing to settle.
         assert!(!ob.unsure());
         assert!(ob.next_seq() > RESERVED_BLOCK);

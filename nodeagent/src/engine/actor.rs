@@ -222,12 +222,8 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
     /// Opens a problem for each state file the store set aside since the last call.
     pub(super) fn tell_set_aside(&mut self) {
         for s in self.store.take_set_aside() {
-            let name = s
-                .path
-                .strip_prefix(self.store.dir())
-                .unwrap_or(&s.path)
-                .display()
-                .to_string();
+            let name =
+                s.path.strip_prefix(self.store.dir()).unwrap_or(&s.path).display().to_string();
             let subject = format!("state file {name}");
             self.failing(&subject, "", s.sentence());
             if !self.set_aside.iter().any(|(sub, _)| *sub == subject) {
@@ -238,12 +234,8 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
 
     /// A state file set aside is over once nodeagent has written it again.
     pub(super) fn close_set_aside(&mut self) {
-        let written: Vec<String> = self
-            .set_aside
-            .iter()
-            .filter(|(_, p)| p.exists())
-            .map(|(s, _)| s.clone())
-            .collect();
+        let written: Vec<String> =
+            self.set_aside.iter().filter(|(_, p)| p.exists()).map(|(s, _)| s.clone()).collect();
         for subject in written {
             self.working(&subject);
             self.set_aside.retain(|(s, _)| *s != subject);

@@ -176,7 +176,8 @@ pub(crate) enum PeerNews {
 
 /// Events told before the first [`EngineHandle::subscribe_with_backlog`] (at most
 /// [`BACKLOG_KEPT`]); `None` once taken.
-pub(crate) type Backlog = std::sync::Arc<std::sync::Mutex<Option<std::collections::VecDeque<Event>>>>;
+pub(crate) type Backlog =
+    std::sync::Arc<std::sync::Mutex<Option<std::collections::VecDeque<Event>>>>;
 
 /// How many early events wait for the outbox (those at start: adoption, state files set aside).
 pub(crate) const BACKLOG_KEPT: usize = 256;
