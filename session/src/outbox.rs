@@ -945,6 +945,7 @@ mod tests {
                 state in state_damage(),
                 central_share in 0.0f64..=1.0,
                 m in 1usize..6,
+                later in 0usize..4,
             ) {
                 let d = tempfile::tempdir().unwrap();
                 let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
@@ -954,6 +955,11 @@ mod tests {
                 }
                 let k = ((n as f64) * acked_share) as u64;
                 ob.ack(k).unwrap();
+                // Pushed after the last save of the state file: only the log shows them.
+                for i in 0..later {
+                    handed_out = ob.push(50 + i as i64, "k", "w", "", &format!("later {i}")).unwrap();
+                }
+                let n = n + later;
                 drop(ob);
                 if reopen {
                     drop(Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap());
