@@ -43,6 +43,10 @@ bench: deps services
 	$(CARGO) bench -p backroom-netd --bench apply
 
 ## make chaos: central's abuse suite for longer (BACKROOM_ABUSE_SECONDS, default 300): every RPC
-## fed hostile messages while `store list` is measured; prints its p50/p99.
+## fed hostile messages while `store list` is measured; prints its p50/p99. Then power loss of
+## every state file (BACKROOM_CHAOS_STATE_ROUNDS per daemon, default 20), with its figures.
 chaos:
 	$(CARGO) test -p backroom-central --test abuse -- --ignored --nocapture abuse_long
+	$(CARGO) build --bins
+	BACKROOM_CHAOS_STATE_ROUNDS=$${BACKROOM_CHAOS_STATE_ROUNDS:-20} \
+		$(CARGO) test -p backroom-integration --test chaos_state -- --nocapture
