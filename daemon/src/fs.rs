@@ -141,11 +141,18 @@ pub fn set_aside(path: &Path, now_unix: i64, reason: String) -> SetAside {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let base = format!("{name}.unreadable-{now_unix}");
-    let mut target = dir.join(&base);
-    let mut n = 1;
+    // Above every copy of the same second, even one pruned already: the new copy is the
+    // newest in the order copies are pruned by.
+    let same_second: Vec<u64> = copy_stamps(dir, &name)
+        .into_iter()
+        .filter(|((secs, _), _)| *secs == now_unix)
+        .map(|((_, n), _)| n)
+        .collect();
+    let mut n = same_second.iter().max().map_or(0, |m| m + 1);
+    let mut target = if n == 0 { dir.join(&base) } else { dir.join(format!("{base}-{n}")) };
     while target.symlink_metadata().is_ok() {
-        target = dir.join(format!("{base}-{n}"));
         n += 1;
+        target = dir.join(format!("{base}-{n}"));
     }
     let kept_as = match std::fs::rename(path, &target) {
         Ok(()) => {
@@ -163,6 +170,11 @@ pub fn set_aside(path: &Path, now_unix: i64, reason: String) -> SetAside {
 
 /// The set-aside copies of the state file `name` in `dir`, oldest first.
 pub fn set_aside_copies(dir: &Path, name: &str) -> Vec<PathBuf> {
+    copy_stamps(dir, name).into_iter().map(|(_, p)| p).collect()
+}
+
+/// The set-aside copies of `name` with their (seconds, n) stamps, oldest first.
+fn copy_stamps(dir: &Path, name: &str) -> Vec<((i64, u64), PathBuf)> {
     let prefix = format!("{name}.unreadable-");
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut found: Vec<((i64, u64), PathBuf)> = entries
@@ -178,7 +190,7 @@ pub fn set_aside_copies(dir: &Path, name: &str) -> Vec<PathBuf> {
         })
         .collect();
     found.sort();
-    found.into_iter().map(|(_, p)| p).collect()
+    found
 }
 
 fn prune_set_aside(dir: &Path, name: &str) {
@@ -338,6 +350,15 @@ mod tests {
         let newest = copies.last().unwrap();
         assert_eq!(std::fs::read(newest).unwrap(), b"bad 105");
         assert!(copies[0].ends_with("n.json.unreadable-103"), "{copies:?}");
+        // Many in one second, the first ones pruned already: the newest still wins.
+        for _ in 0..5 {
+            std::fs::write(&p, b"same second").unwrap();
+            let Loaded::SetAside(s) = load_or_set_aside(&p, 200, parse_json_number) else {
+                panic!("not set aside")
+            };
+            let copies = set_aside_copies(d.path(), "n.json");
+            assert_eq!(copies.last(), s.kept_as.as_ref(), "{copies:?}");
+        }
         // Another file's copies are its own.
         std::fs::write(d.path().join("m.json"), b"y").unwrap();
         let m = d.path().join("m.json");
