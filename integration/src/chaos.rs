@@ -96,6 +96,9 @@ pub struct Figures {
     pub starts: usize,
     pub started: usize,
     pub seq_reused: usize,
+    /// Damage a reader cannot tell from a whole file (a log cut at a line's end): nothing to
+    /// set aside.
+    pub still_whole: usize,
     /// Per daemon: (name, rounds).
     pub per_daemon: Vec<(String, usize)>,
 }
@@ -112,12 +115,13 @@ impl Figures {
     pub fn table_row(&self) -> String {
         let each: Vec<String> = self.per_daemon.iter().map(|(d, n)| format!("{d} {n}")).collect();
         format!(
-            "| power loss of state files | {} rounds | {} files damaged ({}): {}/{} daemon starts answered and converged, every damaged file set aside and told, {} outbox sequence numbers reused |",
+            "| power loss of state files | {} rounds | {} files damaged ({}): {}/{} daemon starts answered and converged, every damaged file that did not read set aside and told ({} still read whole), {} outbox sequence numbers reused |",
             self.rounds,
             self.files_damaged,
             each.join(", "),
             self.started,
             self.starts,
+            self.still_whole,
             self.seq_reused
         )
     }

@@ -459,6 +459,7 @@ async fn nodeagent_rounds(rng: &mut StdRng, figures: &mut Figures, n: usize) {
             eprintln!(
                 "chaos_state: nodeagent round {i}: {name} still reads whole; nothing to set aside"
             );
+            figures.still_whole += 1;
             figures.rounds += 1;
             continue;
         }
