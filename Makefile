@@ -42,11 +42,20 @@ bench: deps services
 	$(CARGO) bench -p backroom-vmd
 	$(CARGO) bench -p backroom-netd --bench apply
 
-## make chaos: central's abuse suite for longer (BACKROOM_ABUSE_SECONDS, default 300): every RPC
-## fed hostile messages while `store list` is measured; prints its p50/p99. Then power loss of
-## every state file (BACKROOM_CHAOS_STATE_ROUNDS per daemon, default 20), with its figures.
-chaos:
-	$(CARGO) test -p backroom-central --test abuse -- --ignored --nocapture abuse_long
-	$(CARGO) build --bins
-	BACKROOM_CHAOS_STATE_ROUNDS=$${BACKROOM_CHAOS_STATE_ROUNDS:-20} \
-		$(CARGO) test -p backroom-integration --test chaos_state -- --nocapture
+## make chaos: the fault-and-abuse suite, long: kill -9 of every daemon during applies
+## (BACKROOM_CHAOS_KILLS, default 120), power loss of every state file (BACKROOM_CHAOS_STATE_ROUNDS,
+## default 200), central away for a day, fuzzing of the profile parser and the protobuf decoders
+## (BACKROOM_CHAOS_FUZZ_SECS per target, default 60) and central's abuse suite
+## (BACKROOM_ABUSE_SECONDS, default 300). Prints one table of figures (also target/chaos-table.md).
+CHAOS_TABLE := $(CURDIR)/target/chaos-table.md
+chaos: deps services build
+	@mkdir -p target && rm -f $(CHAOS_TABLE)
+	BACKROOM_CHAOS_TABLE=$(CHAOS_TABLE) BACKROOM_CHAOS_KILLS=$${BACKROOM_CHAOS_KILLS:-120} \
+	  BACKROOM_CHAOS_STATE_ROUNDS=$${BACKROOM_CHAOS_STATE_ROUNDS:-200} \
+	  BACKROOM_CHAOS_FUZZ_SECS=$${BACKROOM_CHAOS_FUZZ_SECS:-60} \
+	  $(CARGO) test -p backroom-integration --test chaos_kill --test chaos_state \
+	    --test chaos_central_away --test chaos_fuzz -- --nocapture --test-threads 1
+	BACKROOM_CHAOS_TABLE=$(CHAOS_TABLE) $(CARGO) test -p backroom-central --test abuse -- \
+	  --ignored --nocapture abuse_long
+	@printf '\n%s\n\n| case | scale | what held |\n|---|---|---|\n' "make chaos: figures ($$(date -u +%F), seed and settings above)"
+	@cat $(CHAOS_TABLE)

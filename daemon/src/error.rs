@@ -22,6 +22,11 @@ pub enum Error {
     /// Another process holds the state folder's lock.
     #[error("another process is using {} (its lock {} is held)", dir.display(), lock.display())]
     Locked { dir: PathBuf, lock: PathBuf },
+    /// `--socket-group` names a group this host does not have.
+    #[error(
+        "the socket group {0:?} does not exist in /etc/group: create it (packaging/sysusers.d/backroom.conf does) or leave --socket-group out"
+    )]
+    UnknownGroup(String),
     /// The gRPC transport to a local daemon failed.
     #[error("cannot connect to {}", .path.display())]
     Connect {

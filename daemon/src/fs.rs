@@ -2,7 +2,9 @@
 //!
 //! [`write_atomic`] writes a temporary file beside the target, fsyncs it, renames it over the
 //! target and fsyncs the folder: after a power cut a reader finds the old content or the new,
-//! never half of it. [`StateLock`] is an exclusive `flock` that says which process owns a
+//! never half of it. [`install`] does the same for a file another program wrote (`qemu-img`,
+//! `xorriso`), and [`rename_durable`] moves a file aside so that the move outlives a power cut.
+//! [`StateLock`] is an exclusive `flock` that says which process owns a
 //! state folder; the kernel releases it when that process dies, however it dies.
 //!
 //! [`load_or_set_aside`] is how every daemon reads a state file at start: a file that does not
@@ -45,6 +47,32 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
+    sync_dir(dir)
+}
+
+/// Puts the finished file `tmp` (written by someone else, e.g. `qemu-img create`) at `dest`
+/// crash-safely: its data reaches the disk before the rename, and the rename before this
+/// returns. Without the first fsync a power cut can leave `dest` named but empty or torn.
+pub fn install(tmp: &Path, dest: &Path) -> std::io::Result<()> {
+    File::open(tmp)?.sync_all()?;
+    rename_durable(tmp, dest)
+}
+
+/// Renames `from` to `to` and fsyncs the folders involved, so the new name survives a power cut.
+pub fn rename_durable(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::rename(from, to)?;
+    let dir_of = |p: &Path| {
+        p.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
+    };
+    let (a, b) = (dir_of(from), dir_of(to));
+    sync_dir(&b)?;
+    if a != b {
+        sync_dir(&a)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -365,6 +393,25 @@ mod tests {
         assert!(matches!(load_or_set_aside(&m, 1, parse_json_number), Loaded::SetAside(_)));
         assert_eq!(set_aside_copies(d.path(), "n.json").len(), SET_ASIDE_KEPT);
         assert_eq!(set_aside_copies(d.path(), "m.json").len(), 1);
+    }
+
+    #[test]
+    fn install_puts_a_finished_file_in_place_and_leaves_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let (tmp, dest) = (d.path().join("disk.qcow2.tmp"), d.path().join("disk.qcow2"));
+        std::fs::write(&dest, b"old").unwrap();
+        std::fs::write(&tmp, b"new image").unwrap();
+        install(&tmp, &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new image");
+        assert!(!tmp.exists());
+        // A temporary that is not there is an error, and the target stays as it was.
+        let e = install(&tmp, &dest).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new image");
+        let aside = d.path().join("sub");
+        std::fs::create_dir(&aside).unwrap();
+        rename_durable(&dest, &aside.join("disk.qcow2.torn-1")).unwrap();
+        assert!(!dest.exists() && aside.join("disk.qcow2.torn-1").exists());
     }
 
     #[test]

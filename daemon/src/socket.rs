@@ -42,6 +42,53 @@ impl Access {
     }
 }
 
+impl Access {
+    /// Root, and the members of the group `name` when one is given (`--socket-group`); the
+    /// name is looked up in `/etc/group` (where systemd-sysusers puts the `backroom` group), a
+    /// number is taken as the gid itself. An unknown group is an error, never "root only".
+    pub fn for_group(name: Option<&str>) -> Result<Access> {
+        let Some(name) = name else { return Ok(Access::ROOT) };
+        let group = Path::new("/etc/group");
+        let text = std::fs::read_to_string(group).map_err(|e| Error::io("read", group, e))?;
+        Access::for_group_in(name, &text)
+    }
+
+    /// [`Access::for_group`] with the group file's text.
+    pub fn for_group_in(name: &str, group_file: &str) -> Result<Access> {
+        let gid = name.parse::<u32>().ok().or_else(|| gid_of(name, group_file));
+        match gid {
+            Some(gid) => Ok(Access { group: Some(gid) }),
+            None => Err(Error::UnknownGroup(name.to_string())),
+        }
+    }
+}
+
+/// The gid of `name` in the text of a group file (`name:x:gid:members`).
+fn gid_of(name: &str, group_file: &str) -> Option<u32> {
+    group_file.lines().find_map(|line| {
+        let mut f = line.split(':');
+        if f.next()? != name {
+            return None;
+        }
+        f.nth(1)?.trim().parse().ok()
+    })
+}
+
+/// The `--socket-group` option every daemon takes.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SocketArgs {
+    /// Besides root, members of this group may use the daemon's socket (it is then 0660 and
+    /// owned by the group; peers are checked by their credentials too). Without it: root only.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+}
+
+impl SocketArgs {
+    pub fn access(&self) -> Result<Access> {
+        Access::for_group(self.socket_group.as_deref())
+    }
+}
+
 /// The supplementary groups of a process, from `/proc/PID/status`.
 fn supplementary_groups(pid: i32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -196,6 +243,18 @@ mod tests {
         assert!(g.allows(1000, 990, None));
         assert!(!g.allows(1000, 1000, Some(i32::MAX)));
         assert_eq!(g.mode(), 0o660);
+    }
+
+    #[test]
+    fn socket_groups_by_name_or_number_and_unknown_ones_refused() {
+        let etc = "root:x:0:\n# a comment\nbackroom:x:991:alice,bob\nback:x:5:\n";
+        assert_eq!(Access::for_group_in("backroom", etc).unwrap(), Access { group: Some(991) });
+        assert_eq!(Access::for_group_in("back", etc).unwrap(), Access { group: Some(5) });
+        assert_eq!(Access::for_group_in("1234", etc).unwrap(), Access { group: Some(1234) });
+        let e = Access::for_group_in("backroo", etc).unwrap_err();
+        assert!(e.to_string().contains("\"backroo\" does not exist"), "{e}");
+        assert_eq!(Access::for_group(None).unwrap(), Access::ROOT);
+        assert_eq!(Access::for_group(Some("root")).unwrap(), Access { group: Some(0) });
     }
 
     #[tokio::test]

@@ -128,14 +128,17 @@ fn lab_inner() {
         let _ = err.read_to_string(&mut text);
         text
     });
-    // Once the session is up and events flow, cut the link for 8 s.
+    // Once the session is up and events flow, cut the link for 45 s: longer than the node's
+    // HTTP/2 keepalive (a ping every 20 s, 20 s to answer) and central's three missed
+    // heartbeats, so the session must break. A shorter cut is ridden out by TCP's
+    // retransmissions and proves nothing about recovery.
     use std::io::BufRead;
     let mut lines = std::io::BufReader::new(sim.stdout.take().unwrap()).lines();
     let first = lines.next().and_then(Result::ok).unwrap_or_default();
     assert_eq!(first.trim(), "online 1", "fleetsim did not come online");
     std::thread::sleep(Duration::from_secs(3));
     sh(&format!("ip -n {store} link set wan0 down"));
-    std::thread::sleep(Duration::from_secs(8));
+    std::thread::sleep(Duration::from_secs(45));
     sh(&format!("ip -n {store} link set wan0 up"));
     let status = sim.wait().unwrap();
     let stdout: Vec<String> = lines.map_while(Result::ok).collect();

@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::dhcp::{Dhcp, DhcpRequest};
 use crate::endpoints::Endpoint;
-use crate::engine::{Engine, Observation, parse_profile};
+use crate::engine::{Deadline, Engine, Observation, parse_profile};
 use crate::error::Error;
 
 /// Subjects of the loops' problems when the error names nothing more precise.
@@ -457,16 +457,22 @@ impl Daemon {
         }
         self.loops().rollback = None;
         match r {
-            Ok(Some((rev, o))) if rev.is_empty() => self.emit(
+            Ok(Some(Deadline::RolledBack { revision, outcome })) => self.emit(
                 "rollback_done",
-                format!("the apply was not confirmed in time and there was no earlier profile: netd removed its network ({} steps)", o.actions.len()),
-                "",
+                format!("the apply was not confirmed in time: revision {revision} is back ({} steps)", outcome.actions.len()),
+                &revision,
             ),
-            Ok(Some((rev, o))) => self.emit(
-                "rollback_done",
-                format!("the apply was not confirmed in time: revision {rev} is back ({} steps)", o.actions.len()),
-                &rev,
+            Ok(Some(Deadline::Kept { revision, again: false })) => self.emit(
+                "unconfirmed_kept",
+                format!(
+                    "the network of revision {} was not confirmed in time, and netd kept it: there is no earlier network to go back to, and removing it would cut the store off (a later confirmation clears this)",
+                    backroom_daemon::text::short(&revision, 12)
+                ),
+                &revision,
             ),
+            Ok(Some(Deadline::Kept { revision, again: true })) => {
+                info!(revision = %revision, "the network, applied again, is still unconfirmed: kept");
+            }
             Ok(None) | Err(_) => {}
         }
         self.succeeded(ROLLBACK);
@@ -528,6 +534,7 @@ pub fn observe_reply(o: Observation) -> pb::ObserveReply {
         applied_revision: o.applied_revision,
         pending_revision: o.pending_revision,
         confirm_deadline_unix: o.confirm_deadline_unix,
+        unconfirmed_kept: o.unconfirmed_kept,
         segments: o
             .segments
             .into_iter()
@@ -698,12 +705,18 @@ impl Netd for Daemon {
     }
 }
 
-/// Serves the API on `socket` (mode 0600, through `backroom_daemon::socket`) until SIGTERM or
-/// SIGINT; tells systemd when ready and when stopping, and feeds its watchdog while the
-/// background loop turns. Stopping leaves the network as it is.
-pub async fn serve(daemon: Daemon, socket: PathBuf, interval: Duration) -> Result<(), Error> {
+/// Serves the API on `socket` (root only, 0600, or `access`'s group too, 0660: through
+/// `backroom_daemon::socket`) until SIGTERM or SIGINT; tells systemd when ready and when
+/// stopping, and feeds its watchdog while the background loop turns. Stopping leaves the
+/// network as it is.
+pub async fn serve(
+    daemon: Daemon,
+    socket: PathBuf,
+    access: backroom_daemon::socket::Access,
+    interval: Duration,
+) -> Result<(), Error> {
     use backroom_daemon::{notify, signal, socket as sock};
-    let incoming = sock::listen(&socket, sock::Access::ROOT)?;
+    let incoming = sock::listen(&socket, access)?;
     // Re-adopt what exists: repair whatever drifted while netd was not running.
     daemon.check().await;
     daemon.deadline().await;

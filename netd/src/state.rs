@@ -27,6 +27,19 @@ pub struct Applied {
     pub profile_yaml: String,
     #[serde(default)]
     pub uplink_override: Option<String>,
+    /// The confirmation deadline passed with nothing confirmed to go back to: netd kept this
+    /// network rather than remove it (that would cut the store off). A confirm clears it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unconfirmed_kept: bool,
+}
+
+impl Applied {
+    /// The same network (revision and uplink), whatever its confirmation.
+    pub fn same_network(&self, other: &Applied) -> bool {
+        self.revision == other.revision
+            && self.profile_yaml == other.profile_yaml
+            && self.uplink_override == other.uplink_override
+    }
 }
 
 /// An apply that must be confirmed before `deadline_unix`, or `previous` comes back.

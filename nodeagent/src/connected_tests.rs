@@ -81,6 +81,28 @@ fn failures_that_waiting_will_not_fix_are_told_apart() {
 }
 
 #[test]
+fn a_local_daemon_out_of_reach_is_waited_for_not_a_failed_revision() {
+    // kill -9 of vmd or netd during an apply (the chaos suite found it): the phase waits for
+    // the daemon; the revision is not failed and rolled back for it.
+    let mut s = status("waiting: netd apply failed: connection refused; retrying", &[]);
+    assert!(hard_failure(&s).is_none());
+    s.vms = "waiting: vmd apply failed: connection refused; retrying".into();
+    assert!(hard_failure(&s).is_none());
+    s.vms = "failed: vmd apply failed: the image's sha256 differs; retrying".into();
+    assert!(hard_failure(&s).unwrap().contains("VMs failed"), "a real failure is still one");
+    let gone = crate::Error::Vmd {
+        op: "apply",
+        source: crate::error::Rpc(tonic::Status::unavailable("connection refused")),
+    };
+    assert!(gone.unreachable());
+    let refused = crate::Error::Vmd {
+        op: "apply",
+        source: crate::error::Rpc(tonic::Status::invalid_argument("no such image")),
+    };
+    assert!(!refused.unreachable());
+}
+
+#[test]
 fn a_failed_revision_is_reported_with_where_the_node_went() {
     let d = CentralDesired {
         revision: "r2".into(),

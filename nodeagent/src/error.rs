@@ -140,6 +140,21 @@ fn list(failures: &[Error]) -> String {
 }
 
 impl Error {
+    /// Whether this says a local daemon could not be reached (its socket does not answer, its
+    /// stream closed, its RPC came back `unavailable`): a daemon restarting, not a fault of the
+    /// profile being applied.
+    pub fn unreachable(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::Handshake { .. } | Error::StreamClosed(_) => true,
+            Error::Netd { source, .. }
+            | Error::Vmd { source, .. }
+            | Error::Containerd { source, .. } => {
+                matches!(source.0.code(), tonic::Code::Unavailable)
+            }
+            _ => false,
+        }
+    }
+
     pub fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { what, path: path.into(), source }
     }

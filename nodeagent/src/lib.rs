@@ -15,7 +15,8 @@
 //! [`runtime::Runtime`] (containerd), [`network::Network`] (netd), [`vms::Vms`] (vmd),
 //! [`probe::Prober`] (health probes); time is a [`backroom_daemon::Clock`] in the engine's
 //! [`engine::Config`]. What fails in a background loop (a restart policy that cannot start a
-//! workload, a pull, netd or vmd out of reach, and netd's and vmd's own problems) becomes one
+//! workload, a pull, netd, vmd, containerd or libvirtd not answering ([`liveness`]), and netd's
+//! and vmd's own problems) becomes one
 //! `failing` and one `recovered` event and an open problem in the status ([`problems`]).
 //!
 //! The plumbing every daemon shares (sockets, readiness and watchdog, logging, signals, atomic
@@ -30,6 +31,7 @@ pub mod connected;
 pub mod engine;
 pub mod error;
 pub mod etc;
+pub mod liveness;
 pub mod logs;
 pub mod network;
 pub mod plan;

@@ -69,6 +69,14 @@ pub trait Network: Send + Sync + 'static {
     fn problems(&self) -> impl Future<Output = Result<Vec<OpenProblem>>> + Send;
     /// Whether a netd is there at all (without one nothing listens to it).
     fn configured(&self) -> bool;
+    /// A cheap call that fails when netd does not answer (nodeagent's liveness check).
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+    /// Where netd is reached, for messages (its socket).
+    fn address(&self) -> String {
+        String::new()
+    }
 }
 
 fn endpoints(r: pb::AttachReply) -> Endpoints {
@@ -82,13 +90,17 @@ fn endpoints(r: pb::AttachReply) -> Endpoints {
 #[derive(Clone)]
 pub struct NetdClient {
     client: PbClient<Channel>,
+    socket: std::path::PathBuf,
 }
 
 impl NetdClient {
     /// A client of the netd on `socket`; it connects on first use, so nodeagent may start
     /// before netd.
     pub fn new(socket: &Path) -> Self {
-        NetdClient { client: PbClient::new(backroom_daemon::socket::channel(socket)) }
+        NetdClient {
+            client: PbClient::new(backroom_daemon::socket::channel(socket)),
+            socket: socket.to_path_buf(),
+        }
     }
 }
 
@@ -190,6 +202,16 @@ impl Network for NetdClient {
     fn configured(&self) -> bool {
         true
     }
+
+    async fn ping(&self) -> Result<()> {
+        // Observe is the cheapest call netd has: it reads its state, changes nothing.
+        self.client.clone().observe(pb::ObserveRequest {}).await.map_err(netd("observe"))?;
+        Ok(())
+    }
+
+    fn address(&self) -> String {
+        self.socket.display().to_string()
+    }
 }
 
 /// No netd on this node (`--netd-socket none`): the network is not managed, and workloads
@@ -246,6 +268,8 @@ pub struct MemoryNetState {
     pub problems: Vec<OpenProblem>,
     /// netd is unreachable, for this reason.
     pub down: Option<String>,
+    /// How many liveness checks asked.
+    pub pings: u32,
     listeners: Vec<mpsc::UnboundedSender<Result<PeerEvent>>>,
 }
 
@@ -272,6 +296,17 @@ impl MemoryNetwork {
             subject: subject.into(),
             workload: String::new(),
             message: format!("{subject}: {message}"),
+        });
+    }
+
+    /// netd sends an event of `kind` (e.g. `unconfirmed_kept`, `confirmed`).
+    pub fn event(&self, kind: &str, message: &str, at_ms: i64) {
+        self.state().send(PeerEvent {
+            at_ms,
+            kind: kind.into(),
+            subject: String::new(),
+            workload: String::new(),
+            message: message.into(),
         });
     }
 
@@ -379,6 +414,14 @@ impl Network for MemoryNetwork {
     fn configured(&self) -> bool {
         true
     }
+    async fn ping(&self) -> Result<()> {
+        let mut s = self.state();
+        s.pings += 1;
+        s.reachable("observe")
+    }
+    fn address(&self) -> String {
+        "the in-memory netd".into()
+    }
 }
 
 /// The network a node runs with: netd's socket, or none (`--netd-socket none`).
@@ -449,5 +492,17 @@ impl Network for NetworkChoice {
     }
     fn configured(&self) -> bool {
         matches!(self, NetworkChoice::Netd(_))
+    }
+    async fn ping(&self) -> Result<()> {
+        match self {
+            NetworkChoice::Netd(n) => n.ping().await,
+            NetworkChoice::None(n) => n.ping().await,
+        }
+    }
+    fn address(&self) -> String {
+        match self {
+            NetworkChoice::Netd(n) => n.address(),
+            NetworkChoice::None(n) => n.address(),
+        }
     }
 }

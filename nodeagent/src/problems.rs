@@ -85,11 +85,6 @@ pub fn pull_subject(workload: &str) -> String {
     format!("image pull for {workload}")
 }
 
-/// The subject of a daemon nodeagent cannot reach.
-pub fn link_subject(peer: Source) -> &'static str {
-    peer.as_str()
-}
-
 /// The open problems of the node and how they change.
 #[derive(Debug, Default)]
 pub struct Problems {
@@ -315,7 +310,7 @@ impl OpenProblem {
 
 fn rank(p: &OpenProblem) -> u8 {
     let lost_daemon = p.source == Source::Nodeagent
-        && (p.subject == link_subject(Source::Netd) || p.subject == link_subject(Source::Vmd));
+        && crate::liveness::Daemon::ALL.iter().any(|d| p.subject == d.name());
     if lost_daemon { 0 } else { 1 }
 }
 

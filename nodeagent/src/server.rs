@@ -75,6 +75,8 @@ pub fn status_reply(s: EngineStatus) -> pb::StatusReply {
         profile_name: s.profile_name,
         profile_version: s.profile_version,
         network: s.network,
+        vms: s.vms,
+        containers: s.containers,
         source: s.source,
         central: String::new(),
         workloads: s

@@ -55,17 +55,30 @@ pub trait Vms: Send + Sync + 'static {
     fn problems(&self) -> impl Future<Output = Result<Vec<OpenProblem>>> + Send;
     /// Whether a vmd is there at all (without one, a profile with VMs cannot run them).
     fn configured(&self) -> bool;
+    /// A cheap call that fails when vmd does not answer (nodeagent's liveness check); when
+    /// vmd answers, whether its libvirt connection works (`Some(why)` when it does not).
+    fn ping(&self) -> impl Future<Output = Result<Option<String>>> + Send {
+        async { Ok(None) }
+    }
+    /// Where vmd is reached, for messages (its socket).
+    fn address(&self) -> String {
+        String::new()
+    }
 }
 
 #[derive(Clone)]
 pub struct VmdClient {
     client: PbClient<Channel>,
+    socket: std::path::PathBuf,
 }
 
 impl VmdClient {
     /// A client of the vmd on `socket`; it connects on first use.
     pub fn new(socket: &Path) -> Self {
-        VmdClient { client: PbClient::new(backroom_daemon::socket::channel(socket)) }
+        VmdClient {
+            client: PbClient::new(backroom_daemon::socket::channel(socket)),
+            socket: socket.to_path_buf(),
+        }
     }
 }
 
@@ -154,6 +167,17 @@ impl Vms for VmdClient {
     fn configured(&self) -> bool {
         true
     }
+
+    async fn ping(&self) -> Result<Option<String>> {
+        // List reads vmd's own bookkeeping (no libvirt call) and says how libvirt is.
+        let r = self.client.clone().list(pb::ListRequest {}).await.map_err(vmd("list"))?;
+        let libvirt = r.into_inner().libvirt_error;
+        Ok(if libvirt.is_empty() { None } else { Some(libvirt) })
+    }
+
+    fn address(&self) -> String {
+        self.socket.display().to_string()
+    }
 }
 
 /// No vmd on this node (`--vmd-socket none`).
@@ -187,6 +211,8 @@ pub struct MemoryVms {
     inner: Arc<Mutex<Vec<VmState>>>,
     pub calls: Arc<Mutex<Vec<String>>>,
     problems: Arc<Mutex<Watched>>,
+    /// Set: vmd answers, but says its libvirt connection fails, for this reason.
+    pub libvirt_error: Arc<Mutex<Option<String>>>,
 }
 
 /// What an in-memory vmd's loops have open, and who listens to its events.
@@ -282,6 +308,12 @@ impl Vms for MemoryVms {
     fn configured(&self) -> bool {
         true
     }
+    async fn ping(&self) -> Result<Option<String>> {
+        Ok(self.libvirt_error.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+    fn address(&self) -> String {
+        "the in-memory vmd".into()
+    }
 }
 
 /// The VM daemon a node runs with: vmd's socket, or none (`--vmd-socket none`).
@@ -335,5 +367,17 @@ impl Vms for VmsChoice {
     }
     fn configured(&self) -> bool {
         matches!(self, VmsChoice::Vmd(_))
+    }
+    async fn ping(&self) -> Result<Option<String>> {
+        match self {
+            VmsChoice::Vmd(v) => v.ping().await,
+            VmsChoice::None(v) => v.ping().await,
+        }
+    }
+    fn address(&self) -> String {
+        match self {
+            VmsChoice::Vmd(v) => v.address(),
+            VmsChoice::None(v) => v.address(),
+        }
     }
 }

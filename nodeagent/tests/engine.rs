@@ -244,6 +244,37 @@ async fn the_desired_revision_is_on_disk_before_the_network_is_touched() {
 }
 
 #[tokio::test]
+async fn a_network_netd_kept_unconfirmed_shows_as_applied_and_kept_until_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, net, vms) = (MemoryRuntime::new(), MemoryNetwork::default(), MemoryVms::default());
+    rt.add_image("reg.example/web:1");
+    let h = start(dir.path(), &rt, &net, &vms);
+    let t0 = Instant::now();
+    while net.listeners() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "nodeagent does not listen to netd");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.apply(
+        render("  - name: web\n    kind: container\n    image: reg.example/web:1\n"),
+        "t".into(),
+    )
+    .await
+    .unwrap();
+    until(&h, "the network applied", |s| s.network.starts_with("applied (revision")).await;
+    // netd's deadline passed with central away and nothing earlier to go back to.
+    net.event(
+        "unconfirmed_kept",
+        "the network of revision abc was not confirmed in time, and netd kept it",
+        T0,
+    );
+    let s = until(&h, "the kept network shown", |s| s.network.contains("kept")).await;
+    assert_eq!(s.network, "applied (first network, not confirmed: kept)");
+    net.event("confirmed", "revision abc is confirmed", T0 + 1_000);
+    let s = until(&h, "the mark gone", |s| !s.network.contains("kept")).await;
+    assert!(s.network.starts_with("applied (revision"), "{}", s.network);
+}
+
+#[tokio::test]
 async fn restart_backoff_crash_loops_and_stable_runs_on_the_manual_clock() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
@@ -401,7 +432,8 @@ async fn losing_netd_is_one_problem_and_what_changed_meanwhile_is_told_on_return
     n.net.cut("connection refused");
     let s = until(&n.h, "netd lost", |s| s.problems.iter().any(|p| p.subject == "netd")).await;
     assert_eq!(s.problems[0].subject, "netd", "a lost daemon comes first: {s:#?}");
-    assert!(s.problems[0].message.starts_with("nodeagent cannot reach netd: netd closed"));
+    let m = &s.problems[0].message;
+    assert!(m.starts_with("netd is not answering on the in-memory netd: netd closed"), "{m}");
     // While it is away: three more tries fail (one problem, its count going up), the uplink
     // comes back and another problem starts.
     for tries in 2..=4u32 {
@@ -503,4 +535,108 @@ async fn vmd_problems_open_at_connect_and_close_on_its_event() {
     let r = notices(&told, "recovered", "vm nvr disk");
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].workload, "nvr");
+}
+
+/// netd stops answering while its network is applied (its event stream stays open: only the
+/// liveness check can tell): the status says so on the network line instead of "applied", one
+/// `failing` event however many checks fail, one `recovered` when it answers again, and the
+/// desired revision's network is applied again to it.
+#[tokio::test]
+async fn a_netd_that_stops_answering_is_one_problem_and_gets_the_network_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), backroom_daemon::clock::system());
+    cfg.liveness_interval = Duration::from_millis(30);
+    cfg.liveness_timeout = Duration::from_millis(20);
+    let n = start_on(cfg);
+    let mut events = n.h.subscribe();
+    n.rt.add_image("reg.example/web:1");
+    let p = render("  - {name: web, kind: container, image: reg.example/web:1}\n");
+    n.h.apply(p, "test".into()).await.unwrap();
+    let s = until(&n.h, "web running", |s| state(s, "web") == "running").await;
+    let rev = s.desired.clone();
+    assert_eq!(s.network, format!("applied (revision {})", &rev[..12]));
+    assert!(s.containers.starts_with("1 of 1 running"), "{}", s.containers);
+    assert_eq!(n.net.state().applied, std::slice::from_ref(&rev));
+
+    n.net.state().down = Some("connection refused".into());
+    let pings = n.net.state().pings;
+    let s = until(&n.h, "netd not answering", |s| s.network.contains("not answering")).await;
+    assert!(
+        s.network.starts_with("netd not answering since ")
+            && s.network.ends_with(&format!(" UTC (last applied revision {})", &rev[..12])),
+        "{}",
+        s.network
+    );
+    let p = s.problems.iter().find(|p| p.subject == "netd").expect("a netd problem");
+    assert_eq!(p.source, Source::Nodeagent);
+    assert!(
+        p.message.starts_with("netd is not answering on the in-memory netd: ")
+            && p.message.contains("connection refused"),
+        "{}",
+        p.message
+    );
+    // Many more checks fail: still one problem, told once.
+    while n.net.state().pings < pings + 8 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state(&n.h.status().await.unwrap(), "web"), "running", "containers keep running");
+
+    n.net.restore();
+    let s = until(&n.h, "network applied again", |s| {
+        !s.problems.iter().any(|p| p.subject == "netd") && s.network.starts_with("applied")
+    })
+    .await;
+    assert_eq!(s.network, format!("applied (revision {})", &rev[..12]));
+    until(&n.h, "the second apply", |_| n.net.state().applied.len() == 2).await;
+    assert_eq!(n.net.state().applied, [rev.clone(), rev], "the same revision, applied again");
+    let told = drain(&mut events);
+    assert_eq!(notices(&told, "failing", "netd").len(), 1, "one notice, not one per check");
+    let back = notices(&told, "recovered", "netd");
+    assert_eq!(back.len(), 1, "{told:#?}");
+    assert!(
+        back[0].message.starts_with("netd works again (it had failed for "),
+        "{}",
+        back[0].message
+    );
+}
+
+/// vmd answers but its libvirt connection fails (vmd says so in List): a `libvirtd` problem,
+/// told once, on the VMs line; closed once when vmd says libvirt works again.
+#[tokio::test]
+async fn libvirtd_out_of_reach_through_vmd_is_one_problem_on_the_vms_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, net, vms) = (MemoryRuntime::new(), MemoryNetwork::default(), MemoryVms::default());
+    let mut cfg = config(dir.path(), backroom_daemon::clock::system());
+    cfg.liveness_interval = Duration::from_millis(30);
+    let (engine, h) =
+        Engine::with_prober(cfg, rt.clone(), net.clone(), vms.clone(), MemoryProber::default())
+            .unwrap();
+    tokio::spawn(async move {
+        engine.run(None, || {}).await.unwrap();
+    });
+    let mut events = h.subscribe();
+    h.apply(render(VM), "test".into()).await.unwrap();
+    let s = until(&h, "VMs applied", |s| s.vms.starts_with("applied")).await;
+    let rev = s.desired.clone();
+    *vms.libvirt_error.lock().unwrap() = Some("cannot connect to libvirtd: no such file".into());
+    let s = until(&h, "libvirtd not answering", |s| s.vms.contains("not answering")).await;
+    assert!(
+        s.vms.starts_with("libvirtd not answering since ")
+            && s.vms.ends_with(&format!("(last applied revision {})", &rev[..12])),
+        "{}",
+        s.vms
+    );
+    let p = s.problems.iter().find(|p| p.subject == "libvirtd").expect("a libvirtd problem");
+    assert_eq!(
+        p.message,
+        "libvirtd is not answering: vmd's connection to it fails: cannot connect to libvirtd: no such file"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    *vms.libvirt_error.lock().unwrap() = None;
+    let s =
+        until(&h, "libvirtd back", |s| !s.problems.iter().any(|p| p.subject == "libvirtd")).await;
+    assert!(s.vms.starts_with("applied"), "{}", s.vms);
+    let told = drain(&mut events);
+    assert_eq!(notices(&told, "failing", "libvirtd").len(), 1, "{told:#?}");
+    assert_eq!(notices(&told, "recovered", "libvirtd").len(), 1, "{told:#?}");
 }

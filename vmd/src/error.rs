@@ -63,6 +63,21 @@ pub enum Error {
     #[error("image {image}: {message}")]
     Image { image: String, message: String },
 
+    /// A boot image named by a node path that is not a regular file inside the image folders.
+    #[error(
+        "boot image {image} is refused: {why}; vmd takes node-path images only from regular \
+         files inside its image folders ({folders}; see vmd --image-folder)"
+    )]
+    ImageOutsideFolders { image: String, why: String, folders: String },
+
+    /// A data disk that is there but unreadable: it may hold data, so vmd does not replace it.
+    #[error(
+        "VM `{vm}`: its data disk {} is not a readable qcow2 image ({why}); vmd does not replace \
+         a data disk that may hold data: move it away to have an empty one made",
+        path.display()
+    )]
+    DataDiskUnreadable { vm: String, path: PathBuf, why: String },
+
     #[error("image {image}: {what}")]
     ImageHttp {
         image: String,

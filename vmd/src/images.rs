@@ -2,6 +2,11 @@
 //! their sha256, and kept under `images/sha256/<hex>` so that every overlay's backing file is
 //! immutable and shared. A download that breaks is resumed from what was already written
 //! (an HTTP `Range` request); a file whose digest does not match is thrown away, never used.
+//!
+//! A node path is taken only when it resolves (symlinks followed, `..` folded) to a regular
+//! file inside one of the image folders (`vmd --image-folder`, default
+//! [`DEFAULT_IMAGE_FOLDER`]): a profile cannot have vmd copy the node's own files (its key,
+//! its state) into a cache file that QEMU and any local user can read.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,12 +22,17 @@ use crate::layout::Layout;
 /// How many times a broken download is resumed before vmd gives up on this apply.
 const ATTEMPTS: u32 = 5;
 
+/// Where boot images named by a node path may live, unless `--image-folder` says otherwise.
+pub const DEFAULT_IMAGE_FOLDER: &str = "/var/lib/backroom/images";
+
 #[derive(Clone)]
 pub struct ImageCache {
     layout: Layout,
     http: reqwest::Client,
     /// Paces the retries of a broken download.
     clock: SharedClock,
+    /// The folders node-path images must be inside.
+    folders: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for ImageCache {
@@ -65,7 +75,64 @@ impl ImageCache {
             what: "cannot set up the HTTP client".into(),
             source,
         })?;
-        Ok(ImageCache { layout, http, clock: backroom_daemon::clock::system() })
+        Ok(ImageCache {
+            layout,
+            http,
+            clock: backroom_daemon::clock::system(),
+            folders: vec![PathBuf::from(DEFAULT_IMAGE_FOLDER)],
+        })
+    }
+
+    /// Node-path images are taken only from inside `folders` (instead of the default
+    /// [`DEFAULT_IMAGE_FOLDER`]).
+    pub fn with_folders(mut self, folders: Vec<PathBuf>) -> Self {
+        self.folders = folders;
+        self
+    }
+
+    pub fn folders(&self) -> &[PathBuf] {
+        &self.folders
+    }
+
+    /// The real path of a node-path image: a regular file inside one of the image folders,
+    /// symlinks and `..` resolved. Anything else is refused, naming the path and the folders.
+    pub fn confine(&self, path: &Path) -> Result<PathBuf> {
+        let refuse = |why: String| Error::ImageOutsideFolders {
+            image: path.display().to_string(),
+            why,
+            folders: self
+                .folders
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        if !path.is_absolute() {
+            return Err(refuse("it is not an absolute path".into()));
+        }
+        let real = std::fs::canonicalize(path).map_err(|e| {
+            refuse(match e.kind() {
+                std::io::ErrorKind::NotFound => "no such file on this node".into(),
+                _ => format!("it cannot be resolved ({e})"),
+            })
+        })?;
+        let inside = self
+            .folders
+            .iter()
+            .filter_map(|f| std::fs::canonicalize(f).ok())
+            .any(|f| real.starts_with(&f));
+        if !inside {
+            return Err(refuse(if real == path {
+                "it is outside them".into()
+            } else {
+                format!("it resolves to {}, outside them", real.display())
+            }));
+        }
+        match std::fs::metadata(&real) {
+            Ok(m) if m.is_file() => Ok(real),
+            Ok(_) => Err(refuse("it is not a regular file".into())),
+            Err(e) => Err(refuse(format!("it cannot be read ({e})"))),
+        }
     }
 
     /// The cached file for `sha256`, if it is there.
@@ -148,12 +215,11 @@ impl ImageCache {
     /// A node path: verified (when `sha256` is given) and put in the cache by its digest, so a
     /// later change to the file cannot corrupt the VMs built on it.
     pub async fn fetch_path(&self, path: &Path, sha256: Option<&str>) -> Result<PathBuf> {
+        let shown = path.display().to_string();
+        // Refused before anything is read, cached digest or not.
+        let path = &self.confine(path)?;
         if let Some(p) = sha256.and_then(|s| self.cached(s)) {
             return Ok(p);
-        }
-        let shown = path.display().to_string();
-        if !path.is_file() {
-            return Err(Error::Image { image: shown, message: "no such file on this node".into() });
         }
         let digest = hash_file(path).await?;
         if let Some(want) = sha256
@@ -208,7 +274,8 @@ impl ImageCache {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
-        std::fs::rename(file, &dest).map_err(|e| {
+        // Synced before it takes its name: a power cut never leaves a torn file under a digest.
+        backroom_daemon::fs::install(file, &dest).map_err(|e| {
             Error::io(format!("moving {} to {}", file.display(), dest.display()), e)
         })?;
         use std::os::unix::fs::PermissionsExt;
@@ -236,4 +303,121 @@ pub async fn hash_file(path: &Path) -> Result<String> {
     .await
     .map_err(|e| Error::io("hashing an image", std::io::Error::other(e)))?
     .map_err(|e| Error::io(format!("reading {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::storage::{FsStorage, Storage};
+
+    /// A node with an image folder holding `ok.img`, and the node's key beside it, outside.
+    struct Node {
+        dir: tempfile::TempDir,
+    }
+
+    impl Node {
+        fn new() -> Node {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("images/sub")).unwrap();
+            std::fs::write(dir.path().join("images/ok.img"), b"an image").unwrap();
+            std::fs::write(dir.path().join("node.key"), b"PRIVATE KEY").unwrap();
+            Node { dir }
+        }
+        fn path(&self, p: &str) -> PathBuf {
+            self.dir.path().join(p)
+        }
+        fn cache(&self) -> ImageCache {
+            ImageCache::new(Layout::new(self.path("state")))
+                .unwrap()
+                .with_folders(vec![self.path("images")])
+        }
+        fn cached_files(&self) -> usize {
+            ["state/images/sha256", "state/images/partial"]
+                .iter()
+                .map(|d| std::fs::read_dir(self.path(d)).map(|r| r.count()).unwrap_or(0))
+                .sum()
+        }
+    }
+
+    fn refused(node: &Node, image: &Path, why: &str) {
+        let e = node.cache().confine(image).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, Error::ImageOutsideFolders { .. }), "{text}");
+        assert!(text.contains(&image.display().to_string()), "names the path: {text}");
+        assert!(
+            text.contains(&node.path("images").display().to_string()),
+            "names the folders: {text}"
+        );
+        assert!(text.contains(why), "says why ({why}): {text}");
+    }
+
+    #[test]
+    fn a_path_outside_the_image_folders_is_refused() {
+        let n = Node::new();
+        refused(&n, &n.path("node.key"), "it is outside them");
+        refused(&n, Path::new("/etc/passwd"), "outside them");
+        assert_eq!(
+            n.cache().confine(&n.path("images/ok.img")).unwrap(),
+            n.path("images/ok.img").canonicalize().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_symlink_from_inside_to_outside_is_refused() {
+        let n = Node::new();
+        std::os::unix::fs::symlink(n.path("node.key"), n.path("images/nvr.img")).unwrap();
+        refused(&n, &n.path("images/nvr.img"), "resolves to");
+        // A symlinked folder inside leads outside too.
+        std::os::unix::fs::symlink(n.dir.path(), n.path("images/up")).unwrap();
+        refused(&n, &n.path("images/up/node.key"), "outside them");
+        // A symlink that stays inside is fine.
+        std::os::unix::fs::symlink(n.path("images/ok.img"), n.path("images/current.img")).unwrap();
+        assert!(n.cache().confine(&n.path("images/current.img")).is_ok());
+    }
+
+    #[test]
+    fn dot_dot_out_of_a_folder_and_what_is_not_a_regular_file_are_refused() {
+        let n = Node::new();
+        refused(&n, &n.path("images/../node.key"), "outside them");
+        refused(&n, &n.path("images/sub/../../node.key"), "outside them");
+        refused(&n, &n.path("images/sub"), "not a regular file");
+        refused(&n, &n.path("images"), "not a regular file");
+        refused(&n, &n.path("images/missing.img"), "no such file");
+        refused(&n, Path::new("images/ok.img"), "not an absolute path");
+    }
+
+    #[tokio::test]
+    async fn a_refused_path_is_never_copied_into_the_cache_digest_or_not() {
+        let n = Node::new();
+        let key = n.path("node.key");
+        let digest = hash_file(&key).await.unwrap();
+        let e = n.cache().fetch_path(&key, None).await.unwrap_err();
+        assert!(matches!(e, Error::ImageOutsideFolders { .. }), "{e}");
+        let e = n.cache().fetch_path(&key, Some(&digest)).await.unwrap_err();
+        assert!(matches!(e, Error::ImageOutsideFolders { .. }), "{e}");
+        assert_eq!(n.cached_files(), 0, "nothing copied");
+        // The storage asks before anything else (the manager calls this first).
+        let s = FsStorage::new(Layout::new(n.path("state")))
+            .unwrap()
+            .with_image_folders(vec![n.path("images")]);
+        let disk = |image: &Path, sha: Option<&str>| backroom_profiles::BootDisk {
+            image: image.display().to_string(),
+            sha256: sha.map(|s| s.parse().unwrap()),
+            size: None,
+        };
+        assert!(matches!(
+            s.image_identity(&disk(&key, None)),
+            Err(Error::ImageOutsideFolders { .. })
+        ));
+        assert!(matches!(
+            s.image_identity(&disk(&key, Some(&digest))),
+            Err(Error::ImageOutsideFolders { .. })
+        ));
+        assert!(s.image_identity(&disk(&n.path("images/ok.img"), None)).is_ok());
+        // Inside: taken, and cached by digest.
+        let p = n.cache().fetch_path(&n.path("images/ok.img"), None).await.unwrap();
+        assert_eq!(std::fs::read(p).unwrap(), b"an image");
+    }
 }

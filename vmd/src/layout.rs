@@ -10,6 +10,7 @@
 //! vms/<name>/disk-<disk>.qcow2    its persistent data disks (kept across updates)
 //! vms/<name>/seed-<id>.iso        its cloud-init NoCloud seed (volume label cidata)
 //! vms/<name>/console.log          its serial console, appended by virtlogd
+//! vms/<name>/<file>.torn-<unix>   a disk file found unreadable and set aside (kept until purge)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -69,9 +70,9 @@ impl Layout {
     }
 
     /// The files of a VM that an update replaces (root overlays and seeds), as opposed to its
-    /// data disks and console log.
+    /// data disks, its console log and the files set aside as torn (kept for a person).
     pub fn is_replaceable(path: &Path) -> bool {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        name.starts_with("root-") || name.starts_with("seed-")
+        (name.starts_with("root-") || name.starts_with("seed-")) && !name.contains(".torn-")
     }
 }

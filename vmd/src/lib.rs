@@ -16,6 +16,7 @@
 pub mod admission;
 pub mod client;
 pub mod console;
+mod disks;
 pub mod error;
 pub mod health;
 pub mod hypervisor;

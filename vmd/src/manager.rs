@@ -234,6 +234,16 @@ impl Vmd {
         self.problems_lock().open().cloned().collect()
     }
 
+    /// Why vmd's connection to libvirtd does not work now (`None`: it works), as the
+    /// supervisor's loop last found it (it checks every turn, and reconnects when libvirtd is
+    /// back). nodeagent reaches libvirtd through this.
+    pub fn libvirt_error(&self) -> Option<String> {
+        self.problems_lock()
+            .open()
+            .find(|p| p.subject == crate::supervise::EVENTS_SUBJECT)
+            .map(|p| p.message.clone())
+    }
+
     /// A VM left: its problems are no longer anyone's.
     fn forget_problems_of(&self, vm: &str) {
         let now = self.now_ms();
@@ -436,7 +446,14 @@ impl Vmd {
                 Action::Create(n) => self.create(find(&desired, n)?, revision).await,
                 Action::Update(n) => self.update(find(&desired, n)?, revision).await,
                 Action::Retag(n) => self.retag(find(&desired, n)?, revision).await,
-                Action::Start(n) => self.start_defined(n, "started").await,
+                Action::Start(n) => {
+                    // The files it was defined with, checked first: after a power cut they
+                    // may be torn.
+                    match self.prepare_defined(find(&desired, n)?).await {
+                        Ok(_) => self.start_defined(n, "started").await,
+                        Err(e) => Err(e),
+                    }
+                }
                 Action::Keep(n) => Ok(format!("{n}: unchanged")),
                 Action::Remove(n) => self.remove(n).await,
                 Action::Differs(n) => Ok(format!(
@@ -479,51 +496,6 @@ impl Vmd {
         } else {
             Err(Error::Failed { count: failures.len(), failures, actions: lines })
         }
-    }
-
-    /// Makes the files a VM's definition points at: base image, overlay, data disks, seed.
-    pub(crate) async fn prepare(&self, d: &DesiredVm) -> Result<Vec<String>> {
-        let storage = self.storage();
-        let mut notes = Vec::new();
-        storage.ensure_dir(&self.inner.layout.vm_dir(&d.name))?;
-        if let backroom_profiles::Boot { kernel: Some(k), .. } = &d.spec.boot {
-            for p in std::iter::once(&k.kernel).chain(k.initrd.iter()) {
-                if !storage.exists(std::path::Path::new(p)) {
-                    return Err(Error::Spec {
-                        vm: d.name.clone(),
-                        message: format!("{p} does not exist on this node"),
-                    });
-                }
-            }
-        }
-        if let Some((disk, overlay)) = &d.root
-            && !storage.exists(overlay)
-        {
-            // A download that fails is a problem of its own (retried by the next apply).
-            let base = storage.base_image(disk).await;
-            self.report(&image_subject(&d.name), &d.name, &base);
-            let base = base?;
-            let (s, o, size) = (storage.clone(), overlay.clone(), disk.size.map(|s| s.bytes()));
-            blocking(move || s.create_overlay(&base, &o, size)).await?;
-            notes.push("new root overlay".to_string());
-        }
-        for (path, size) in &d.data {
-            let (s, p, size) = (storage.clone(), path.clone(), *size);
-            if blocking(move || s.ensure_data_disk(&p, size)).await? {
-                notes.push(format!(
-                    "data disk {} created",
-                    path.file_name().and_then(|f| f.to_str()).unwrap_or("?")
-                ));
-            }
-        }
-        if let Some((path, seed)) = &d.seed
-            && !storage.exists(path)
-        {
-            let (s, p, seed) = (storage.clone(), path.clone(), seed.clone());
-            blocking(move || s.write_seed(&p, &seed)).await?;
-            notes.push("cloud-init seed written".to_string());
-        }
-        Ok(notes)
     }
 
     pub(crate) fn is_parked(&self, vm: &str) -> bool {
@@ -580,7 +552,7 @@ impl Vmd {
         Ok(())
     }
 
-    async fn start_defined(&self, vm: &str, verb: &str) -> Result<String> {
+    pub(crate) async fn start_defined(&self, vm: &str, verb: &str) -> Result<String> {
         self.start_domain(vm).await?;
         self.emit(vm, "started", format!("VM {vm} {verb}"));
         Ok(format!("{vm}: {verb}"))

@@ -32,6 +32,8 @@ pub fn status(e: Error) -> Status {
         | Error::RevisionMismatch { .. }
         | Error::AutoAddressNeedsNetd { .. }
         | Error::Spec { .. } => Status::invalid_argument(msg),
+        Error::ImageOutsideFolders { .. } => Status::permission_denied(msg),
+        Error::DataDiskUnreadable { .. } => Status::failed_precondition(msg),
         Error::Admission(_) => Status::resource_exhausted(msg),
         Error::UnknownVm(_) => Status::not_found(msg),
         Error::Foreign(_) | Error::Locked(_) => Status::failed_precondition(msg),
@@ -116,6 +118,7 @@ impl pb::vmd_server::Vmd for VmdService {
         Ok(Response::new(pb::ListReply {
             vms: self.vmd.list().into_iter().map(to_pb).collect(),
             problems: self.vmd.problems().into_iter().map(problem_pb).collect(),
+            libvirt_error: self.vmd.libvirt_error().unwrap_or_default(),
         }))
     }
 
@@ -158,14 +161,15 @@ impl pb::vmd_server::Vmd for VmdService {
 }
 
 /// Serves the API on `socket` (see `backroom_daemon::socket::listen`: refused while another
-/// vmd serves there, 0600) until `shutdown` resolves. `ready` runs once the socket listens.
+/// vmd serves there, 0600, or 0660 for `access`'s group) until `shutdown` resolves. `ready` runs once the socket listens.
 pub async fn serve(
     vmd: Vmd,
     socket: &Path,
+    access: backroom_daemon::socket::Access,
     ready: impl FnOnce(),
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), Error> {
-    let incoming = backroom_daemon::socket::listen(socket, backroom_daemon::socket::Access::ROOT)?;
+    let incoming = backroom_daemon::socket::listen(socket, access)?;
     ready();
     tonic::transport::Server::builder()
         .add_service(pb::vmd_server::VmdServer::new(VmdService::new(vmd)))

@@ -1,6 +1,11 @@
 //! A VM's disks on the node: base images (through [`ImageCache`]), qcow2 overlays and data
 //! disks (`qemu-img`), and cloud-init seeds (`xorriso`, an ISO 9660 volume labelled `cidata`).
 //! One trait, a real implementation on the filesystem and an in-memory one for unit tests.
+//!
+//! Every file is made under a temporary name and installed with
+//! `backroom_daemon::fs::install` (fsync, rename, fsync of the folder). A file that is there
+//! but is not a readable image (cut short by a power cut before that rule, or damaged since)
+//! is told apart by [`Storage::check`]; the manager sets it aside and makes it again.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -25,6 +30,27 @@ pub struct BaseImage {
     pub virtual_size: u64,
 }
 
+/// What a disk file of a VM is meant to hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskKind {
+    /// A qcow2 image (root overlays and data disks).
+    Qcow2,
+    /// A cloud-init seed: an ISO 9660 volume.
+    Iso,
+}
+
+/// What [`Storage::check`] found at a disk's path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskCheck {
+    Missing,
+    Usable,
+    /// There, but not a readable image of its kind. `empty`: zero length (never held data).
+    Torn {
+        why: String,
+        empty: bool,
+    },
+}
+
 pub trait Storage: Send + Sync {
     /// What identifies a boot image without reading it: its sha256 when the profile gives
     /// one, else its path, size and modification time.
@@ -37,6 +63,12 @@ pub trait Storage: Send + Sync {
     fn ensure_data_disk(&self, path: &Path, size: u64) -> Result<bool>;
     fn write_seed(&self, path: &Path, seed: &Seed) -> Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// Whether the file at `path` is a readable image of `kind` (`qemu-img info` for qcow2, the
+    /// ISO 9660 signature for a seed). Fails only when it cannot tell (e.g. no `qemu-img`).
+    fn check(&self, path: &Path, kind: DiskKind) -> Result<DiskCheck>;
+    /// Renames `path` to `<path>.torn-<unix>` (kept for a person to look at), durably; returns
+    /// the new name.
+    fn set_aside(&self, path: &Path, unix: i64) -> Result<PathBuf>;
     /// Makes a VM's folder (virtlogd writes its console log there).
     fn ensure_dir(&self, dir: &Path) -> Result<()>;
     fn remove(&self, path: &Path) -> Result<()>;
@@ -59,6 +91,13 @@ impl FsStorage {
     /// Image downloads also trust the PEM certificates in `ca` (see [`ImageCache::with_ca`]).
     pub fn with_image_ca(layout: Layout, ca: Option<&Path>) -> Result<Self> {
         Ok(FsStorage { images: ImageCache::with_ca(layout.clone(), ca)?, layout })
+    }
+
+    /// Boot images named by a node path are taken only from inside `folders` (see
+    /// [`ImageCache::with_folders`]).
+    pub fn with_image_folders(mut self, folders: Vec<PathBuf>) -> Self {
+        self.images = self.images.with_folders(folders);
+        self
     }
 
     pub fn images(&self) -> &ImageCache {
@@ -97,6 +136,21 @@ fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Installs a finished temporary file at `path` crash-safely (see the module's header).
+fn install(tmp: &Path, path: &Path) -> Result<()> {
+    backroom_daemon::fs::install(tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        Error::io(format!("moving {} to {}", tmp.display(), path.display()), e)
+    })
+}
+
+/// Where a torn file is set aside: `<name>.torn-<unix>` beside it.
+pub fn torn_name(path: &Path, unix: i64) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".torn-{unix}"));
+    path.with_file_name(name)
+}
+
 /// `qemu-img info` of a file: (format, virtual size).
 pub fn image_info(path: &Path) -> Result<(String, u64)> {
     let out = run(Command::new("qemu-img").args(["info", "--output=json", "-U"]).arg(path))?;
@@ -111,10 +165,13 @@ pub fn image_info(path: &Path) -> Result<(String, u64)> {
 
 impl Storage for FsStorage {
     fn image_identity(&self, disk: &BootDisk) -> Result<String> {
+        // Checked first, so that a refused path changes nothing (no VM, no copy).
+        let local =
+            if disk.is_url() { None } else { Some(self.images.confine(Path::new(&disk.image))?) };
         if let Some(s) = &disk.sha256 {
             return Ok(s.as_str().to_string());
         }
-        let m = std::fs::metadata(&disk.image)
+        let m = std::fs::metadata(local.as_deref().unwrap_or(Path::new(&disk.image)))
             .map_err(|e| Error::io(format!("reading the boot image {}", disk.image), e))?;
         let mtime = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
         let id = format!("{}\0{}\0{:?}", disk.image, m.len(), mtime);
@@ -165,7 +222,7 @@ impl Storage for FsStorage {
             cmd.arg(s.to_string());
         }
         run(&mut cmd)?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("moving {}", tmp.display()), e))
+        install(&tmp, path)
     }
 
     fn ensure_data_disk(&self, path: &Path, size: u64) -> Result<bool> {
@@ -179,8 +236,7 @@ impl Storage for FsStorage {
             .args(["create", "-q", "-f", "qcow2"])
             .arg(&tmp)
             .arg(size.to_string()))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| Error::io(format!("moving {}", tmp.display()), e))?;
+        install(&tmp, path)?;
         Ok(true)
     }
 
@@ -206,11 +262,52 @@ impl Storage for FsStorage {
             .arg(&dir));
         let _ = std::fs::remove_dir_all(&dir);
         res?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("moving {}", tmp.display()), e))
+        install(&tmp, path)
     }
 
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+
+    fn check(&self, path: &Path, kind: DiskKind) -> Result<DiskCheck> {
+        let m = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(DiskCheck::Missing),
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        if m.len() == 0 {
+            return Ok(DiskCheck::Torn { why: "it is empty (zero length)".into(), empty: true });
+        }
+        let torn = |why: String| Ok(DiskCheck::Torn { why, empty: false });
+        match kind {
+            DiskKind::Qcow2 => match image_info(path) {
+                Ok((f, _)) if f == "qcow2" => Ok(DiskCheck::Usable),
+                Ok((f, _)) => torn(format!("qemu-img reads it as {f}, not qcow2")),
+                // No qemu-img is not a torn file: vmd cannot tell, and says so.
+                Err(e @ Error::CommandSpawn { .. }) => Err(e),
+                Err(e) => torn(format!("qemu-img cannot read it ({})", backroom_daemon::chain(&e))),
+            },
+            DiskKind::Iso => {
+                // The primary volume descriptor of ISO 9660: sector 16, "CD001" at byte 1.
+                use std::io::{Read, Seek, SeekFrom};
+                let mut sig = [0u8; 5];
+                let read = std::fs::File::open(path).and_then(|mut f| {
+                    f.seek(SeekFrom::Start(32769)).and_then(|_| f.read_exact(&mut sig))
+                });
+                match read {
+                    Ok(()) if &sig == b"CD001" => Ok(DiskCheck::Usable),
+                    _ => torn("it holds no ISO 9660 volume".into()),
+                }
+            }
+        }
+    }
+
+    fn set_aside(&self, path: &Path, unix: i64) -> Result<PathBuf> {
+        let to = torn_name(path, unix);
+        backroom_daemon::fs::rename_durable(path, &to).map_err(|e| {
+            Error::io(format!("setting {} aside as {}", path.display(), to.display()), e)
+        })?;
+        Ok(to)
     }
 
     fn ensure_dir(&self, dir: &Path) -> Result<()> {
@@ -297,6 +394,31 @@ impl Storage for MemStorage {
         self.files.lock().map(|f| f.contains_key(path)).unwrap_or(false)
     }
 
+    /// An entry with an empty description stands for a zero-length file, one that starts with
+    /// `torn:` for a file with bytes that is not an image.
+    fn check(&self, path: &Path, _kind: DiskKind) -> Result<DiskCheck> {
+        Ok(match self.files.lock().ok().and_then(|f| f.get(path).cloned()) {
+            None => DiskCheck::Missing,
+            Some(what) if what.is_empty() => {
+                DiskCheck::Torn { why: "it is empty (zero length)".into(), empty: true }
+            }
+            Some(what) if what.starts_with("torn:") => {
+                DiskCheck::Torn { why: "not an image".into(), empty: false }
+            }
+            Some(_) => DiskCheck::Usable,
+        })
+    }
+
+    fn set_aside(&self, path: &Path, unix: i64) -> Result<PathBuf> {
+        let to = torn_name(path, unix);
+        if let Ok(mut f) = self.files.lock()
+            && let Some(what) = f.remove(path)
+        {
+            f.insert(to.clone(), what);
+        }
+        Ok(to)
+    }
+
     fn remove(&self, path: &Path) -> Result<()> {
         if let Ok(mut f) = self.files.lock() {
             f.remove(path);
@@ -309,5 +431,77 @@ impl Storage for MemStorage {
             .lock()
             .map(|f| f.keys().filter(|p| p.parent() == Some(dir)).cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn qemu_img(args: &[&str]) {
+        let o =
+            Command::new("qemu-img").args(args).output().expect("qemu-img (scripts/install-deps)");
+        assert!(o.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    #[test]
+    fn a_zero_length_overlay_is_told_torn_set_aside_and_made_again() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(Layout::new(d.path().join("state"))).unwrap();
+        let base_path = d.path().join("base.qcow2");
+        qemu_img(&["create", "-q", "-f", "qcow2", &base_path.display().to_string(), "1M"]);
+        let base = BaseImage { path: base_path, format: "qcow2".into(), virtual_size: 1 << 20 };
+        let overlay = d.path().join("state/vms/nvr/root-abc.qcow2");
+        assert_eq!(s.check(&overlay, DiskKind::Qcow2).unwrap(), DiskCheck::Missing);
+        // What a power cut leaves of a rename that went to disk before the data did.
+        std::fs::create_dir_all(overlay.parent().unwrap()).unwrap();
+        std::fs::write(&overlay, b"").unwrap();
+        assert!(
+            matches!(
+                s.check(&overlay, DiskKind::Qcow2).unwrap(),
+                DiskCheck::Torn { empty: true, .. }
+            ),
+            "a zero-length overlay is not taken as existing"
+        );
+        let aside = s.set_aside(&overlay, 1_700_000_000).unwrap();
+        assert_eq!(aside, d.path().join("state/vms/nvr/root-abc.qcow2.torn-1700000000"));
+        assert!(aside.exists() && !overlay.exists());
+        assert!(!Layout::is_replaceable(&aside), "kept by updates and removals");
+        s.create_overlay(&base, &overlay, None).unwrap();
+        assert_eq!(s.check(&overlay, DiskKind::Qcow2).unwrap(), DiskCheck::Usable);
+        let names: Vec<_> = std::fs::read_dir(overlay.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "no temporary left: {names:?}");
+
+        // Bytes that are not qcow2 are told apart from an empty file (a data disk's case).
+        std::fs::write(&overlay, vec![7u8; 4096]).unwrap();
+        let c = s.check(&overlay, DiskKind::Qcow2).unwrap();
+        assert!(
+            matches!(&c, DiskCheck::Torn { empty: false, why } if why.contains("not qcow2")),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn a_seed_without_an_iso_volume_is_torn_and_a_written_one_is_usable() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStorage::new(Layout::new(d.path().join("state"))).unwrap();
+        let seed_path = d.path().join("state/vms/nvr/seed-1.iso");
+        std::fs::create_dir_all(seed_path.parent().unwrap()).unwrap();
+        std::fs::write(&seed_path, vec![0u8; 40_000]).unwrap();
+        assert!(matches!(s.check(&seed_path, DiskKind::Iso).unwrap(), DiskCheck::Torn { .. }));
+        std::fs::remove_file(&seed_path).unwrap();
+        let seed = Seed {
+            id: "1".into(),
+            meta_data: "instance-id: nvr\n".into(),
+            user_data: "#cloud-config\n".into(),
+            network_config: "version: 2\n".into(),
+        };
+        s.write_seed(&seed_path, &seed).unwrap();
+        assert_eq!(s.check(&seed_path, DiskKind::Iso).unwrap(), DiskCheck::Usable);
     }
 }

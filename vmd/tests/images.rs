@@ -102,7 +102,10 @@ async fn node_path_images_are_verified_and_copied_into_the_cache() {
     let img = tmp.path().join("nvr.img");
     std::fs::write(&img, blob(1 << 16)).unwrap();
     let sha = sha256_file(&img);
-    let cache = ImageCache::new(Layout::new(tmp.path().join("state"))).unwrap();
+    // The image's folder is one vmd takes node paths from (vmd --image-folder).
+    let cache = ImageCache::new(Layout::new(tmp.path().join("state")))
+        .unwrap()
+        .with_folders(vec![tmp.path().to_path_buf()]);
     let e = cache.fetch_path(&img, Some(&"cd".repeat(32))).await.unwrap_err().to_string();
     assert!(e.contains(&format!("its sha256 is {sha}")), "{e}");
     let p = cache.fetch_path(&img, Some(&sha)).await.unwrap();
@@ -152,4 +155,52 @@ async fn netd_client_takes_nics_from_netd_and_checks_them() {
     assert_eq!(fake.detached.lock().unwrap().as_slice(), ["nvr"]);
     let gone = NetdNics::new(tmp.path().join("absent.sock"));
     assert!(gone.attach(&p, vms[0]).await.unwrap_err().to_string().contains("cannot reach netd"));
+}
+
+#[test]
+fn a_daemon_refuses_a_boot_image_outside_its_image_folders_and_copies_nothing() {
+    require_libvirt();
+    let tmp = tempfile::Builder::new().prefix("vmd-folders").tempdir_in("/tmp").unwrap();
+    let images = tmp.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    // The node's own key, beside the image folder; and a link to it from inside.
+    let key = tmp.path().join("node.key");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    std::os::unix::fs::symlink(&key, images.join("nvr.qcow2")).unwrap();
+    let d = Daemon::start(tmp.path(), &["--image-folder", images.to_str().unwrap()]);
+    let vm = uniq();
+    let _domains = Domains(vec![vm.clone()]);
+    let profile = |image: &std::path::Path| {
+        let t = format!(
+            "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {{name: folders}}\n\
+             node: {{reserved: {{cpus: 0.5, memory: 1Gi}}, capacity: {{cpus: 4, memory: 4Gi}}}}\n\
+             workloads:\n  - {{name: {vm}, kind: vm, cpus: 1, memory: 256Mi, boot: {{disk: {{image: {}}}}}}}\n",
+            image.display()
+        );
+        render_str("folders.yaml", &t).unwrap()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for image in [key.clone(), images.join("nvr.qcow2"), images.join("../node.key")] {
+        let r = profile(&image);
+        let e = rt
+            .block_on(async {
+                let mut c = backroom_vmd::client::vmd_client(&d.socket).await.unwrap();
+                c.apply(backroom_api::vmd::ApplyRequest {
+                    revision: r.revision.as_str().into(),
+                    profile_yaml: r.to_yaml(),
+                })
+                .await
+            })
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{image:?}: {e:?}");
+        let m = e.message();
+        assert!(m.contains(&image.display().to_string()), "names the path: {m}");
+        assert!(m.contains(&images.display().to_string()), "names the folder: {m}");
+        assert!(m.contains("--image-folder"), "{m}");
+    }
+    let cached = std::fs::read_dir(d.state.join("images/sha256")).map(|r| r.count()).unwrap_or(0);
+    let partial = std::fs::read_dir(d.state.join("images/partial")).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(cached + partial, 0, "nothing copied into the image cache");
+    assert!(!virsh(&["list", "--all", "--name"]).lines().any(|l| l.trim() == format!("bk-{vm}")));
+    assert!(d.list().is_empty(), "no VM taken on");
 }

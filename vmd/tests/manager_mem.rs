@@ -391,3 +391,24 @@ async fn adoption_takes_over_without_restarting() {
     assert_eq!(hv.calls().len(), calls, "adoption made no libvirt change");
     assert_eq!(v2.status("nvr").unwrap().state, VmState::Running);
 }
+
+/// What nodeagent's liveness check reads through vmd: whether vmd's libvirt connection works,
+/// failing while libvirt's side is gone and clear again once the supervisor reconnected.
+#[tokio::test]
+async fn the_libvirt_connection_is_reported_while_it_is_down_and_clears_when_back() {
+    let clock = ManualClock::new(1_000_000_000);
+    let (v, hv, _s, _d) = vmd_on(&clock);
+    let sup = v.supervise();
+    settle().await;
+    assert_eq!(v.libvirt_error(), None, "libvirt answers");
+    *hv.events_broken.lock().unwrap() = Some("libvirtd closed the connection".into());
+    clock.advance(Duration::from_secs(1));
+    settle().await;
+    let why = v.libvirt_error().expect("the lost libvirt connection is reported");
+    assert!(why.contains("libvirtd closed the connection"), "{why}");
+    *hv.events_broken.lock().unwrap() = None;
+    clock.advance(Duration::from_secs(1));
+    settle().await;
+    assert_eq!(v.libvirt_error(), None, "back: reconnected, nothing reported");
+    sup.stop();
+}

@@ -38,9 +38,11 @@ enum Command {
     /// Run the daemon: the local API on a unix socket, drift repair, DHCP renewal and the
     /// commit-confirm deadline.
     Serve {
-        /// The API socket (created with mode 0600).
+        /// The API socket (created with mode 0600, or 0660 with --socket-group).
         #[arg(long, default_value = "/run/backroom/netd.sock")]
         socket: PathBuf,
+        #[command(flatten)]
+        access: backroom_daemon::socket::SocketArgs,
         /// Seconds between drift checks (link changes trigger one at once too).
         #[arg(long, default_value_t = 30)]
         check_interval: u64,
@@ -203,6 +205,11 @@ fn print_observation(o: &backroom_api::netd::ObserveReply) {
     if !o.pending_revision.is_empty() {
         println!("waiting for confirmation until {} (unix time)", o.confirm_deadline_unix);
     }
+    if o.unconfirmed_kept {
+        println!(
+            "not confirmed: kept at its deadline (no earlier network to go back to; confirm it to clear)"
+        );
+    }
     for s in &o.segments {
         let state = if s.present { "present" } else { "MISSING" };
         println!(
@@ -247,7 +254,8 @@ fn main() -> Result<()> {
         kernel(netns::enter(ns)).with_context(|| format!("--netns {ns}"))?;
     }
     match cli.command {
-        Command::Serve { socket, check_interval } => {
+        Command::Serve { socket, access, check_interval } => {
+            let access = access.access().context("--socket-group")?;
             let engine = engine(&cli.state_dir)?;
             // Engine calls and DHCP exchanges (one per segment at most) share the blocking pool.
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -258,6 +266,7 @@ fn main() -> Result<()> {
             let served = rt.block_on(server::serve(
                 daemon,
                 socket,
+                access,
                 Duration::from_secs(check_interval.max(1)),
             ));
             // A DHCP exchange still running on a blocking thread must not hold up the exit.

@@ -42,6 +42,16 @@ pub struct Outcome {
     pub confirm_deadline_unix: i64,
 }
 
+/// What a passed confirmation deadline did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deadline {
+    /// The previous applied state is back.
+    RolledBack { revision: String, outcome: Outcome },
+    /// There was nothing to go back to: the applied network stays, unconfirmed. `again`: it
+    /// was kept unconfirmed before too (the same network applied again).
+    Kept { revision: String, again: bool },
+}
+
 /// A segment as observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SegmentView {
@@ -57,6 +67,8 @@ pub struct Observation {
     pub applied_revision: String,
     pub pending_revision: String,
     pub confirm_deadline_unix: i64,
+    /// The applied network was kept at its deadline unconfirmed (nothing to go back to).
+    pub unconfirmed_kept: bool,
     pub segments: Vec<SegmentView>,
     /// Allow rule → (packets, bytes), both tables added up.
     pub counters: Vec<(String, u64, u64)>,
@@ -413,6 +425,7 @@ impl Engine {
             revision: r.revision.as_str().to_string(),
             profile_yaml: r.to_yaml(),
             uplink_override: uplink.filter(|u| !u.is_empty()).map(str::to_string),
+            unconfirmed_kept: false,
         };
         let pending = if confirm_seconds > 0 {
             // A pending apply replaced by another keeps the last confirmed state to go back to.
@@ -545,10 +558,12 @@ impl Engine {
         Ok(out)
     }
 
-    /// Confirms the pending apply (`revision` empty: whatever is pending).
+    /// Confirms the pending apply (`revision` empty: whatever is pending), or a network kept
+    /// unconfirmed at its deadline (which clears its mark).
     pub fn confirm(&mut self, revision: &str) -> Result<String> {
         let mut f = self.applied()?;
-        let (Some(a), Some(_)) = (&f.applied, &f.pending) else {
+        let Some(a) = f.applied.as_mut().filter(|a| f.pending.is_some() || a.unconfirmed_kept)
+        else {
             return Err(Error::NothingPending);
         };
         if !revision.is_empty() && a.revision != revision {
@@ -557,6 +572,7 @@ impl Engine {
                 asked: revision.into(),
             });
         }
+        a.unconfirmed_kept = false;
         let rev = a.revision.clone();
         f.pending = None;
         self.state.save(state::APPLIED, &f)?;
@@ -564,30 +580,38 @@ impl Engine {
     }
 
     /// When a pending apply's deadline has passed (on the engine's clock): restores the
-    /// previous applied state (or removes everything when there was none). Returns the
-    /// revision restored (`""`: none).
-    pub fn rollback_if_due(&mut self) -> Result<Option<(String, Outcome)>> {
+    /// previous applied state. With none to go back to (the first network, or the same one
+    /// applied again), the applied network stays, marked [`Applied::unconfirmed_kept`]:
+    /// removing it would cut the store off, and that is what the deadline exists to undo.
+    pub fn rollback_if_due(&mut self) -> Result<Option<Deadline>> {
         let f = self.applied()?;
         let Some(p) = f.pending else { return Ok(None) };
         if self.clock.now_unix() < p.deadline_unix {
             return Ok(None);
         }
+        let Some(mut applied) = f.applied else {
+            // A pending mark without an applied state: nothing was applied to undo.
+            self.state.save(state::APPLIED, &AppliedFile::default())?;
+            return Ok(None);
+        };
         match p.previous {
-            Some(prev) => {
+            Some(prev) if !prev.same_network(&applied) => {
                 let r = parse_profile(&prev.revision, &prev.profile_yaml)?;
                 let out = self.converge(&r, prev.uplink_override.as_deref())?;
                 self.state.save(
                     state::APPLIED,
                     &AppliedFile { applied: Some(prev.clone()), pending: None },
                 )?;
-                Ok(Some((prev.revision, out)))
+                Ok(Some(Deadline::RolledBack { revision: prev.revision, outcome: out }))
             }
-            None => {
-                let removed = self.teardown()?;
-                Ok(Some((
-                    String::new(),
-                    Outcome { changed: true, actions: removed, confirm_deadline_unix: 0 },
-                )))
+            prev => {
+                // Already kept before (this very network, applied again and still unconfirmed).
+                let again = prev.is_some_and(|p| p.unconfirmed_kept);
+                applied.unconfirmed_kept = true;
+                let revision = applied.revision.clone();
+                self.state
+                    .save(state::APPLIED, &AppliedFile { applied: Some(applied), pending: None })?;
+                Ok(Some(Deadline::Kept { revision, again }))
             }
         }
     }
@@ -603,6 +627,7 @@ impl Engine {
                 o.confirm_deadline_unix = f.pending.as_ref().map(|p| p.deadline_unix).unwrap_or(0);
             }
             o.applied_revision = a.revision.clone();
+            o.unconfirmed_kept = a.unconfirmed_kept;
             let r = parse_profile(&a.revision, &a.profile_yaml)?;
             for seg in &r.profile.network.segments {
                 let br = seg.bridge();

@@ -82,8 +82,11 @@ fn an_unconfirmed_apply_is_rolled_back_at_its_deadline_and_a_confirmed_one_stays
     assert!(e.rollback_if_due().unwrap().is_none(), "not due a millisecond before");
     assert_eq!(e.applied().unwrap().applied.unwrap().revision, b.revision.as_str());
     clock.advance(Duration::from_millis(1));
-    let (rev, _) = e.rollback_if_due().unwrap().expect("due at the deadline");
-    assert_eq!(rev, a.revision.as_str());
+    let due = e.rollback_if_due().unwrap().expect("due at the deadline");
+    assert!(
+        matches!(&due, Deadline::RolledBack { revision, .. } if revision == a.revision.as_str()),
+        "{due:?}"
+    );
     assert_eq!(e.applied().unwrap().applied.unwrap().revision, a.revision.as_str());
     assert!(e.plan(&a, None).unwrap().is_empty(), "the kernel is back to revision a");
 
@@ -113,8 +116,82 @@ fn a_replaced_pending_apply_still_rolls_back_to_the_last_confirmed_one() {
     clock.advance(Duration::from_secs(29));
     assert!(e.rollback_if_due().unwrap().is_none(), "b's deadline no longer counts");
     clock.advance(Duration::from_secs(1));
-    let (rev, _) = e.rollback_if_due().unwrap().unwrap();
-    assert_eq!(rev, a.revision.as_str(), "back to the confirmed revision, not to b");
+    let due = e.rollback_if_due().unwrap().unwrap();
+    assert!(
+        matches!(&due, Deadline::RolledBack { revision, .. } if revision == a.revision.as_str()),
+        "back to the confirmed revision, not to b: {due:?}"
+    );
+}
+
+#[test]
+fn a_first_network_left_unconfirmed_is_kept_at_its_deadline_never_torn_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let mut e = engine_on(dir.path(), &clock);
+    let a = profile(PROFILE);
+    // A connected node's first apply: nothing confirmed before it.
+    e.apply(&a, None, 30).unwrap();
+    let writes = e.netlink_writes();
+    clock.advance(Duration::from_secs(30));
+    let due = e.rollback_if_due().unwrap().expect("due at the deadline");
+    assert_eq!(due, Deadline::Kept { revision: a.revision.as_str().into(), again: false });
+    assert_eq!(e.netlink_writes(), writes, "nothing removed");
+    assert!(e.plan(&a, None).unwrap().is_empty(), "the kernel still holds revision a");
+    let f = e.applied().unwrap();
+    assert!(f.pending.is_none(), "no deadline left to act on");
+    assert!(f.applied.as_ref().unwrap().unconfirmed_kept);
+    assert!(e.observe().unwrap().unconfirmed_kept, "status says so");
+    clock.advance(Duration::from_secs(3600));
+    assert!(e.rollback_if_due().unwrap().is_none(), "kept for good, no second deadline");
+
+    // nodeagent tries again (central still away): the same network, kept again, not removed.
+    e.apply(&a, None, 30).unwrap();
+    assert!(
+        !e.observe().unwrap().unconfirmed_kept,
+        "pending again: the mark waits for the deadline"
+    );
+    clock.advance(Duration::from_secs(30));
+    let due = e.rollback_if_due().unwrap().unwrap();
+    assert_eq!(due, Deadline::Kept { revision: a.revision.as_str().into(), again: true });
+    assert_eq!(e.netlink_writes(), writes);
+
+    // A later confirmation clears the mark.
+    assert_eq!(e.confirm("").unwrap(), a.revision.as_str());
+    assert!(!e.observe().unwrap().unconfirmed_kept);
+    assert!(matches!(e.confirm(""), Err(Error::NothingPending)));
+
+    // A confirmed state to go back to: an unconfirmed change on top still rolls back.
+    let b = profile(&PROFILE.replace("address: 10.1.0.1/24", "address: 10.1.0.3/24"));
+    e.apply(&b, None, 30).unwrap();
+    clock.advance(Duration::from_secs(30));
+    let due = e.rollback_if_due().unwrap().unwrap();
+    assert!(
+        matches!(&due, Deadline::RolledBack { revision, .. } if revision == a.revision.as_str()),
+        "{due:?}"
+    );
+    assert!(e.plan(&a, None).unwrap().is_empty());
+}
+
+#[test]
+fn a_change_on_top_of_a_kept_network_goes_back_to_it_still_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let mut e = engine_on(dir.path(), &clock);
+    let a = profile(PROFILE);
+    e.apply(&a, None, 30).unwrap();
+    clock.advance(Duration::from_secs(30));
+    e.rollback_if_due().unwrap().unwrap();
+    // b came over a's network, then cut it off: a is what the node ran on, so a comes back.
+    let b = profile(&PROFILE.replace("address: 10.1.0.1/24", "address: 10.1.0.3/24"));
+    e.apply(&b, None, 30).unwrap();
+    clock.advance(Duration::from_secs(30));
+    let due = e.rollback_if_due().unwrap().unwrap();
+    assert!(
+        matches!(&due, Deadline::RolledBack { revision, .. } if revision == a.revision.as_str()),
+        "{due:?}"
+    );
+    assert!(e.plan(&a, None).unwrap().is_empty());
+    assert!(e.observe().unwrap().unconfirmed_kept, "a is still unconfirmed");
 }
 
 #[test]

@@ -193,6 +193,65 @@ async fn an_unconfirmed_apply_is_rolled_back_by_the_loop_at_its_deadline() {
 }
 
 #[tokio::test]
+async fn a_first_network_left_unconfirmed_is_kept_by_the_loop_with_one_event() {
+    // A connected node's first apply, with central away: nothing earlier to go back to.
+    let dir = tempfile::tempdir().unwrap();
+    let links = MemLinks::default().with_link("up0");
+    let clock = ManualClock::new(T0);
+    let e = Engine::with(
+        StateDir::open(dir.path()).unwrap(),
+        Box::new(links.clone()),
+        Box::new(MemFirewall::default()),
+    )
+    .clock_on(Arc::new(clock.clone()));
+    let daemon = Daemon::new(e);
+    let events = daemon.subscribe();
+    let mut r = Rig { daemon, links, clock, events, _dir: dir };
+    r.start(Duration::from_secs(3600)).await;
+    let first = backroom_profiles::render_str("t.yaml", PROFILE).unwrap();
+    let apply = |r: &Rig| {
+        let d = r.daemon.clone();
+        let req = pb::ApplyRequest {
+            revision: first.revision.as_str().into(),
+            profile_yaml: first.to_yaml(),
+            confirm_seconds: 5,
+            uplink_override: String::new(),
+        };
+        async move { d.apply(Request::new(req)).await.unwrap().into_inner() }
+    };
+    assert_eq!(apply(&r).await.confirm_deadline_unix, T0 / 1000 + 5);
+    assert_eq!(kinds(&r.drain()), ["apply_done"]);
+    for _ in 0..5 {
+        r.step().await;
+    }
+    let evs = r.drain();
+    assert_eq!(kinds(&evs), ["unconfirmed_kept"], "kept, not torn down");
+    assert!(evs[0].message.contains("no earlier network to go back to"), "{}", evs[0].message);
+    assert!(evs[0].message.contains("cut the store off"), "{}", evs[0].message);
+    assert!(r.links.state().link("br-pos").is_some(), "the network is still there");
+    let o = r.daemon.observe(Request::new(pb::ObserveRequest {})).await.unwrap().into_inner();
+    assert_eq!(o.applied_revision, first.revision.as_str());
+    assert!(o.pending_revision.is_empty() && o.unconfirmed_kept, "{o:?}");
+    // Minutes later nothing flaps: no second event, the bridges stay.
+    for _ in 0..120 {
+        r.step().await;
+    }
+    assert_eq!(kinds(&r.drain()), Vec::<&str>::new());
+    // nodeagent applies again and still cannot confirm: kept again, without a second event.
+    apply(&r).await;
+    for _ in 0..6 {
+        r.step().await;
+    }
+    assert_eq!(kinds(&r.drain()), ["apply_done"]);
+    assert!(r.links.state().link("br-pos").is_some());
+    // Central answers at last: the confirmation clears the mark.
+    r.daemon.confirm(Request::new(pb::ConfirmRequest { revision: String::new() })).await.unwrap();
+    assert_eq!(kinds(&r.drain()), ["confirmed"]);
+    let o = r.daemon.observe(Request::new(pb::ObserveRequest {})).await.unwrap().into_inner();
+    assert!(!o.unconfirmed_kept);
+}
+
+#[tokio::test]
 async fn a_missing_uplink_is_one_failing_event_and_one_recovered_after_the_repair() {
     let mut r = rig();
     r.daemon.check().await;

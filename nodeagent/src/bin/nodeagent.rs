@@ -25,9 +25,15 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The socket nodectl talks to (mode 0600).
+    /// The socket nodectl talks to (mode 0600, or 0660 with --socket-group).
     #[arg(long, default_value = "/run/backroom/nodeagent.sock")]
     socket: PathBuf,
+    #[command(flatten)]
+    access: backroom_daemon::socket::SocketArgs,
+    /// How often netd, vmd (and through it libvirtd) and containerd are asked whether they
+    /// answer; one that does not is a problem, shown in `nodectl status`, until it does.
+    #[arg(long, default_value = "5s")]
+    liveness_interval: backroom_profiles::Duration,
     /// Where nodeagent keeps its state: revisions, workload records, logs.
     #[arg(long, default_value = "/var/lib/backroom")]
     state_dir: PathBuf,
@@ -119,6 +125,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         backroom_daemon::fs::StateLock::acquire_wait(&lock, Duration::from_secs(5))
     })
     .await??;
+    // A wrong group is told at once, before anything else starts.
+    let access = args.access.access().context("--socket-group")?;
     let clock = backroom_daemon::clock::system();
     let auth: BTreeMap<String, RegistryAuth> = match &args.registry_auth {
         Some(p) => {
@@ -166,6 +174,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.volumes_dir.clone().unwrap_or_else(|| args.state_dir.join("volumes")),
     );
     cfg.clock = clock.clone();
+    cfg.liveness_interval = args.liveness_interval.to_std().max(Duration::from_millis(100));
+    // Within the interval, so that a check never waits for the one before.
+    cfg.liveness_timeout = cfg.liveness_interval.min(Duration::from_secs(3));
     cfg.resolv_conf = args.resolv_conf.clone();
     let contact = tokio::sync::watch::Sender::new(0i64);
     let central_state = tokio::sync::watch::Sender::new(String::from("standalone (no --central)"));
@@ -201,8 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         backroom_nodeagent::connected::spawn(opts, handle.clone(), central_state.clone(), contact);
     }
-    let incoming =
-        backroom_daemon::socket::listen(&args.socket, backroom_daemon::socket::Access::ROOT)?;
+    let incoming = backroom_daemon::socket::listen(&args.socket, access)?;
     tracing::info!("serving nodectl on {}", args.socket.display());
 
     // Only a live engine earns the ping: one that answers a status request.

@@ -239,6 +239,8 @@ fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         "profile_version": s.profile_version,
         "source": s.source,
         "network": s.network,
+        "vms": s.vms,
+        "containers": s.containers,
         "central": s.central,
         "problems": s.problems.iter().map(|p| json!({
             "subject": p.subject, "message": p.message, "since_unix_ms": p.since_unix_ms,
@@ -302,6 +304,12 @@ fn status_text(s: &pb::StatusReply, now_ms: i64) -> String {
         ));
     }
     o.push_str(&format!("network: {}\n", s.network));
+    if !s.vms.is_empty() {
+        o.push_str(&format!("VMs: {}\n", s.vms));
+    }
+    if !s.containers.is_empty() {
+        o.push_str(&format!("containers: {}\n", s.containers));
+    }
     if !s.central.is_empty() {
         o.push_str(&format!("central: {}\n", s.central));
     }

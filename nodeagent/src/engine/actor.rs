@@ -14,6 +14,7 @@ use super::ops::{self, Ctx, Launched};
 use super::view::{ActionResult, Event};
 use super::{ApplyOutcome, Config, EngineHandle, Msg};
 use crate::error::{Error, Result};
+use crate::liveness::Liveness;
 use crate::logs::Logs;
 use crate::network::Network;
 use crate::plan::short;
@@ -41,6 +42,9 @@ pub(super) struct PhaseState {
     pub(super) busy: bool,
     pub(super) retry_at_ms: u64,
     pub(super) error: Option<String>,
+    /// The error said its daemon could not be reached (restarting, say): the phase waits for it
+    /// rather than failing the revision.
+    pub(super) unreachable: bool,
 }
 
 /// The engine over a runtime, a network, a VM daemon and a prober (by default the host's,
@@ -52,6 +56,8 @@ pub struct Engine<R, N, V, P = HostProber<R>> {
     pub(super) prober: Arc<P>,
     pub(super) problems: Problems,
     pub(super) problems_dirty: bool,
+    /// Which daemons are not answering now (see `alive.rs`).
+    pub(super) liveness: Liveness,
     pub(super) store: Store,
     pub(super) node: NodeState,
     pub(super) desired: Option<Rendered>,
@@ -66,6 +72,9 @@ pub struct Engine<R, N, V, P = HostProber<R>> {
     pub(super) actions: VecDeque<ActionResult>,
     pub(super) actions_dirty: bool,
     pub(super) network: PhaseState,
+    /// netd kept the applied network at its confirmation deadline (nothing earlier to go
+    /// back to), unconfirmed; cleared by a confirmation or an apply that works.
+    pub(super) network_kept: bool,
     pub(super) vm_phase: PhaseState,
     pub(super) vm_states: Vec<VmState>,
     pub(super) tx: mpsc::Sender<Msg>,
@@ -151,6 +160,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             prober: Arc::new(prober),
             problems,
             problems_dirty: false,
+            liveness: Liveness::default(),
             store,
             node,
             desired: None,
@@ -165,6 +175,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             actions,
             actions_dirty: false,
             network: PhaseState::default(),
+            network_kept: false,
             vm_phase: PhaseState::default(),
             vm_states: Vec::new(),
             tx,
@@ -282,6 +293,10 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
     /// Books the end of a node-wide phase; true when it succeeded.
     fn phase_done(&mut self, phase: Phase, revision: &str, result: Result<Vec<String>>) -> bool {
         let retry_at_ms = self.now() + self.cfg.retry_ms;
+        if matches!(phase, Phase::Network) && result.is_ok() {
+            // Confirmed (or nothing to confirm): no longer a kept, unconfirmed network.
+            self.network_kept = false;
+        }
         let (state, what) = match phase {
             Phase::Network => (&mut self.network, "network"),
             Phase::Vms => (&mut self.vm_phase, "VMs"),
@@ -292,6 +307,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             Ok(actions) => {
                 state.done = Some(revision.to_string());
                 state.error = None;
+                state.unreachable = false;
                 let msg =
                     if actions.is_empty() { "no change".to_string() } else { actions.join("; ") };
                 self.record_action("", &action, true, msg);
@@ -301,6 +317,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                 let why = backroom_daemon::chain(&e);
                 tracing::warn!(revision = short(revision), error = %Chain(&e), "cannot {action}");
                 state.error = Some(why.clone());
+                state.unreachable = e.unreachable();
                 state.retry_at_ms = retry_at_ms;
                 self.record_action("", &action, false, why);
                 false
@@ -349,6 +366,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
         self.tell_set_aside();
         ready();
         self.listen_to_peers();
+        self.check_liveness();
         self.refresh_vms();
         self.reconcile();
         let mut tick = tokio::time::interval(self.cfg.tick);
@@ -717,6 +735,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                 Err(e) => tracing::warn!(error = %Chain(&e), "cannot list the VMs"),
             },
             Msg::Peer { source, news } => self.on_peer(source, news),
+            Msg::Alive(round) => self.on_alive(round),
             Msg::Observed(r) => match r {
                 Ok(list) => self.on_observed(list),
                 Err(e) => tracing::warn!(error = %Chain(&e), "cannot list the containers"),

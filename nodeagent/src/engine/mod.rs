@@ -3,8 +3,10 @@
 //! out (long ones as tasks), probes health, handles exits, and publishes events.
 //!
 //! It also keeps the node's open problems ([`crate::problems`]): its own (a workload the
-//! restart policy cannot start, an image that cannot be pulled, netd or vmd out of reach) and
-//! those netd and vmd report, whose event streams it follows (`peers.rs`).
+//! restart policy cannot start, an image that cannot be pulled, netd, vmd, containerd or
+//! libvirtd not answering) and those netd and vmd report, whose event streams it follows
+//! (`peers.rs`). Every `liveness_interval` it asks each daemon a cheap question (`alive.rs`),
+//! and applies the desired state again to a netd or vmd that comes back.
 //!
 //! Every timestamp and every timing rule (backoff, crash loops, settle time, update deadlines,
 //! image grace) reads the [`Config::clock`], so tests move time with a manual clock.
@@ -14,6 +16,7 @@
 //! and [`EngineHandle::subscribe`] streams [`Event`]s (an outbox can persist them).
 
 mod actor;
+mod alive;
 mod dispatch;
 mod observe;
 pub mod ops;
@@ -31,6 +34,7 @@ pub use actor::Engine;
 pub use view::{ActionResult, Event, Status, WorkloadView, derive_state};
 
 use crate::error::{Error, Result};
+use crate::liveness::Daemon;
 use crate::logs::Logs;
 use crate::probe::ProbeResult;
 use crate::problems::{OpenProblem, PeerEvent, Source};
@@ -70,6 +74,11 @@ pub struct Config {
     pub retry_ms: u64,
     /// How long to wait before listening to netd or vmd again after losing them (doubling).
     pub peer_retry: backroom_daemon::Backoff,
+    /// How often netd, vmd (and through it libvirtd) and containerd are asked whether they
+    /// answer ([`crate::liveness`]).
+    pub liveness_interval: Duration,
+    /// How long one of those questions may take before the daemon counts as not answering.
+    pub liveness_timeout: Duration,
     /// Every timestamp and timing rule reads this clock.
     pub clock: SharedClock,
     /// With commit-confirm: when to confirm. `None`: at once, since nodeagent still reaches
@@ -105,6 +114,8 @@ impl Config {
                 Duration::from_secs(1),
                 Duration::from_secs(30),
             ),
+            liveness_interval: Duration::from_secs(5),
+            liveness_timeout: Duration::from_secs(3),
             clock: backroom_daemon::clock::system(),
             confirm_gate: None,
         }
@@ -162,7 +173,18 @@ pub(crate) enum Msg {
         source: Source,
         news: PeerNews,
     },
+    /// One round of liveness checks (see `alive.rs`).
+    Alive(Vec<(Daemon, std::result::Result<(), NoAnswer>)>),
     Poke,
+}
+
+/// Why a daemon did not answer a liveness check.
+#[derive(Clone, Debug)]
+pub(crate) struct NoAnswer {
+    /// The problem's sentence (`netd is not answering on …: …`).
+    pub message: String,
+    /// It said nothing within the timeout (rather than refusing or failing).
+    pub timed_out: bool,
 }
 
 /// What the watcher of a peer daemon tells the engine.

@@ -12,15 +12,23 @@ use tracing::Instrument;
 use super::actor::{Engine, PhaseState};
 use super::view::{Status, WorkloadView, derive_state};
 use super::{Msg, PeerNews};
+use crate::liveness::{Daemon, not_answering, status_line};
 use crate::network::Network;
 use crate::plan::{self, Input, Phase, short};
 use crate::probe::{self, Check, ProbeRequest, Prober};
-use crate::problems::{Source, link_subject, pull_subject, workload_subject};
+use crate::problems::{Source, pull_subject, workload_subject};
 use crate::record::{Exit, HealthStatus, Role, WorkloadRecord, spec_hash};
 use crate::restart::{record_failure, should_restart};
 use crate::runtime::Runtime;
 use crate::runtime::TaskState;
 use crate::vms::Vms;
+
+fn daemon_of(source: Source) -> Daemon {
+    match source {
+        Source::Vmd => Daemon::Vmd,
+        _ => Daemon::Netd,
+    }
+}
 
 impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
     pub(super) fn find_instance(
@@ -192,18 +200,18 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
         let now = self.cfg.clock.now_ms();
         match news {
             PeerNews::Up(open) => {
-                self.working(link_subject(source));
+                self.daemon_answers(daemon_of(source));
                 for c in self.problems.peer_snapshot(source, open, now) {
                     self.tell(c);
                 }
             }
             PeerNews::Down(e) => {
-                let why = format!(
-                    "nodeagent cannot reach {}: {}",
-                    source.as_str(),
-                    backroom_daemon::chain(&e)
-                );
-                self.failing(link_subject(source), "", why);
+                let (daemon, address) = match source {
+                    Source::Vmd => (Daemon::Vmd, self.vms.address()),
+                    _ => (Daemon::Netd, self.ctx.net.address()),
+                };
+                let why = not_answering(daemon, &address, &backroom_daemon::chain(&e));
+                self.daemon_silent(daemon, why);
             }
             PeerNews::Event(e) => match e.kind.as_str() {
                 "failing" => {
@@ -235,7 +243,14 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                         self.emit(&e.workload, "vm", format!("{kind}: {}", e.message));
                         self.refresh_vms();
                     }
-                    _ => self.emit(&e.workload, "netd", format!("{kind}: {}", e.message)),
+                    _ => {
+                        match kind {
+                            "unconfirmed_kept" => self.network_kept = true,
+                            "confirmed" => self.network_kept = false,
+                            _ => {}
+                        }
+                        self.emit(&e.workload, "netd", format!("{kind}: {}", e.message))
+                    }
                 },
             },
         }
@@ -498,9 +513,17 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                 health_checked_ms: p.map_or(0, |p| p.health.last_probe_ms),
             });
         }
+        let applied = self.node.applied.as_deref();
+        let silent = |d: Daemon| self.liveness.outage(d).map(|o| status_line(d, o, applied));
         let network = match (&self.desired, &self.network) {
+            _ if silent(Daemon::Netd).is_some() => silent(Daemon::Netd).unwrap_or_default(),
             (None, _) => self.boot_error.clone().unwrap_or_else(|| "no profile yet".into()),
             (_, PhaseState { busy: true, .. }) => "applying".into(),
+            // netd kept it at the deadline: it is applied, only its confirmation is missing.
+            _ if self.network_kept => "applied (first network, not confirmed: kept)".into(),
+            (_, PhaseState { error: Some(e), unreachable: true, .. }) => {
+                format!("waiting: {e}; retrying")
+            }
             (_, PhaseState { error: Some(e), .. }) => format!("failed: {e}; retrying"),
             (Some(d), PhaseState { done: Some(r), .. }) if *r == d.revision.as_str() => {
                 format!("applied (revision {})", short(r))
@@ -508,14 +531,25 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             _ => "pending".into(),
         };
         let vms = match (&self.desired, &self.vm_phase) {
+            _ if silent(Daemon::Vmd).is_some() => silent(Daemon::Vmd).unwrap_or_default(),
+            _ if silent(Daemon::Libvirtd).is_some() => silent(Daemon::Libvirtd).unwrap_or_default(),
             (None, _) => String::new(),
             (_, PhaseState { busy: true, .. }) => "applying".into(),
+            (_, PhaseState { error: Some(e), unreachable: true, .. }) => {
+                format!("waiting: {e}; retrying")
+            }
             (_, PhaseState { error: Some(e), .. }) => format!("failed: {e}; retrying"),
             (Some(d), PhaseState { done: Some(r), .. }) if *r == d.revision.as_str() => {
                 format!("applied (revision {})", short(r))
             }
             _ => "pending".into(),
         };
+        let containers = silent(Daemon::Containerd).unwrap_or_else(|| {
+            let running =
+                workloads.iter().filter(|w| w.kind == "container" && w.state == "running").count();
+            let all = workloads.iter().filter(|w| w.kind == "container").count();
+            format!("{running} of {all} running (containerd answers)")
+        });
         Status {
             desired: self.node.desired.clone().unwrap_or_default(),
             applied: self.node.applied.clone().unwrap_or_default(),
@@ -525,6 +559,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             profile_version: profile.and_then(|p| p.metadata.version.clone()).unwrap_or_default(),
             network,
             vms,
+            containers,
             workloads,
             actions: self.actions.iter().cloned().collect(),
             problems: self.problems.open(),

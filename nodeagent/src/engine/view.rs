@@ -57,6 +57,8 @@ pub struct Status {
     pub network: String,
     /// Like `network`, for the VM phase (vmd's apply).
     pub vms: String,
+    /// containerd: `2 of 3 running (containerd answers)`, or since when it does not answer.
+    pub containers: String,
     pub workloads: Vec<WorkloadView>,
     pub actions: Vec<ActionResult>,
     /// What fails now, on this node (nodeagent's, netd's and vmd's): the worst and oldest first.

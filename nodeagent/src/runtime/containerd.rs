@@ -452,4 +452,16 @@ impl super::Runtime for Containerd {
     fn cgroups_path(&self, id: &str) -> String {
         self.cgroups_path_impl(id)
     }
+
+    async fn ping(&self) -> Result<()> {
+        containerd_client::services::v1::version_client::VersionClient::new(self.channel.clone())
+            .version(())
+            .await
+            .map_err(|s| status_err("version", s))?;
+        Ok(())
+    }
+
+    fn address(&self) -> String {
+        self.config.socket.display().to_string()
+    }
 }

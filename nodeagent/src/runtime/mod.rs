@@ -123,6 +123,16 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The cgroup path for a container (`/backroom/<namespace>/<id>`).
     fn cgroups_path(&self, id: &str) -> String;
+
+    /// A cheap call that fails when the runtime does not answer (nodeagent's liveness check).
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Where the runtime is reached, for messages (its socket).
+    fn address(&self) -> String {
+        String::new()
+    }
 }
 
 /// The images to delete: those no workload keeps, older than `grace_ms`.

@@ -35,7 +35,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: serve the local API, adopt the VMs applied before, keep them running.
-    Serve(Common),
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        access: backroom_daemon::socket::SocketArgs,
+    },
     /// Apply the VMs of a store profile file (rendered with its layers), then exit.
     Apply {
         /// The store profile (YAML).
@@ -131,6 +136,11 @@ struct Common {
     /// private CA). A download is also checked against the profile's sha256 either way.
     #[arg(long, env = "VMD_IMAGE_CA")]
     image_ca: Option<PathBuf>,
+    /// A folder that boot images named by a node path (`boot: {disk: {image: /…}}`) may come
+    /// from; repeat it for more than one. Such a path must resolve (symlinks and `..` followed)
+    /// to a regular file inside one of them, or the profile is refused and nothing is copied.
+    #[arg(long = "image-folder", value_name = "DIR", default_value = backroom_vmd::images::DEFAULT_IMAGE_FOLDER)]
+    image_folders: Vec<PathBuf>,
     /// Work on libvirt directly even when the daemon's socket answers.
     #[arg(long)]
     direct: bool,
@@ -171,7 +181,10 @@ impl Common {
         };
         let deps = Deps {
             hypervisor: hv.clone() as Arc<dyn Hypervisor>,
-            storage: Arc::new(FsStorage::with_image_ca(layout.clone(), self.image_ca.as_deref())?),
+            storage: Arc::new(
+                FsStorage::with_image_ca(layout.clone(), self.image_ca.as_deref())?
+                    .with_image_folders(self.image_folders.clone()),
+            ),
             nics,
         };
         Ok((Vmd::new(deps, layout, self.config())?, lock, hv))
@@ -247,7 +260,7 @@ fn print_status(vms: &[backroom_api::vmd::VmStatus]) {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(c) => serve_daemon(c).await,
+        Command::Serve { common, access } => serve_daemon(common, access).await,
         Command::Apply { file, common } => {
             let r = backroom_profiles::render_file(&file)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
@@ -394,7 +407,8 @@ async fn vm_op(c: &Common, name: &str, op: Op) -> Result<()> {
     Ok(())
 }
 
-async fn serve_daemon(c: Common) -> Result<()> {
+async fn serve_daemon(c: Common, access: backroom_daemon::socket::SocketArgs) -> Result<()> {
+    let access = access.access().context("--socket-group")?;
     let (vmd, _lock, hv) = c.local(Duration::from_secs(15)).await?;
     tracing::info!(socket = %c.socket.display(), state_dir = %c.state_dir.display(), libvirt = hv.uri(), "vmd starting");
     // The probe runs now, in the background; Apply waits for it when it needs it.
@@ -431,7 +445,7 @@ async fn serve_daemon(c: Common) -> Result<()> {
         tracing::info!("vmd ready");
         backroom_daemon::notify::ready();
     };
-    serve(vmd, &c.socket, ready, shutdown).await?;
+    serve(vmd, &c.socket, access, ready, shutdown).await?;
     supervisor.stop();
     Ok(())
 }
