@@ -132,6 +132,7 @@ mod tests {
                 revision: "r".into(),
                 profile_yaml: "y".into(),
                 uplink_override: None,
+                unconfirmed_kept: false,
             }),
             pending: None,
         };
