@@ -6,6 +6,12 @@
 //! `xorriso`), and [`rename_durable`] moves a file aside so that the move outlives a power cut.
 //! [`StateLock`] is an exclusive `flock` that says which process owns a
 //! state folder; the kernel releases it when that process dies, however it dies.
+//!
+//! [`load_or_set_aside`] is how every daemon reads a state file at start: a file that does not
+//! read (a power cut tore it, a disk garbled it) is renamed `<name>.unreadable-<unix seconds>`
+//! (the newest [`SET_ASIDE_KEPT`] kept, for support) and the daemon starts without it, from
+//! what it can learn from the system it manages, rather than refusing to start: a daemon that
+//! cannot start after a power cut needs a site visit.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -73,6 +79,154 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// [`write_atomic`] with this crate's error, naming the file.
 pub fn save(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     write_atomic(path, data, mode).map_err(|e| Error::io("write", path, e))
+}
+
+/// How many set-aside copies of one state file are kept (the oldest go first).
+pub const SET_ASIDE_KEPT: usize = 3;
+
+/// A state file that did not read and was moved out of the way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetAside {
+    /// Where it was.
+    pub path: PathBuf,
+    /// Where it is now (`None` when even the rename failed: it is overwritten at the next save).
+    pub kept_as: Option<PathBuf>,
+    /// Why it did not read, with the whole cause chain.
+    pub reason: String,
+}
+
+impl SetAside {
+    /// One sentence for the log and the operator's event: which file, why, and where it went.
+    pub fn sentence(&self) -> String {
+        let name = self.path.display();
+        match &self.kept_as {
+            Some(k) => format!(
+                "the state file {name} could not be read ({}): set aside as {} and started without it",
+                self.reason,
+                k.display()
+            ),
+            None => format!(
+                "the state file {name} could not be read ({}) and could not be set aside: started without it",
+                self.reason
+            ),
+        }
+    }
+}
+
+/// What [`load_or_set_aside`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Loaded<T> {
+    /// The file read and parsed.
+    Read(T),
+    /// There is no such file (a first start).
+    Missing,
+    /// The file did not read or parse: it was set aside.
+    SetAside(SetAside),
+}
+
+impl<T> Loaded<T> {
+    /// The value, or `T::default()` when the file was missing or set aside; and the notice.
+    pub fn or_default(self) -> (T, Option<SetAside>)
+    where
+        T: Default,
+    {
+        match self {
+            Loaded::Read(v) => (v, None),
+            Loaded::Missing => (T::default(), None),
+            Loaded::SetAside(s) => (T::default(), Some(s)),
+        }
+    }
+}
+
+/// Reads the state file `path` and parses it with `parse`. When it cannot be read (other than
+/// missing) or does not parse, it is renamed `<name>.unreadable-<now_unix>` beside itself, the
+/// oldest such copies beyond [`SET_ASIDE_KEPT`] are removed, a warning names it and why, and
+/// [`Loaded::SetAside`] says so: the caller starts without it and tells the operator.
+pub fn load_or_set_aside<T, E>(
+    path: &Path,
+    now_unix: i64,
+    parse: impl FnOnce(&[u8]) -> std::result::Result<T, E>,
+) -> Loaded<T>
+where
+    E: std::error::Error + 'static,
+{
+    let reason = match std::fs::read(path) {
+        Ok(bytes) => match parse(&bytes) {
+            Ok(v) => return Loaded::Read(v),
+            Err(e) => crate::error::chain(&e),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
+        Err(e) => crate::error::chain(&e),
+    };
+    let notice = set_aside(path, now_unix, reason);
+    tracing::warn!(path = %path.display(), "{}", notice.sentence());
+    Loaded::SetAside(notice)
+}
+
+/// Moves `path` out of the way as `<name>.unreadable-<now_unix>` (with `-<n>` when that name
+/// is taken) and prunes the oldest copies beyond [`SET_ASIDE_KEPT`].
+pub fn set_aside(path: &Path, now_unix: i64, reason: String) -> SetAside {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let base = format!("{name}.unreadable-{now_unix}");
+    // Above every copy of the same second, even one pruned already: the new copy is the
+    // newest in the order copies are pruned by.
+    let same_second: Vec<u64> = copy_stamps(dir, &name)
+        .into_iter()
+        .filter(|((secs, _), _)| *secs == now_unix)
+        .map(|((_, n), _)| n)
+        .collect();
+    let mut n = same_second.iter().max().map_or(0, |m| m + 1);
+    let mut target = if n == 0 { dir.join(&base) } else { dir.join(format!("{base}-{n}")) };
+    while target.symlink_metadata().is_ok() {
+        n += 1;
+        target = dir.join(format!("{base}-{n}"));
+    }
+    let kept_as = match std::fs::rename(path, &target) {
+        Ok(()) => {
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+            Some(target)
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot set the unreadable state file aside");
+            None
+        }
+    };
+    prune_set_aside(dir, &name);
+    SetAside { path: path.to_path_buf(), kept_as, reason }
+}
+
+/// The set-aside copies of the state file `name` in `dir`, oldest first.
+pub fn set_aside_copies(dir: &Path, name: &str) -> Vec<PathBuf> {
+    copy_stamps(dir, name).into_iter().map(|(_, p)| p).collect()
+}
+
+/// The set-aside copies of `name` with their (seconds, n) stamps, oldest first.
+fn copy_stamps(dir: &Path, name: &str) -> Vec<((i64, u64), PathBuf)> {
+    let prefix = format!("{name}.unreadable-");
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut found: Vec<((i64, u64), PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let rest = file.strip_prefix(&prefix)?;
+            let (secs, n) = match rest.split_once('-') {
+                Some((s, n)) => (s.parse().ok()?, n.parse().ok()?),
+                None => (rest.parse().ok()?, 0),
+            };
+            Some(((secs, n), e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn prune_set_aside(dir: &Path, name: &str) {
+    let copies = set_aside_copies(dir, name);
+    let extra = copies.len().saturating_sub(SET_ASIDE_KEPT);
+    for old in &copies[..extra] {
+        let _ = std::fs::remove_file(old);
+    }
 }
 
 /// An exclusive lock on a state folder, held while this value lives.
@@ -153,6 +307,92 @@ mod tests {
         let names: Vec<_> =
             std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    fn parse_json_number(b: &[u8]) -> std::result::Result<u64, std::num::ParseIntError> {
+        String::from_utf8_lossy(b).trim().parse()
+    }
+
+    #[test]
+    fn a_file_that_reads_is_read_and_a_missing_one_is_missing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("n.json");
+        assert_eq!(load_or_set_aside(&p, 5, parse_json_number), Loaded::Missing);
+        std::fs::write(&p, b"42").unwrap();
+        assert_eq!(load_or_set_aside(&p, 5, parse_json_number), Loaded::Read(42));
+        assert!(set_aside_copies(d.path(), "n.json").is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_file_is_set_aside_with_its_bytes_and_why() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("n.json");
+        std::fs::write(&p, b"4\x002").unwrap();
+        let Loaded::SetAside(s) = load_or_set_aside(&p, 1700, parse_json_number) else {
+            panic!("not set aside")
+        };
+        let kept = d.path().join("n.json.unreadable-1700");
+        assert_eq!(s.kept_as.as_deref(), Some(kept.as_path()));
+        assert_eq!(std::fs::read(&kept).unwrap(), b"4\x002", "kept as it was, for support");
+        assert!(!p.exists(), "out of the way: the next save starts afresh");
+        assert!(s.reason.contains("invalid digit"), "{}", s.reason);
+        let text = s.sentence();
+        assert!(text.contains("n.json could not be read (invalid digit"), "{text}");
+        assert!(text.contains("set aside as ") && text.contains("unreadable-1700"), "{text}");
+        let (v, notice): (u64, _) = Loaded::SetAside(s).or_default();
+        assert_eq!(v, 0);
+        assert!(notice.is_some());
+    }
+
+    #[test]
+    fn a_folder_in_the_place_of_the_file_is_set_aside_too() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("n.json");
+        std::fs::create_dir(&p).unwrap();
+        let Loaded::SetAside(s) = load_or_set_aside(&p, 9, parse_json_number) else {
+            panic!("not set aside")
+        };
+        assert!(s.kept_as.is_some_and(|k| k.is_dir()));
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn only_the_newest_few_copies_are_kept_and_none_is_overwritten() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("n.json");
+        for _ in 0..2 {
+            std::fs::write(&p, b"x").unwrap();
+            assert!(matches!(load_or_set_aside(&p, 100, parse_json_number), Loaded::SetAside(_)));
+        }
+        let names: Vec<String> = set_aside_copies(d.path(), "n.json")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["n.json.unreadable-100", "n.json.unreadable-100-1"]);
+        for t in 101..106 {
+            std::fs::write(&p, format!("bad {t}")).unwrap();
+            assert!(matches!(load_or_set_aside(&p, t, parse_json_number), Loaded::SetAside(_)));
+        }
+        let copies = set_aside_copies(d.path(), "n.json");
+        assert_eq!(copies.len(), SET_ASIDE_KEPT);
+        let newest = copies.last().unwrap();
+        assert_eq!(std::fs::read(newest).unwrap(), b"bad 105");
+        assert!(copies[0].ends_with("n.json.unreadable-103"), "{copies:?}");
+        // Many in one second, the first ones pruned already: the newest still wins.
+        for _ in 0..5 {
+            std::fs::write(&p, b"same second").unwrap();
+            let Loaded::SetAside(s) = load_or_set_aside(&p, 200, parse_json_number) else {
+                panic!("not set aside")
+            };
+            let copies = set_aside_copies(d.path(), "n.json");
+            assert_eq!(copies.last(), s.kept_as.as_ref(), "{copies:?}");
+        }
+        // Another file's copies are its own.
+        std::fs::write(d.path().join("m.json"), b"y").unwrap();
+        let m = d.path().join("m.json");
+        assert!(matches!(load_or_set_aside(&m, 1, parse_json_number), Loaded::SetAside(_)));
+        assert_eq!(set_aside_copies(d.path(), "n.json").len(), SET_ASIDE_KEPT);
+        assert_eq!(set_aside_copies(d.path(), "m.json").len(), 1);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! benchmarks (`make bench`).
 //!
 //! - [`chaos`]: the fault suite's shared parts (seeded randomness, the figures table, the lab
-//!   store whose daemons are killed and started again);
+//!   store whose daemons are killed and started again, state files damaged as a power cut would);
 //! - [`genfleet`]: writes synthetic fleet folders (the profile-engine benchmark);
 //! - [`sim`]: simulated store nodes holding real mTLS sessions to a real central, through the
 //!   same link code nodeagent uses (the `fleetsim` binary and the fleet benchmark);

@@ -106,6 +106,8 @@ struct Loops {
     repair_failing: Option<String>,
     dhcp: BTreeMap<String, DhcpSlot>,
     rollback: Option<(Retries, i64)>,
+    /// State files set aside (subject, path): failing until netd has written them again.
+    set_aside: Vec<(String, PathBuf)>,
 }
 
 struct Shared {
@@ -268,9 +270,42 @@ impl Daemon {
         }
     }
 
+    /// State files found unreadable (and set aside) are problems, `state file <name>`, until
+    /// netd has written them again.
+    pub async fn check_state_files(&self) {
+        let (dir, found) =
+            match self.run(|e| Ok((e.state_dir().to_path_buf(), e.check_state_files()))).await {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(error = %Chain(&e), "cannot check the state files");
+                    return;
+                }
+            };
+        for s in found {
+            let name = s.path.strip_prefix(&dir).unwrap_or(&s.path).display().to_string();
+            let subject = format!("state file {name}");
+            self.failed(&subject, s.sentence());
+            let mut l = self.loops();
+            if !l.set_aside.iter().any(|(sub, _)| *sub == subject) {
+                l.set_aside.push((subject, s.path));
+            }
+        }
+        let written: Vec<String> = {
+            let mut l = self.loops();
+            let (done, left): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut l.set_aside).into_iter().partition(|(_, p)| p.exists());
+            l.set_aside = left;
+            done.into_iter().map(|(s, _)| s).collect()
+        };
+        for subject in written {
+            self.succeeded(&subject);
+        }
+    }
+
     /// One drift check: reports what differs, repairs it; then renews DHCP leases that are due
     /// (beside the loop, without the engine's lock).
     pub async fn check(&self) {
+        self.check_state_files().await;
         match self.run(|e| e.drift()).await {
             Ok(d) if d.is_empty() => {
                 self.succeeded(DRIFT_CHECK);

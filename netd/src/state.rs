@@ -2,11 +2,18 @@
 //! confirmation, IPAM leases, endpoints and DHCP leases, as JSON files written crash-safely
 //! with mode 0600 (`backroom_daemon::fs::write_atomic`). The directory's lock
 //! (`backroom_daemon::fs::StateLock`) keeps two netd processes from managing the same state.
+//!
+//! A file that does not read (a power cut, a garbled disk) is set aside
+//! (`backroom_daemon::fs::load_or_set_aside`) and netd goes on without it: the kernel keeps
+//! the links and the ruleset, which netd leaves alone until the next Apply (nodeagent's, at
+//! its next start or change) tells it the profile again; addresses are stable per workload.
+//! The daemon tells each file set aside as a problem ([`StateDir::take_set_aside`]).
 
-use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use backroom_daemon::fs::{StateLock, write_atomic};
+use backroom_daemon::Clock as _;
+use backroom_daemon::fs::{Loaded, SetAside, StateLock, write_atomic};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -53,6 +60,8 @@ pub struct AppliedFile {
 pub struct StateDir {
     dir: PathBuf,
     _lock: StateLock,
+    /// Files found unreadable and set aside, not yet told.
+    set_aside: Mutex<Vec<SetAside>>,
 }
 
 impl StateDir {
@@ -65,22 +74,35 @@ impl StateDir {
             }
             Err(e) => return Err(Error::Daemon(e)),
         };
-        Ok(StateDir { dir: dir.to_path_buf(), _lock: lock })
+        Ok(StateDir { dir: dir.to_path_buf(), _lock: lock, set_aside: Mutex::default() })
     }
 
     pub fn path(&self) -> &Path {
         &self.dir
     }
 
+    /// The file `name`, or the default when there is none; one that does not read is set
+    /// aside (and the default taken).
     pub fn load<T: DeserializeOwned + Default>(&self, name: &str) -> Result<T> {
         let p = self.dir.join(name);
-        match fs::read(&p) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::state(format!("cannot read {}", p.display()), std::io::Error::other(e))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-            Err(e) => Err(Error::state(format!("cannot read {}", p.display()), e)),
-        }
+        let now = backroom_daemon::SystemClock.now_unix();
+        Ok(
+            match backroom_daemon::fs::load_or_set_aside(&p, now, |b| {
+                serde_json::from_slice::<T>(b)
+            }) {
+                Loaded::Read(v) => v,
+                Loaded::Missing => T::default(),
+                Loaded::SetAside(s) => {
+                    self.set_aside.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+                    T::default()
+                }
+            },
+        )
+    }
+
+    /// The files set aside since the last call (to be told once).
+    pub fn take_set_aside(&self) -> Vec<SetAside> {
+        std::mem::take(&mut *self.set_aside.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn save<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
@@ -96,3 +118,37 @@ pub const APPLIED: &str = "applied.json";
 pub const IPAM: &str = "ipam.json";
 pub const ENDPOINTS: &str = "endpoints.json";
 pub const DHCP: &str = "dhcp.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_file_is_set_aside_and_the_rest_still_reads() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateDir::open(d.path()).unwrap();
+        let a = AppliedFile {
+            applied: Some(Applied {
+                revision: "r".into(),
+                profile_yaml: "y".into(),
+                uplink_override: None,
+                unconfirmed_kept: false,
+            }),
+            pending: None,
+        };
+        s.save(APPLIED, &a).unwrap();
+        s.save(IPAM, &crate::ipam::Ipam::default()).unwrap();
+        let bytes = std::fs::read(d.path().join(APPLIED)).unwrap();
+        std::fs::write(d.path().join(APPLIED), &bytes[..bytes.len() / 3]).unwrap();
+        let got: AppliedFile = s.load(APPLIED).unwrap();
+        assert_eq!(got, AppliedFile::default(), "started without it");
+        let _: crate::ipam::Ipam = s.load(IPAM).unwrap();
+        let told = s.take_set_aside();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(told[0].path.ends_with(APPLIED));
+        assert!(told[0].kept_as.as_ref().is_some_and(|k| k.exists()));
+        assert!(s.take_set_aside().is_empty());
+        s.save(APPLIED, &a).unwrap();
+        assert_eq!(s.load::<AppliedFile>(APPLIED).unwrap(), a);
+    }
+}

@@ -38,6 +38,14 @@ pub enum ConnectedError {
     Outbox(#[from] backroom_session::outbox::OutboxError),
     #[error("cannot open the state folder")]
     State(#[source] Error),
+    /// The identity file did not read (a power cut, a garbled disk) and was set aside: only a
+    /// new enrollment brings the node back. `then` says what the token given did, if any.
+    #[error(
+        "identity file unreadable, set aside as {}; enroll again with a new token{}",
+        kept_as.display(),
+        then.as_deref().map(|t| format!(" ({t})")).unwrap_or_default()
+    )]
+    IdentityUnreadable { kept_as: PathBuf, then: Option<String> },
 }
 
 /// Why a command from central was not carried out.
@@ -95,13 +103,22 @@ pub async fn identity(opts: &CentralOptions) -> Result<Identity, ConnectedError>
     match Identity::load(&dir) {
         Ok(Some(id)) => return Ok(id),
         Ok(None) => {}
-        // Unusable (cut off while an older nodeagent saved it, say): a token replaces it.
-        Err(e) if opts.token.is_some() => {
-            tracing::warn!(error = %Chain(&e), "the node's identity cannot be used; enrolling again");
+        // Unusable (garbled by a power cut, say): set aside, so that it is not read again at
+        // every start, and a token replaces it.
+        Err(e) => {
+            tracing::warn!(error = %Chain(&e), "the node's identity cannot be used");
+            Identity::set_aside(&dir, opts.clock.now_unix(), backroom_daemon::chain(&e));
         }
-        Err(e) => return Err(e.into()),
     }
-    let token = EnrollToken::parse(opts.token.as_deref().ok_or(ConnectedError::NoToken)?)?;
+    // Set aside now or at an earlier start, and never replaced: that is what the node says.
+    let unreadable = |then: Option<String>| {
+        Identity::set_aside_copy(&dir)
+            .map(|kept_as| ConnectedError::IdentityUnreadable { kept_as, then })
+    };
+    let Some(token) = opts.token.as_deref() else {
+        return Err(unreadable(None).unwrap_or(ConnectedError::NoToken));
+    };
+    let token = EnrollToken::parse(token)?;
     let host = hostname();
     // Jittered: thousands of stores plugged in after one outage do not all ask at once.
     let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60)).with_jitter(0.25);
@@ -114,7 +131,11 @@ pub async fn identity(opts: &CentralOptions) -> Result<Identity, ConnectedError>
         &opts.clock,
         backoff,
     )
-    .await?;
+    .await
+    .map_err(|e| match unreadable(Some(backroom_daemon::chain(&e))) {
+        Some(u) => u,
+        None => e.into(),
+    })?;
     tracing::info!(store = %id.store_id, "enrolled with central");
     Ok(id)
 }
@@ -436,11 +457,18 @@ pub fn feed_outbox(
     ob: Arc<Outbox>,
     clock: SharedClock,
 ) -> tokio::task::JoinHandle<()> {
-    let mut events = engine.subscribe();
+    // What the engine told before this feed started (a state file set aside at start, say)
+    // reaches central too.
+    let (backlog, mut events) = engine.subscribe_with_backlog();
     tokio::spawn(async move {
         let mut last: std::collections::HashMap<String, String> = Default::default();
+        let mut backlog = backlog.into_iter();
         loop {
-            match events.recv().await {
+            let next = match backlog.next() {
+                Some(e) => Ok(e),
+                None => events.recv().await,
+            };
+            match next {
                 Ok(e) => {
                     let state = e.message.split(':').next().unwrap_or_default().to_string();
                     let kind = central_kind(
@@ -510,10 +538,13 @@ async fn run(
 ) -> Result<(), ConnectedError> {
     let dir = central_dir(&opts.state_dir);
     let outbox = Arc::new(Outbox::open(&dir.join("outbox"), opts.outbox_limits)?);
-    let saved: CentralDesired = std::fs::read(dir.join("desired.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    // Unreadable: set aside; central sends its desired revision again at the session's start.
+    let (saved, _): (CentralDesired, _) = backroom_daemon::fs::load_or_set_aside(
+        &dir.join("desired.json"),
+        opts.clock.now_unix(),
+        |b| serde_json::from_slice(b),
+    )
+    .or_default();
     let (report_tx, report_rx) = watch::channel(saved.clone());
     let store = Store::open(&opts.state_dir).map_err(ConnectedError::State)?;
     let sup = Arc::new(Supervisor {

@@ -16,7 +16,7 @@ pub fn spec_hash(spec: &ContainerSpec) -> String {
 
 /// The role of an instance: the primary serves; `next` is the new version of a start-first
 /// update until it is promoted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Primary,
@@ -193,3 +193,160 @@ impl WorkloadRecord {
 }
 
 pub type Records = BTreeMap<String, WorkloadRecord>;
+
+/// Gives records back to running containers that no record knows (`strangers`), from their
+/// labels: the workload, the role and the hash of the version they run. Only containers of a
+/// container workload of `profile` are taken, one per workload and role (the newest
+/// generation, a running one before a stopped one); the version they run is taken to be the
+/// profile's (its hash stays the label's, so a different one is updated as usual). Returns the
+/// ids taken and the ids left out because another container of the same workload and role was
+/// taken (the caller removes those, as any container no record knows).
+pub fn rebuild(
+    records: &mut Records,
+    profile: &backroom_profiles::Rendered,
+    strangers: &[&crate::runtime::Observed],
+    now_ms: u64,
+    netns_exists: impl Fn(&str) -> bool,
+) -> (Vec<String>, Vec<String>) {
+    use crate::runtime::{LABEL_ROLE, LABEL_SPEC, LABEL_WORKLOAD, TaskState};
+    let generation =
+        |id: &str| id.rsplit_once('.').and_then(|(_, g)| g.parse::<u64>().ok()).unwrap_or(0);
+    // (workload, role) → the best candidate: running first, then the newest generation.
+    let mut best: BTreeMap<(String, Role), &crate::runtime::Observed> = BTreeMap::new();
+    let mut left_out = Vec::new();
+    for o in strangers {
+        let Some(w) = o.labels.get(LABEL_WORKLOAD) else { continue };
+        let role = match o.labels.get(LABEL_ROLE).map(String::as_str) {
+            Some("next") => Role::Next,
+            _ => Role::Primary,
+        };
+        if !matches!(o.task, TaskState::Running { .. } | TaskState::Stopped { .. }) {
+            continue;
+        }
+        if profile.profile.containers().all(|c| c.name.as_str() != w) {
+            continue;
+        }
+        if records.get(w).is_some_and(|r| match role {
+            Role::Primary => r.primary.is_some(),
+            Role::Next => r.next.is_some(),
+        }) {
+            left_out.push(o.id.clone());
+            continue;
+        }
+        let rank = |x: &crate::runtime::Observed| {
+            (matches!(x.task, TaskState::Running { .. }), generation(&x.id))
+        };
+        match best.get(&(w.clone(), role)) {
+            Some(cur) if rank(cur) >= rank(o) => left_out.push(o.id.clone()),
+            Some(cur) => {
+                left_out.push(cur.id.clone());
+                best.insert((w.clone(), role), o);
+            }
+            None => {
+                best.insert((w.clone(), role), o);
+            }
+        }
+    }
+    let mut taken = Vec::new();
+    for ((w, role), o) in best {
+        let Some(spec) = profile.profile.containers().find(|c| c.name.as_str() == w) else {
+            continue;
+        };
+        let netns = (!spec.networks.is_empty())
+            .then(|| {
+                let p = format!(
+                    "/run/netns/{}",
+                    backroom_profiles::naming::netns(&w, role.netd_instance())
+                );
+                netns_exists(&p).then_some(p)
+            })
+            .flatten();
+        // A stopped one is found stopped by the watch adoption starts, and handled as an exit.
+        let pid = match o.task {
+            TaskState::Running { pid } => pid,
+            _ => 0,
+        };
+        let inst = Instance {
+            container_id: o.id.clone(),
+            role,
+            spec: spec.clone(),
+            spec_hash: o.labels.get(LABEL_SPEC).cloned().unwrap_or_default(),
+            revision: profile.revision.to_string(),
+            image: spec.image.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+            image_digest: String::new(),
+            netns,
+            addresses: Vec::new(),
+            pid,
+            started_ms: now_ms,
+            exit: None,
+            health: HealthState { since_ms: now_ms, ..Default::default() },
+        };
+        let rec = records.entry(w.clone()).or_insert_with(|| WorkloadRecord::new(&w));
+        rec.generation = rec.generation.max(generation(&o.id));
+        match role {
+            Role::Primary => rec.primary = Some(inst),
+            Role::Next => rec.next = Some(inst),
+        }
+        taken.push(o.id.clone());
+    }
+    (taken, left_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{LABEL_ROLE, LABEL_SPEC, LABEL_WORKLOAD, Observed, TaskState};
+
+    fn observed(id: &str, workload: &str, role: &str, task: TaskState) -> Observed {
+        Observed {
+            id: id.into(),
+            labels: [
+                (LABEL_WORKLOAD.to_string(), workload.to_string()),
+                (LABEL_ROLE.to_string(), role.to_string()),
+                (LABEL_SPEC.to_string(), "h1".to_string()),
+            ]
+            .into(),
+            task,
+        }
+    }
+
+    #[test]
+    fn lost_records_come_back_from_labels_one_container_per_workload() {
+        let profile = backroom_profiles::render_str(
+            "p.yaml",
+            "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {name: p}\nworkloads:\n  - {name: menu, kind: container, image: r.example/menu:1}\n  - {name: orders, kind: container, image: r.example/orders:1}\n",
+        )
+        .unwrap();
+        let running = |pid| TaskState::Running { pid };
+        let found = [
+            observed("menu.3", "menu", "primary", running(30)),
+            // An older one of the same workload (a start that raced the power cut): it goes.
+            observed("menu.2", "menu", "primary", running(20)),
+            observed("orders.1", "orders", "primary", TaskState::Stopped { code: 1 }),
+            // Not this profile's, and one with no task: left to the usual removal.
+            observed("gone.1", "gone", "primary", running(40)),
+            observed("orders.2", "orders", "next", TaskState::Absent),
+        ];
+        let strangers: Vec<&Observed> = found.iter().collect();
+        let mut records = Records::new();
+        let (taken, extra) = rebuild(&mut records, &profile, &strangers, 5, |_| false);
+        assert_eq!(taken, ["menu.3", "orders.1"]);
+        assert_eq!(extra, ["menu.2"]);
+        let menu = records["menu"].primary.as_ref().unwrap();
+        assert_eq!((menu.pid, menu.spec_hash.as_str(), menu.role), (30, "h1", Role::Primary));
+        assert_eq!(menu.image, "r.example/menu:1");
+        assert_eq!(menu.revision, profile.revision.as_str());
+        assert_eq!(records["menu"].generation, 3, "the next container id is a new one");
+        assert!(
+            records["orders"].primary.as_ref().unwrap().running(),
+            "its watch finds it stopped"
+        );
+        assert!(!records.contains_key("gone"));
+        // A record that knows its primary already: another primary is not taken.
+        let again = [observed("menu.9", "menu", "primary", running(90))];
+        let strangers: Vec<&Observed> = again.iter().collect();
+        let (taken, extra) = rebuild(&mut records, &profile, &strangers, 6, |_| false);
+        assert!(taken.is_empty());
+        assert_eq!(extra, ["menu.9"]);
+    }
+}

@@ -3,8 +3,16 @@
 //! (`node.json`, the profiles themselves in `revisions/<id>.yaml`) and the workload records
 //! (`workloads.json`), the latest action results (`actions.json`) and the open problems
 //! (`problems.json`). A revision is on disk before nodeagent acts on it.
+//!
+//! A state file that does not read (a power cut, a garbled disk) does not stop nodeagent: it is
+//! set aside (`backroom_daemon::fs::load_or_set_aside`), nodeagent starts without it and
+//! learns the rest from what runs (the containers' labels), and the engine tells the operator
+//! ([`Store::take_set_aside`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use backroom_daemon::fs::{Loaded, SetAside};
 
 use backroom_profiles::Rendered;
 use serde::{Deserialize, Serialize};
@@ -32,6 +40,8 @@ pub struct NodeState {
 #[derive(Clone, Debug)]
 pub struct Store {
     dir: PathBuf,
+    /// State files found unreadable and set aside, not yet told.
+    set_aside: Arc<Mutex<Vec<SetAside>>>,
 }
 
 /// Writes `bytes` to `path` (0600) so that a crash leaves the old or the new content, never a
@@ -45,7 +55,21 @@ impl Store {
         for d in [dir.to_path_buf(), dir.join("revisions")] {
             std::fs::create_dir_all(&d).map_err(|e| Error::io("create the folder", &d, e))?;
         }
-        Ok(Store { dir: dir.to_path_buf() })
+        Ok(Store { dir: dir.to_path_buf(), set_aside: Arc::default() })
+    }
+
+    /// The state files set aside since the last call (to be told once).
+    pub fn take_set_aside(&self) -> Vec<SetAside> {
+        std::mem::take(&mut *self.set_aside.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn note(&self, s: SetAside) {
+        self.set_aside.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+    }
+
+    fn now_unix() -> i64 {
+        use backroom_daemon::Clock as _;
+        backroom_daemon::SystemClock.now_unix()
     }
 
     pub fn dir(&self) -> &Path {
@@ -60,19 +84,42 @@ impl Store {
         save(&self.revision_path(r.revision.as_str()), r.to_yaml().as_bytes())
     }
 
+    /// The stored revision `revision`. One whose file is there but does not read, or reads
+    /// as another revision (it was damaged), is set aside: it can never become good again.
     pub fn load_revision(&self, revision: &str) -> Result<Rendered> {
         let path = self.revision_path(revision);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
-        let r = backroom_profiles::render_str(&path.display().to_string(), &text)
-            .map_err(|source| Error::Profile { what: path.display().to_string(), source })?;
-        if r.revision.as_str() != revision {
-            return Err(Error::RevisionMismatch {
-                path,
-                found: r.revision.to_string(),
-                wanted: revision.to_string(),
-            });
+        let read = || {
+            let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+            let text = String::from_utf8(bytes).map_err(|e| {
+                Error::io("read", &path, std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            })?;
+            let r = backroom_profiles::render_str(&path.display().to_string(), &text)
+                .map_err(|source| Error::Profile { what: path.display().to_string(), source })?;
+            if r.revision.as_str() != revision {
+                return Err(Error::RevisionMismatch {
+                    path: path.clone(),
+                    found: r.revision.to_string(),
+                    wanted: revision.to_string(),
+                });
+            }
+            Ok(r)
+        };
+        match read() {
+            Ok(r) => Ok(r),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::io("read", &path, source))
+            }
+            Err(e) => {
+                let notice = backroom_daemon::fs::set_aside(
+                    &path,
+                    Self::now_unix(),
+                    backroom_daemon::chain(&e),
+                );
+                tracing::warn!(path = %path.display(), "{}", notice.sentence());
+                self.note(notice);
+                Err(e)
+            }
         }
-        Ok(r)
     }
 
     /// Removes stored revisions other than `keep`.
@@ -87,13 +134,21 @@ impl Store {
         }
     }
 
+    /// A JSON state file; one that does not read is set aside and the default taken.
     fn load_json<T: for<'de> Deserialize<'de> + Default>(&self, name: &str) -> Result<T> {
         let path = self.dir.join(name);
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|source| Error::StateFile { path, source }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
-            Err(e) => Err(Error::io("read", &path, e)),
+        let loaded = backroom_daemon::fs::load_or_set_aside(&path, Self::now_unix(), |b| {
+            serde_json::from_slice::<T>(b)
+        });
+        let (value, notice) = match loaded {
+            Loaded::Read(v) => (v, None),
+            Loaded::Missing => (T::default(), None),
+            Loaded::SetAside(s) => (T::default(), Some(s)),
+        };
+        if let Some(n) = notice {
+            self.note(n);
         }
+        Ok(value)
     }
 
     fn save_json<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
@@ -163,7 +218,48 @@ mod tests {
         assert_eq!(s.load_records().unwrap(), recs);
         s.prune_revisions(&[]);
         assert!(s.load_revision(r.revision.as_str()).is_err());
-        std::fs::write(dir.path().join("node.json"), b"{not json").unwrap();
-        assert!(s.load_node().unwrap_err().to_string().contains("node.json"));
+    }
+
+    #[test]
+    fn an_unreadable_state_file_is_set_aside_and_told_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let n = NodeState { desired: Some("abc".into()), ..Default::default() };
+        s.save_node(&n).unwrap();
+        let bytes = std::fs::read(dir.path().join("node.json")).unwrap();
+        std::fs::write(dir.path().join("node.json"), &bytes[..bytes.len() / 2]).unwrap();
+        assert_eq!(s.load_node().unwrap(), NodeState::default(), "started without it");
+        let told = s.take_set_aside();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(
+            told[0].sentence().contains("node.json could not be read"),
+            "{}",
+            told[0].sentence()
+        );
+        let kept = told[0].kept_as.clone().unwrap();
+        assert_eq!(std::fs::read(kept).unwrap(), &bytes[..bytes.len() / 2]);
+        assert!(s.take_set_aside().is_empty(), "told once");
+        assert!(!dir.path().join("node.json").exists());
+    }
+
+    #[test]
+    fn a_damaged_revision_is_set_aside_and_a_missing_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let r = backroom_profiles::render_str(
+            "p.yaml",
+            "apiVersion: backroom/v1\nkind: StoreProfile\nmetadata: {name: p}\n",
+        )
+        .unwrap();
+        s.save_revision(&r).unwrap();
+        assert!(s.load_revision("0000").is_err());
+        assert!(s.take_set_aside().is_empty(), "a revision never stored is not damage");
+        let path = dir.path().join(format!("revisions/{}.yaml", r.revision.as_str()));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[5] = 0;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(s.load_revision(r.revision.as_str()).is_err());
+        assert_eq!(s.take_set_aside().len(), 1);
+        assert!(!path.exists());
     }
 }

@@ -14,7 +14,7 @@
 //! (`enroll.key`) until the certificate for it is saved: a retry after a lost reply sends the
 //! same key, which central recognises, so the token is not lost with the reply.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -232,6 +232,34 @@ impl Identity {
                 why: "only part of node.key, node.crt and ca.crt is there".into(),
             }),
         }
+    }
+
+    /// The identity in `dir` is unusable (see [`Identity::load`]): its file is set aside as
+    /// `identity.json.unreadable-<now_unix>` (with the daemon crate's helper), so the node can
+    /// enroll afresh and support can still look at it. Returns where it went, if it moved.
+    pub fn set_aside(dir: &Path, now_unix: i64, why: String) -> Option<PathBuf> {
+        let one = dir.join(IDENTITY);
+        let files: Vec<PathBuf> = if one.symlink_metadata().is_ok() {
+            vec![one]
+        } else {
+            [OLD_KEY, OLD_CERT, OLD_CA]
+                .iter()
+                .map(|n| dir.join(n))
+                .filter(|p| p.symlink_metadata().is_ok())
+                .collect()
+        };
+        let mut first = None;
+        for f in files {
+            let s = backroom_daemon::fs::set_aside(&f, now_unix, why.clone());
+            tracing::warn!(path = %f.display(), "{}", s.sentence());
+            first = first.or(s.kept_as);
+        }
+        first
+    }
+
+    /// The newest copy of an identity file set aside in `dir` ([`Identity::set_aside`]).
+    pub fn set_aside_copy(dir: &Path) -> Option<PathBuf> {
+        backroom_daemon::fs::set_aside_copies(dir, IDENTITY).pop()
     }
 
     /// Keeps the identity in `dir` as one file, replaced in one rename; then removes the files

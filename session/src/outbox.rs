@@ -6,12 +6,21 @@
 //!
 //! After a power cut: a torn last line is cut off before anything is appended (so the next
 //! event starts on a line of its own), lines that do not read (torn inside a character,
-//! garbled) are skipped and counted, and sequence numbers are never used twice: the next one
-//! is recovered from the log as well as from `outbox.state`, and when either was damaged (the
-//! state file lost or garbled, lines unreadable, the end torn) the numbering is *unsure* until
+//! garbled) are skipped and counted, and sequence numbers are never used twice, even before
+//! central is reached. Numbers are handed out from a block *reserved* in `outbox.state` (saved
+//! before the first number of the block is used, [`RESERVED_BLOCK`] at a time), and every
+//! rewrite of the log starts with a mark line (`{"next_seq":N}`) that says where numbering
+//! stands; after a restart numbering goes on above the highest of the reservation, the mark
+//! and every number on a line that reads. So damage to either file alone (the log truncated
+//! anywhere or garbled, the state file lost or garbled) never makes a number come back; a
+//! restart leaves a gap of at most one block, which central does not mind (it keeps the
+//! highest number it has). When both are damaged at once the numbering is *unsure* until
 //! central's welcome says what it already has: events numbered at or below that are numbered
 //! again above it ([`Outbox::resume`]), since central would take them for ones it has. That
 //! may send central an event twice (under two numbers) after such damage; it never loses one.
+//!
+//! A damaged file is set aside (`<name>.unreadable-<unix seconds>`, for support, with the
+//! daemon crate's helper) and a `state_file_unreadable` event says so.
 //!
 //! The outbox is bounded by count and age. When it must drop (the WAN has been down for a long
 //! time and the store is noisy), it drops the oldest unacknowledged events and records an
@@ -63,11 +72,16 @@ pub struct OutboxError {
     source: std::io::Error,
 }
 
+/// How many sequence numbers one save of `outbox.state` reserves.
+pub const RESERVED_BLOCK: u64 = 64;
+
 #[derive(Serialize, Deserialize, Default)]
 struct State {
     acked: u64,
     next_seq: u64,
     dropped_total: u64,
+    /// Every number up to this one may have been handed out.
+    reserved: u64,
 }
 
 /// `outbox.state` as written: the state and a checksum of it, so a file garbled into other
@@ -79,13 +93,29 @@ struct StateFile {
     acked: u64,
     next_seq: u64,
     dropped_total: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    reserved: u64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     check: String,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The first line of a rewritten log: numbers below `next_seq` may have been handed out.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Mark {
+    next_seq: u64,
+}
+
 impl State {
     fn check(&self) -> String {
-        let text = format!("{}:{}:{}", self.acked, self.next_seq, self.dropped_total);
+        let mut text = format!("{}:{}:{}", self.acked, self.next_seq, self.dropped_total);
+        if self.reserved != 0 {
+            text.push_str(&format!(":{}", self.reserved));
+        }
         hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
     }
 
@@ -94,6 +124,7 @@ impl State {
             acked: self.acked,
             next_seq: self.next_seq,
             dropped_total: self.dropped_total,
+            reserved: self.reserved,
             check: self.check(),
         };
         // Plain numbers and a string: serializing cannot fail.
@@ -103,7 +134,12 @@ impl State {
     /// The state in `bytes`, if they read and their checksum (when there is one) agrees.
     fn decode(bytes: &[u8]) -> Option<State> {
         let f: StateFile = serde_json::from_slice(bytes).ok()?;
-        let s = State { acked: f.acked, next_seq: f.next_seq, dropped_total: f.dropped_total };
+        let s = State {
+            acked: f.acked,
+            next_seq: f.next_seq,
+            dropped_total: f.dropped_total,
+            reserved: f.reserved,
+        };
         (f.check.is_empty() || f.check == s.check()).then_some(s)
     }
 }
@@ -126,6 +162,8 @@ pub struct Outbox {
     clock: SharedClock,
     inner: Mutex<Inner>,
     notify: tokio::sync::Notify,
+    /// The files found damaged at open and set aside.
+    set_aside: Vec<backroom_daemon::fs::SetAside>,
 }
 
 const LOG: &str = "outbox.log";
@@ -149,46 +187,75 @@ impl Outbox {
             source,
         };
         std::fs::create_dir_all(dir).map_err(|e| err("cannot create the folder", e))?;
+        let now_unix = clock.now_unix();
+        let mut set_aside = Vec::new();
         // A state file that is missing or does not read: the numbers it kept are unknown.
-        let (state, state_ok): (State, bool) = match std::fs::read(dir.join(STATE)) {
+        let state_path = dir.join(STATE);
+        let (state, state_ok): (State, bool) = match std::fs::read(&state_path) {
             Ok(bytes) => match State::decode(&bytes) {
                 Some(s) => (s, true),
-                None => (State::default(), false),
+                None => {
+                    let why = if serde_json::from_slice::<StateFile>(&bytes).is_ok() {
+                        "its checksum does not match what it says"
+                    } else {
+                        "it does not read as the outbox's state"
+                    };
+                    let s = backroom_daemon::fs::set_aside(&state_path, now_unix, why.into());
+                    tracing::warn!(path = %state_path.display(), "{}", s.sentence());
+                    set_aside.push(s);
+                    (State::default(), false)
+                }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (State::default(), false),
             Err(e) => return Err(err("cannot read the state file", e)),
         };
-        let recovered = match std::fs::read(dir.join(LOG)) {
+        let log_path = dir.join(LOG);
+        let recovered = match std::fs::read(&log_path) {
             Ok(bytes) => read_log(&bytes, state.acked),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Recovered::default(),
             Err(e) => return Err(err("cannot read the log", e)),
         };
-        if recovered.torn_at.is_some() || recovered.unreadable > 0 {
+        let damaged_log = recovered.torn_at.is_some() || recovered.unreadable > 0;
+        if damaged_log {
             tracing::warn!(
-                path = %dir.join(LOG).display(),
+                path = %log_path.display(),
                 unreadable = recovered.unreadable,
                 torn = recovered.torn_at.is_some(),
                 "the event outbox was cut off or garbled (a power cut?): unreadable lines are skipped"
             );
+            // Kept as it was, for support; what reads is written again below (compaction).
+            let why = match (recovered.unreadable, recovered.torn_at.is_some()) {
+                (0, _) => "its last line was cut off".to_string(),
+                (n, false) => format!("{n} lines do not read"),
+                (n, true) => format!("{n} lines do not read and its last line was cut off"),
+            };
+            let s = backroom_daemon::fs::set_aside(&log_path, now_unix, why);
+            tracing::warn!(path = %log_path.display(), "{}", s.sentence());
+            set_aside.push(s);
         }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join(LOG))
+            .open(&log_path)
             .map_err(|e| err("cannot open the log", e))?;
-        // A torn last line is no event (its push never returned): cut it off, so what comes
-        // next starts on a line of its own instead of being glued to the torn one.
-        if let Some(len) = recovered.torn_at {
-            log.set_len(len).map_err(|e| err("cannot cut the torn end off the log", e))?;
-            log.sync_all().map_err(|e| err("cannot flush the log", e))?;
-        }
+        // A torn last line is no event (its push never returned). A damaged log was set aside
+        // (or, if it could not be, is replaced): the compaction below writes what reads into
+        // a new one, so what comes next starts on a line of its own, not glued to a torn one.
         let mut state = state;
-        // Every number the log shows was handed out, acknowledged or not.
-        state.next_seq = state.next_seq.max(recovered.max_seq + 1).max(state.acked + 1);
-        // What went missing may have had numbers central holds: a lost state, garbled lines,
-        // or a torn end (a power cut: acknowledgements may have been lost with it). A log cut
-        // cleanly at a line's end looks whole and cannot be told; fsynced lines do not vanish.
-        let unsure = !state_ok || recovered.unreadable > 0 || recovered.torn_at.is_some();
+        // Every number the log shows was handed out, acknowledged or not; every number the
+        // state reserved or the log's mark covers may have been.
+        state.next_seq = state
+            .next_seq
+            .max(recovered.max_seq + 1)
+            .max(recovered.mark)
+            .max(state.acked + 1)
+            .max(state.reserved + 1);
+        // Numbers central holds may be unknown here only when both records of the numbering
+        // are damaged: the state file (lost or garbled) and the log (no mark: a log of
+        // before; or torn or garbled, so what followed its mark is lost). Then central's
+        // welcome settles it. (A log cut cleanly at a line's end looks whole and cannot be
+        // told; fsynced lines do not vanish, so that takes a bad disk, not a power cut.)
+        let unsure = !state_ok && (recovered.mark == 0 || damaged_log);
         let ob = Outbox {
             dir: Some(dir.to_path_buf()),
             limits,
@@ -197,13 +264,21 @@ impl Outbox {
                 log: Some(log),
                 state,
                 pending: recovered.pending,
-                // Unreadable lines go with the next compaction, like acknowledged ones.
-                stale_lines: recovered.stale + recovered.unreadable,
+                // Unreadable lines go with the next compaction, like acknowledged ones; a log
+                // with no mark (new, or of before) is written again to get one.
+                stale_lines: recovered.stale
+                    + recovered.unreadable
+                    + usize::from(recovered.mark == 0 || damaged_log),
                 unsure,
             }),
             notify: tokio::sync::Notify::new(),
+            set_aside,
         };
         ob.compact()?;
+        let notices: Vec<String> = ob.set_aside.iter().map(|s| s.sentence()).collect();
+        for n in notices {
+            ob.push(ob.clock.now_ms(), "state_file_unreadable", "", "", &n)?;
+        }
         Ok(ob)
     }
 
@@ -220,13 +295,19 @@ impl Outbox {
             clock,
             inner: Mutex::new(Inner {
                 log: None,
-                state: State { acked: 0, next_seq: 1, dropped_total: 0 },
+                state: State { acked: 0, next_seq: 1, dropped_total: 0, reserved: 0 },
                 pending: VecDeque::new(),
                 stale_lines: 0,
                 unsure: false,
             }),
             notify: tokio::sync::Notify::new(),
+            set_aside: Vec::new(),
         }
+    }
+
+    /// The files found damaged when this outbox was opened, and where they were set aside.
+    pub fn set_aside(&self) -> &[backroom_daemon::fs::SetAside] {
+        &self.set_aside
     }
 
     fn err(&self, what: &str, source: std::io::Error) -> OutboxError {
@@ -257,7 +338,7 @@ impl Outbox {
     ) -> Result<u64, OutboxError> {
         let seq = {
             let mut inner = self.lock();
-            let seq = inner.state.next_seq;
+            let seq = self.take_seq(&mut inner)?;
             let ev = OutEvent {
                 seq,
                 at_ms,
@@ -267,13 +348,27 @@ impl Outbox {
                 subject: subject.into(),
             };
             self.append(&mut inner, std::slice::from_ref(&ev))?;
-            inner.state.next_seq += 1;
             inner.pending.push_back(ev);
             seq
         };
         // Ages count from the outbox's clock, not from the stamp of whatever came in last.
         self.enforce_limits(self.clock.now_ms())?;
         self.notify.notify_waiters();
+        Ok(seq)
+    }
+
+    /// The next sequence number, reserved on disk first when it is past the reservation: no
+    /// number is handed out that a restart could hand out again.
+    fn take_seq(&self, inner: &mut Inner) -> Result<u64, OutboxError> {
+        let seq = inner.state.next_seq;
+        if seq > inner.state.reserved {
+            inner.state.reserved = seq + RESERVED_BLOCK - 1;
+            if let Err(e) = self.save_state(inner) {
+                inner.state.reserved = seq - 1;
+                return Err(e);
+            }
+        }
+        inner.state.next_seq += 1;
         Ok(seq)
     }
 
@@ -315,7 +410,7 @@ impl Outbox {
             // The drop notice itself counts; if it pushes the outbox over again, that is
             // one more drop, still reported.
             let mut inner = self.lock();
-            let seq = inner.state.next_seq;
+            let seq = self.take_seq(&mut inner)?;
             let ev = OutEvent {
                 seq,
                 at_ms: now_ms,
@@ -325,7 +420,6 @@ impl Outbox {
                 subject: String::new(),
             };
             self.append(&mut inner, std::slice::from_ref(&ev))?;
-            inner.state.next_seq += 1;
             inner.pending.push_back(ev);
         }
         Ok(())
@@ -424,7 +518,10 @@ impl Outbox {
         if inner.stale_lines == 0 {
             return Ok(());
         }
-        let mut buf = Vec::new();
+        // The mark first: the numbering survives this rewrite even if the state file does not.
+        let mark = Mark { next_seq: inner.state.next_seq.max(inner.state.reserved + 1) };
+        let mut buf = serde_json::to_vec(&mark).unwrap_or_default();
+        buf.push(b'\n');
         for ev in &inner.pending {
             buf.extend(serde_json::to_vec(ev).unwrap_or_default());
             buf.push(b'\n');
@@ -475,6 +572,8 @@ struct Recovered {
     max_seq: u64,
     /// Where a torn last line (no newline at its end) starts: the log is cut there.
     torn_at: Option<u64>,
+    /// The highest mark line's number (0: none).
+    mark: u64,
 }
 
 /// Reads the log as bytes, line by line: a line is an event only if it is whole and reads as
@@ -493,7 +592,10 @@ fn read_log(bytes: &[u8], acked: u64) -> Recovered {
             continue;
         }
         let Ok(ev) = serde_json::from_slice::<OutEvent>(line) else {
-            r.unreadable += 1;
+            match serde_json::from_slice::<Mark>(line) {
+                Ok(m) => r.mark = r.mark.max(m.next_seq),
+                Err(_) => r.unreadable += 1,
+            }
             continue;
         };
         r.max_seq = r.max_seq.max(ev.seq);
@@ -527,13 +629,49 @@ mod tests {
         drop(ob);
         let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         assert_eq!(ob.unsent_after(0, 100).iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
-        assert_eq!(ob.next_seq(), 6);
+        // Above the block reserved before the restart: numbers 6..=64 may have been handed out.
+        assert_eq!(ob.next_seq(), RESERVED_BLOCK + 1);
+        assert!(ob.set_aside().is_empty());
         ob.ack(5).unwrap();
         drop(ob);
         // Everything acknowledged: numbering still goes on from where it was.
         let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         assert_eq!(ob.pending(), 0);
-        assert_eq!(ob.push(9, "k", "", "", "").unwrap(), 6);
+        assert_eq!(ob.push(9, "k", "", "", "").unwrap(), RESERVED_BLOCK + 1);
+    }
+
+    fn messages(ob: &Outbox) -> Vec<String> {
+        ob.unsent_after(0, 100)
+            .into_iter()
+            .filter(|e| e.kind != "state_file_unreadable")
+            .map(|e| e.message)
+            .collect()
+    }
+
+    fn notices(ob: &Outbox) -> Vec<String> {
+        ob.unsent_after(0, 100)
+            .into_iter()
+            .filter(|e| e.kind == "state_file_unreadable")
+            .map(|e| e.message)
+            .collect()
+    }
+
+    #[test]
+    fn numbers_never_come_back_when_the_log_loses_its_end_cleanly() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
+        for i in 0..5 {
+            ob.push(i, "k", "w", "", "m").unwrap();
+        }
+        drop(ob);
+        // The last two lines gone, cut at a line's end: the log looks whole.
+        let text = std::fs::read_to_string(d.path().join(LOG)).unwrap();
+        let keep: Vec<&str> = text.lines().take(text.lines().count() - 2).collect();
+        std::fs::write(d.path().join(LOG), keep.join("\n") + "\n").unwrap();
+        let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
+        assert_eq!(ob.pending(), 3);
+        // Before the reservation this was 4: a number central may have had.
+        assert!(ob.push(9, "k", "w", "", "after").unwrap() > 5);
     }
 
     #[test]
@@ -546,13 +684,18 @@ mod tests {
         f.write_all(b"{\"seq\":2,\"at_m").unwrap();
         drop(f);
         let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
-        assert_eq!(ob.pending(), 1);
-        assert_eq!(ob.push(2, "k", "w", "", "after the cut").unwrap(), 2);
+        assert_eq!(messages(&ob), ["m"]);
+        let told = notices(&ob);
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(told[0].contains("outbox.log could not be read (its last line was cut off)"));
+        let kept = ob.set_aside()[0].kept_as.clone().unwrap();
+        assert!(std::fs::read(kept).unwrap().ends_with(b"{\"seq\":2,\"at_m"), "kept as it was");
+        assert!(ob.push(2, "k", "w", "", "after the cut").unwrap() > 2);
         drop(ob);
         // Before the fix it was glued to the torn line, and lost here.
         let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
-        let msgs: Vec<String> = ob.unsent_after(0, 10).into_iter().map(|e| e.message).collect();
-        assert_eq!(msgs, ["m", "after the cut"]);
+        assert_eq!(messages(&ob), ["m", "after the cut"]);
+        assert!(ob.set_aside().is_empty(), "the log written again reads whole");
     }
 
     #[test]
@@ -576,7 +719,7 @@ mod tests {
         f.write_all(&line[..at]).unwrap();
         drop(f);
         let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
-        assert_eq!(ob.pending(), 1);
+        assert_eq!(messages(&ob), ["first"]);
         ob.push(3, "k", "w", "", "next").unwrap();
         drop(ob);
         // The same inside a line of the middle (a garbled disk): that line only is skipped.
@@ -585,13 +728,20 @@ mod tests {
         bytes[i] = 0xff;
         std::fs::write(d.path().join(LOG), &bytes).unwrap();
         let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
-        let msgs: Vec<String> = ob.unsent_after(0, 10).into_iter().map(|e| e.message).collect();
+        let msgs: Vec<String> = messages(&ob);
         assert_eq!(msgs, ["next"]);
-        assert!(ob.unsure(), "a garbled line may have had a number central holds");
+        assert!(
+            notices(&ob).iter().any(|n| n.contains("1 lines do not read")),
+            "{:?}",
+            notices(&ob)
+        );
+        // The state file still knows every number handed out: nothing to settle.
+        assert!(!ob.unsure());
+        assert!(ob.next_seq() > RESERVED_BLOCK);
     }
 
     #[test]
-    fn a_lost_state_file_numbers_again_above_what_central_has() {
+    fn a_lost_state_file_numbers_on_from_the_logs_mark() {
         let d = tempfile::tempdir().unwrap();
         let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         for i in 0..5 {
@@ -602,6 +752,19 @@ mod tests {
         // Reopened: the acknowledged lines are compacted away. Then the state file goes.
         drop(Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap());
         std::fs::remove_file(d.path().join(STATE)).unwrap();
+        let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
+        assert!(!ob.unsure(), "the log's mark says where numbering stands");
+        // Before the mark it started again from 1 here, until central said otherwise.
+        assert!(ob.push(10, "k", "", "", "after").unwrap() > 5);
+        ob.resume(5).unwrap();
+        assert_eq!(ob.pending(), 1);
+    }
+
+    #[test]
+    fn a_lost_state_file_and_a_log_of_before_number_again_above_what_central_has() {
+        let d = tempfile::tempdir().unwrap();
+        // A log of before (no mark) whose events were all acknowledged, and no state file.
+        std::fs::write(d.path().join(LOG), b"").unwrap();
         let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         assert!(ob.unsure());
         // Nothing tells it what it numbered: it starts again from 1, for now.
@@ -618,6 +781,7 @@ mod tests {
         let evs = ob.unsent_after(0, 10);
         assert_eq!(evs.iter().map(|e| e.seq).collect::<Vec<_>>(), [6, 7, 8]);
         assert!(!ob.unsure(), "settled, and kept so");
+        assert!(ob.push(13, "k", "", "", "").unwrap() > 8);
     }
 
     #[test]
@@ -647,14 +811,19 @@ mod tests {
         // Another number where the acknowledgement was: still JSON, but not what was written.
         std::fs::write(d.path().join(STATE), text.replace("\"acked\":1", "\"acked\":7")).unwrap();
         let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
-        assert!(ob.unsure());
         assert_eq!(ob.acked(), 0);
+        assert!(!ob.unsure(), "the log's mark still knows the numbering");
+        assert!(ob.next_seq() > 1);
+        assert!(notices(&ob)[0].contains("outbox.state could not be read (its checksum"));
+        assert_eq!(backroom_daemon::fs::set_aside_copies(d.path(), STATE).len(), 1);
+        drop(ob);
         // A state file of before (no checksum) is read as it is.
         std::fs::write(d.path().join(STATE), br#"{"acked":1,"next_seq":2,"dropped_total":0}"#)
             .unwrap();
         let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         assert!(!ob.unsure());
-        assert_eq!((ob.acked(), ob.next_seq()), (1, 2));
+        assert_eq!(ob.acked(), 1);
+        assert!(ob.set_aside().is_empty());
     }
 
     #[test]
@@ -699,7 +868,7 @@ mod tests {
         }
         ob.ack(1100).unwrap();
         let lines = std::fs::read_to_string(d.path().join(LOG)).unwrap().lines().count();
-        assert_eq!(lines, 100);
+        assert_eq!(lines, 100 + 1, "the pending events and the mark");
         drop(ob);
         let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
         assert_eq!(ob.unsent_after(0, 1)[0].seq, 1101);
@@ -776,14 +945,21 @@ mod tests {
                 state in state_damage(),
                 central_share in 0.0f64..=1.0,
                 m in 1usize..6,
+                later in 0usize..4,
             ) {
                 let d = tempfile::tempdir().unwrap();
                 let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
+                let mut handed_out = 0;
                 for (i, t) in texts.iter().take(n).enumerate() {
-                    ob.push(i as i64, "k", "w", "", &format!("before {i} {t}")).unwrap();
+                    handed_out = ob.push(i as i64, "k", "w", "", &format!("before {i} {t}")).unwrap();
                 }
                 let k = ((n as f64) * acked_share) as u64;
                 ob.ack(k).unwrap();
+                // Pushed after the last save of the state file: only the log shows them.
+                for i in 0..later {
+                    handed_out = ob.push(50 + i as i64, "k", "w", "", &format!("later {i}")).unwrap();
+                }
+                let n = n + later;
                 drop(ob);
                 if reopen {
                     drop(Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap());
@@ -832,8 +1008,15 @@ mod tests {
                 // can still see it numbered (a line vanishing cleanly cannot be told).
                 let hi = if ob.unsure() { n as u64 } else { (ob.next_seq() - 1).min(n as u64) };
                 let central = k + ((hi.saturating_sub(k)) as f64 * central_share) as u64;
+                // One file damaged (or none): numbers never come back, even before central
+                // says what it has.
+                let one_file = matches!(log, LogDamage::None) || matches!(state, StateDamage::None);
                 for i in 0..m {
-                    ob.push(100 + i as i64, "k", "w", "", &format!("after {i}")).unwrap();
+                    let seq = ob.push(100 + i as i64, "k", "w", "", &format!("after {i}")).unwrap();
+                    if one_file {
+                        prop_assert!(seq > handed_out, "{} handed out again (had {})", seq, handed_out);
+                        prop_assert!(!ob.unsure());
+                    }
                 }
                 ob.resume(central).unwrap();
                 let check = |ob: &Outbox| -> Result<(), TestCaseError> {
@@ -854,7 +1037,7 @@ mod tests {
                 let ob = Outbox::open_with_clock(d.path(), Limits::default(), at_zero()).unwrap();
                 check(&ob)?;
                 prop_assert!(!ob.unsure());
-                prop_assert_eq!(ob.next_seq(), next);
+                prop_assert!(ob.next_seq() >= next);
                 let seq = ob.push(200, "k", "w", "", "later").unwrap();
                 prop_assert!(seq > central);
             }

@@ -73,6 +73,9 @@ pub(crate) struct Inner {
     pub heartbeat: backroom_daemon::notify::Heartbeat,
 }
 
+/// The problem of a `state.json` found unreadable at start (and set aside).
+pub const STATE_FILE_SUBJECT: &str = "state file state.json";
+
 /// vmd. Cheap to clone (one shared core).
 #[derive(Clone)]
 pub struct Vmd {
@@ -97,7 +100,13 @@ impl Vmd {
 
     /// [`Vmd::new`] on `clock` (tests move a manual one).
     pub fn with_clock(deps: Deps, layout: Layout, cfg: Config, clock: SharedClock) -> Result<Self> {
-        let persisted = Persisted::load(&layout.state_file())?;
+        // Unreadable: set aside, and a problem until vmd has written it again (see `save`).
+        let (persisted, set_aside) =
+            Persisted::load_or_set_aside(&layout.state_file(), clock.now_unix());
+        let mut problems = Conditions::new();
+        if let Some(s) = set_aside {
+            problems.failed(STATE_FILE_SUBJECT, s.sentence(), clock.now_ms());
+        }
         let (events, _) = broadcast::channel(256);
         Ok(Vmd {
             inner: Arc::new(Inner {
@@ -109,7 +118,7 @@ impl Vmd {
                 st: Mutex::new(State { persisted, rt: BTreeMap::new() }),
                 events,
                 clock,
-                problems: Mutex::new(Conditions::new()),
+                problems: Mutex::new(problems),
                 heartbeat: backroom_daemon::notify::Heartbeat::new(),
             }),
         })
@@ -253,8 +262,14 @@ impl Vmd {
             st.persisted.vms = recs;
             st.persisted.clone()
         };
-        if let Err(e) = snapshot.save(&self.inner.layout.state_file()) {
-            tracing::error!(error = %Chain(&e), "cannot save vmd's state");
+        match snapshot.save(&self.inner.layout.state_file()) {
+            Err(e) => tracing::error!(error = %Chain(&e), "cannot save vmd's state"),
+            Ok(()) => {
+                let now = self.now_ms();
+                if let Some(t) = self.problems_lock().succeeded(STATE_FILE_SUBJECT, now) {
+                    self.tell("", t);
+                }
+            }
         }
     }
 

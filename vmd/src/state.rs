@@ -3,6 +3,11 @@
 //! in its state, and whether it is parked (left stopped on purpose). Everything else —
 //! which domains exist, their definitions — libvirt keeps, and vmd reads back (adoption).
 //! Also the lock that keeps two vmd processes off one state folder (the daemon crate's).
+//!
+//! A `state.json` that does not read (a power cut, a garbled disk) is set aside
+//! ([`Persisted::load_or_set_aside`]) and vmd starts without it: the domains are libvirt's and
+//! are adopted as after any restart; what is lost is the restart counts, the parked flags
+//! and the applied revision, which the next Apply (nodeagent's) brings back.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,6 +54,16 @@ impl Persisted {
         }
     }
 
+    /// [`Persisted::load`], except that a file that does not read is set aside
+    /// (`backroom_daemon::fs::load_or_set_aside`) and the default taken; the notice says so.
+    pub fn load_or_set_aside(
+        path: &Path,
+        now_unix: i64,
+    ) -> (Self, Option<backroom_daemon::fs::SetAside>) {
+        backroom_daemon::fs::load_or_set_aside(path, now_unix, |b| serde_json::from_slice(b))
+            .or_default()
+    }
+
     pub fn save(&self, path: &Path) -> Result<()> {
         // Plain strings, numbers and maps: serialising cannot fail.
         let text = serde_json::to_vec_pretty(self).unwrap_or_default();
@@ -87,5 +102,20 @@ mod tests {
         assert!(e.to_string().contains("another vmd"), "{e}");
         drop(l);
         assert!(lock(d.path(), &d.path().join("lock"), wait).is_ok());
+    }
+
+    #[test]
+    fn an_unreadable_state_is_set_aside() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        let s = Persisted { revision: Some("r".into()), ..Default::default() };
+        s.save(&p).unwrap();
+        assert_eq!(Persisted::load_or_set_aside(&p, 7), (s, None));
+        std::fs::write(&p, b"{\"revision\": \"r").unwrap();
+        let (got, notice) = Persisted::load_or_set_aside(&p, 7);
+        assert_eq!(got, Persisted::default());
+        let notice = notice.unwrap();
+        assert_eq!(notice.kept_as.unwrap(), d.path().join("state.json.unreadable-7"));
+        assert!(!p.exists());
     }
 }

@@ -187,6 +187,21 @@ impl Engine {
         self.links.writes()
     }
 
+    /// Reads every state file once (those that do not read are set aside) and returns what
+    /// was set aside since the last call, for the daemon to tell.
+    pub fn check_state_files(&self) -> Vec<backroom_daemon::fs::SetAside> {
+        let _ = self.state.load::<AppliedFile>(state::APPLIED);
+        let _ = self.state.load::<Ipam>(state::IPAM);
+        let _ = self.state.load::<Vec<Endpoint>>(state::ENDPOINTS);
+        let _ = self.state.load::<Leases>(state::DHCP);
+        self.state.take_set_aside()
+    }
+
+    /// The folder the state files are in.
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.state.path()
+    }
+
     pub fn applied(&self) -> Result<AppliedFile> {
         self.state.load(state::APPLIED)
     }

@@ -80,6 +80,11 @@ pub struct Engine<R, N, V, P = HostProber<R>> {
     pub(super) tx: mpsc::Sender<Msg>,
     pub(super) rx: mpsc::Receiver<Msg>,
     pub(super) events: broadcast::Sender<Event>,
+    /// Events told before anyone listened (see [`EngineHandle::subscribe_with_backlog`]).
+    pub(super) early: super::Backlog,
+    /// State files found unreadable at start and set aside: each is a problem (`state file
+    /// <name>`) until nodeagent has written that file again.
+    pub(super) set_aside: Vec<(String, PathBuf)>,
     pub(super) boot_error: Option<String>,
     pub(super) dirty: bool,
 }
@@ -131,7 +136,13 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
         let logs = Logs::new(&cfg.state_dir, cfg.clock.clone());
         let (tx, rx) = mpsc::channel(256);
         let (events, _) = broadcast::channel(256);
-        let handle = EngineHandle { tx: tx.clone(), events: events.clone(), logs: logs.clone() };
+        let early: super::Backlog = Arc::new(std::sync::Mutex::new(Some(VecDeque::new())));
+        let handle = EngineHandle {
+            tx: tx.clone(),
+            events: events.clone(),
+            early: early.clone(),
+            logs: logs.clone(),
+        };
         let ctx = Ctx {
             runtime,
             net: Arc::new(net),
@@ -170,9 +181,25 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             tx,
             rx,
             events,
+            early,
+            set_aside: Vec::new(),
             boot_error: None,
             dirty: false,
         };
+        let mut engine = engine;
+        // Problems of state files set aside by an earlier start and not yet written again.
+        let dir = engine.store.dir().to_path_buf();
+        engine.set_aside = engine
+            .problems
+            .open()
+            .into_iter()
+            .filter(|p| p.source == Source::Nodeagent)
+            .filter_map(|p| {
+                let name = p.subject.strip_prefix("state file ")?;
+                Some((p.subject.clone(), dir.join(name)))
+            })
+            .collect();
+        engine.tell_set_aside();
         Ok((engine, handle))
     }
 
@@ -187,13 +214,43 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
 
     fn emit_about(&self, workload: &str, kind: &str, subject: &str, message: String) {
         tracing::info!(workload, kind, subject, "{message}");
-        let _ = self.events.send(Event {
+        let ev = Event {
             at_ms: self.now(),
             workload: workload.to_string(),
             kind: kind.to_string(),
             message,
             subject: subject.to_string(),
-        });
+        };
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = early.as_mut()
+            && b.len() < super::BACKLOG_KEPT
+        {
+            b.push_back(ev.clone());
+        }
+        let _ = self.events.send(ev);
+    }
+
+    /// Opens a problem for each state file the store set aside since the last call.
+    pub(super) fn tell_set_aside(&mut self) {
+        for s in self.store.take_set_aside() {
+            let name =
+                s.path.strip_prefix(self.store.dir()).unwrap_or(&s.path).display().to_string();
+            let subject = format!("state file {name}");
+            self.failing(&subject, "", s.sentence());
+            if !self.set_aside.iter().any(|(sub, _)| *sub == subject) {
+                self.set_aside.push((subject, s.path));
+            }
+        }
+    }
+
+    /// A state file set aside is over once nodeagent has written it again.
+    pub(super) fn close_set_aside(&mut self) {
+        let written: Vec<String> =
+            self.set_aside.iter().filter(|(_, p)| p.exists()).map(|(s, _)| s.clone()).collect();
+        for subject in written {
+            self.working(&subject);
+            self.set_aside.retain(|(s, _)| *s != subject);
+        }
     }
 
     /// Tells a problem opening or closing: an event, and an entry in the action history
@@ -304,8 +361,9 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
         boot_profile: Option<PathBuf>,
         ready: impl FnOnce() + Send,
     ) -> Result<()> {
-        self.adopt().await;
+        self.adopt(boot_profile.as_deref()).await;
         self.load_desired(boot_profile.as_deref());
+        self.tell_set_aside();
         ready();
         self.listen_to_peers();
         self.check_liveness();
@@ -352,7 +410,9 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             }
             Ok(r) => {
                 let rev = r.revision.to_string();
-                if self.node.desired.is_some()
+                // Taken before and still on disk; taken again when its stored copy was lost.
+                if self.desired.is_some()
+                    && self.node.desired.is_some()
                     && self.node.boot_profile_revision.as_deref() == Some(&rev)
                 {
                     return;
@@ -373,8 +433,11 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
         }
     }
 
-    /// Takes over the containers that run: a running task keeps running, untouched.
-    async fn adopt(&mut self) {
+    /// Takes over the containers that run: a running task keeps running, untouched. A container
+    /// no record knows but whose labels name a container workload of the desired revision (or
+    /// of the boot profile) gets its record back: the records were lost (set aside after a power
+    /// cut) and it is adopted rather than replaced by a duplicate.
+    async fn adopt(&mut self, boot: Option<&std::path::Path>) {
         let observed = loop {
             match self.ctx.runtime.list().await {
                 Ok(o) => break o,
@@ -384,6 +447,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                 }
             }
         };
+        self.rebuild_records(&observed, boot);
         let by_id: HashMap<String, TaskState> =
             observed.iter().map(|o| (o.id.clone(), o.task.clone())).collect();
         let mut known = BTreeSet::new();
@@ -443,6 +507,46 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             }
         }
         self.dirty = true;
+    }
+
+    /// Records for running containers that no record knows, from their labels (see
+    /// [`crate::record::rebuild`]).
+    fn rebuild_records(
+        &mut self,
+        observed: &[crate::runtime::Observed],
+        boot: Option<&std::path::Path>,
+    ) {
+        let known: BTreeSet<&str> = self
+            .records
+            .values()
+            .flat_map(|r| r.instances().map(|i| i.container_id.as_str()))
+            .collect();
+        let strangers: Vec<&crate::runtime::Observed> =
+            observed.iter().filter(|o| !known.contains(o.id.as_str())).collect();
+        if strangers.is_empty() {
+            return;
+        }
+        let profile = self
+            .node
+            .desired
+            .clone()
+            .and_then(|rev| self.store.load_revision(&rev).ok())
+            .or_else(|| boot.and_then(|p| backroom_profiles::render_file(p).ok()));
+        let Some(profile) = profile else { return };
+        let now = self.now();
+        let (got, extra) =
+            crate::record::rebuild(&mut self.records, &profile, &strangers, now, |netns| {
+                std::path::Path::new(netns).exists()
+            });
+        for id in &got {
+            tracing::warn!(container = %id, "no workload record knew this container: its record is rebuilt from its labels");
+        }
+        for id in extra {
+            tracing::warn!(container = %id, "a second container of a workload: it goes");
+        }
+        if !got.is_empty() {
+            self.dirty = true;
+        }
     }
 
     pub(super) fn watch(&mut self, container_id: String) {

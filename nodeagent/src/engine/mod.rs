@@ -196,11 +196,20 @@ pub(crate) enum PeerNews {
     Event(PeerEvent),
 }
 
+/// Events told before the first [`EngineHandle::subscribe_with_backlog`] (at most
+/// [`BACKLOG_KEPT`]); `None` once taken.
+pub(crate) type Backlog =
+    std::sync::Arc<std::sync::Mutex<Option<std::collections::VecDeque<Event>>>>;
+
+/// How many early events wait for the outbox (those at start: adoption, state files set aside).
+pub(crate) const BACKLOG_KEPT: usize = 256;
+
 /// A cloneable handle to a running engine.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Msg>,
     events: broadcast::Sender<Event>,
+    early: Backlog,
     logs: Logs,
 }
 
@@ -231,6 +240,16 @@ impl EngineHandle {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Subscribes, and returns the events told before anyone asked for them (the first caller
+    /// only: the outbox's feed, which may start long after the engine, once enrolled). None is
+    /// in both.
+    pub fn subscribe_with_backlog(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = self.events.subscribe();
+        let backlog = early.take().map(Vec::from).unwrap_or_default();
+        (backlog, rx)
     }
 
     pub fn logs(&self) -> &Logs {

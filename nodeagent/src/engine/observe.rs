@@ -354,13 +354,14 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                 Err(e) => tracing::error!(error = %Chain(&e), "cannot save the open problems"),
             }
         }
-        if !self.dirty {
-            return;
+        if self.dirty {
+            match self.store.save_records(&self.records) {
+                Ok(()) => self.dirty = false,
+                Err(e) => tracing::error!(error = %Chain(&e), "cannot save the workload records"),
+            }
         }
-        match self.store.save_records(&self.records) {
-            Ok(()) => self.dirty = false,
-            Err(e) => tracing::error!(error = %Chain(&e), "cannot save the workload records"),
-        }
+        self.tell_set_aside();
+        self.close_set_aside();
     }
 
     pub(super) fn update_states(&mut self, now: u64) {
