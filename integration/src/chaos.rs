@@ -200,6 +200,9 @@ impl LabStack {
     /// where scripts/run/down looks.
     pub fn restart(&mut self, name: &str) -> Result<(), String> {
         if name == "containerd" {
+            // The killed containerd may linger as a zombie until its parent (here, PID 1)
+            // reaps it; the service script would take its pid file for a live containerd.
+            let _ = std::fs::remove_file(CONTAINERD_PID);
             let out = Command::new(repo().join("scripts/services.d/containerd"))
                 .output()
                 .map_err(|e| format!("scripts/services.d/containerd: {e}"))?;

@@ -1,7 +1,7 @@
 //! Central away for a day (issue 11's fault suite), on the node's clock: a node's link and
 //! outbox run on a manual clock that moves 24 hours while central (a real process) is killed;
 //! events keep flowing, one every simulated minute. Meanwhile the outbox keeps every one (none
-//! dropped, none aged out, intact when opened again from disk), the link keeps trying with its
+//! dropped, none aged out, all in the log on disk), the link keeps trying with its
 //! backoff capped, and when central is back every event arrives once: central holds each
 //! sequence number the node handed out, and no other.
 
@@ -134,12 +134,11 @@ async fn a_day_without_central_keeps_every_event_and_delivers_each_once() {
     assert!(!*online.borrow(), "no central, yet the link says online");
     assert_eq!(outbox.pending() as u64, minutes, "every event of the day is kept");
     assert_eq!(outbox.dropped_total(), 0, "nothing dropped or aged out");
-    // Intact on disk too: a second reader of the same folder sees the same events.
-    let again =
-        Outbox::open_with_clock(&outbox_dir, Limits::default(), Arc::clone(&shared)).unwrap();
-    assert_eq!(again.pending(), outbox.pending(), "the outbox on disk holds what the node holds");
-    assert_eq!(again.next_seq(), outbox.next_seq());
-    drop(again);
+    // Intact on disk too: the log holds every one of the day's events (read as text: a second
+    // Outbox on the same folder would compact it under the first).
+    let log = std::fs::read_to_string(outbox_dir.join("outbox.log")).unwrap();
+    let kept = log.lines().filter(|l| l.contains("without central")).count() as u64;
+    assert_eq!(kept, minutes, "the outbox on disk holds what the node holds");
     eprintln!(
         "chaos_central_away: {hours} h of the node's time without central in {:?}: {minutes} events kept",
         real.elapsed()
@@ -164,6 +163,14 @@ async fn a_day_without_central_keeps_every_event_and_delivers_each_once() {
     let events = central_events(&dir.join("central.db"), "store-0117").unwrap();
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=handed_out).collect::<Vec<_>>(), "every event once, none lost");
+    let others: Vec<String> = events
+        .iter()
+        .filter(|e| {
+            !e.message.ends_with("without central") && e.message != "before central went away"
+        })
+        .map(|e| format!("{} {}: {}", e.seq, e.kind, e.message))
+        .collect();
+    assert!(others.is_empty(), "events nobody pushed:\n{}", others.join("\n"));
     assert_eq!(handed_out, 20 + minutes);
     let during = events.iter().filter(|e| e.message.ends_with("without central")).count() as u64;
     assert_eq!(during, minutes, "the day's events, each once");

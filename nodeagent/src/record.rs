@@ -172,9 +172,17 @@ impl WorkloadRecord {
         WorkloadRecord { name: name.to_string(), ..Default::default() }
     }
 
-    pub fn next_container_id(&mut self) -> String {
-        self.generation += 1;
-        format!("{}.{}", self.name, self.generation)
+    /// A new container id for this workload, never one in `taken` (containers being stopped
+    /// or removed: an unknown container found at start may carry the id the next one would
+    /// get, when the state that numbered them was lost).
+    pub fn next_container_id(&mut self, taken: &std::collections::BTreeSet<String>) -> String {
+        loop {
+            self.generation += 1;
+            let id = format!("{}.{}", self.name, self.generation);
+            if !taken.contains(&id) {
+                return id;
+            }
+        }
     }
 
     pub fn instances(&self) -> impl Iterator<Item = &Instance> {

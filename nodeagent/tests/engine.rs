@@ -335,6 +335,55 @@ async fn restart_backoff_crash_loops_and_stable_runs_on_the_manual_clock() {
     assert_eq!(notices(&told, "recovered", "workload w").len(), 1);
 }
 
+/// A node whose state was lost while its containers ran (or a new state folder beside an old
+/// runtime): the containers no record knows are removed, and the new ones must not take their
+/// ids. Found by the kill suite: the new `menu.1` was taken for the one being removed, never
+/// probed, and the store stayed "starting" for ever.
+#[tokio::test]
+async fn a_new_container_never_takes_the_id_of_one_being_removed_and_is_probed() {
+    let rt = MemoryRuntime::new();
+    rt.add_image("reg.example/web:1");
+    let profile = || {
+        render(
+            "  - name: web\n    kind: container\n    image: reg.example/web:1\n    health: {http: {port: 8080, path: /healthz}, interval: 10s}\n",
+        )
+    };
+    let first = tempfile::tempdir().unwrap();
+    let (engine, h) = Engine::with_prober(
+        config(first.path(), backroom_daemon::clock::system()),
+        rt.clone(),
+        MemoryNetwork::default(),
+        MemoryVms::default(),
+        MemoryProber::default(),
+    )
+    .unwrap();
+    let task = tokio::spawn(async move { engine.run(None, || {}).await.unwrap() });
+    h.apply(profile(), "t".into()).await.unwrap();
+    let s = until(&h, "healthy", |s| s.workloads[0].health == "healthy").await;
+    let old = container(&s, "web");
+    // The agent dies; the next one starts with nothing on disk.
+    task.abort();
+    let _ = task.await;
+    let second = tempfile::tempdir().unwrap();
+    let n = {
+        let (rt2, probes) = (rt.clone(), MemoryProber::default());
+        let (engine, h) = Engine::with_prober(
+            config(second.path(), backroom_daemon::clock::system()),
+            rt2,
+            MemoryNetwork::default(),
+            MemoryVms::default(),
+            probes.clone(),
+        )
+        .unwrap();
+        tokio::spawn(async move { engine.run(None, || {}).await.unwrap() });
+        (h, probes)
+    };
+    n.0.apply(profile(), "t".into()).await.unwrap();
+    let s = until(&n.0, "the new container healthy", |s| s.workloads[0].health == "healthy").await;
+    assert_ne!(container(&s, "web"), old, "a new id, not the one of the removed container");
+    assert!(n.1.asked("web") >= 1);
+}
+
 #[tokio::test]
 async fn health_comes_from_the_prober() {
     let dir = tempfile::tempdir().unwrap();

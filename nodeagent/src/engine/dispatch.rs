@@ -120,7 +120,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                     .records
                     .entry(workload.clone())
                     .or_insert_with(|| WorkloadRecord::new(&workload));
-                let id = rec.next_container_id();
+                let id = rec.next_container_id(&self.stopping);
                 self.dirty = true;
                 self.spawn_op(
                     &workload,
@@ -134,7 +134,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                 let Some(p) = rec.primary.clone() else { return };
                 rec.restart_requested = false;
                 rec.restarts += 1;
-                let id = rec.next_container_id();
+                let id = rec.next_container_id(&self.stopping);
                 self.stopping.insert(p.container_id.clone());
                 self.dirty = true;
                 let revision = p.revision.clone();
@@ -148,8 +148,8 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             Action::Replace { workload, spec, .. } => {
                 let Some(rec) = self.records.get_mut(&workload) else { return };
                 let Some(p) = rec.primary.clone() else { return };
-                let id = rec.next_container_id();
-                let restore_id = rec.next_container_id();
+                let id = rec.next_container_id(&self.stopping);
+                let restore_id = rec.next_container_id(&self.stopping);
                 self.pending_update.insert(
                     workload.clone(),
                     Update {
@@ -208,7 +208,7 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
                     );
                 } else if let (Some(p), Some(u)) = (rec.primary.clone(), rec.update.clone()) {
                     let Some(previous) = u.previous else { return };
-                    let id = rec.next_container_id();
+                    let id = rec.next_container_id(&self.stopping);
                     self.stopping.insert(p.container_id.clone());
                     self.dirty = true;
                     self.spawn_op(
