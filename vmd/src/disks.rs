@@ -38,6 +38,12 @@ impl Vmd {
             for p in std::iter::once(&k.kernel).chain(k.initrd.iter()) {
                 // Inside the image folders, like a boot disk named by path.
                 storage.confine(Path::new(p))?;
+                if !storage.exists(Path::new(p)) {
+                    return Err(Error::Spec {
+                        vm: d.name.clone(),
+                        message: format!("{p} does not exist on this node"),
+                    });
+                }
             }
         }
         let named = |p: &Path| defined.is_none_or(|x| x.contains(&p.display().to_string()));

@@ -39,8 +39,6 @@ fn virt_type_auto_probes_kvm_and_picks_qemu_here() {
 fn direct_apply_with_profile_nics_boots_and_refusals_change_nothing() {
     require_libvirt();
     let g = guest();
-    // The guest's kernel and initrd are read from its folder (vmd --image-folder).
-    let folder = g.dir.display().to_string();
     let tmp = tempfile::Builder::new().prefix("vmd-oneshot").tempdir_in("/tmp").unwrap();
     let state = tmp.path().join("state");
     let st = state.display().to_string();
@@ -75,8 +73,6 @@ fn direct_apply_with_profile_nics_boots_and_refusals_change_nothing() {
         &st,
         "--virt-type",
         "qemu",
-        "--image-folder",
-        &folder,
     ]);
     assert!(!o.status.success());
     assert!(
@@ -92,8 +88,6 @@ fn direct_apply_with_profile_nics_boots_and_refusals_change_nothing() {
         &st,
         "--virt-type",
         "qemu",
-        "--image-folder",
-        &folder,
     ]);
     assert!(!o.status.success());
     assert!(text(&o).contains("--netd-socket"), "{}", text(&o));
@@ -111,8 +105,6 @@ fn direct_apply_with_profile_nics_boots_and_refusals_change_nothing() {
         &st,
         "--virt-type",
         "qemu",
-        "--image-folder",
-        &folder,
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let log =

@@ -482,9 +482,16 @@ pub fn sha256_file(p: &Path) -> String {
 }
 pub mod fake_netd;
 
-/// Runs the vmd command line once (one-shot commands, no daemon).
+/// Runs the vmd command line once (one-shot commands, no daemon). A command that works on a
+/// state folder also gets the test guests' folder as an image folder (their kernels and
+/// initrds are read from there).
 pub fn vmd(args: &[&str]) -> Output {
-    Command::new(VMD).args(args).output().unwrap()
+    let mut c = Command::new(VMD);
+    c.args(args);
+    if args.contains(&"--state-dir") {
+        c.arg("--image-folder").arg(&guest().dir);
+    }
+    c.output().unwrap()
 }
 
 /// A command's stdout and stderr together, for messages.
