@@ -110,6 +110,33 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
     }
 
     pub(super) fn on_observed(&mut self, list: Vec<crate::runtime::Observed>) {
+        // A container no record knows, of a workload with nothing in flight: one whose removal
+        // failed (containerd gone for a moment while the old version of an update was being
+        // removed, found by the kill suite). It is removed now, as at start.
+        let known: BTreeSet<&str> = self
+            .records
+            .values()
+            .flat_map(|r| r.instances().map(|i| i.container_id.as_str()))
+            .collect();
+        let orphans: Vec<String> = list
+            .iter()
+            .filter(|o| !known.contains(o.id.as_str()))
+            .filter(|o| {
+                let w = o.labels.get(crate::runtime::LABEL_WORKLOAD).map_or("", String::as_str);
+                !self.busy.contains_key(w)
+            })
+            .map(|o| o.id.clone())
+            .collect();
+        for id in orphans {
+            tracing::info!("removing container {id} that no workload record knows");
+            self.stopping.insert(id.clone());
+            let ctx = self.ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = super::ops::remove(&ctx, &id).await {
+                    tracing::warn!(container = %id, error = %Chain(&e), "cannot remove an unknown container (again at the next look)");
+                }
+            });
+        }
         let present: HashMap<String, TaskState> =
             list.into_iter().map(|o| (o.id, o.task)).collect();
         let now = self.now();
