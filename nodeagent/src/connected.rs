@@ -91,6 +91,17 @@ impl std::fmt::Debug for CentralOptions {
     }
 }
 
+/// The link with central in facts, for the recovery console.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub url: String,
+    pub store_id: String,
+    /// When the link entered its current state (online or offline), unix ms.
+    pub since_ms: i64,
+    /// Why the last session failed ("" before any failure).
+    pub error: String,
+}
+
 fn central_dir(state: &Path) -> PathBuf {
     state.join("central")
 }
@@ -115,7 +126,10 @@ pub async fn identity(opts: &CentralOptions) -> Result<Identity, ConnectedError>
         Identity::set_aside_copy(&dir)
             .map(|kept_as| ConnectedError::IdentityUnreadable { kept_as, then })
     };
-    let Some(token) = opts.token.as_deref() else {
+    // A token typed at the recovery console (it set the old identity aside) comes first.
+    let kept = dir.join(crate::console::REENROLL_TOKEN);
+    let from_console = std::fs::read_to_string(&kept).ok().map(|t| t.trim().to_string());
+    let Some(token) = from_console.as_deref().or(opts.token.as_deref()) else {
         return Err(unreadable(None).unwrap_or(ConnectedError::NoToken));
     };
     let token = EnrollToken::parse(token)?;
@@ -137,6 +151,7 @@ pub async fn identity(opts: &CentralOptions) -> Result<Identity, ConnectedError>
         None => e.into(),
     })?;
     tracing::info!(store = %id.store_id, "enrolled with central");
+    let _ = std::fs::remove_file(&kept);
     Ok(id)
 }
 
@@ -445,6 +460,8 @@ fn central_kind(kind: &str, message: &str, last_state: Option<&str>) -> Option<S
         // A problem opens or closes (its subject goes with it).
         "failing" | "recovered" => kind.into(),
         "netd" if message.starts_with("drift_repaired") => "drift_repaired".into(),
+        // What was done at the store's recovery console (see `console`).
+        "console_unlocked" | "console_refused" | "console_action" => kind.into(),
         // Everything else stays on the node (nodectl shows it).
         _ => return None,
     })
@@ -511,6 +528,7 @@ pub fn spawn(
     engine: EngineHandle,
     state: watch::Sender<String>,
     contact: watch::Sender<i64>,
+    link: Linked,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         state.send_replace(format!("enrolling with central at {}", opts.url));
@@ -522,11 +540,18 @@ pub fn spawn(
                 return;
             }
         };
-        if let Err(e) = run(opts, id, engine, state.clone(), contact).await {
+        if let Err(e) = run(opts, id, engine, state.clone(), contact, link).await {
             tracing::error!(error = %Chain(&e), "the link with central stopped");
             state.send_replace(format!("stopped: {}", backroom_daemon::chain(&e)));
         }
     })
+}
+
+/// What the recovery console shares with the link: its facts, and commands the console asks
+/// for that central's own executor runs (rollback, reconcile).
+pub struct Linked {
+    pub info: watch::Sender<LinkInfo>,
+    pub local: mpsc::Receiver<Inbound>,
 }
 
 async fn run(
@@ -535,7 +560,9 @@ async fn run(
     engine: EngineHandle,
     state: watch::Sender<String>,
     link_contact: watch::Sender<i64>,
+    linked: Linked,
 ) -> Result<(), ConnectedError> {
+    let Linked { info, local: mut local_rx } = linked;
     let dir = central_dir(&opts.state_dir);
     let outbox = Arc::new(Outbox::open(&dir.join("outbox"), opts.outbox_limits)?);
     // Unreadable: set aside; central sends its desired revision again at the session's start.
@@ -626,6 +653,7 @@ async fn run(
     // Used again only if central refuses this identity (revoked, replaced, expired for good).
     link_cfg.token = opts.token.as_deref().and_then(|t| EnrollToken::parse(t).ok());
     link_cfg.hostname = hostname();
+    let in_tx_for_console = in_tx.clone();
     let link = Link::new(link_cfg, id, Arc::clone(&outbox), status_rx, in_tx);
     let mut contact = link.contact();
     tokio::spawn(async move {
@@ -636,23 +664,44 @@ async fn run(
     });
     let mut online = link.online();
     let mut refused = link.refused();
+    let mut last_error = link.last_error();
+    // The console's commands go the way central's do.
+    let local_tx = in_tx_for_console.clone();
+    tokio::spawn(async move {
+        while let Some(m) = local_rx.recv().await {
+            if local_tx.send(m).await.is_err() {
+                return;
+            }
+        }
+    });
     let store_id = id_store.clone();
     let url = opts.url.clone();
     let clock = opts.clock.clone();
     tokio::spawn(async move {
         state.send_replace(format!("connecting to {url} as {store_id}"));
         let (mut was_up, mut since) = (false, clock.now_ms());
+        let tell = |since_ms: i64, error: String| {
+            info.send_replace(LinkInfo {
+                url: url.clone(),
+                store_id: store_id.clone(),
+                since_ms,
+                error,
+            });
+        };
+        tell(since, String::new());
         loop {
             tokio::select! {
                 c = online.changed() => if c.is_err() { return },
                 c = refused.changed() => if c.is_err() { return },
+                c = last_error.changed() => if c.is_err() { return },
             }
             let up = *online.borrow();
             let why = refused.borrow().clone();
-            if was_up && !up {
+            if was_up != up {
                 since = clock.now_ms();
             }
             was_up = up;
+            tell(since, if up { String::new() } else { last_error.borrow().clone() });
             state.send_replace(match (up, why) {
                 (true, _) => format!("online ({store_id} at {url})"),
                 (false, Some(why)) => format!("refused by central: {why}"),

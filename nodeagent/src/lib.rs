@@ -28,6 +28,7 @@
 
 pub mod admission;
 pub mod connected;
+pub mod console;
 pub mod engine;
 pub mod error;
 pub mod etc;

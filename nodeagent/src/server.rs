@@ -52,14 +52,94 @@ pub fn to_status(e: Error) -> Status {
 pub struct Service {
     engine: EngineHandle,
     central: tokio::sync::watch::Receiver<String>,
+    extra: Extra,
+    /// The desired profile's facts for the console, by revision (read once per revision).
+    profile: std::sync::Mutex<(String, ProfileFacts)>,
+}
+
+/// What the console's calls and status fields need beyond the engine.
+pub struct Extra {
+    pub console: Option<std::sync::Arc<crate::console::Console>>,
+    pub link: Option<tokio::sync::watch::Receiver<crate::connected::LinkInfo>>,
+    pub contact: Option<tokio::sync::watch::Receiver<i64>>,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Clone, Default)]
+struct ProfileFacts {
+    uplink: String,
+    segments: Vec<pb::SegmentInfo>,
+    registries: Vec<String>,
+}
+
+fn profile_facts(r: &backroom_profiles::Rendered) -> ProfileFacts {
+    let n = &r.profile.network;
+    let segments = n
+        .segments
+        .iter()
+        .map(|g| pb::SegmentInfo {
+            name: g.name.to_string(),
+            vlan: if g.internal {
+                "internal".into()
+            } else {
+                g.vlan.as_ref().map_or("untagged".into(), |v| v.to_string())
+            },
+            address: g.address.to_string(),
+            gateway: g.gateway.map(|a| a.to_string()).unwrap_or_default(),
+            subnet: g.subnet.as_ref().map(|s| s.to_string()).unwrap_or_default(),
+        })
+        .collect();
+    let mut registries: Vec<String> = r
+        .profile
+        .containers()
+        .filter_map(|c| {
+            let repo = &c.image.as_ref()?.repository;
+            let (host, _) = repo.split_once('/')?;
+            (host.contains('.') || host.contains(':') || host == "localhost").then(|| host.to_string())
+        })
+        .collect();
+    registries.sort();
+    registries.dedup();
+    ProfileFacts {
+        uplink: n.uplink.as_ref().map(|u| u.interface.clone()).unwrap_or_else(|| "auto".into()),
+        segments,
+        registries,
+    }
 }
 
 /// The nodectl service; `central` says how the link with central is (see `connected`).
 pub fn service(
     engine: EngineHandle,
     central: tokio::sync::watch::Receiver<String>,
+    extra: Extra,
 ) -> NodeAgentServer<Service> {
-    NodeAgentServer::new(Service { engine, central })
+    NodeAgentServer::new(Service {
+        engine,
+        central,
+        extra,
+        profile: std::sync::Mutex::new((String::new(), ProfileFacts::default())),
+    })
+}
+
+impl Service {
+    fn console(&self) -> Result<&crate::console::Console, Status> {
+        self.extra
+            .console
+            .as_deref()
+            .ok_or_else(|| Status::unimplemented("this nodeagent runs without the console's calls"))
+    }
+
+    fn profile_facts(&self, revision: &str) -> ProfileFacts {
+        let mut cached = self.profile.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0 != revision && !revision.is_empty() {
+            let facts = crate::store::Store::open(&self.extra.state_dir)
+                .and_then(|s| s.load_revision(revision))
+                .map(|r| profile_facts(&r))
+                .unwrap_or_default();
+            *cached = (revision.to_string(), facts);
+        }
+        cached.1.clone()
+    }
 }
 
 fn ms_to_unix(ms: u64) -> i64 {
@@ -109,6 +189,7 @@ pub fn status_reply(s: EngineStatus) -> pb::StatusReply {
                 message: a.message,
             })
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -130,6 +211,21 @@ impl NodeAgent for Service {
         let s = self.engine.status().await.map_err(to_status)?;
         let mut reply = status_reply(s);
         reply.central = self.central.borrow().clone();
+        if let Some(l) = &self.extra.link {
+            let l = l.borrow().clone();
+            reply.store_id = l.store_id;
+            reply.central_url = l.url;
+            reply.central_since_unix_ms = l.since_ms;
+            reply.central_error = l.error;
+        }
+        if let Some(c) = &self.extra.contact {
+            reply.central_last_contact_unix_ms = *c.borrow();
+        }
+        let p = self.profile_facts(&reply.desired_revision);
+        reply.uplink_interface = p.uplink;
+        reply.segments = p.segments;
+        reply.registries = p.registries;
+        reply.state_dir = self.extra.state_dir.display().to_string();
         Ok(Response::new(reply))
     }
 
@@ -215,6 +311,21 @@ impl NodeAgent for Service {
             images: imported.iter().map(|(n, _)| n.clone()).collect(),
             digests: imported.into_iter().map(|(_, d)| d).collect(),
         }))
+    }
+
+    async fn console_unlock(
+        &self,
+        req: Request<pb::ConsoleUnlockRequest>,
+    ) -> Result<Response<pb::ConsoleUnlockReply>, Status> {
+        self.console()?.unlock(&req.into_inner().code).map(Response::new)
+    }
+
+    async fn console_action(
+        &self,
+        req: Request<pb::ConsoleActionRequest>,
+    ) -> Result<Response<pb::ConsoleActionReply>, Status> {
+        let message = self.console()?.act(req.into_inner()).await?;
+        Ok(Response::new(pb::ConsoleActionReply { message }))
     }
 
     type EventsStream = BoxStream<pb::Event>;

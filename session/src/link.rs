@@ -154,6 +154,7 @@ pub struct Link {
     online: watch::Sender<bool>,
     contact: watch::Sender<i64>,
     refused: watch::Sender<Option<String>>,
+    last_error: watch::Sender<String>,
     commands: Arc<Mutex<CommandMemory>>,
     /// Hashes of tokens an enrollment was refused with: not tried again.
     tried_tokens: HashSet<String>,
@@ -200,6 +201,7 @@ impl Link {
             online: watch::Sender::new(false),
             contact: watch::Sender::new(0),
             refused: watch::Sender::new(None),
+            last_error: watch::Sender::new(String::new()),
             commands: Arc::new(Mutex::new(CommandMemory::default())),
             tried_tokens: HashSet::new(),
             renew_now: false,
@@ -225,6 +227,12 @@ impl Link {
 
     /// Why central refuses this node's certificate, while it does and the node has no token
     /// it could enroll with (`None` otherwise): what nodectl shows the technician.
+    /// Why the last session could not be opened or ended ("" before any failure): the
+    /// recovery console names the layer (DNS, TCP, TLS, certificate) from it.
+    pub fn last_error(&self) -> watch::Receiver<String> {
+        self.last_error.subscribe()
+    }
+
     pub fn refused(&self) -> watch::Receiver<Option<String>> {
         self.refused.subscribe()
     }
@@ -247,10 +255,13 @@ impl Link {
                     tracing::warn!(%why, "central says the node certificate expired; renewing");
                     self.renew_now = true;
                 }
-                Err(e) => tracing::warn!(
-                    error = %Chain(&e),
-                    "no session with central; the store keeps running"
-                ),
+                Err(e) => {
+                    self.last_error.send_replace(backroom_daemon::chain(&e));
+                    tracing::warn!(
+                        error = %Chain(&e),
+                        "no session with central; the store keeps running"
+                    )
+                }
             }
             self.online.send_replace(false);
             if self.clock.now_ms() - started > healthy {

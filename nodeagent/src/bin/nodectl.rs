@@ -58,6 +58,11 @@ enum Command {
     },
     /// Follow what happens on the node (Ctrl-C to stop).
     Events,
+    /// The recovery console: a full screen for the person at the store while HQ is on the
+    /// phone. The board shows what is wrong; actions (restart an app, roll back, the uplink
+    /// override, a support bundle on a USB stick…) need a code HQ reads out
+    /// (`centralctl store console-code`). Works with no WAN, and with nodeagent down.
+    Console(backroom_console::Args),
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,6 +95,10 @@ fn fail(s: tonic::Status) -> anyhow::Error {
 }
 
 async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    if let Command::Console(c) = args.command {
+        backroom_console::main(c, args.socket).await?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let channel = backroom_daemon::socket::connect(&args.socket)
         .await
         .context("is nodeagent running? (see `systemctl status nodeagent`)")?;
@@ -204,6 +213,8 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
         }
+        // Handled before connecting (it works with nodeagent down).
+        Command::Console(_) => {}
     }
     Ok(ok)
 }

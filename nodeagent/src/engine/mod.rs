@@ -242,6 +242,25 @@ impl EngineHandle {
         self.events.subscribe()
     }
 
+    /// Tells an event that happened outside the engine (the recovery console's actions), to
+    /// nodectl's followers and to the outbox, like the engine's own.
+    pub fn publish(&self, at_ms: i64, workload: &str, kind: &str, message: String) {
+        let ev = Event {
+            at_ms: u64::try_from(at_ms).unwrap_or(0),
+            workload: workload.to_string(),
+            kind: kind.to_string(),
+            message,
+            subject: String::new(),
+        };
+        let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = early.as_mut()
+            && b.len() < BACKLOG_KEPT
+        {
+            b.push_back(ev.clone());
+        }
+        let _ = self.events.send(ev);
+    }
+
     /// Subscribes, and returns the events told before anyone asked for them (the first caller
     /// only: the outbox's feed, which may start long after the engine, once enrolled). None is
     /// in both.
