@@ -92,8 +92,7 @@ impl Action {
             ),
             Action::Reconcile => "Apply the store's profile again?".into(),
             Action::Reenroll(t) if t.is_empty() => {
-                "Enroll again with the token on the USB stick? The node gets a new identity."
-                    .into()
+                "Enroll again with the token on the USB stick? The node gets a new identity.".into()
             }
             Action::Reenroll(_) => {
                 "Enroll again with this token? The node gets a new identity.".into()
@@ -204,13 +203,22 @@ pub struct Form {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Modal {
     /// Typing a code; the action waits for it (None: just unlock).
-    Code { input: String, then: Option<Action>, error: String },
+    Code {
+        input: String,
+        then: Option<Action>,
+        error: String,
+    },
     Confirm(Action),
     Form(Form),
     /// Choosing which workload to restart.
-    Pick { selected: usize },
+    Pick {
+        selected: usize,
+    },
     Busy(String),
-    Message { ok: bool, text: String },
+    Message {
+        ok: bool,
+        text: String,
+    },
     /// "Leave the console?" (a stray `q` from line noise must not end it).
     Quit,
 }
@@ -220,7 +228,10 @@ pub enum Modal {
 pub enum Effect {
     Refresh,
     Unlock(String),
-    Act { code: String, action: Action },
+    Act {
+        code: String,
+        action: Action,
+    },
     FollowLog(String),
     StopLog,
     Check(CheckKind),
@@ -236,7 +247,10 @@ pub enum Effect {
 pub enum Msg {
     Facts(Box<Facts>),
     Unlocked(Result<Grant, String>),
-    Done { action: Action, result: Result<String, String> },
+    Done {
+        action: Action,
+        result: Result<String, String>,
+    },
     Log(String),
     LogEnded(String),
     Check(CheckResult),
@@ -758,9 +772,9 @@ pub fn form_action(f: &Form) -> Result<Action, String> {
         FormKind::Reenroll => Ok(Action::Reenroll(v(0))),
         FormKind::Override => {
             let address = v(0);
-            let ok_cidr = address
-                .split_once('/')
-                .is_some_and(|(ip, len)| ip.parse::<std::net::Ipv4Addr>().is_ok() && matches!(len.parse::<u8>(), Ok(1..=32)));
+            let ok_cidr = address.split_once('/').is_some_and(|(ip, len)| {
+                ip.parse::<std::net::Ipv4Addr>().is_ok() && matches!(len.parse::<u8>(), Ok(1..=32))
+            });
             if !ok_cidr {
                 return Err("Address: an IPv4 address with its prefix, e.g. 192.168.1.50/24".into());
             }

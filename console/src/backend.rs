@@ -95,10 +95,13 @@ impl Node {
     }
 
     async fn agent(&self) -> Result<NodeAgentClient<tonic::transport::Channel>, String> {
-        let ch = tokio::time::timeout(ANSWER_TIMEOUT, backroom_daemon::socket::connect(&self.cfg.nodeagent_socket))
-            .await
-            .map_err(|_| "nodeagent does not answer".to_string())?
-            .map_err(|e| backroom_daemon::chain(&e))?;
+        let ch = tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            backroom_daemon::socket::connect(&self.cfg.nodeagent_socket),
+        )
+        .await
+        .map_err(|_| "nodeagent does not answer".to_string())?
+        .map_err(|e| backroom_daemon::chain(&e))?;
         Ok(NodeAgentClient::new(ch))
     }
 
@@ -112,10 +115,13 @@ impl Node {
     }
 
     async fn observe(&self) -> Result<netpb::ObserveReply, String> {
-        let ch = tokio::time::timeout(ANSWER_TIMEOUT, backroom_daemon::socket::connect(&self.cfg.netd_socket))
-            .await
-            .map_err(|_| "netd does not answer".to_string())?
-            .map_err(|e| backroom_daemon::chain(&e))?;
+        let ch = tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            backroom_daemon::socket::connect(&self.cfg.netd_socket),
+        )
+        .await
+        .map_err(|_| "netd does not answer".to_string())?
+        .map_err(|e| backroom_daemon::chain(&e))?;
         tokio::time::timeout(ANSWER_TIMEOUT, NetdClient::new(ch).observe(netpb::ObserveRequest {}))
             .await
             .map_err(|_| "netd does not answer".to_string())?
@@ -144,7 +150,8 @@ impl Node {
     /// Keeps a record for nodeagent to take in at its next start.
     fn pending(&self, kind: &str, workload: &str, message: String) -> Result<(), String> {
         let path = self.cfg.state_dir.join(PENDING_FILE);
-        let rec = Pending { at_ms: now_ms(), kind: kind.into(), workload: workload.into(), message };
+        let rec =
+            Pending { at_ms: now_ms(), kind: kind.into(), workload: workload.into(), message };
         let mut line = serde_json::to_string(&rec).map_err(|e| e.to_string())?;
         line.push('\n');
         append_durable(&path, line.as_bytes())
@@ -202,10 +209,13 @@ impl Node {
         match c.console_unlock(pb::ConsoleUnlockRequest { code: code.to_string() }).await {
             Ok(r) => {
                 let r = r.into_inner();
-                let role: Role = r.role.parse().map_err(|_| format!("nodeagent gave the role {:?}", r.role))?;
+                let role: Role =
+                    r.role.parse().map_err(|_| format!("nodeagent gave the role {:?}", r.role))?;
                 Ok(Grant { role, expires_ms: r.expires_unix_ms, code: code.to_string() })
             }
-            Err(s) if s.code() == tonic::Code::Unimplemented || unreachable(&s) => self.verify_here(code),
+            Err(s) if s.code() == tonic::Code::Unimplemented || unreachable(&s) => {
+                self.verify_here(code)
+            }
             Err(s) => Err(s.message().to_string()),
         }
     }
@@ -238,18 +248,31 @@ impl Node {
         let store = status.as_ref().map(|s| s.store_id.clone()).unwrap_or_default();
         match &status {
             Ok(s) => {
-                parts.push(Part { name: "status.txt".into(), data: format!("{s:#?}\n").into_bytes() });
+                parts.push(Part {
+                    name: "status.txt".into(),
+                    data: format!("{s:#?}\n").into_bytes(),
+                });
             }
-            Err(e) => parts.push(Part { name: "status.txt".into(), data: format!("nodeagent does not answer: {e}\n").into_bytes() }),
+            Err(e) => parts.push(Part {
+                name: "status.txt".into(),
+                data: format!("nodeagent does not answer: {e}\n").into_bytes(),
+            }),
         }
         if let Ok(n) = self.observe().await {
-            parts.push(Part { name: "netd-observe.txt".into(), data: format!("{n:#?}\n").into_bytes() });
+            parts.push(Part {
+                name: "netd-observe.txt".into(),
+                data: format!("{n:#?}\n").into_bytes(),
+            });
         }
         // The desired profile, env values hidden.
         if let Ok(s) = &status {
-            let rev = self.cfg.state_dir.join("revisions").join(format!("{}.yaml", s.desired_revision));
+            let rev =
+                self.cfg.state_dir.join("revisions").join(format!("{}.yaml", s.desired_revision));
             if let Ok(y) = std::fs::read_to_string(&rev) {
-                parts.push(Part { name: "profile.yaml".into(), data: bundle::redact_env(&y).into_bytes() });
+                parts.push(Part {
+                    name: "profile.yaml".into(),
+                    data: bundle::redact_env(&y).into_bytes(),
+                });
             }
             for w in &s.workloads {
                 let text = self.log_tail(&w.name, w.kind == "vm").await;
@@ -263,7 +286,8 @@ impl Node {
         ] {
             for p in state_files(&dir) {
                 if let Ok(data) = std::fs::read(&p) {
-                    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let name =
+                        p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     parts.push(Part { name: format!("state/{prefix}/{name}"), data });
                 }
             }
@@ -271,7 +295,10 @@ impl Node {
         if let Ok(data) = std::fs::read(self.cfg.state_dir.join(PENDING_FILE)) {
             parts.push(Part { name: "console-pending.jsonl".into(), data });
         }
-        parts.push(Part { name: "journal.txt".into(), data: journal_tail(&self.cfg.services).await });
+        parts.push(Part {
+            name: "journal.txt".into(),
+            data: journal_tail(&self.cfg.services).await,
+        });
         let (path, size) = bundle::write(&stick.dir, &store, at, parts, self.cfg.bundle_cap)?;
         let msg = format!(
             "support bundle written: {} ({} KiB); the stick can be removed",
@@ -294,7 +321,10 @@ impl Node {
 
     async fn restart_daemons(&self, code: &str) -> Result<String, String> {
         if !Path::new("/run/systemd/system").exists() {
-            return Err("systemd does not run this machine: the services cannot be restarted from here".into());
+            return Err(
+                "systemd does not run this machine: the services cannot be restarted from here"
+                    .into(),
+            );
         }
         self.record(code, format!("restart of {} requested", self.cfg.services.join(", "))).await?;
         let out = tokio::process::Command::new("systemctl")
@@ -345,7 +375,9 @@ async fn journal_tail(services: &[String]) -> Vec<u8> {
     }
     match cmd.output().await {
         Ok(out) if out.status.success() => out.stdout,
-        Ok(out) => format!("journalctl: {}\n", String::from_utf8_lossy(&out.stderr).trim()).into_bytes(),
+        Ok(out) => {
+            format!("journalctl: {}\n", String::from_utf8_lossy(&out.stderr).trim()).into_bytes()
+        }
         Err(e) => format!("no journal: {e}\n").into_bytes(),
     }
 }
@@ -395,14 +427,16 @@ impl Backend for Node {
     fn facts(&self) -> BoxFuture<'_, Facts> {
         async move {
             let (agent, net) = tokio::join!(self.status(), self.observe());
-            let profile_uplink = agent.as_ref().map(|s| s.uplink_interface.clone()).unwrap_or_default();
+            let profile_uplink =
+                agent.as_ref().map(|s| s.uplink_interface.clone()).unwrap_or_default();
             let bridge = agent.as_ref().ok().and_then(|s| {
                 s.segments
                     .iter()
                     .find(|g| g.vlan == "untagged" && g.address != "none")
                     .map(|g| format!("br-{}", g.name))
             });
-            let uplink = host::uplink(self.cfg.netns.as_deref(), &profile_uplink, bridge.as_deref()).await;
+            let uplink =
+                host::uplink(self.cfg.netns.as_deref(), &profile_uplink, bridge.as_deref()).await;
             let daemons = self.daemons().await;
             let host = {
                 let mut cpu = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
@@ -439,11 +473,15 @@ impl Backend for Node {
                 }
                 a => a,
             };
-            let mut c = self.agent().await.map_err(|e| format!("nodeagent does not answer: {e}"))?;
+            let mut c =
+                self.agent().await.map_err(|e| format!("nodeagent does not answer: {e}"))?;
             // Re-enrolling talks to central: give it time.
-            let r = tokio::time::timeout(Duration::from_secs(90), c.console_action(action_request(code, &action)))
-                .await
-                .map_err(|_| "nodeagent did not finish in 90 s".to_string())?;
+            let r = tokio::time::timeout(
+                Duration::from_secs(90),
+                c.console_action(action_request(code, &action)),
+            )
+            .await
+            .map_err(|_| "nodeagent did not finish in 90 s".to_string())?;
             r.map(|r| r.into_inner().message).map_err(|s| s.message().to_string())
         }
         .boxed()
@@ -452,35 +490,45 @@ impl Backend for Node {
     fn log(&self, name: String, vm: bool) -> BoxStream<'static, Result<String, String>> {
         if vm {
             let sock = self.cfg.vmd_socket.clone();
-            return futures::stream::unfold((sock, Vec::<u8>::new(), true), move |(sock, last, first)| {
-                let name = name.clone();
-                async move {
-                    if !first {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                    let got = async {
-                        let ch = backroom_daemon::socket::connect(&sock).await.map_err(|e| backroom_daemon::chain(&e))?;
-                        VmdClient::new(ch)
-                            .console_log(vmpb::ConsoleLogRequest { name, max_bytes: 16384 })
-                            .await
-                            .map(|r| r.into_inner().data)
-                            .map_err(|s| s.message().to_string())
-                    }
-                    .await;
-                    match got {
-                        Ok(data) => {
-                            let new = new_part(&last, &data);
-                            Some((Ok(String::from_utf8_lossy(new).into_owned()), (sock, data, false)))
+            return futures::stream::unfold(
+                (sock, Vec::<u8>::new(), true),
+                move |(sock, last, first)| {
+                    let name = name.clone();
+                    async move {
+                        if !first {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
                         }
-                        Err(e) => Some((Err(e), (sock, last, false))),
+                        let got = async {
+                            let ch = backroom_daemon::socket::connect(&sock)
+                                .await
+                                .map_err(|e| backroom_daemon::chain(&e))?;
+                            VmdClient::new(ch)
+                                .console_log(vmpb::ConsoleLogRequest { name, max_bytes: 16384 })
+                                .await
+                                .map(|r| r.into_inner().data)
+                                .map_err(|s| s.message().to_string())
+                        }
+                        .await;
+                        match got {
+                            Ok(data) => {
+                                let new = new_part(&last, &data);
+                                Some((
+                                    Ok(String::from_utf8_lossy(new).into_owned()),
+                                    (sock, data, false),
+                                ))
+                            }
+                            Err(e) => Some((Err(e), (sock, last, false))),
+                        }
                     }
-                }
-            })
+                },
+            )
             .boxed();
         }
         let sock = self.cfg.nodeagent_socket.clone();
         futures::stream::once(async move {
-            let ch = backroom_daemon::socket::connect(&sock).await.map_err(|e| backroom_daemon::chain(&e))?;
+            let ch = backroom_daemon::socket::connect(&sock)
+                .await
+                .map_err(|e| backroom_daemon::chain(&e))?;
             NodeAgentClient::new(ch)
                 .logs(pb::LogsRequest { name, follow: true, tail_bytes: 16384 })
                 .await
@@ -489,7 +537,10 @@ impl Backend for Node {
         })
         .map(|r| match r {
             Ok(s) => s
-                .map(|c| c.map(|c| String::from_utf8_lossy(&c.data).into_owned()).map_err(|s| s.message().to_string()))
+                .map(|c| {
+                    c.map(|c| String::from_utf8_lossy(&c.data).into_owned())
+                        .map_err(|s| s.message().to_string())
+                })
                 .boxed(),
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         })
@@ -517,7 +568,7 @@ pub fn new_part<'a>(before: &[u8], now: &'a [u8]) -> &'a [u8] {
         return &now[before.len()..];
     }
     // The tail moved on: find where the end of `before` sits in `now`.
-    let probe = &before[before.len().saturating_sub(256)..];
+    let probe = &before[before.len() - (before.len() / 2).clamp(1, 256)..];
     match now.windows(probe.len()).rposition(|w| w == probe) {
         Some(i) => &now[i + probe.len()..],
         None => now,

@@ -100,12 +100,19 @@ pub fn stamp(ms: i64) -> String {
 /// Writes the bundle into `dir` (a stick's root) and returns its path and size. Written under a
 /// temporary name, flushed to the stick and renamed: a stick pulled out early holds no bundle
 /// that looks whole.
-pub fn write(dir: &Path, store: &str, at_ms: i64, parts: Vec<Part>, cap: u64) -> Result<(PathBuf, u64), String> {
+pub fn write(
+    dir: &Path,
+    store: &str,
+    at_ms: i64,
+    parts: Vec<Part>,
+    cap: u64,
+) -> Result<(PathBuf, u64), String> {
     let store = if store.is_empty() { "store" } else { store };
     let name = format!("backroom-support-{store}-{}.tar.gz", stamp(at_ms));
     let path = dir.join(&name);
     let tmp = dir.join(format!(".{name}.part"));
-    let file = std::fs::File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    let file =
+        std::fs::File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
     let mut tar = tar::Builder::new(gz);
     let root = name.trim_end_matches(".tar.gz").to_string();
@@ -121,7 +128,9 @@ pub fn write(dir: &Path, store: &str, at_ms: i64, parts: Vec<Part>, cap: u64) ->
     }
     let gz = tar.into_inner().map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     let mut file = gz.finish().map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    file.flush().and_then(|()| file.sync_all()).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    file.flush()
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     std::fs::rename(&tmp, &path).map_err(|e| format!("cannot rename {}: {e}", tmp.display()))?;
     if let Ok(d) = std::fs::File::open(dir) {
@@ -237,12 +246,23 @@ mod tests {
     fn a_bundle_is_a_tar_gz_with_its_parts() {
         let dir = tempfile::tempdir().unwrap();
         let parts = vec![Part { name: "status.json".into(), data: b"{}".to_vec() }];
-        let (path, size) = write(dir.path(), "store-0042", 1_764_857_702_000, parts, 1 << 20).unwrap();
+        let (path, size) =
+            write(dir.path(), "store-0042", 1_764_857_702_000, parts, 1 << 20).unwrap();
         assert!(size > 0);
-        assert!(path.file_name().unwrap().to_str().unwrap().starts_with("backroom-support-store-0042-2025"));
+        assert!(
+            path.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("backroom-support-store-0042-2025")
+        );
         let f = std::fs::File::open(&path).unwrap();
         let mut a = tar::Archive::new(flate2::read::GzDecoder::new(f));
-        let names: Vec<String> = a.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        let names: Vec<String> = a
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
         assert_eq!(names.len(), 1);
         assert!(names[0].ends_with("/status.json"), "{names:?}");
     }
@@ -251,7 +271,11 @@ mod tests {
     fn tokens_come_from_a_file_or_provision_toml() {
         let dir = tempfile::tempdir().unwrap();
         assert!(token_on_stick(dir.path()).is_err());
-        std::fs::write(dir.path().join("provision.toml"), "central = \"https://x\"\ntoken = \"bk1.abc\"\n").unwrap();
+        std::fs::write(
+            dir.path().join("provision.toml"),
+            "central = \"https://x\"\ntoken = \"bk1.abc\"\n",
+        )
+        .unwrap();
         assert_eq!(token_on_stick(dir.path()).unwrap(), "bk1.abc");
         std::fs::write(dir.path().join("token"), "bk1.def\n").unwrap();
         assert_eq!(token_on_stick(dir.path()).unwrap(), "bk1.def");

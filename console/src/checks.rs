@@ -110,7 +110,9 @@ pub async fn reach(host: &str, port: u16) -> Result<String, String> {
         match tokio::time::timeout(STEP_TIMEOUT, tokio::net::lookup_host((host, port))).await {
             Ok(Ok(a)) => a.collect(),
             Ok(Err(e)) => return Err(format!("DNS: {host} does not resolve ({e})")),
-            Err(_) => return Err(format!("DNS: no answer for {host} in {}s", STEP_TIMEOUT.as_secs())),
+            Err(_) => {
+                return Err(format!("DNS: no answer for {host} in {}s", STEP_TIMEOUT.as_secs()));
+            }
         };
     let Some(first) = addrs.first().copied() else {
         return Err(format!("DNS: {host} has no address"));
@@ -121,12 +123,13 @@ pub async fn reach(host: &str, port: u16) -> Result<String, String> {
         format!("{host} is {}, ", first.ip())
     };
     match tokio::time::timeout(STEP_TIMEOUT, tokio::net::TcpStream::connect(first)).await {
-        Ok(Ok(_)) => Ok(format!(
-            "{resolved}TCP port {port} answers ({} ms)",
-            started.elapsed().as_millis()
-        )),
+        Ok(Ok(_)) => {
+            Ok(format!("{resolved}TCP port {port} answers ({} ms)", started.elapsed().as_millis()))
+        }
         Ok(Err(e)) => Err(format!("{resolved}TCP port {port}: {e}")),
-        Err(_) => Err(format!("{resolved}TCP port {port}: no answer in {}s", STEP_TIMEOUT.as_secs())),
+        Err(_) => {
+            Err(format!("{resolved}TCP port {port}: no answer in {}s", STEP_TIMEOUT.as_secs()))
+        }
     }
 }
 
@@ -147,8 +150,8 @@ pub async fn gateway(gw: &str, netns: Option<&str>) -> Result<String, String> {
     })
     .await
     .map_err(|e| e.to_string())?
-        .map(|ms| format!("{gw} answers ({ms} ms)"))
-        .map_err(|e| format!("{gw}: {e}"))
+    .map(|ms| format!("{gw} answers ({ms} ms)"))
+    .map_err(|e| format!("{gw}: {e}"))
 }
 
 fn checksum(b: &[u8]) -> u16 {
@@ -217,8 +220,14 @@ mod tests {
 
     #[test]
     fn host_port_reads_urls_and_hosts() {
-        assert_eq!(host_port("https://central.example:7443", 443), Some(("central.example".into(), 7443)));
-        assert_eq!(host_port("https://central.example/x", 443), Some(("central.example".into(), 443)));
+        assert_eq!(
+            host_port("https://central.example:7443", 443),
+            Some(("central.example".into(), 7443))
+        );
+        assert_eq!(
+            host_port("https://central.example/x", 443),
+            Some(("central.example".into(), 443))
+        );
         assert_eq!(host_port("127.0.0.1:5000", 443), Some(("127.0.0.1".into(), 5000)));
         assert_eq!(host_port("registry.example", 443), Some(("registry.example".into(), 443)));
         assert_eq!(host_port("https://[::1]:7443", 443), Some(("::1".into(), 7443)));

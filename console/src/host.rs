@@ -132,7 +132,11 @@ pub fn parse_resolv_conf(s: &str) -> Vec<String> {
 /// The uplink as the kernel has it in `netns` (None: the console's own). `profile_uplink` is
 /// the profile's (`auto` or a name); `host_bridge` holds the host's untagged address once netd
 /// made it (the uplink is then a port of that bridge, with no address of its own).
-pub async fn uplink(netns: Option<&str>, profile_uplink: &str, host_bridge: Option<&str>) -> Uplink {
+pub async fn uplink(
+    netns: Option<&str>,
+    profile_uplink: &str,
+    host_bridge: Option<&str>,
+) -> Uplink {
     let (gateway, route_dev) =
         parse_default_route(&ip_json(netns, &["route", "show", "default"]).await)
             .unwrap_or_default();
@@ -142,7 +146,8 @@ pub async fn uplink(netns: Option<&str>, profile_uplink: &str, host_bridge: Opti
         name => name.to_string(),
     };
     let carrier = parse_carrier(&ip_json(netns, &["link", "show", "dev", &interface]).await);
-    let mut addresses = parse_addrs(&ip_json(netns, &["-4", "addr", "show", "dev", &interface]).await);
+    let mut addresses =
+        parse_addrs(&ip_json(netns, &["-4", "addr", "show", "dev", &interface]).await);
     if addresses.is_empty()
         && let Some(br) = host_bridge
     {
@@ -167,7 +172,8 @@ mod tests {
             parse_meminfo("MemTotal:       1000 kB\nMemFree: 1 kB\nMemAvailable:    250 kB\n"),
             Some((750 * 1024, 1000 * 1024))
         );
-        let route = serde_json::json!([{"dst": "default", "gateway": "10.99.0.1", "dev": "br-mgmt"}]);
+        let route =
+            serde_json::json!([{"dst": "default", "gateway": "10.99.0.1", "dev": "br-mgmt"}]);
         assert_eq!(parse_default_route(&route), Some(("10.99.0.1".into(), "br-mgmt".into())));
         let link = serde_json::json!([{"ifname": "up0", "flags": ["BROADCAST", "UP", "LOWER_UP"]}]);
         assert_eq!(parse_carrier(&link), Some(true));
@@ -179,7 +185,10 @@ mod tests {
             {"ifname": "eno1", "link_type": "ether", "flags": ["UP", "LOWER_UP"]}
         ]);
         assert_eq!(parse_first_physical(&links).as_deref(), Some("eno1"));
-        assert_eq!(parse_resolv_conf("# x\nnameserver 10.0.0.53\nsearch a\nnameserver ::1\n"), ["10.0.0.53", "::1"]);
+        assert_eq!(
+            parse_resolv_conf("# x\nnameserver 10.0.0.53\nsearch a\nnameserver ::1\n"),
+            ["10.0.0.53", "::1"]
+        );
         let ip = serde_json::json!([{"ifname":"up0","addr_info":[{"family":"inet","local":"10.9.0.2","prefixlen":24}]}]);
         assert_eq!(parse_addrs(&ip), ["10.9.0.2/24"]);
     }

@@ -106,7 +106,7 @@ impl Facts {
         let Some(s) = &self.agent else {
             return (
                 Severity::Bad,
-                "nodeagent is not running: the store's apps cannot be managed (see Actions)".into(),
+                "nodeagent is not running: apps cannot be managed (a: actions)".into(),
             );
         };
         let bad: Vec<_> = workloads_worst_first(s)
@@ -165,11 +165,11 @@ pub fn why_offline(error: &str) -> String {
     let layer = if e.is_empty() {
         return "reconnecting".into();
     } else if e.contains("dns") || e.contains("resolve") || e.contains("lookup") {
-        "DNS: the name of central does not resolve"
+        "DNS: the name does not resolve"
     } else if e.contains("certificate") || e.contains("unknownissuer") || e.contains("expired") {
-        "certificate: central and this node do not trust each other"
+        "certificate: not trusted"
     } else if e.contains("tls") || e.contains("handshake") || e.contains("alert") {
-        "TLS: the secure connection fails"
+        "TLS: the handshake fails"
     } else if e.contains("refused")
         || e.contains("unreachable")
         || e.contains("timed out")
@@ -177,9 +177,9 @@ pub fn why_offline(error: &str) -> String {
         || e.contains("tcp")
         || e.contains("connect")
     {
-        "TCP: central's address cannot be reached"
+        "TCP: cannot connect"
     } else {
-        "the session with central ends"
+        "the session ends"
     };
     layer.to_string()
 }

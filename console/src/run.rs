@@ -170,7 +170,9 @@ async fn main_loop<B: Backend>(
                     ratatui::restore();
                     let mut argv = opts.serial_command.clone();
                     argv.push(name.clone());
-                    println!("\r\nThe serial console of {name}: Ctrl-] comes back to the Backroom console.\r");
+                    println!(
+                        "\r\nThe serial console of {name}: Ctrl-] comes back to the Backroom console.\r"
+                    );
                     let st = tokio::task::spawn_blocking(move || {
                         std::process::Command::new(&argv[0]).args(&argv[1..]).status()
                     })

@@ -95,7 +95,9 @@ pub fn keys_line(app: &App) -> String {
             Screen::Workload if app.is_vm(&app.workload) => {
                 "Esc back | f follow | Up/Dn scroll | r restart | s serial console | a actions"
             }
-            Screen::Workload => "Esc back | f follow on/off | Up/Down scroll | r restart | a actions",
+            Screen::Workload => {
+                "Esc back | f follow on/off | Up/Down scroll | r restart | a actions"
+            }
             Screen::Network => {
                 "Esc back | 1 gateway | 2 central | 3 registry | o override | k keep | x end"
             }
@@ -108,7 +110,11 @@ pub fn keys_line(app: &App) -> String {
 fn title_line(app: &App) -> Line<'static> {
     let (store, profile) = match &app.facts.agent {
         Some(s) => (
-            if s.store_id.is_empty() { "store (not enrolled)".to_string() } else { s.store_id.clone() },
+            if s.store_id.is_empty() {
+                "store (not enrolled)".to_string()
+            } else {
+                s.store_id.clone()
+            },
             format!("{} {}", s.profile_name, s.profile_version),
         ),
         None => ("store".to_string(), String::new()),
@@ -129,16 +135,16 @@ fn central_line(app: &App) -> Line<'static> {
         Link::Unknown => (Severity::Bad, "unknown (nodeagent does not answer)".to_string()),
         Link::Offline { since_ms, last_contact_ms, why } => {
             let last = if last_contact_ms > 0 {
-                format!(", last contact {}", clock_hm(last_contact_ms))
+                format!(", last answer {}", clock_hm(last_contact_ms))
             } else {
                 String::new()
             };
             (
                 Severity::Warn,
                 format!(
-                    "offline since {} ({}){last}: {why}",
-                    clock_hm(since_ms),
-                    span(app.now_ms - since_ms)
+                    "OFFLINE {} (since {}{last}): {why}",
+                    span(app.now_ms - since_ms),
+                    clock_hm(since_ms)
                 ),
             )
         }
@@ -183,7 +189,7 @@ fn board(f: &mut Frame<'_>, area: Rect, app: &App) {
     let [head, apps, nets, events] = Layout::vertical([
         Constraint::Length(6),
         Constraint::Min(4),
-        Constraint::Length(3),
+        Constraint::Length(4),
         Constraint::Length(6),
     ])
     .areas(area);
@@ -230,9 +236,10 @@ fn board(f: &mut Frame<'_>, area: Rect, app: &App) {
                     String::new()
                 };
                 let style = color(workload_severity(w));
-                let style = if i == app.selected { style.add_modifier(Modifier::REVERSED) } else { style };
+                let style =
+                    if i == app.selected { style.add_modifier(Modifier::REVERSED) } else { style };
                 rows.push(Line::from(vec![
-                    Span::raw(format!("{mark}")),
+                    Span::raw(mark.to_string()),
                     Span::styled(
                         format!(
                             "{:<14} {:<9} {:<3} {:<11} {}",
@@ -261,7 +268,12 @@ fn board(f: &mut Frame<'_>, area: Rect, app: &App) {
         apps,
     );
 
-    f.render_widget(Paragraph::new(segments_line(app)).block(block("Networks")), nets);
+    f.render_widget(
+        Paragraph::new(segments_line(app))
+            .wrap(Wrap { trim: true })
+            .block(block("Networks: segment and host address")),
+        nets,
+    );
 
     let mut ev = vec![];
     if let Some(s) = &app.facts.agent {
@@ -317,8 +329,9 @@ fn segments_line(app: &App) -> Line<'static> {
         } else {
             (Severity::Bad, "DOWN".into())
         };
-        spans.push(Span::raw(format!(" {} ", s.name)));
+        spans.push(Span::raw(format!("{} ", s.name)));
         spans.push(Span::styled(state, color(sev)));
+        spans.push(Span::raw("  "));
     }
     if spans.is_empty() {
         spans.push(Span::raw(" no networks applied yet"));
@@ -338,8 +351,7 @@ fn workload(f: &mut Frame<'_>, area: Rect, app: &App) {
         .and_then(|s| s.workloads.iter().find(|w| w.name == app.workload))
         .cloned()
         .unwrap_or_default();
-    let [head, log] =
-        Layout::vertical([Constraint::Length(8), Constraint::Min(3)]).areas(area);
+    let [head, log] = Layout::vertical([Constraint::Length(8), Constraint::Min(3)]).areas(area);
     let sev = workload_severity(&w);
     let short_digest = w.image_digest.get(..19).unwrap_or(&w.image_digest);
     let lines = vec![
@@ -352,7 +364,11 @@ fn workload(f: &mut Frame<'_>, area: Rect, app: &App) {
         Line::raw(format!(
             " health   {} {}",
             w.health,
-            if w.health_reason.is_empty() { String::new() } else { format!("({})", w.health_reason) }
+            if w.health_reason.is_empty() {
+                String::new()
+            } else {
+                format!("({})", w.health_reason)
+            }
         )),
         Line::raw(format!(
             " restarts {}   since {}   revision {}",
@@ -382,8 +398,7 @@ fn workload(f: &mut Frame<'_>, area: Rect, app: &App) {
     let inner = log.height.saturating_sub(2) as usize;
     let end = app.log.len().saturating_sub(app.scroll);
     let start = end.saturating_sub(inner);
-    let lines: Vec<Line<'_>> =
-        app.log.range(start..end).map(|l| Line::raw(sanitize(l))).collect();
+    let lines: Vec<Line<'_>> = app.log.range(start..end).map(|l| Line::raw(sanitize(l))).collect();
     f.render_widget(Paragraph::new(lines).block(block(title)), log);
 }
 
@@ -393,12 +408,9 @@ pub fn sanitize(s: &str) -> String {
 }
 
 fn network(f: &mut Frame<'_>, area: Rect, app: &App) {
-    let [head, segs, checks] = Layout::vertical([
-        Constraint::Length(8),
-        Constraint::Min(4),
-        Constraint::Length(5),
-    ])
-    .areas(area);
+    let [head, segs, checks] =
+        Layout::vertical([Constraint::Length(8), Constraint::Min(4), Constraint::Length(5)])
+            .areas(area);
     let u = &app.facts.uplink;
     let (usev, _) = uplink_text(app);
     let ov = app.facts.net.as_ref().and_then(|n| n.r#override.clone());
@@ -434,31 +446,40 @@ fn network(f: &mut Frame<'_>, area: Rect, app: &App) {
     lines.push(match &ov {
         Some(o) => Line::styled(
             format!(
-                " Override {} on {} via {} until {} UTC{}",
+                " Override {} on {} via {} until {} UTC",
                 o.address,
                 o.segment,
                 o.gateway,
                 clock_hm(o.expires_unix * 1000),
-                if pending > 0 {
-                    format!(" - NOT KEPT YET: press k before {}", clock_hms(pending * 1000))
-                } else {
-                    String::new()
-                }
             ),
             color(Severity::Warn),
         ),
         None => Line::raw(" Override none (o sets one when the store's DHCP is broken)"),
     });
-    if pending > 0 && ov.is_none() {
+    if pending > 0 && ov.is_some() {
         lines.push(Line::styled(
-            format!(" A network change waits for its confirmation until {}", clock_hms(pending * 1000)),
+            format!(
+                " NOT KEPT YET: press k before {} UTC, or it goes back by itself",
+                clock_hms(pending * 1000)
+            ),
+            color(Severity::Bad),
+        ));
+    } else if pending > 0 {
+        lines.push(Line::styled(
+            format!(
+                " A network change waits for its confirmation until {}",
+                clock_hms(pending * 1000)
+            ),
             color(Severity::Warn),
         ));
     }
     f.render_widget(Paragraph::new(lines), head);
 
     let mut rows = vec![Line::styled(
-        format!(" {:<10} {:<9} {:<10} {:<7} {}", "segment", "vlan", "bridge", "state", "host address"),
+        format!(
+            " {:<10} {:<9} {:<10} {:<7} {}",
+            "segment", "vlan", "bridge", "state", "host address"
+        ),
         bold(),
     )];
     let profile = app.facts.agent.as_ref().map(|s| s.segments.clone()).unwrap_or_default();
@@ -556,7 +577,12 @@ fn actions(f: &mut Frame<'_>, area: Rect, app: &App) {
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
     let w = w.min(area.width);
     let h = h.min(area.height);
-    Rect { x: area.x + (area.width - w) / 2, y: area.y + (area.height - h) / 2, width: w, height: h }
+    Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + (area.height - h) / 2,
+        width: w,
+        height: h,
+    }
 }
 
 fn modal(f: &mut Frame<'_>, area: Rect, app: &App, m: &Modal) {
@@ -579,13 +605,21 @@ fn modal(f: &mut Frame<'_>, area: Rect, app: &App, m: &Modal) {
         }
         Modal::Confirm(a) => (
             "Are you sure?",
-            Text::from(vec![Line::raw(format!(" {}", a.question(&app.facts))), Line::raw(""), Line::raw(" y: yes    n: no")]),
+            Text::from(vec![
+                Line::raw(format!(" {}", a.question(&app.facts))),
+                Line::raw(""),
+                Line::raw(" y: yes    n: no"),
+            ]),
             7,
         ),
         Modal::Pick { selected } => {
             let mut t = vec![Line::raw(" Which app?")];
             for (i, n) in app.workload_names().iter().enumerate() {
-                let s = if i == *selected { Style::new().add_modifier(Modifier::REVERSED) } else { Style::new() };
+                let s = if i == *selected {
+                    Style::new().add_modifier(Modifier::REVERSED)
+                } else {
+                    Style::new()
+                };
                 t.push(Line::styled(format!("  {n}"), s));
             }
             let h = (t.len() as u16 + 2).min(area.height);
@@ -599,10 +633,17 @@ fn modal(f: &mut Frame<'_>, area: Rect, app: &App, m: &Modal) {
                     Span::raw(format!(" {:<8} ", fl.label)),
                     Span::styled(
                         format!("{}{}", fl.value, if focus { "_" } else { "" }),
-                        if focus { bold().add_modifier(Modifier::UNDERLINED) } else { Style::new() },
+                        if focus {
+                            bold().add_modifier(Modifier::UNDERLINED)
+                        } else {
+                            Style::new()
+                        },
                     ),
                 ]));
-                t.push(Line::styled(format!("          {}", fl.hint), Style::new().fg(Color::DarkGray)));
+                t.push(Line::styled(
+                    format!("          {}", fl.hint),
+                    Style::new().fg(Color::DarkGray),
+                ));
             }
             if !form.error.is_empty() {
                 t.push(Line::styled(format!(" {}", form.error), color(Severity::Bad)));
@@ -614,17 +655,20 @@ fn modal(f: &mut Frame<'_>, area: Rect, app: &App, m: &Modal) {
             };
             (title, Text::from(t), h)
         }
-        Modal::Quit => (
-            "Leave?",
-            Text::from(vec![Line::raw(" Leave the console? y: yes    n: no")]),
-            3,
-        ),
+        Modal::Quit => {
+            ("Leave?", Text::from(vec![Line::raw(" Leave the console? y: yes    n: no")]), 3)
+        }
         Modal::Busy(s) => ("Working", Text::from(vec![Line::raw(format!(" {s}"))]), 3),
         Modal::Message { ok, text } => (
             if *ok { "Done" } else { "Did not work" },
             Text::from(
                 text.lines()
-                    .map(|l| Line::styled(format!(" {l}"), if *ok { Style::new() } else { color(Severity::Bad) }))
+                    .map(|l| {
+                        Line::styled(
+                            format!(" {l}"),
+                            if *ok { Style::new() } else { color(Severity::Bad) },
+                        )
+                    })
                     .collect::<Vec<_>>(),
             ),
             8,

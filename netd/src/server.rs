@@ -660,8 +660,7 @@ impl Netd for Daemon {
         let r = req.into_inner();
         let ask = overrides::request(r.r#override.unwrap_or_default());
         let confirm = r.confirm_seconds;
-        let (o, out) =
-            self.run(move |e| e.set_override(&ask, confirm)).await.map_err(status)?;
+        let (o, out) = self.run(move |e| e.set_override(&ask, confirm)).await.map_err(status)?;
         self.override_set(&o, &out);
         Ok(Response::new(pb::SetOverrideReply {
             actions: out.actions,

@@ -46,14 +46,24 @@ pub struct Record {
 
 /// The uplink override, as the console needs it from netd.
 pub trait Overrides: Send + Sync {
-    fn set(&self, o: OverrideSpec, confirm_seconds: u32) -> BoxFuture<'_, crate::error::Result<i64>>;
+    fn set(
+        &self,
+        o: OverrideSpec,
+        confirm_seconds: u32,
+    ) -> BoxFuture<'_, crate::error::Result<i64>>;
     fn clear(&self) -> BoxFuture<'_, crate::error::Result<()>>;
     fn confirm(&self) -> BoxFuture<'_, crate::error::Result<()>>;
 }
 
 impl<N: Network + Send + Sync + 'static> Overrides for N {
-    fn set(&self, o: OverrideSpec, confirm_seconds: u32) -> BoxFuture<'_, crate::error::Result<i64>> {
-        Box::pin(async move { self.set_override(o, confirm_seconds).await.map(|a| a.confirm_deadline) })
+    fn set(
+        &self,
+        o: OverrideSpec,
+        confirm_seconds: u32,
+    ) -> BoxFuture<'_, crate::error::Result<i64>> {
+        Box::pin(
+            async move { self.set_override(o, confirm_seconds).await.map(|a| a.confirm_deadline) },
+        )
     }
     fn clear(&self) -> BoxFuture<'_, crate::error::Result<()>> {
         Box::pin(self.clear_override())
@@ -146,17 +156,17 @@ impl Console {
     /// Checks a code: the store's secret, its store id, the limiter (kept on disk).
     pub fn check(&self, code: &str) -> Result<Grant, Status> {
         let dir = self.central_dir();
-        let secret = Secret::load(&dir.join(console_code::SECRET_FILE)).map_err(denied)?.ok_or_else(|| {
-            Status::failed_precondition(
-                "this node has no console secret yet: it gets one from central when it enrolls \
+        let secret = Secret::load(&dir.join(console_code::SECRET_FILE))
+            .map_err(denied)?
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "this node has no console secret yet: it gets one from central when it enrolls \
                  (or at its next connection, if it enrolled before console codes)",
-            )
+                )
+            })?;
+        let store = Identity::load(&dir).ok().flatten().map(|i| i.store_id).ok_or_else(|| {
+            Status::failed_precondition("this node is not enrolled: no console code can be checked")
         })?;
-        let store = Identity::load(&dir)
-            .ok()
-            .flatten()
-            .map(|i| i.store_id)
-            .ok_or_else(|| Status::failed_precondition("this node is not enrolled: no console code can be checked"))?;
         let now = self.p.clock.now_ms();
         let mut lim = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
         let r = lim.verify(&secret, &store, code, now);
@@ -169,7 +179,12 @@ impl Console {
         }
         drop(lim);
         r.map_err(|e| {
-            self.record("console_refused", "", format!("a console code was refused: {}", backroom_daemon::chain(&e)), None);
+            self.record(
+                "console_refused",
+                "",
+                format!("a console code was refused: {}", backroom_daemon::chain(&e)),
+                None,
+            );
             denied(e)
         })
     }
@@ -232,8 +247,14 @@ impl Console {
                         expires_unix_ms: 0,
                     };
                     if local.send(Inbound::Command { command, reply }).await.is_ok() {
-                        let r: CommandResult = rx.await.map_err(|_| Status::unavailable("the link with central stopped"))?;
-                        return if r.ok { Ok(r.message) } else { Err(Status::failed_precondition(r.message)) };
+                        let r: CommandResult = rx
+                            .await
+                            .map_err(|_| Status::unavailable("the link with central stopped"))?;
+                        return if r.ok {
+                            Ok(r.message)
+                        } else {
+                            Err(Status::failed_precondition(r.message))
+                        };
                     }
                 }
                 self.standalone(&req.kind).await
@@ -258,7 +279,10 @@ impl Console {
     }
 
     fn overrides(&self) -> Result<&Arc<dyn Overrides>, Status> {
-        self.p.overrides.as_ref().ok_or_else(|| Status::failed_precondition("this node runs no network (no netd)"))
+        self.p
+            .overrides
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("this node runs no network (no netd)"))
     }
 
     /// Rollback and reconcile on a node with no central.
@@ -275,12 +299,17 @@ impl Console {
             }));
         }
         if kind == "rollback" && s.desired == s.last_known_good {
-            return Ok(format!("already on the last-known-good revision {}", crate::plan::short(rev)));
+            return Ok(format!(
+                "already on the last-known-good revision {}",
+                crate::plan::short(rev)
+            ));
         }
         let r = store.load_revision(rev).map_err(crate::server::to_status)?;
         e.apply(r, format!("console {kind}")).await.map_err(crate::server::to_status)?;
         Ok(match kind {
-            "rollback" => format!("back on the last-known-good revision {}", crate::plan::short(rev)),
+            "rollback" => {
+                format!("back on the last-known-good revision {}", crate::plan::short(rev))
+            }
             _ => format!("revision {} applied again", crate::plan::short(rev)),
         })
     }
@@ -289,15 +318,25 @@ impl Console {
     /// its service manager starts it again, enrolling with the token.
     fn reenroll(&self, token: &str) -> Result<String, Status> {
         let token = token.trim();
-        backroom_session::token::EnrollToken::parse(token)
-            .map_err(|e| Status::invalid_argument(format!("this is not an enrollment token: {}", backroom_daemon::chain(&e))))?;
+        backroom_session::token::EnrollToken::parse(token).map_err(|e| {
+            Status::invalid_argument(format!(
+                "this is not an enrollment token: {}",
+                backroom_daemon::chain(&e)
+            ))
+        })?;
         let dir = self.central_dir();
         backroom_daemon::fs::write_atomic(&dir.join(REENROLL_TOKEN), token.as_bytes(), 0o600)
             .map_err(|e| Status::internal(format!("cannot keep the token: {e}")))?;
-        Identity::set_aside(&dir, self.p.clock.now_unix(), "enrolled again from the console".into());
+        Identity::set_aside(
+            &dir,
+            self.p.clock.now_unix(),
+            "enrolled again from the console".into(),
+        );
         tokio::spawn(async {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            tracing::warn!("exiting to enroll again with the console's token; the service manager starts nodeagent again");
+            tracing::warn!(
+                "exiting to enroll again with the console's token; the service manager starts nodeagent again"
+            );
             std::process::exit(EXIT_REENROLL);
         });
         Ok("nodeagent restarts now and enrolls with the new token; the apps keep running".into())
@@ -309,9 +348,15 @@ impl Console {
             Some(s) => s.clone(),
             None => self.management_segment().await?,
         };
-        let bad = |what: &str, v: &str| Status::invalid_argument(format!("{what} `{v}` is not an IP address"));
+        let bad = |what: &str, v: &str| {
+            Status::invalid_argument(format!("{what} `{v}` is not an IP address"))
+        };
         let gateway = o.gateway.parse().map_err(|_| bad("the gateway", &o.gateway))?;
-        let dns = o.dns.iter().map(|d| d.parse().map_err(|_| bad("the DNS server", d))).collect::<Result<Vec<_>, _>>()?;
+        let dns = o
+            .dns
+            .iter()
+            .map(|d| d.parse().map_err(|_| bad("the DNS server", d)))
+            .collect::<Result<Vec<_>, _>>()?;
         let minutes = if o.minutes == 0 { OVERRIDE_DEFAULT_MINUTES } else { o.minutes };
         let now = self.p.clock.now_unix();
         let expires = now + i64::from(minutes) * 60;
@@ -325,7 +370,8 @@ impl Console {
             set_unix: 0,
             reason: format!("console: {}", g.role),
         };
-        let deadline = ov.set(spec, OVERRIDE_CONFIRM_SECONDS).await.map_err(crate::server::to_status)?;
+        let deadline =
+            ov.set(spec, OVERRIDE_CONFIRM_SECONDS).await.map_err(crate::server::to_status)?;
         // Kept by itself once central answers through it.
         if let Some(mut contact) = self.p.contact.clone() {
             let ov = Arc::clone(ov);
@@ -372,7 +418,11 @@ impl Console {
                     && !g.address.is_none()
             })
             .map(|g| g.name.to_string())
-            .ok_or_else(|| Status::failed_precondition("the profile has no untagged segment with a host address for an override"))
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "the profile has no untagged segment with a host address for an override",
+                )
+            })
     }
 }
 

@@ -95,7 +95,8 @@ fn profile_facts(r: &backroom_profiles::Rendered) -> ProfileFacts {
         .filter_map(|c| {
             let repo = &c.image.as_ref()?.repository;
             let (host, _) = repo.split_once('/')?;
-            (host.contains('.') || host.contains(':') || host == "localhost").then(|| host.to_string())
+            (host.contains('.') || host.contains(':') || host == "localhost")
+                .then(|| host.to_string())
         })
         .collect();
     registries.sort();

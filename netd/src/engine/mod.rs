@@ -411,11 +411,7 @@ impl Engine {
     /// The uplink override of the applied state, while it is in force.
     fn override_in_force(&self) -> Result<Option<SegmentOverride>> {
         let now = self.clock.now_unix();
-        Ok(self
-            .applied()?
-            .applied
-            .and_then(|a| a.segment_override)
-            .filter(|o| o.active_at(now)))
+        Ok(self.applied()?.applied.and_then(|a| a.segment_override).filter(|o| o.active_at(now)))
     }
 
     /// Makes the kernel (and the DNS file) match `r` with the override `over`; writes nothing
@@ -578,8 +574,7 @@ impl Engine {
             return Ok(actions);
         }
         self.state.save(state::DHCP, &leases)?;
-        let more =
-            self.converge(&r, a.uplink_override.as_deref(), a.segment_override.as_ref())?;
+        let more = self.converge(&r, a.uplink_override.as_deref(), a.segment_override.as_ref())?;
         actions.extend(more.actions);
         Ok(actions)
     }
@@ -701,8 +696,7 @@ impl Engine {
                     &AppliedFile { applied: Some(prev.clone()), pending: None },
                 )?;
                 if p.of_override {
-                    let segment =
-                        applied.segment_override.map(|o| o.segment).unwrap_or_default();
+                    let segment = applied.segment_override.map(|o| o.segment).unwrap_or_default();
                     return Ok(Some(Deadline::OverrideRolledBack { segment, outcome: out }));
                 }
                 Ok(Some(Deadline::RolledBack { revision: prev.revision, outcome: out }))

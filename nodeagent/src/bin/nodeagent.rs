@@ -188,23 +188,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.restart = Timing::with_first_delay(Duration::from_millis(args.restart_backoff_ms.max(1)));
     cfg.stop_grace = Duration::from_secs(args.stop_grace_seconds);
     cfg.image_grace_ms = args.image_grace_hours * 3600 * 1000;
-    let overrides: Option<std::sync::Arc<dyn backroom_nodeagent::console::Overrides>> =
-        match &net {
-            NetworkChoice::None(_) => None,
-            n => Some(std::sync::Arc::new(n.clone())),
-        };
+    let overrides: Option<std::sync::Arc<dyn backroom_nodeagent::console::Overrides>> = match &net {
+        NetworkChoice::None(_) => None,
+        n => Some(std::sync::Arc::new(n.clone())),
+    };
     let (engine, handle) = Engine::new(cfg, runtime, net, vms)?;
-    let link_info = tokio::sync::watch::Sender::new(backroom_nodeagent::connected::LinkInfo::default());
+    let link_info =
+        tokio::sync::watch::Sender::new(backroom_nodeagent::connected::LinkInfo::default());
     let (local_tx, local_rx) = tokio::sync::mpsc::channel(4);
-    let console = backroom_nodeagent::console::Console::new(backroom_nodeagent::console::ConsoleParts {
-        state_dir: args.state_dir.clone(),
-        engine: handle.clone(),
-        clock: clock.clone(),
-        local: args.central.is_some().then_some(local_tx),
-        overrides,
-        contact: args.central.is_some().then(|| contact.subscribe()),
-        override_segment: None,
-    });
+    let console =
+        backroom_nodeagent::console::Console::new(backroom_nodeagent::console::ConsoleParts {
+            state_dir: args.state_dir.clone(),
+            engine: handle.clone(),
+            clock: clock.clone(),
+            local: args.central.is_some().then_some(local_tx),
+            overrides,
+            contact: args.central.is_some().then(|| contact.subscribe()),
+            override_segment: None,
+        });
     let extra = backroom_nodeagent::server::Extra {
         console: Some(std::sync::Arc::new(console)),
         link: args.central.is_some().then(|| link_info.subscribe()),
@@ -232,8 +233,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             disk_low_percent: 10,
             clock: clock.clone(),
         };
-        let linked =
-            backroom_nodeagent::connected::Linked { info: link_info, local: local_rx };
+        let linked = backroom_nodeagent::connected::Linked { info: link_info, local: local_rx };
         backroom_nodeagent::connected::spawn(
             opts,
             handle.clone(),
