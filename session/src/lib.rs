@@ -4,6 +4,9 @@
 //! TLS set-up ([`tls`]), including the first connection, where the node checks central against
 //! the CA fingerprint its token carries, so no connection is ever unauthenticated.
 //!
+//! Both ends also share the console codes of the store's recovery console ([`console_code`]):
+//! central issues them, the node checks them with no WAN.
+//!
 //! The node's side: enrollment ([`enroll`]), the durable event outbox ([`outbox`]) and the
 //! session loop ([`link`]) that keeps one stream to central open for as long as the node lives,
 //! reconnecting with jittered backoff, renewing its certificate before it expires, and carrying
@@ -12,6 +15,7 @@
 //! It knows nothing of containers, VMs or networks: nodeagent plugs its reconcile loop in through
 //! channels. The fleet simulator uses the same code.
 
+pub mod console_code;
 pub mod enroll;
 pub mod link;
 pub mod outbox;
