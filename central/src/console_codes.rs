@@ -57,7 +57,7 @@ pub async fn issue(
     let now = app.now_ms();
     let code = console_code::issue(&secret, store_id, role, now, ttl)?;
     let detail = format!(
-        "{role} console code for store {store_id}, valid until {} ({})",
+        "{role} console code for {store_id}, valid until {} ({})",
         backroom_daemon::clock::rfc3339(code.expires_ms),
         human(ttl)
     );
