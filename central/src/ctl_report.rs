@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use backroom_api::operator::{
-    ApiTokenInfo, AuditRecord, CommandInfo, CreateConsoleCodeReply, EnrollTokenInfo, GetStoreReply, ListAlertsReply,
-    StoreEvent, StoreSummary,
+    ApiTokenInfo, AuditRecord, CommandInfo, CreateConsoleCodeReply, EnrollTokenInfo, GetStoreReply,
+    ListAlertsReply, StoreEvent, StoreSummary,
 };
 
 /// "3m ago", "2h ago", "never".
@@ -414,7 +414,12 @@ mod tests {
             ..Default::default()
         };
         let events = vec![
-            ev(9, now - 60_000, "console_action", "restart orders by technician: ok, task 4242 → 4390"),
+            ev(
+                9,
+                now - 60_000,
+                "console_action",
+                "restart orders by technician: ok, task 4242 → 4390",
+            ),
             ev(8, now - 3_600_000, "console_unlocked", "technician until 10:50 UTC"),
             ev(7, now - 86_400_000, "console_refused", "wrong code"),
         ];
@@ -422,7 +427,10 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[1], "Local console:", "{t}");
         assert!(lines[2].starts_with("  09:41 UTC") && lines[2].contains("1m ago"), "{t}");
-        assert!(lines[2].contains("action    restart orders by technician: ok, task 4242 → 4390"), "{t}");
+        assert!(
+            lines[2].contains("action    restart orders by technician: ok, task 4242 → 4390"),
+            "{t}"
+        );
         assert!(lines[3].contains("08:42 UTC") && lines[3].contains("unlocked"), "{t}");
         assert!(lines[4].contains("2026-12-02 09:42 UTC") && lines[4].contains("refused"), "{t}");
         assert!(local_console(&[], now).contains("nothing done at the store's console"));

@@ -13,13 +13,14 @@ use backroom_api::node::{CentralMessage, Desired};
 use backroom_api::operator::operator_server::Operator;
 use backroom_api::operator::{
     Alert, AlertGroup, ApiTokenInfo, AuditRecord, CommandInfo, CreateApiTokenReply,
-    CreateApiTokenRequest, CreateConsoleCodeReply, CreateConsoleCodeRequest, CreateEnrollTokenReply, CreateEnrollTokenRequest, EnrollTokenInfo,
-    FleetPushReply, FleetPushRequest, FleetStatusReply, FleetStatusRequest, GetCommandRequest,
-    GetStoreReply, GetStoreRequest, ListAlertsReply, ListAlertsRequest, ListApiTokensReply,
-    ListApiTokensRequest, ListAuditReply, ListAuditRequest, ListEnrollTokensReply,
-    ListEnrollTokensRequest, ListStoresReply, ListStoresRequest, PushOutcome, RevokeApiTokenReply,
-    RevokeApiTokenRequest, RevokeEnrollTokenReply, RevokeEnrollTokenRequest, RevokeStoreReply,
-    RevokeStoreRequest, SendCommandRequest, StoreEvent, StoreProfile, StoreSummary, Workload,
+    CreateApiTokenRequest, CreateConsoleCodeReply, CreateConsoleCodeRequest,
+    CreateEnrollTokenReply, CreateEnrollTokenRequest, EnrollTokenInfo, FleetPushReply,
+    FleetPushRequest, FleetStatusReply, FleetStatusRequest, GetCommandRequest, GetStoreReply,
+    GetStoreRequest, ListAlertsReply, ListAlertsRequest, ListApiTokensReply, ListApiTokensRequest,
+    ListAuditReply, ListAuditRequest, ListEnrollTokensReply, ListEnrollTokensRequest,
+    ListStoresReply, ListStoresRequest, PushOutcome, RevokeApiTokenReply, RevokeApiTokenRequest,
+    RevokeEnrollTokenReply, RevokeEnrollTokenRequest, RevokeStoreReply, RevokeStoreRequest,
+    SendCommandRequest, StoreEvent, StoreProfile, StoreSummary, Workload,
 };
 use backroom_session::console_code::Role as ConsoleRole;
 use backroom_session::token::EnrollToken;

@@ -46,7 +46,8 @@ async fn new_pg() -> (String, String) {
 
 async fn drop_pg(name: &str) {
     if let Ok(mut c) = sqlx::AnyConnection::connect(&format!("{}/postgres", pg_server())).await {
-        let _ = c.execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
+        let _ =
+            c.execute(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
     }
 }
 
@@ -192,7 +193,9 @@ async fn console_codes(pg: Option<String>) {
     let line = out.trim();
     let (code, rest) = line.split_once("  ").unwrap();
     assert!(
-        code.len() == 11 && code.as_bytes()[5] == b'-' && code.chars().all(|c| c == '-' || c.is_ascii_alphanumeric()),
+        code.len() == 11
+            && code.as_bytes()[5] == b'-'
+            && code.chars().all(|c| c == '-' || c.is_ascii_alphanumeric()),
         "{line}"
     );
     assert!(rest.starts_with("technician code for store-0042, valid until "), "{line}");
@@ -207,7 +210,12 @@ async fn console_codes(pg: Option<String>) {
     assert!(ok, "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["role"], "staff");
-    let g = console_code::verify(&secret, STORE, v["code"].as_str().unwrap(), backroom_session::now_ms());
+    let g = console_code::verify(
+        &secret,
+        STORE,
+        v["code"].as_str().unwrap(),
+        backroom_session::now_ms(),
+    );
     assert_eq!(g.unwrap().expires_ms, v["expires_unix_ms"].as_i64().unwrap());
     let (ok, _, err) =
         centralctl(&c, data.path(), &["store", "console-code", STORE, "--role", "boss"]).await;
@@ -221,7 +229,8 @@ async fn console_codes(pg: Option<String>) {
     let second = central_secret(&c).await.unwrap();
     assert_ne!(second, first);
     assert_eq!(node_secret(replacement.path()).as_ref(), Some(&second));
-    let r2 = admin.create_console_code(code_request(STORE, "staff", 600)).await.unwrap().into_inner();
+    let r2 =
+        admin.create_console_code(code_request(STORE, "staff", 600)).await.unwrap().into_inner();
     let now = backroom_session::now_ms();
     assert!(console_code::verify(&second, STORE, &r2.code, now).is_ok());
     assert!(console_code::verify(&first, STORE, &r2.code, now).is_err());
@@ -239,7 +248,8 @@ async fn console_codes(pg: Option<String>) {
     let e = admin.create_console_code(code_request(STORE, "staff", 600)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     assert!(
-        e.message().contains("enrolled before console codes; it gets a secret at its next connection"),
+        e.message()
+            .contains("enrolled before console codes; it gets a secret at its next connection"),
         "{}",
         e.message()
     );
@@ -255,7 +265,8 @@ async fn console_codes(pg: Option<String>) {
     let third = central_secret(&c).await.expect("central made one at the session's start");
     assert_ne!(third, second);
     assert_eq!(node_secret(replacement.path()).as_ref(), Some(&third));
-    let r3 = admin.create_console_code(code_request(STORE, "staff", 600)).await.unwrap().into_inner();
+    let r3 =
+        admin.create_console_code(code_request(STORE, "staff", 600)).await.unwrap().into_inner();
     assert!(console_code::verify(&third, STORE, &r3.code, backroom_session::now_ms()).is_ok());
     link.task.abort();
 
@@ -284,8 +295,15 @@ async fn console_codes(pg: Option<String>) {
     assert!(ok, "{out}{err}");
     let section = out.split("Local console:\n").nth(1).unwrap_or_else(|| panic!("{out}"));
     let lines: Vec<&str> = section.lines().take(3).collect();
-    assert!(lines[0].contains("action") && lines[0].contains("restart orders by technician: ok, task 4242 → 4390"), "{out}");
-    assert!(lines[1].contains("unlocked") && lines[1].contains("technician until 14:05 UTC"), "{out}");
+    assert!(
+        lines[0].contains("action")
+            && lines[0].contains("restart orders by technician: ok, task 4242 → 4390"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("unlocked") && lines[1].contains("technician until 14:05 UTC"),
+        "{out}"
+    );
     assert!(lines[2].contains("refused") && lines[2].contains("wrong code (1 of 5)"), "{out}");
     assert!(lines.iter().all(|l| l.contains(" UTC ")), "{out}");
     let (ok, out, err) = centralctl(&c, data.path(), &["--json", "store", "get", STORE]).await;

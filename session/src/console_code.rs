@@ -290,7 +290,8 @@ pub fn verify(
     now_ms: i64,
 ) -> Result<Grant, CodeError> {
     let value = decode(text)?;
-    let role = if value >> (SLOT_BITS + MAC_BITS) & 1 == 1 { Role::Technician } else { Role::Staff };
+    let role =
+        if value >> (SLOT_BITS + MAC_BITS) & 1 == 1 { Role::Technician } else { Role::Staff };
     let low = ((value >> MAC_BITS) & ((1 << SLOT_BITS) - 1)) as i64;
     let mac = value & ((1 << MAC_BITS) - 1);
     // The slot with these low bits nearest the node's clock.

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use backroom_api::operator::{
-    AlertGroup, CreateApiTokenRequest, CreateConsoleCodeRequest, CreateEnrollTokenRequest, FleetPushRequest,
-    FleetStatusRequest, GetCommandRequest, GetStoreRequest, ListAlertsReply, ListAlertsRequest,
-    ListApiTokensRequest, ListAuditRequest, ListEnrollTokensRequest, ListStoresRequest,
-    RevokeApiTokenRequest, RevokeEnrollTokenRequest, RevokeStoreRequest, SendCommandRequest,
-    StoreProfile, StoreSummary,
+    AlertGroup, CreateApiTokenRequest, CreateConsoleCodeRequest, CreateEnrollTokenRequest,
+    FleetPushRequest, FleetStatusRequest, GetCommandRequest, GetStoreRequest, ListAlertsReply,
+    ListAlertsRequest, ListApiTokensRequest, ListAuditRequest, ListEnrollTokensRequest,
+    ListStoresRequest, RevokeApiTokenRequest, RevokeEnrollTokenRequest, RevokeStoreRequest,
+    SendCommandRequest, StoreProfile, StoreSummary,
 };
 use backroom_central::{client, ctl_report, profile_report};
 use backroom_daemon::logging::LogArgs;

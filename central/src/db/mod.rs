@@ -981,8 +981,8 @@ fn seq_to_db(seq: u64) -> i64 {
 }
 
 #[cfg(test)]
+mod console_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod trust_tests;
-#[cfg(test)]
-mod console_tests;
