@@ -180,7 +180,8 @@ enum TokenCommand {
 enum StoreCommand {
     /// Every store: online or not, last seen, desired and applied revision, health, agent version.
     List,
-    /// One store: the list line, every workload's state, recent events and commands.
+    /// One store: the list line, every workload's state, recent events and commands, and what
+    /// was done at its local recovery console (newest first).
     Get {
         id: String,
         /// How many recent events.
