@@ -229,7 +229,6 @@ impl Link {
         self.refused.subscribe()
     }
 
-    /// Keeps a session open forever; returns only if the node's side (the inbound channel) is gone.
     /// Keeps the console secret a welcome brings when it is new or changed (a store enrolled
     /// before console codes, a file lost or garbled). A failure to write is logged and tried
     /// again at the next welcome: the session does not depend on it.
@@ -249,6 +248,7 @@ impl Link {
         }
     }
 
+    /// Keeps a session open forever; returns only if the node's side (the inbound channel) is gone.
     pub async fn run(mut self) {
         let mut retries = Self::backoff(&self.cfg).retries();
         let healthy = i64::try_from(HEALTHY_SESSION.as_millis()).unwrap_or(i64::MAX);

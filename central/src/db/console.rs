@@ -4,7 +4,7 @@
 //! before console codes, until its next session). Central needs the secret itself to issue a
 //! code (a hash of it would not do), so it is not hashed like tokens are.
 
-use sqlx::Row;
+use sqlx::{AnyPool, Row};
 
 use super::{Db, EventRow, Result, q};
 
@@ -12,31 +12,39 @@ use super::{Db, EventRow, Result, q};
 /// section, never alerts.
 pub const CONSOLE_EVENT_KINDS: &[&str] = &["console_unlocked", "console_refused", "console_action"];
 
+async fn read_secret(pool: &AnyPool, store_id: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT console_secret FROM stores WHERE id = $1")
+        .bind(store_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(q("reading a store's console secret"))?;
+    let secret: Option<String> = row
+        .map(|r| r.try_get("console_secret"))
+        .transpose()
+        .map_err(q("reading a store's console secret"))?;
+    Ok(secret.filter(|s| !s.is_empty()))
+}
+
 impl Db {
     /// The store's console secret (hex), if it has one; `None` also for an unknown store.
     pub async fn console_secret(&self, store_id: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT console_secret FROM stores WHERE id = $1")
-            .bind(store_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(q("reading a store's console secret"))?;
-        let secret: Option<String> = row
-            .map(|r| r.try_get("console_secret"))
-            .transpose()
-            .map_err(q("reading a store's console secret"))?;
-        Ok(secret.filter(|s| !s.is_empty()))
+        read_secret(&self.read, store_id).await
     }
 
-    /// The store's console secret (hex), `new_hex` becoming it if it has none. Conditional, so
+    /// The store's console secret (hex), `new_hex` becoming it if it has none. Every session
+    /// start asks, so the common case (it has one) is a read only; the write is conditional, so
     /// two sessions racing (an old server and its replacement) agree on one secret.
     pub async fn ensure_console_secret(&self, store_id: &str, new_hex: &str) -> Result<String> {
+        if let Some(s) = read_secret(&self.read, store_id).await? {
+            return Ok(s);
+        }
         sqlx::query("UPDATE stores SET console_secret = $2 WHERE id = $1 AND console_secret = ''")
             .bind(store_id)
             .bind(new_hex)
             .execute(&self.pool)
             .await
             .map_err(q("recording a store's console secret"))?;
-        Ok(self.console_secret(store_id).await?.unwrap_or_default())
+        Ok(read_secret(&self.pool, store_id).await?.unwrap_or_default())
     }
 
     /// The store's last `limit` console events, newest first.
