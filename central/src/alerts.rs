@@ -197,6 +197,9 @@ pub async fn from_events(db: &Db, events: &[NewEvent], cap: u32) {
             "recovered" if !e.subject.is_empty() => {
                 db.resolve_alert("problem", &e.store_id, &e.subject, e.at_ms).await.map(|_| ())
             }
+            // What was done at the store's console is a record, not something to act on: it
+            // shows in `store get` (a refused code too: the console rate-limits those itself).
+            k if crate::db::CONSOLE_EVENT_KINDS.contains(&k) => Ok(()),
             _ => Ok(()),
         };
         if let Err(err) = r {

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use backroom_api::operator::{
-    ApiTokenInfo, AuditRecord, CommandInfo, EnrollTokenInfo, GetStoreReply, ListAlertsReply,
-    StoreSummary,
+    ApiTokenInfo, AuditRecord, CommandInfo, CreateConsoleCodeReply, EnrollTokenInfo, GetStoreReply,
+    ListAlertsReply, StoreEvent, StoreSummary,
 };
 
 /// "3m ago", "2h ago", "never".
@@ -151,7 +151,58 @@ pub fn store(r: &GetStoreReply, now_ms: i64) -> String {
             out.push_str(&indent(&command(c, now_ms)));
         }
     }
+    out.push_str(&local_console(&r.console, now_ms));
     out
+}
+
+/// `store get`'s "Local console" section: what was done at the store's recovery console, newest
+/// first (issue 12). Times are UTC, as HQ reads them back to the store.
+pub fn local_console(events: &[StoreEvent], now_ms: i64) -> String {
+    let mut out = String::from("\nLocal console:\n");
+    if events.is_empty() {
+        out.push_str("  nothing done at the store's console\n");
+        return out;
+    }
+    for e in events {
+        let what = match e.kind.as_str() {
+            "console_unlocked" => "unlocked",
+            "console_refused" => "refused",
+            "console_action" => "action",
+            other => other,
+        };
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>9}  {what:<8}  {}",
+            utc_time(now_ms, e.at_unix_ms),
+            ago(now_ms, e.at_unix_ms),
+            e.message
+        );
+    }
+    out
+}
+
+/// `K7QMX-2HD9P  technician code for store-0042, valid until 14:05 UTC (1h)`.
+pub fn console_code(
+    store_id: &str,
+    r: &CreateConsoleCodeReply,
+    ttl_ms: u64,
+    now_ms: i64,
+) -> String {
+    let ttl = crate::console_codes::human(std::time::Duration::from_millis(ttl_ms));
+    format!(
+        "{}  {} code for {store_id}, valid until {} ({ttl})",
+        r.code,
+        r.role,
+        utc_time(now_ms, r.expires_unix_ms)
+    )
+}
+
+/// `14:05 UTC` on the same day as `now_ms`, `2026-12-05 14:05 UTC` on another.
+pub fn utc_time(now_ms: i64, at_ms: i64) -> String {
+    let at = backroom_daemon::clock::rfc3339(at_ms);
+    let now = backroom_daemon::clock::rfc3339(now_ms);
+    let (date, hm) = (at.get(..10).unwrap_or(""), at.get(11..16).unwrap_or(""));
+    if now.get(..10) == Some(date) { format!("{hm} UTC") } else { format!("{date} {hm} UTC") }
 }
 
 fn indent(s: &str) -> String {
@@ -349,5 +400,41 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("failing [uplink eno1]: uplink eno1: the link"), "{t}");
+    }
+
+    #[test]
+    fn the_local_console_section_lists_newest_first_with_utc_times() {
+        // 2026-12-03T09:42:24Z and an hour before.
+        let now = 1_796_290_944_000;
+        let ev = |seq, at, kind: &str, msg: &str| StoreEvent {
+            seq,
+            at_unix_ms: at,
+            kind: kind.into(),
+            message: msg.into(),
+            ..Default::default()
+        };
+        let events = vec![
+            ev(
+                9,
+                now - 60_000,
+                "console_action",
+                "restart orders by technician: ok, task 4242 → 4390",
+            ),
+            ev(8, now - 3_600_000, "console_unlocked", "technician until 10:50 UTC"),
+            ev(7, now - 86_400_000, "console_refused", "wrong code"),
+        ];
+        let t = local_console(&events, now);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[1], "Local console:", "{t}");
+        assert!(lines[2].starts_with("  09:41 UTC") && lines[2].contains("1m ago"), "{t}");
+        assert!(
+            lines[2].contains("action    restart orders by technician: ok, task 4242 → 4390"),
+            "{t}"
+        );
+        assert!(lines[3].contains("08:42 UTC") && lines[3].contains("unlocked"), "{t}");
+        assert!(lines[4].contains("2026-12-02 09:42 UTC") && lines[4].contains("refused"), "{t}");
+        assert!(local_console(&[], now).contains("nothing done at the store's console"));
+        let r = GetStoreReply { console: events, ..Default::default() };
+        assert!(store(&r, now).contains("Local console:\n  09:41 UTC"), "{}", store(&r, now));
     }
 }

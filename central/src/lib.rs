@@ -1,7 +1,7 @@
 //! central: the HQ plane that stores report to, and `centralctl`, its operator CLI.
 //!
 //! It owns the fleet's durable record (stores, profile revisions, enrollment, certificates,
-//! events, commands, alerts, operator tokens, audit) in SQLite or PostgreSQL, its own CA, the
+//! events, commands, alerts, operator tokens, audit, the stores' console secrets) in SQLite or PostgreSQL, its own CA, the
 //! node-facing gRPC service (enrollment, one mTLS session per store) and the operator-facing
 //! one. It never reaches into a store: nodes open every connection.
 //!
@@ -12,6 +12,7 @@ pub mod alerts;
 pub mod app;
 pub mod ca;
 pub mod client;
+pub mod console_codes;
 pub mod ctl_report;
 pub mod db;
 pub mod error_size;

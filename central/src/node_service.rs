@@ -8,6 +8,10 @@
 //! grace period (revocation still wins), and nothing else. A node can read only its own
 //! desired state and write only its own status, events and command results.
 //!
+//! Each enrollment gives the store a new console secret (issue 12), sent in the enrollment's
+//! reply and in every session's welcome; a store enrolled before console codes gets one at its
+//! next session.
+//!
 //! A session is returned at once; its welcome, desired revision and queued commands follow
 //! from a task of their own, as the stream drains, so a long queue cannot stall the call.
 
@@ -23,6 +27,7 @@ use backroom_api::node::{
     CentralMessage, Command, Desired, EnrollReply, EnrollRequest, EventAck, HeartbeatAck,
     NodeMessage, RenewReply, RenewRequest, Welcome,
 };
+use backroom_session::console_code::Secret;
 use backroom_session::pki::{self, CertInfo};
 use backroom_session::token::EnrollToken;
 use futures::StreamExt as _;
@@ -32,7 +37,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::app::{App, StatusJson};
 use crate::ca::Ca;
-use crate::db::{CertUse, Enrollment, NewEvent, SessionUpdate};
+use crate::db::{AuditEntry, CertUse, Enrollment, NewEvent, SessionUpdate};
 
 pub struct NodeSvc {
     app: Arc<App>,
@@ -142,6 +147,11 @@ impl NodeService for NodeSvc {
             .ca
             .sign_node(&r.csr_pem, &store, now, app.settings.node_cert_days)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A new console secret each time: whoever held the store's server before (a replaced or
+        // stolen one) cannot check codes for the new one. A retry after a lost reply makes
+        // another, which is the one the node then keeps.
+        let console_secret = Secret::generate();
+        let console_secret_hex = hex::encode(console_secret.as_bytes());
         // The token is used in the very transaction that records the certificate: a call cut
         // off before it leaves the token as it was; one cut off after may be retried by the
         // same key.
@@ -153,6 +163,7 @@ impl NodeService for NodeSvc {
                 serial: &issued.serial,
                 not_after_ms: issued.not_after_ms,
                 now_ms: now,
+                console_secret_hex: &console_secret_hex,
             })
             .await
             .map_err(internal)?
@@ -172,6 +183,7 @@ impl NodeService for NodeSvc {
             store_id: store,
             certificate_pem: issued.cert_pem,
             ca_pem: app.ca.cert_pem().to_string(),
+            console_secret: console_secret.as_bytes().to_vec(),
         }))
     }
 
@@ -242,9 +254,11 @@ impl NodeService for NodeSvc {
         let handle = app.hub.register(&store, tx.clone(), &who.serial, now);
         app.db.set_online(&store, true, now).await.map_err(internal)?;
         tracing::info!(store = %store, agent = %hello.agent_version, "session opened");
+        let console_secret = console_secret_for(&app, &store).await?;
         let welcome = Welcome {
             acked_event_seq: row.acked_seq,
             heartbeat_seconds: app.settings.heartbeat_seconds,
+            console_secret,
         };
         // What the node does not have yet: its desired revision.
         let desired =
@@ -274,6 +288,33 @@ impl NodeService for NodeSvc {
         tokio::spawn(read_session(app, store, row.acked_seq, handle, inbound, tx));
         let stream = futures::stream::select(ReceiverStream::new(rx), ended);
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The store's console secret for its welcome, made now if it has none (enrolled before
+/// console codes). One stored that does not decode (never written so) is logged and not sent:
+/// the session does not depend on it, and the node keeps the copy it has.
+async fn console_secret_for(app: &App, store: &str) -> Result<Vec<u8>, Status> {
+    let fresh = hex::encode(Secret::generate().as_bytes());
+    let hex_secret = app.db.ensure_console_secret(store, &fresh).await.map_err(internal)?;
+    if hex_secret == fresh {
+        tracing::info!(store = %store, "the store had no console secret: made one");
+        let entry = AuditEntry::new(
+            &format!("node:{store}"),
+            "console-secret",
+            store,
+            "console secret made at session start (the store enrolled before console codes)",
+        );
+        if let Err(e) = app.db.write_audit(&entry, app.now_ms()).await {
+            tracing::error!(error = %backroom_daemon::Chain(&e), "could not write the audit trail");
+        }
+    }
+    match hex::decode(&hex_secret).ok().and_then(|b| Secret::from_bytes(&b).ok()) {
+        Some(s) => Ok(s.as_bytes().to_vec()),
+        None => {
+            tracing::error!(store = %store, "the console secret stored for this store is not 32 bytes of hex; not sent");
+            Ok(Vec::new())
+        }
     }
 }
 

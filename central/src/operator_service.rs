@@ -3,7 +3,8 @@
 //! admin (also API tokens, replacement enrollment tokens, the audit trail). Every change is
 //! written to the audit trail in the change's own transaction: a change whose record cannot be
 //! written is not made, and the caller is told so. Lists that grow with the fleet come in pages.
-//! A viewer never sees a workload's `env` values.
+//! A viewer never sees a workload's `env` values. Console codes (issue 12): an operator may
+//! have staff codes, an admin technician codes too.
 
 use std::sync::Arc;
 
@@ -12,19 +13,22 @@ use backroom_api::node::{CentralMessage, Desired};
 use backroom_api::operator::operator_server::Operator;
 use backroom_api::operator::{
     Alert, AlertGroup, ApiTokenInfo, AuditRecord, CommandInfo, CreateApiTokenReply,
-    CreateApiTokenRequest, CreateEnrollTokenReply, CreateEnrollTokenRequest, EnrollTokenInfo,
-    FleetPushReply, FleetPushRequest, FleetStatusReply, FleetStatusRequest, GetCommandRequest,
-    GetStoreReply, GetStoreRequest, ListAlertsReply, ListAlertsRequest, ListApiTokensReply,
-    ListApiTokensRequest, ListAuditReply, ListAuditRequest, ListEnrollTokensReply,
-    ListEnrollTokensRequest, ListStoresReply, ListStoresRequest, PushOutcome, RevokeApiTokenReply,
-    RevokeApiTokenRequest, RevokeEnrollTokenReply, RevokeEnrollTokenRequest, RevokeStoreReply,
-    RevokeStoreRequest, SendCommandRequest, StoreEvent, StoreProfile, StoreSummary, Workload,
+    CreateApiTokenRequest, CreateConsoleCodeReply, CreateConsoleCodeRequest,
+    CreateEnrollTokenReply, CreateEnrollTokenRequest, EnrollTokenInfo, FleetPushReply,
+    FleetPushRequest, FleetStatusReply, FleetStatusRequest, GetCommandRequest, GetStoreReply,
+    GetStoreRequest, ListAlertsReply, ListAlertsRequest, ListApiTokensReply, ListApiTokensRequest,
+    ListAuditReply, ListAuditRequest, ListEnrollTokensReply, ListEnrollTokensRequest,
+    ListStoresReply, ListStoresRequest, PushOutcome, RevokeApiTokenReply, RevokeApiTokenRequest,
+    RevokeEnrollTokenReply, RevokeEnrollTokenRequest, RevokeStoreReply, RevokeStoreRequest,
+    SendCommandRequest, StoreEvent, StoreProfile, StoreSummary, Workload,
 };
+use backroom_session::console_code::Role as ConsoleRole;
 use backroom_session::token::EnrollToken;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::app::{App, StatusJson};
+use crate::console_codes::{self, ConsoleCodeError};
 use crate::db::{
     AlertKey, ApiTokenRow, AuditFilter, CommandRow, EnrollTokenRow, PushedStore, StoreRow, token_id,
 };
@@ -174,6 +178,29 @@ fn api_token_info(t: &ApiTokenRow) -> ApiTokenInfo {
         created_unix_ms: t.created_ms,
         revoked: t.revoked_ms != 0,
         revoked_unix_ms: t.revoked_ms,
+    }
+}
+
+fn store_event(e: crate::db::EventRow) -> StoreEvent {
+    StoreEvent {
+        seq: e.seq,
+        at_unix_ms: e.at_ms,
+        kind: e.kind,
+        workload: e.workload,
+        message: e.message,
+        subject: e.subject,
+    }
+}
+
+fn console_code_status(e: ConsoleCodeError) -> Status {
+    match e {
+        ConsoleCodeError::UnknownStore(_) => Status::not_found(e.to_string()),
+        ConsoleCodeError::NotEnrolled(_) | ConsoleCodeError::NoSecret(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        ConsoleCodeError::Code(_) => Status::invalid_argument(e.to_string()),
+        ConsoleCodeError::BadSecret(_) => internal(e),
+        ConsoleCodeError::Db(_) => not_done(e),
     }
 }
 
@@ -397,6 +424,7 @@ impl Operator for OperatorSvc {
         let status = StatusJson::parse(&row.status_json);
         let n = if r.events == 0 { 20 } else { r.events.min(1000) };
         let events = self.app.db.recent_events(&row.id, n).await.map_err(internal)?;
+        let console = self.app.db.console_events(&row.id, 20).await.map_err(internal)?;
         let commands = self.app.db.recent_commands(&row.id, 10).await.map_err(internal)?;
         Ok(Response::new(GetStoreReply {
             summary: Some(self.summary(&row)),
@@ -414,17 +442,8 @@ impl Operator for OperatorSvc {
                     addresses: w.addresses.clone(),
                 })
                 .collect(),
-            events: events
-                .into_iter()
-                .map(|e| StoreEvent {
-                    seq: e.seq,
-                    at_unix_ms: e.at_ms,
-                    kind: e.kind,
-                    workload: e.workload,
-                    message: e.message,
-                    subject: e.subject,
-                })
-                .collect(),
+            events: events.into_iter().map(store_event).collect(),
+            console: console.into_iter().map(store_event).collect(),
             commands: commands.iter().map(command_info).collect(),
             problems: status.problems.iter().map(|p| p.to_proto()).collect(),
         }))
@@ -709,6 +728,39 @@ impl Operator for OperatorSvc {
         self.auth(&req, Role::Admin).await?;
         let rows = self.app.db.list_api_tokens().await.map_err(internal)?;
         Ok(Response::new(ListApiTokensReply { tokens: rows.iter().map(api_token_info).collect() }))
+    }
+
+    async fn create_console_code(
+        &self,
+        req: Request<CreateConsoleCodeRequest>,
+    ) -> Result<Response<CreateConsoleCodeReply>, Status> {
+        let (who, caller) = self.caller(&req, Role::Operator).await?;
+        let r = req.into_inner();
+        let role = if r.role.is_empty() {
+            ConsoleRole::Technician
+        } else {
+            r.role.parse::<ConsoleRole>().map_err(|e| Status::invalid_argument(e.to_string()))?
+        };
+        // A technician code lets the bearer re-enroll the server and override its uplink.
+        if role == ConsoleRole::Technician && caller < Role::Admin {
+            return Err(Status::permission_denied(format!(
+                "token `{who}` has the {caller:?} role; a technician code needs Admin (an \
+                 operator may have a staff code: --role staff)"
+            )));
+        }
+        let ttl = if r.ttl_seconds == 0 {
+            console_codes::DEFAULT_TTL
+        } else {
+            std::time::Duration::from_secs(r.ttl_seconds)
+        };
+        let code = console_codes::issue(&self.app, &who, &r.store_id, role, ttl)
+            .await
+            .map_err(console_code_status)?;
+        Ok(Response::new(CreateConsoleCodeReply {
+            code: code.text,
+            role: code.role.to_string(),
+            expires_unix_ms: code.expires_ms,
+        }))
     }
 
     async fn revoke_api_token(

@@ -106,6 +106,13 @@ fn central_dir(state: &Path) -> PathBuf {
     state.join("central")
 }
 
+/// Where the store's console secret is kept (issue 12): `<state>/central/console.key`, written
+/// by the session crate at enrollment and whenever central's welcome brings a new one. The
+/// console reads it to check codes with no WAN.
+pub fn console_secret_path(state_dir: &Path) -> PathBuf {
+    enroll::console_secret_path(&central_dir(state_dir))
+}
+
 /// Enrolls once (retrying while central cannot be reached or the call is cut off: a store
 /// plugged in before its WAN works enrolls when it does), then returns the node's identity.
 /// Only a refusal (the token is wrong, used, expired or revoked) stops it.

@@ -133,3 +133,14 @@ fn a_failed_revision_is_reported_with_where_the_node_went() {
     assert_eq!(last.rolled_back_to, "r1");
     assert_eq!(r.workloads.iter().filter(|w| w.healthy).count(), 1);
 }
+
+#[test]
+fn the_console_secret_is_kept_in_the_central_folder_where_enrollment_writes_it() {
+    let d = tempfile::tempdir().unwrap();
+    let path = console_secret_path(d.path());
+    assert_eq!(path, d.path().join("central").join(backroom_session::console_code::SECRET_FILE));
+    // What the session crate writes there (at enrollment, at a welcome) is what reads back.
+    let secret = backroom_session::console_code::Secret::generate();
+    enroll::save_console_secret(&central_dir(d.path()), &secret).unwrap();
+    assert_eq!(backroom_session::console_code::Secret::load(&path).unwrap(), Some(secret));
+}

@@ -13,6 +13,11 @@
 //! still read, and replaced by the one file at the next save. The key of an enrollment is kept
 //! (`enroll.key`) until the certificate for it is saved: a retry after a lost reply sends the
 //! same key, which central recognises, so the token is not lost with the reply.
+//!
+//! The store's console secret (issue 12, [`crate::console_code`]) comes with the enrollment and
+//! is kept beside the identity in a file of its own ([`SECRET_FILE`], 0600), written before
+//! `identity.json`: a cut between the two leaves a new secret with the old identity, which the
+//! next session's welcome puts right (central sends the secret in every welcome).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,6 +28,7 @@ use backroom_api::node::{EnrollRequest, RenewRequest};
 use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::console_code::{SECRET_FILE, Secret};
 use crate::pki::{self, certs_from_pem};
 use crate::tls::{self, TlsError};
 use crate::token::EnrollToken;
@@ -121,6 +127,9 @@ pub struct Identity {
     /// The hash of the token this identity was enrolled with ('' when not known): the node
     /// does not try that token again when central refuses the identity.
     pub enrolled_with: String,
+    /// The store's console secret, if central sent one (a central older than console codes
+    /// does not). Kept in [`SECRET_FILE`], not in `identity.json`.
+    pub console_secret: Option<Secret>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -157,6 +166,7 @@ impl Identity {
             not_before_ms: info.not_before_ms,
             not_after_ms: info.not_after_ms,
             enrolled_with,
+            console_secret: None,
         })
     }
 
@@ -179,6 +189,14 @@ impl Identity {
     /// The identity kept in `dir`: `None` if the node has not enrolled, an error if what is
     /// there cannot be used (the node then needs an enrollment token).
     pub fn load(dir: &Path) -> Result<Option<Identity>, EnrollError> {
+        let id = Self::load_identity(dir)?;
+        Ok(id.map(|mut id| {
+            id.console_secret = load_console_secret(dir);
+            id
+        }))
+    }
+
+    fn load_identity(dir: &Path) -> Result<Option<Identity>, EnrollError> {
         let path = dir.join(IDENTITY);
         let one = match std::fs::read(&path) {
             Ok(bytes) => Some(
@@ -265,6 +283,9 @@ impl Identity {
     /// Keeps the identity in `dir` as one file, replaced in one rename; then removes the files
     /// of the layout of before, which would otherwise keep an old key on disk.
     pub fn save(&self, dir: &Path) -> Result<(), EnrollError> {
+        if let Some(secret) = &self.console_secret {
+            save_console_secret(dir, secret)?;
+        }
         let file = IdentityFile {
             key_pem: self.key_pem.clone(),
             cert_pem: self.cert_pem.clone(),
@@ -426,12 +447,13 @@ pub async fn enroll_with_key(
             }
         })?
         .into_inner();
-    let id = Identity::from_pems(
+    let mut id = Identity::from_pems(
         key_pem.to_string(),
         reply.certificate_pem,
         reply.ca_pem,
         token.secret_hash(),
     )?;
+    id.console_secret = console_secret_from(&reply.console_secret);
     if id.store_id != token.store_id {
         return Err(EnrollError::WrongStore { want: token.store_id.clone(), got: id.store_id });
     }
@@ -472,11 +494,55 @@ pub async fn renew(url: &str, id: &Identity, dir: &Path) -> Result<Identity, Enr
         id.ca_pem.clone(),
         id.enrolled_with.clone(),
     )?;
+    let new = Identity { console_secret: id.console_secret.clone(), ..new };
     if new.store_id != id.store_id {
         return Err(EnrollError::WrongStore { want: id.store_id.clone(), got: new.store_id });
     }
     new.save(dir)?;
     Ok(new)
+}
+
+/// Where the console secret is kept beside the identity in `dir`.
+pub fn console_secret_path(dir: &Path) -> PathBuf {
+    dir.join(SECRET_FILE)
+}
+
+/// The console secret central sent (empty: a central older than console codes).
+pub fn console_secret_from(bytes: &[u8]) -> Option<Secret> {
+    if bytes.is_empty() {
+        return None;
+    }
+    match Secret::from_bytes(bytes) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "central sent a console secret that is not one; ignored");
+            None
+        }
+    }
+}
+
+/// The console secret kept in `dir`, if it reads: one that does not is logged and treated as
+/// absent (central sends it again at the next session; the identity does not depend on it).
+fn load_console_secret(dir: &Path) -> Option<Secret> {
+    match Secret::load(&console_secret_path(dir)) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %backroom_daemon::Chain(&e), "the console secret is unusable until central sends it again");
+            None
+        }
+    }
+}
+
+/// Keeps `secret` in `dir` (0600, one rename).
+pub fn save_console_secret(dir: &Path, secret: &Secret) -> Result<(), EnrollError> {
+    let path = console_secret_path(dir);
+    secret.save(&path).map_err(|e| EnrollError::Save {
+        path: path.display().to_string(),
+        source: match e {
+            crate::console_code::CodeError::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        },
+    })
 }
 
 #[cfg(test)]

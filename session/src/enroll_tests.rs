@@ -158,3 +158,28 @@ proptest! {
         prop_assert_eq!(serde_json::from_slice::<IdentityFile>(&bytes).unwrap(), f);
     }
 }
+
+#[test]
+fn the_console_secret_is_kept_beside_the_identity_and_never_needed_to_load_it() {
+    let d = tempfile::tempdir().unwrap();
+    let mut id = identity("store-0042");
+    let secret = crate::console_code::Secret::generate();
+    id.console_secret = Some(secret.clone());
+    id.save(d.path()).unwrap();
+    assert_eq!(files(d.path()), ["console.key", "identity.json"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(console_secret_path(d.path())).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let back = Identity::load(d.path()).unwrap().unwrap();
+    assert_eq!(back.console_secret, Some(secret));
+    // The Debug of an identity shows neither the key nor the secret.
+    assert!(!format!("{back:?}").contains(&hex::encode(back.console_secret.unwrap().as_bytes())));
+    // A garbled secret file does not lock the node out: the identity loads without it.
+    std::fs::write(console_secret_path(d.path()), b"garbage").unwrap();
+    let back = Identity::load(d.path()).unwrap().unwrap();
+    assert!(back.console_secret.is_none());
+    // Central's bytes: empty (an older central) and the wrong length are no secret.
+    assert!(console_secret_from(&[]).is_none());
+    assert!(console_secret_from(&[1; 31]).is_none());
+    assert!(console_secret_from(&[1; 32]).is_some());
+}

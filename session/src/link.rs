@@ -237,6 +237,25 @@ impl Link {
         self.refused.subscribe()
     }
 
+    /// Keeps the console secret a welcome brings when it is new or changed (a store enrolled
+    /// before console codes, a file lost or garbled). A failure to write is logged and tried
+    /// again at the next welcome: the session does not depend on it.
+    fn keep_console_secret(&mut self, bytes: &[u8]) {
+        let Some(secret) = enroll::console_secret_from(bytes) else { return };
+        if self.identity.console_secret.as_ref() == Some(&secret)
+            && enroll::console_secret_path(&self.cfg.state_dir).exists()
+        {
+            return;
+        }
+        match enroll::save_console_secret(&self.cfg.state_dir, &secret) {
+            Ok(()) => {
+                tracing::info!(store = %self.identity.store_id, "console secret from central kept");
+                self.identity.console_secret = Some(secret);
+            }
+            Err(e) => tracing::error!(error = %Chain(&e), "cannot keep the console secret"),
+        }
+    }
+
     /// Keeps a session open forever; returns only if the node's side (the inbound channel) is gone.
     pub async fn run(mut self) {
         let mut retries = Self::backoff(&self.cfg).retries();
@@ -383,6 +402,7 @@ impl Link {
         };
         // What central has settles the outbox's numbering (and acknowledges what it holds).
         self.outbox.resume(welcome.acked_event_seq)?;
+        self.keep_console_secret(&welcome.console_secret);
         self.refused.send_replace(None);
         self.online.send_replace(true);
         self.contact.send_replace(self.clock.now_ms());

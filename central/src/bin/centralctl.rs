@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use backroom_api::operator::{
-    AlertGroup, CreateApiTokenRequest, CreateEnrollTokenRequest, FleetPushRequest,
-    FleetStatusRequest, GetCommandRequest, GetStoreRequest, ListAlertsReply, ListAlertsRequest,
-    ListApiTokensRequest, ListAuditRequest, ListEnrollTokensRequest, ListStoresRequest,
-    RevokeApiTokenRequest, RevokeEnrollTokenRequest, RevokeStoreRequest, SendCommandRequest,
-    StoreProfile, StoreSummary,
+    AlertGroup, CreateApiTokenRequest, CreateConsoleCodeRequest, CreateEnrollTokenRequest,
+    FleetPushRequest, FleetStatusRequest, GetCommandRequest, GetStoreRequest, ListAlertsReply,
+    ListAlertsRequest, ListApiTokensRequest, ListAuditRequest, ListEnrollTokensRequest,
+    ListStoresRequest, RevokeApiTokenRequest, RevokeEnrollTokenRequest, RevokeStoreRequest,
+    SendCommandRequest, StoreProfile, StoreSummary,
 };
 use backroom_central::{client, ctl_report, profile_report};
 use backroom_daemon::logging::LogArgs;
@@ -180,7 +180,8 @@ enum TokenCommand {
 enum StoreCommand {
     /// Every store: online or not, last seen, desired and applied revision, health, agent version.
     List,
-    /// One store: the list line, every workload's state, recent events and commands.
+    /// One store: the list line, every workload's state, recent events and commands, and what
+    /// was done at its local recovery console (newest first).
     Get {
         id: String,
         /// How many recent events.
@@ -209,6 +210,32 @@ enum StoreCommand {
     /// Revoke the store's certificate (a stolen or replaced server): its session ends now and
     /// central refuses it until it enrolls again with a new token.
     Revoke { id: String },
+    /// A code for the store's recovery console, to read to the person at the store over the
+    /// phone.
+    ///
+    /// The store's server checks the code by itself, with no connection to central: it works
+    /// when the store's WAN is down. Read it out in two groups of five, e.g. "K7QMX, 2HD9P";
+    /// the person types it at the console (case, dashes and spaces do not matter, and O, I or
+    /// L typed for 0 or 1 are understood). The code is good until the time printed, by the
+    /// store server's clock, and can be used again until then.
+    ///
+    /// Roles: `staff` may restart workloads; `technician` may do everything the console
+    /// offers (roll back, apply again, re-enroll, override the uplink, write a support
+    /// bundle). Operators may issue staff codes; technician codes need an admin token. Every
+    /// code issued is in the audit trail (who, store, role, expiry; never the code), and what
+    /// was done with it shows under "Local console" in `centralctl store get` once the store
+    /// is back online. Five wrong codes in a row lock the console for a while.
+    #[command(name = "console-code")]
+    ConsoleCode {
+        /// The store id, e.g. store-0042.
+        id: String,
+        /// What the code allows: staff or technician.
+        #[arg(long, default_value = "technician")]
+        role: String,
+        /// How long the code stays good: 10m to 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: backroom_profiles::Duration,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -471,10 +498,35 @@ async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
                         "subject": p.subject, "message": p.message, "since_unix_ms": p.since_unix_ms,
                         "failures": p.failures, "source": p.source,
                     })).collect::<Vec<_>>(),
+                    "local_console": r.console.iter().map(|e| serde_json::json!({
+                        "seq": e.seq, "at_unix_ms": e.at_unix_ms, "kind": e.kind, "workload": e.workload,
+                        "message": e.message,
+                    })).collect::<Vec<_>>(),
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", ctl_report::store(&r, now_ms()));
+            }
+        }
+        Remote::Store(StoreCommand::ConsoleCode { id, role, ttl }) => {
+            let r = c
+                .create_console_code(CreateConsoleCodeRequest {
+                    store_id: id.clone(),
+                    role,
+                    ttl_seconds: (ttl.millis() / 1000).max(1),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if conn.json {
+                let v = serde_json::json!({
+                    "store_id": id, "code": r.code, "role": r.role,
+                    "expires_unix_ms": r.expires_unix_ms,
+                    "expires": backroom_daemon::clock::rfc3339(r.expires_unix_ms),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", ctl_report::console_code(&id, &r, ttl.millis(), now_ms()));
             }
         }
         Remote::Store(StoreCommand::Restart { id, workload, opts }) => {

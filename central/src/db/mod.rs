@@ -1,5 +1,5 @@
-//! Central's durable state: stores, profile revisions, enrollment tokens, certificates, events,
-//! commands, alerts, API tokens and the audit trail.
+//! Central's durable state: stores, profile revisions, enrollment tokens, certificates, console
+//! secrets, events, commands, alerts, API tokens and the audit trail.
 //!
 //! One SQL dialect that SQLite and PostgreSQL both run, through sqlx's `Any` driver: SQLite
 //! (a file under `--data`) is the embedded default, PostgreSQL (`--database-url postgres://…`)
@@ -8,6 +8,7 @@
 //! (`schema.sql`).
 
 mod audit;
+mod console;
 mod retention;
 mod rows;
 mod trust;
@@ -17,6 +18,7 @@ use sqlx::{AnyPool, AssertSqlSafe};
 use sqlx::{Executor, Row};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRow};
+pub use console::CONSOLE_EVENT_KINDS;
 pub use retention::{Retention, Swept};
 pub use rows::*;
 pub use trust::*;
@@ -978,6 +980,8 @@ fn seq_to_db(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
+#[cfg(test)]
+mod console_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

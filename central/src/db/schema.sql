@@ -113,4 +113,9 @@ CREATE INDEX events_by_received ON events (received_ms);
 ALTER TABLE audit ADD COLUMN store_id TEXT NOT NULL DEFAULT '';
 CREATE INDEX audit_by_time ON audit (at_ms, id);
 CREATE INDEX audit_by_store ON audit (store_id, at_ms);
-CREATE INDEX alerts_by_store ON alerts (store_id, resolved_ms)
+CREATE INDEX alerts_by_store ON alerts (store_id, resolved_ms);
+
+-- migration 5: the store's console secret (issue 12), 64 hex digits: central issues console codes
+-- with it and the node checks them with its copy. Made at enrollment and replaced at each; a
+-- store enrolled before this gets one at its next session ('' until then).
+ALTER TABLE stores ADD COLUMN console_secret TEXT NOT NULL DEFAULT ''

@@ -297,7 +297,8 @@ async fn a_migration_not_yet_run_runs_even_when_a_later_one_has() {
             .map(|r| r.try_get::<i64, _>("version").unwrap())
             .collect();
         v.sort();
-        assert_eq!(v, [1, 2, 3, 4]);
+        let all: Vec<i64> = migrations().iter().map(|(n, _)| *n).collect();
+        assert_eq!(v, all);
         drop(db);
         if let Guard::Postgres(_) = &guard {
             drop_pg(&format!("{}_gap", pg_name(&guard)));

@@ -38,6 +38,8 @@ pub struct Enrollment<'a> {
     pub serial: &'a str,
     pub not_after_ms: i64,
     pub now_ms: i64,
+    /// The store's new console secret, hex (replaces the one it had).
+    pub console_secret_hex: &'a str,
 }
 
 /// Why an API token cannot be revoked.
@@ -312,13 +314,15 @@ impl Db {
         }
         sqlx::query(
             "UPDATE stores SET cert_serial = $2, cert_not_after = $3, next_cert_serial = '', \
-             next_cert_not_after = 0, enrolled_ms = $4, enrolled_token = $5 WHERE id = $1",
+             next_cert_not_after = 0, enrolled_ms = $4, enrolled_token = $5, \
+             console_secret = $6 WHERE id = $1",
         )
         .bind(store)
         .bind(e.serial)
         .bind(e.not_after_ms)
         .bind(e.now_ms)
         .bind(e.token_hash)
+        .bind(e.console_secret_hex)
         .execute(&mut *tx)
         .await
         .map_err(q("recording an enrollment"))?;

@@ -15,7 +15,14 @@ fn token<'a>(hash: &'a str, store: &'a str, expires_ms: i64) -> NewEnrollToken<'
 }
 
 fn enrollment<'a>(hash: &'a str, key: &'a str, serial: &'a str, now_ms: i64) -> Enrollment<'a> {
-    Enrollment { token_hash: hash, key_fingerprint: key, serial, not_after_ms: 9_999, now_ms }
+    Enrollment {
+        token_hash: hash,
+        key_fingerprint: key,
+        serial,
+        not_after_ms: 9_999,
+        now_ms,
+        console_secret_hex: "",
+    }
 }
 
 const H1: &str = "h1aaaaaaaaaaaaaaaaaa";
