@@ -620,7 +620,7 @@ fn modal(f: &mut Frame<'_>, area: Rect, app: &App, m: &Modal) {
                 } else {
                     Style::new()
                 };
-                t.push(Line::styled(format!("  {n}"), s));
+                t.push(Line::styled(format!(" {} {n}", if i == *selected { ">" } else { " " }), s));
             }
             let h = (t.len() as u16 + 2).min(area.height);
             ("Restart an app", Text::from(t), h)
