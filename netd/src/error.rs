@@ -79,6 +79,27 @@ pub enum Error {
         "netd runs in a mount namespace of its own (as under `ip netns exec`): namespace {netns} would be invisible to containerd and `ip netns`; run netd directly and use --netns instead"
     )]
     PrivateMounts { netns: String },
+    /// An uplink override that cannot be taken as given (nothing was changed).
+    #[error("the uplink override of segment {segment} is refused: {why}")]
+    OverrideRefused { segment: String, why: String },
+    #[error(
+        "revision {revision} awaits its confirmation (until unix time {deadline_unix}): confirm it or let it roll back before setting an uplink override"
+    )]
+    ApplyPending { revision: String, deadline_unix: i64 },
+    #[error(
+        "the uplink override of segment {segment} awaits its confirmation (until unix time {deadline_unix}): confirm it, clear it or let it roll back before applying a profile"
+    )]
+    OverridePending { segment: String, deadline_unix: i64 },
+    #[error("no uplink override is in force")]
+    NoOverride,
+    /// Writing or restoring the DNS file (`--resolv-conf`) failed.
+    #[error("cannot {what} {}", path.display())]
+    Resolv {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// A blocking task of the engine died (it panicked or was cancelled).
     #[error("{what} did not finish")]
     Task {
@@ -127,6 +148,7 @@ impl Error {
             Error::NoFreeAddress { segment, .. } | Error::NoSubnet { segment } => {
                 Some(format!("addresses of segment {segment}"))
             }
+            Error::Resolv { path, .. } => Some(format!("DNS file {}", path.display())),
             Error::Many(v) => v.iter().find_map(Error::subject),
             _ => None,
         }

@@ -28,6 +28,7 @@ pub mod links;
 pub mod netns;
 pub mod nft;
 pub mod nl;
+pub mod overrides;
 pub mod rtnl;
 pub mod server;
 pub mod state;

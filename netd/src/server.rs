@@ -60,11 +60,14 @@ const GRACE: Duration = Duration::from_secs(10);
 pub fn status(e: Error) -> Status {
     let msg = chain(&e);
     match e {
-        Error::Profile(_) | Error::RevisionMismatch { .. } => Status::invalid_argument(msg),
+        Error::Profile(_) | Error::RevisionMismatch { .. } | Error::OverrideRefused { .. } => {
+            Status::invalid_argument(msg)
+        }
         Error::NoSuchWorkload { .. }
         | Error::NoSuchSegment { .. }
         | Error::NoSuchInstance { .. }
         | Error::NothingPending
+        | Error::NoOverride
         | Error::OtherPending { .. }
         | Error::NoSuchLink { .. } => Status::not_found(msg),
         Error::NotApplied
@@ -75,6 +78,8 @@ pub fn status(e: Error) -> Status {
         | Error::NoSubnet { .. }
         | Error::AlreadyPrimary { .. }
         | Error::VmInstance { .. }
+        | Error::ApplyPending { .. }
+        | Error::OverridePending { .. }
         | Error::PrivateMounts { .. } => Status::failed_precondition(msg),
         Error::NoDhcpServer { .. } => Status::unavailable(msg),
         Error::Kernel { .. }
@@ -83,6 +88,7 @@ pub fn status(e: Error) -> Status {
         | Error::DhcpEncode { .. }
         | Error::NoNamespace { .. }
         | Error::Task { .. }
+        | Error::Resolv { .. }
         | Error::Serve(_)
         | Error::Many(_) => Status::internal(msg),
     }
@@ -473,6 +479,14 @@ impl Daemon {
             Ok(Some(Deadline::Kept { revision, again: true })) => {
                 info!(revision = %revision, "the network, applied again, is still unconfirmed: kept");
             }
+            Ok(Some(Deadline::OverrideRolledBack { segment, outcome })) => self.emit_override(
+                "override_rolled_back",
+                format!(
+                    "the uplink override of segment {segment} was not confirmed in time: the network before it is back ({} steps)",
+                    outcome.actions.len()
+                ),
+                &segment,
+            ),
             Ok(None) | Err(_) => {}
         }
         self.succeeded(ROLLBACK);
@@ -498,6 +512,7 @@ impl Daemon {
                 last_check = clock.now_ms();
             }
             self.deadline().await;
+            self.override_expiry().await;
             if clock.now_ms().saturating_sub(last_check) >= interval_ms {
                 self.check().await;
                 last_check = clock.now_ms();
@@ -531,6 +546,8 @@ pub fn attach_reply(ep: &Endpoint) -> pb::AttachReply {
 pub fn observe_reply(o: Observation) -> pb::ObserveReply {
     pb::ObserveReply {
         problems: Vec::new(),
+        r#override: o.segment_override.as_ref().map(overrides::to_pb),
+        override_dns: o.override_dns,
         applied_revision: o.applied_revision,
         pending_revision: o.pending_revision,
         confirm_deadline_unix: o.confirm_deadline_unix,
@@ -616,9 +633,50 @@ impl Netd for Daemon {
         req: Request<pb::ConfirmRequest>,
     ) -> Result<Response<pb::ConfirmReply>, Status> {
         let rev = req.into_inner().revision;
-        let confirmed = self.run(move |e| e.confirm(&rev)).await.map_err(status)?;
-        self.emit("confirmed", format!("revision {confirmed} is confirmed"), &confirmed);
+        let (confirmed, of_override) = self
+            .run(move |e| {
+                let of_override = overrides::pending_override(e)?;
+                Ok((e.confirm(&rev)?, of_override))
+            })
+            .await
+            .map_err(status)?;
+        match of_override {
+            Some(segment) => self.emit_override(
+                "confirmed",
+                format!("the uplink override of segment {segment} is confirmed"),
+                &segment,
+            ),
+            None => {
+                self.emit("confirmed", format!("revision {confirmed} is confirmed"), &confirmed)
+            }
+        }
         Ok(Response::new(pb::ConfirmReply { revision: confirmed }))
+    }
+
+    async fn set_override(
+        &self,
+        req: Request<pb::SetOverrideRequest>,
+    ) -> Result<Response<pb::SetOverrideReply>, Status> {
+        let r = req.into_inner();
+        let ask = overrides::request(r.r#override.unwrap_or_default());
+        let confirm = r.confirm_seconds;
+        let (o, out) =
+            self.run(move |e| e.set_override(&ask, confirm)).await.map_err(status)?;
+        self.override_set(&o, &out);
+        Ok(Response::new(pb::SetOverrideReply {
+            actions: out.actions,
+            confirm_deadline_unix: out.confirm_deadline_unix,
+            r#override: Some(overrides::to_pb(&o)),
+        }))
+    }
+
+    async fn clear_override(
+        &self,
+        _req: Request<pb::ClearOverrideRequest>,
+    ) -> Result<Response<pb::ClearOverrideReply>, Status> {
+        let end = self.run(|e| e.clear_override()).await.map_err(status)?;
+        self.override_ended("override_cleared", &end);
+        Ok(Response::new(pb::ClearOverrideReply { actions: end.outcome.actions }))
     }
 
     async fn plan(&self, req: Request<pb::PlanRequest>) -> Result<Response<pb::PlanReply>, Status> {
@@ -720,6 +778,7 @@ pub async fn serve(
     // Re-adopt what exists: repair whatever drifted while netd was not running.
     daemon.check().await;
     daemon.deadline().await;
+    daemon.override_expiry().await;
     tokio::spawn(daemon.clone().background(interval));
     let (d, rt) = (daemon.clone(), tokio::runtime::Handle::current());
     let spawned = std::thread::Builder::new().name("link-events".into()).spawn(move || {
@@ -775,6 +834,7 @@ pub async fn client(
 }
 
 mod link_events;
+mod overrides;
 #[cfg(test)]
 mod tests;
 

@@ -18,6 +18,7 @@ use backroom_daemon::fs::{Loaded, SetAside, StateLock, write_atomic};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::error::{Error, Result};
+use crate::overrides::{ResolvKept, SegmentOverride};
 
 /// A profile as netd applied it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,14 +32,19 @@ pub struct Applied {
     /// network rather than remove it (that would cut the store off). A confirm clears it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unconfirmed_kept: bool,
+    /// The uplink override in force on top of the profile (until it expires or is cleared);
+    /// later applies carry it over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_override: Option<SegmentOverride>,
 }
 
 impl Applied {
-    /// The same network (revision and uplink), whatever its confirmation.
+    /// The same network (revision, uplink and override), whatever its confirmation.
     pub fn same_network(&self, other: &Applied) -> bool {
         self.revision == other.revision
             && self.profile_yaml == other.profile_yaml
             && self.uplink_override == other.uplink_override
+            && self.segment_override == other.segment_override
     }
 }
 
@@ -48,6 +54,9 @@ impl Applied {
 pub struct Pending {
     pub deadline_unix: i64,
     pub previous: Option<Applied>,
+    /// The change awaiting confirmation is an uplink override (SetOverride), not an Apply.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub of_override: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +127,11 @@ pub const APPLIED: &str = "applied.json";
 pub const IPAM: &str = "ipam.json";
 pub const ENDPOINTS: &str = "endpoints.json";
 pub const DHCP: &str = "dhcp.json";
+/// The DNS file as it was before an override's servers were written into it.
+pub const RESOLV: &str = "resolv-kept.json";
+
+/// What [`RESOLV`] holds.
+pub type ResolvFile = Option<ResolvKept>;
 
 #[cfg(test)]
 mod tests {
@@ -133,6 +147,7 @@ mod tests {
                 profile_yaml: "y".into(),
                 uplink_override: None,
                 unconfirmed_kept: false,
+                segment_override: None,
             }),
             pending: None,
         };

@@ -27,6 +27,10 @@ struct Cli {
     /// Where netd keeps what it applied, its address leases and endpoints.
     #[arg(long, global = true, value_name = "DIR", default_value = "/var/lib/backroom/netd")]
     state_dir: PathBuf,
+    /// The DNS file an uplink override's servers are written to (the file it replaces comes
+    /// back when the override ends). Without it an override's DNS servers are not written.
+    #[arg(long, global = true, value_name = "PATH")]
+    resolv_conf: Option<PathBuf>,
     #[command(flatten)]
     log: LogArgs,
     #[command(subcommand)]
@@ -108,6 +112,10 @@ enum Command {
         /// The instance that becomes the primary, e.g. `next`.
         instance: String,
     },
+    /// The running daemon's uplink override: a segment's static address, gateway, DNS and
+    /// VLAN for a while, when the store's DHCP is broken (support's break-glass).
+    #[command(subcommand)]
+    Override(OverrideCommand),
     /// Confirm the pending apply of the running daemon (before its deadline passes).
     Confirm {
         /// The revision to confirm; by default whatever is pending.
@@ -119,6 +127,136 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum OverrideCommand {
+    /// Put an override in force (it ends by itself).
+    Set {
+        /// The segment, e.g. `mgmt`.
+        segment: String,
+        /// The host's address on the segment, CIDR (e.g. 192.168.7.20/24).
+        #[arg(long)]
+        address: String,
+        /// The default gateway, inside the address's network.
+        #[arg(long)]
+        gateway: String,
+        /// A DNS server (up to 3 times).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// A VLAN id instead of the profile's (0: the profile's).
+        #[arg(long, default_value_t = 0)]
+        vlan: u32,
+        /// How long it lasts (at most 1440 minutes).
+        #[arg(long, default_value_t = 240)]
+        minutes: i64,
+        /// The network before it comes back unless `netd confirm` follows within this (0: no
+        /// confirmation needed).
+        #[arg(long, default_value_t = 0)]
+        confirm_seconds: u32,
+        /// Why, for the events (e.g. "support: ticket 4711").
+        #[arg(long, default_value = "netd override set")]
+        reason: String,
+        /// The daemon's API socket.
+        #[arg(long, default_value = "/run/backroom/netd.sock")]
+        socket: PathBuf,
+    },
+    /// End the override at once.
+    Clear {
+        /// The daemon's API socket.
+        #[arg(long, default_value = "/run/backroom/netd.sock")]
+        socket: PathBuf,
+    },
+    /// Show the override in force.
+    Show {
+        /// The daemon's API socket.
+        #[arg(long, default_value = "/run/backroom/netd.sock")]
+        socket: PathBuf,
+    },
+}
+
+fn print_override(o: Option<&backroom_api::netd::Override>, dns: &str) {
+    let Some(o) = o else {
+        println!("no uplink override");
+        return;
+    };
+    let vlan = if o.vlan == 0 { String::new() } else { format!(" vlan {}", o.vlan) };
+    let servers = if o.dns.is_empty() { String::new() } else { format!(" dns {}", o.dns.join(" ")) };
+    println!(
+        "uplink override of segment {}: {} via {}{servers}{vlan} until {} ({})",
+        o.segment,
+        o.address,
+        o.gateway,
+        backroom_daemon::clock::rfc3339(o.expires_unix.saturating_mul(1000)),
+        o.reason
+    );
+    if !dns.is_empty() {
+        println!("override DNS: {dns}");
+    }
+}
+
+async fn override_command(cmd: OverrideCommand) -> Result<()> {
+    use backroom_api::netd as pb;
+    let refused = |s: tonic::Status| anyhow::anyhow!("netd refused: {}", s.message());
+    match cmd {
+        OverrideCommand::Set {
+            segment,
+            address,
+            gateway,
+            dns,
+            vlan,
+            minutes,
+            confirm_seconds,
+            reason,
+            socket,
+        } => {
+            let mut c = connect(socket).await?;
+            let now = backroom_daemon::clock::system().now_unix();
+            let o = pb::Override {
+                segment,
+                address,
+                gateway,
+                dns,
+                vlan,
+                expires_unix: now.saturating_add(minutes.saturating_mul(60)),
+                set_unix: 0,
+                reason,
+            };
+            let r = c
+                .set_override(pb::SetOverrideRequest { r#override: Some(o), confirm_seconds })
+                .await
+                .map_err(refused)?
+                .into_inner();
+            for a in &r.actions {
+                println!("{a}");
+            }
+            print_override(r.r#override.as_ref(), "");
+            if r.confirm_deadline_unix > 0 {
+                println!(
+                    "confirm with `netd confirm` before {}, or the network before it comes back",
+                    backroom_daemon::clock::rfc3339(r.confirm_deadline_unix.saturating_mul(1000))
+                );
+            }
+        }
+        OverrideCommand::Clear { socket } => {
+            let mut c = connect(socket).await?;
+            let r = c
+                .clear_override(pb::ClearOverrideRequest {})
+                .await
+                .map_err(refused)?
+                .into_inner();
+            for a in &r.actions {
+                println!("{a}");
+            }
+            println!("uplink override cleared");
+        }
+        OverrideCommand::Show { socket } => {
+            let mut c = connect(socket).await?;
+            let o = c.observe(pb::ObserveRequest {}).await.map_err(refused)?.into_inner();
+            print_override(o.r#override.as_ref(), &o.override_dns);
+        }
+    }
+    Ok(())
+}
+
 fn render(file: &Path) -> Result<backroom_profiles::Rendered> {
     backroom_profiles::render_file(file).map_err(|e| {
         let lines: Vec<String> = e.diagnostics.iter().map(|d| d.to_string()).collect();
@@ -126,8 +264,8 @@ fn render(file: &Path) -> Result<backroom_profiles::Rendered> {
     })
 }
 
-fn engine(dir: &Path) -> Result<Engine> {
-    kernel(Engine::open(dir))
+fn engine(dir: &Path, resolv_conf: Option<&Path>) -> Result<Engine> {
+    kernel(Engine::open(dir)).map(|e| e.resolv_conf_on(resolv_conf.map(Path::to_path_buf)))
 }
 
 /// A library error as the CLI prints it: the whole chain on one line.
@@ -210,6 +348,9 @@ fn print_observation(o: &backroom_api::netd::ObserveReply) {
             "not confirmed: kept at its deadline (no earlier network to go back to; confirm it to clear)"
         );
     }
+    if o.r#override.is_some() {
+        print_override(o.r#override.as_ref(), &o.override_dns);
+    }
     for s in &o.segments {
         let state = if s.present { "present" } else { "MISSING" };
         println!(
@@ -256,7 +397,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve { socket, access, check_interval } => {
             let access = access.access().context("--socket-group")?;
-            let engine = engine(&cli.state_dir)?;
+            let engine = engine(&cli.state_dir, cli.resolv_conf.as_deref())?;
             // Engine calls and DHCP exchanges (one per segment at most) share the blocking pool.
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -275,7 +416,7 @@ fn main() -> Result<()> {
         }
         Command::Apply { file, uplink, dry_run } => {
             let r = render(&file)?;
-            let mut e = engine(&cli.state_dir)?;
+            let mut e = engine(&cli.state_dir, cli.resolv_conf.as_deref())?;
             if dry_run {
                 for a in kernel(e.plan(&r, uplink.as_deref()))? {
                     println!("{a}");
@@ -291,7 +432,7 @@ fn main() -> Result<()> {
         }
         Command::Plan { file, uplink, nft } => {
             let r = render(&file)?;
-            let mut e = engine(&cli.state_dir)?;
+            let mut e = engine(&cli.state_dir, cli.resolv_conf.as_deref())?;
             if nft {
                 print!("{}", kernel(e.ruleset(&r, uplink.as_deref()))?);
             } else {
@@ -307,7 +448,10 @@ fn main() -> Result<()> {
         }
         Command::Show { socket } => {
             let reply = match Engine::open(&cli.state_dir) {
-                Ok(mut e) => server::observe_reply(kernel(e.observe())?),
+                Ok(e) => {
+                    let mut e = e.resolv_conf_on(cli.resolv_conf.clone());
+                    server::observe_reply(kernel(e.observe())?)
+                }
                 // The daemon holds the state: ask it.
                 Err(backroom_netd::Error::Busy { .. }) if socket.exists() => {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -325,7 +469,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Teardown => {
-            let mut e = engine(&cli.state_dir)?;
+            let mut e = engine(&cli.state_dir, cli.resolv_conf.as_deref())?;
             for r in kernel(e.teardown())? {
                 println!("removed {r}");
             }
@@ -333,7 +477,7 @@ fn main() -> Result<()> {
         }
         Command::Attach { file, workload, instance, uplink } => {
             let r = render(&file)?;
-            let mut e = engine(&cli.state_dir)?;
+            let mut e = engine(&cli.state_dir, cli.resolv_conf.as_deref())?;
             let applied = kernel(e.applied())?.applied;
             if applied.as_ref().map(|a| a.revision.as_str()) != Some(r.revision.as_str()) {
                 apply_and_lease(&mut e, &r, &file, uplink.as_deref())?;
@@ -343,16 +487,20 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Detach { workload, instance } => {
-            let mut e = engine(&cli.state_dir)?;
+            let mut e = engine(&cli.state_dir, cli.resolv_conf.as_deref())?;
             kernel(e.detach(&workload, &instance))?;
             println!("detached {workload}");
             Ok(())
         }
         Command::Promote { workload, instance } => {
-            let mut e = engine(&cli.state_dir)?;
+            let mut e = engine(&cli.state_dir, cli.resolv_conf.as_deref())?;
             let ep = kernel(e.promote(&workload, &instance))?;
             print_endpoint(&server::attach_reply(&ep));
             Ok(())
+        }
+        Command::Override(cmd) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(override_command(cmd))
         }
         Command::Confirm { revision, socket } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

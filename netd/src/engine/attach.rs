@@ -64,7 +64,13 @@ impl Engine {
         let (a, r) = self.applied_profile()?;
         let ipam: Ipam = self.state.load(state::IPAM)?;
         let have = self.links.observe()?;
-        let (_, rs) = self.desired(&r.profile, a.uplink_override.as_deref(), &have, &ipam)?;
+        let (_, rs) = self.desired(
+            &r.profile,
+            a.uplink_override.as_deref(),
+            a.segment_override.as_ref(),
+            &have,
+            &ipam,
+        )?;
         if !nft::differences(&rs, &self.fw.read()?).is_empty() {
             let seed = self.fw.counters().unwrap_or_default();
             self.fw.replace(&rs, &seed)?;

@@ -26,12 +26,16 @@ use crate::firewall::{self, Context};
 use crate::ipam::Ipam;
 use crate::links::{self, DesiredBridge, DesiredLinks, DesiredVlan, ENDPOINT_ALIAS};
 use crate::nft::{self, Firewall, Ruleset};
+use crate::overrides::SegmentOverride;
 use crate::rtnl::{LinkState, Links, Rtnl};
 use crate::state::{self, Applied, AppliedFile, Pending, StateDir};
 
 mod attach;
+mod overrides;
 #[cfg(test)]
 mod tests;
+
+pub use overrides::OverrideEnd;
 
 /// What an apply or reconcile did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -50,6 +54,8 @@ pub enum Deadline {
     /// There was nothing to go back to: the applied network stays, unconfirmed. `again`: it
     /// was kept unconfirmed before too (the same network applied again).
     Kept { revision: String, again: bool },
+    /// An uplink override was not confirmed in time: the network before it is back.
+    OverrideRolledBack { segment: String, outcome: Outcome },
 }
 
 /// A segment as observed.
@@ -74,6 +80,10 @@ pub struct Observation {
     pub counters: Vec<(String, u64, u64)>,
     pub drift: Vec<String>,
     pub endpoints: Vec<Endpoint>,
+    /// The uplink override in force, if any.
+    pub segment_override: Option<SegmentOverride>,
+    /// Where its DNS servers went (or why not); empty without DNS servers.
+    pub override_dns: String,
 }
 
 pub struct Engine {
@@ -84,6 +94,8 @@ pub struct Engine {
     dhcp: Arc<dyn Dhcp>,
     clock: SharedClock,
     parsed: Option<(String, Rendered)>,
+    /// Where an override's DNS servers are written (`--resolv-conf`); None: nowhere.
+    resolv_conf: Option<std::path::PathBuf>,
 }
 
 /// Parses a profile the way it travels between daemons and checks its revision.
@@ -136,6 +148,7 @@ impl Engine {
             dhcp: Arc::new(KernelDhcp),
             clock: backroom_daemon::clock::system(),
             parsed: None,
+            resolv_conf: None,
         })
     }
 
@@ -155,6 +168,7 @@ impl Engine {
             dhcp: Arc::new(MemDhcp::default()),
             clock: backroom_daemon::clock::system(),
             parsed: None,
+            resolv_conf: None,
         }
     }
 
@@ -170,6 +184,12 @@ impl Engine {
 
     pub fn clock_on(mut self, c: SharedClock) -> Engine {
         self.clock = c;
+        self
+    }
+
+    /// The file an uplink override's DNS servers go to (None: they are not written).
+    pub fn resolv_conf_on(mut self, path: Option<std::path::PathBuf>) -> Engine {
+        self.resolv_conf = path;
         self
     }
 
@@ -194,6 +214,7 @@ impl Engine {
         let _ = self.state.load::<Ipam>(state::IPAM);
         let _ = self.state.load::<Vec<Endpoint>>(state::ENDPOINTS);
         let _ = self.state.load::<Leases>(state::DHCP);
+        let _ = self.state.load::<state::ResolvFile>(state::RESOLV);
         self.state.take_set_aside()
     }
 
@@ -229,15 +250,20 @@ impl Engine {
     }
 
     /// The links and ruleset wanted for `p`, given what the kernel has now.
+    /// `over`: the uplink override in force (one that has expired is left out).
     fn desired(
         &mut self,
         p: &Profile,
         uplink_over: Option<&str>,
+        over: Option<&SegmentOverride>,
         have: &LinkState,
         ipam: &Ipam,
     ) -> Result<(DesiredLinks, Ruleset)> {
         let leases: Leases = self.state.load(state::DHCP)?;
         let now = self.clock.now_unix();
+        let over = over.filter(|o| o.active_at(now) && o.fits(p));
+        let overridden = over.map(|o| o.onto(p));
+        let p = overridden.as_ref().unwrap_or(p);
         let eps = self.endpoints()?;
         let uplink = resolve_uplink(p, uplink_over, have);
         let mut want = DesiredLinks { uplink: uplink.clone(), ..DesiredLinks::default() };
@@ -266,6 +292,10 @@ impl Engine {
             let routes = gw.map(|g| vec![(g, 100 + i as u32)]).unwrap_or_default();
             if let Some(l) = lease {
                 ctx.learned.insert(seg.name.as_str().to_string(), l.address.trunc());
+            }
+            // An overridden segment without a subnet: its network is the override's.
+            if let Some(o) = over.filter(|o| o.segment == seg.name.as_str()) {
+                ctx.learned.insert(o.segment.clone(), o.address.trunc());
             }
             want.bridges.push(DesiredBridge {
                 name: br.clone(),
@@ -347,11 +377,13 @@ impl Engine {
     }
 
     /// What applying `r` would do, one line per step; empty when the kernel already matches.
+    /// An uplink override in force stays in the plan (an apply keeps it).
     pub fn plan(&mut self, r: &Rendered, uplink: Option<&str>) -> Result<Vec<String>> {
         let mut ipam: Ipam = self.state.load(state::IPAM)?;
         ipam.sync(&r.profile)?;
         let have = self.links.observe()?;
-        let (want, rs) = self.desired(&r.profile, uplink, &have, &ipam)?;
+        let over = self.override_in_force()?;
+        let (want, rs) = self.desired(&r.profile, uplink, over.as_ref(), &have, &ipam)?;
         let steps = links::plan(&want, &have)?;
         let mut out: Vec<String> = steps.iter().map(|s| s.op.to_string()).collect();
         let diffs = nft::differences(&rs, &self.fw.read()?);
@@ -370,21 +402,41 @@ impl Engine {
         let mut ipam: Ipam = self.state.load(state::IPAM)?;
         ipam.sync(&r.profile)?;
         let have = self.links.observe()?;
-        Ok(self.desired(&r.profile, uplink, &have, &ipam)?.1)
+        let over = self.override_in_force()?;
+        Ok(self.desired(&r.profile, uplink, over.as_ref(), &have, &ipam)?.1)
     }
 
-    /// Makes the kernel match `r`; writes nothing when it already does.
-    fn converge(&mut self, r: &Rendered, uplink: Option<&str>) -> Result<Outcome> {
+    /// The uplink override of the applied state, while it is in force.
+    fn override_in_force(&self) -> Result<Option<SegmentOverride>> {
+        let now = self.clock.now_unix();
+        Ok(self
+            .applied()?
+            .applied
+            .and_then(|a| a.segment_override)
+            .filter(|o| o.active_at(now)))
+    }
+
+    /// Makes the kernel (and the DNS file) match `r` with the override `over`; writes nothing
+    /// when they already do.
+    fn converge(
+        &mut self,
+        r: &Rendered,
+        uplink: Option<&str>,
+        over: Option<&SegmentOverride>,
+    ) -> Result<Outcome> {
         let mut ipam: Ipam = self.state.load(state::IPAM)?;
         if ipam.sync(&r.profile)? {
             self.state.save(state::IPAM, &ipam)?;
         }
+        let now = self.clock.now_unix();
+        let over = over.filter(|o| o.active_at(now) && o.fits(&r.profile));
         let have = self.links.observe()?;
-        let (want, rs) = self.desired(&r.profile, uplink, &have, &ipam)?;
+        let (want, rs) = self.desired(&r.profile, uplink, over, &have, &ipam)?;
         let steps = links::plan(&want, &have)?;
         let diffs = nft::differences(&rs, &self.fw.read()?);
+        let resolv = self.resolv_plan(over)?;
         let mut out = Outcome::default();
-        if steps.is_empty() && diffs.is_empty() {
+        if steps.is_empty() && diffs.is_empty() && resolv.is_none() {
             return Ok(out);
         }
         out.changed = true;
@@ -406,6 +458,10 @@ impl Engine {
                 return Err(Error::Many(all));
             }
         }
+        if let Some(op) = resolv {
+            out.actions.push(op.to_string());
+            self.run_resolv(op)?;
+        }
         Ok(out)
     }
 
@@ -420,12 +476,37 @@ impl Engine {
         confirm_seconds: u32,
     ) -> Result<Outcome> {
         let before = self.applied()?;
-        let mut out = self.converge(r, uplink)?;
+        if let Some(p) = before.pending.as_ref().filter(|p| p.of_override) {
+            return Err(Error::OverridePending {
+                segment: before
+                    .applied
+                    .as_ref()
+                    .and_then(|a| a.segment_override.as_ref())
+                    .map(|o| o.segment.clone())
+                    .unwrap_or_default(),
+                deadline_unix: p.deadline_unix,
+            });
+        }
+        // The override in force stays across applies, as long as the new profile has its
+        // segment (outside the store); otherwise it ends here.
+        let carried = before.applied.as_ref().and_then(|a| a.segment_override.clone());
+        let (kept, ended): (Option<SegmentOverride>, Option<SegmentOverride>) = match carried {
+            Some(o) if o.fits(&r.profile) => (Some(o), None),
+            other => (None, other),
+        };
+        let mut out = self.converge(r, uplink, kept.as_ref())?;
+        if let Some(o) = ended {
+            out.actions.push(format!(
+                "end the uplink override of segment {}: the profile has no such segment outside the store",
+                o.segment
+            ));
+        }
         let applied = Applied {
             revision: r.revision.as_str().to_string(),
             profile_yaml: r.to_yaml(),
             uplink_override: uplink.filter(|u| !u.is_empty()).map(str::to_string),
             unconfirmed_kept: false,
+            segment_override: kept,
         };
         let pending = if confirm_seconds > 0 {
             // A pending apply replaced by another keeps the last confirmed state to go back to.
@@ -434,7 +515,7 @@ impl Engine {
                 None => before.applied.clone(),
             };
             out.confirm_deadline_unix = self.clock.now_unix() + i64::from(confirm_seconds);
-            Some(Pending { deadline_unix: out.confirm_deadline_unix, previous })
+            Some(Pending { deadline_unix: out.confirm_deadline_unix, previous, of_override: false })
         } else {
             None
         };
@@ -447,15 +528,19 @@ impl Engine {
 
     /// The DHCP segments of the applied profile that need a lease now (none yet, expired, or
     /// due for renewal): the plan; the exchanges are the caller's to run.
+    /// A segment under an uplink override asks for no lease until the override ends.
     pub fn dhcp_due(&mut self) -> Result<Vec<DhcpRequest>> {
-        let (_, r) = self.applied_profile()?;
+        let (a, r) = self.applied_profile()?;
         let leases: Leases = self.state.load(state::DHCP)?;
         let now = self.clock.now_unix();
+        let overridden =
+            a.segment_override.filter(|o| o.active_at(now)).map(|o| o.segment).unwrap_or_default();
         Ok(r.profile
             .network
             .segments
             .iter()
             .filter(|s| s.address == HostAddress::Dhcp)
+            .filter(|s| s.name.as_str() != overridden)
             .filter(|s| leases.get(s.name.as_str()).is_none_or(|l| l.renew_at <= now))
             .map(|s| DhcpRequest {
                 segment: s.name.as_str().to_string(),
@@ -491,7 +576,8 @@ impl Engine {
             return Ok(actions);
         }
         self.state.save(state::DHCP, &leases)?;
-        let more = self.converge(&r, a.uplink_override.as_deref())?;
+        let more =
+            self.converge(&r, a.uplink_override.as_deref(), a.segment_override.as_ref())?;
         actions.extend(more.actions);
         Ok(actions)
     }
@@ -523,7 +609,7 @@ impl Engine {
     /// Re-applies the applied profile: repairs drift. Nothing is written when there is none.
     pub fn reconcile(&mut self) -> Result<Outcome> {
         let (a, r) = self.applied_profile()?;
-        self.converge(&r, a.uplink_override.as_deref())
+        self.converge(&r, a.uplink_override.as_deref(), a.segment_override.as_ref())
     }
 
     /// What differs between the kernel and the applied profile right now.
@@ -532,7 +618,10 @@ impl Engine {
         let r = self.parse_cached(&a)?;
         let ipam: Ipam = self.state.load(state::IPAM)?;
         let have = self.links.observe()?;
-        let (want, rs) = self.desired(&r.profile, a.uplink_override.as_deref(), &have, &ipam)?;
+        let now = self.clock.now_unix();
+        let over = a.segment_override.as_ref().filter(|o| o.active_at(now) && o.fits(&r.profile));
+        let (want, rs) =
+            self.desired(&r.profile, a.uplink_override.as_deref(), over, &have, &ipam)?;
         let mut out: Vec<String> = match links::plan(&want, &have) {
             Ok(steps) => {
                 steps.iter().map(|s| format!("the kernel differs: netd would {}", s.op)).collect()
@@ -544,6 +633,9 @@ impl Engine {
             Err(e) => return Err(e),
         };
         out.extend(nft::differences(&rs, &self.fw.read()?));
+        if let Some(op) = self.resolv_plan(over)? {
+            out.push(format!("the DNS file differs: netd would {op}"));
+        }
         for ep in self.endpoints()? {
             if ep.vm {
                 continue;
@@ -597,11 +689,20 @@ impl Engine {
         match p.previous {
             Some(prev) if !prev.same_network(&applied) => {
                 let r = parse_profile(&prev.revision, &prev.profile_yaml)?;
-                let out = self.converge(&r, prev.uplink_override.as_deref())?;
+                let out = self.converge(
+                    &r,
+                    prev.uplink_override.as_deref(),
+                    prev.segment_override.as_ref(),
+                )?;
                 self.state.save(
                     state::APPLIED,
                     &AppliedFile { applied: Some(prev.clone()), pending: None },
                 )?;
+                if p.of_override {
+                    let segment =
+                        applied.segment_override.map(|o| o.segment).unwrap_or_default();
+                    return Ok(Some(Deadline::OverrideRolledBack { segment, outcome: out }));
+                }
                 Ok(Some(Deadline::RolledBack { revision: prev.revision, outcome: out }))
             }
             prev => {
@@ -667,6 +768,12 @@ impl Engine {
                 o.counters.push((rule.name.as_str().to_string(), pk, by));
             }
             o.drift = self.drift()?;
+            let now = self.clock.now_unix();
+            o.segment_override = a.segment_override.clone().filter(|x| x.active_at(now));
+            o.override_dns = crate::overrides::dns_status(
+                self.resolv_conf.as_deref(),
+                o.segment_override.as_ref(),
+            );
         }
         o.endpoints = self.endpoints()?;
         Ok(o)
@@ -731,6 +838,11 @@ impl Engine {
             if let Err(e) = self.state.save(name, &v) {
                 errs.push(e);
             }
+        }
+        match self.restore_resolv() {
+            Ok(Some(line)) => removed.push(line),
+            Ok(None) => {}
+            Err(e) => errs.push(e),
         }
         if let Err(e) = self.state.save(state::APPLIED, &AppliedFile::default()) {
             errs.push(e);
