@@ -33,6 +33,8 @@ use crate::state::{self, Applied, AppliedFile, Pending, StateDir};
 mod attach;
 mod overrides;
 #[cfg(test)]
+mod overrides_tests;
+#[cfg(test)]
 mod tests;
 
 pub use overrides::OverrideEnd;
