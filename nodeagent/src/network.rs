@@ -7,9 +7,14 @@
 //! A container's network namespace comes from `attach(workload, instance)`; its OCI spec then
 //! joins that namespace. For a start-first update the new instance runs as `next` (namespace
 //! `bk-<workload>--next`, temporary addresses) and `promote` moves the stable addresses onto it.
+//!
+//! The recovery console's uplink override (netd's SetOverride/ClearOverride) goes through
+//! [`Network::set_override`], [`Network::clear_override`] and [`Network::override_state`]:
+//! netd validates it, keeps it across applies and ends it by itself when it expires.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +46,41 @@ pub struct NetworkApplied {
     pub actions: Vec<String>,
     /// Unix seconds; 0 when no confirmation is pending.
     pub confirm_deadline: i64,
+}
+
+/// An uplink override: for a while, a segment's static host address, default gateway, DNS
+/// servers and VLAN instead of its profile's (netd checks it and says what is wrong).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverrideSpec {
+    /// A segment of the applied profile, not `internal` (e.g. `mgmt`).
+    pub segment: String,
+    /// The host's address with its prefix, e.g. `192.168.7.20/24`.
+    pub address: String,
+    /// Inside `address`'s network.
+    pub gateway: IpAddr,
+    /// At most 3; empty: DNS left as it is.
+    pub dns: Vec<IpAddr>,
+    /// 1..=4094; 0: the profile's VLAN.
+    pub vlan: u16,
+    /// Unix seconds, at most 24 h ahead; 0 when asking: netd's default, 4 h from now.
+    pub expires_unix: i64,
+    /// When netd took it (0 when asking).
+    pub set_unix: i64,
+    /// Free text, e.g. `console: technician`.
+    pub reason: String,
+}
+
+/// The override netd has in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverrideState {
+    pub spec: OverrideSpec,
+    /// Where its DNS servers went ("written to /etc/resolv.conf"), or why not; empty without.
+    pub dns: String,
+}
+
+/// The error of a network that has no uplink override.
+fn no_override(op: &'static str, why: &str) -> Error {
+    Error::Netd { op, source: Rpc(tonic::Status::failed_precondition(why.to_string())) }
 }
 
 /// The network daemon.
@@ -77,6 +117,57 @@ pub trait Network: Send + Sync + 'static {
     fn address(&self) -> String {
         String::new()
     }
+    /// Puts an uplink override in force; with `confirm_seconds > 0` the network before it
+    /// comes back unless [`Network::confirm`] follows in time.
+    fn set_override(
+        &self,
+        _o: OverrideSpec,
+        _confirm_seconds: u32,
+    ) -> impl Future<Output = Result<NetworkApplied>> + Send {
+        async { Err(no_override("set override", "this network has no uplink override")) }
+    }
+    /// Ends the uplink override at once.
+    fn clear_override(&self) -> impl Future<Output = Result<()>> + Send {
+        async { Err(no_override("clear override", "this network has no uplink override")) }
+    }
+    /// The uplink override in force, if any.
+    fn override_state(&self) -> impl Future<Output = Result<Option<OverrideState>>> + Send {
+        async { Ok(None) }
+    }
+}
+
+fn override_pb(o: OverrideSpec) -> pb::Override {
+    pb::Override {
+        segment: o.segment,
+        address: o.address,
+        gateway: o.gateway.to_string(),
+        dns: o.dns.iter().map(ToString::to_string).collect(),
+        vlan: u32::from(o.vlan),
+        expires_unix: o.expires_unix,
+        set_unix: o.set_unix,
+        reason: o.reason,
+    }
+}
+
+fn override_spec(o: pb::Override) -> Result<OverrideSpec> {
+    let ip = |what: &str, s: &str| {
+        s.parse::<IpAddr>().map_err(|_| Error::Netd {
+            op: "observe",
+            source: Rpc(tonic::Status::internal(format!(
+                "netd answered {what} `{s}` for the uplink override: not an IP address"
+            ))),
+        })
+    };
+    Ok(OverrideSpec {
+        gateway: ip("gateway", &o.gateway)?,
+        dns: o.dns.iter().map(|d| ip("DNS server", d)).collect::<Result<_>>()?,
+        vlan: u16::try_from(o.vlan).unwrap_or(0),
+        segment: o.segment,
+        address: o.address,
+        expires_unix: o.expires_unix,
+        set_unix: o.set_unix,
+        reason: o.reason,
+    })
 }
 
 fn endpoints(r: pb::AttachReply) -> Endpoints {
@@ -212,6 +303,45 @@ impl Network for NetdClient {
     fn address(&self) -> String {
         self.socket.display().to_string()
     }
+
+    async fn set_override(&self, o: OverrideSpec, confirm_seconds: u32) -> Result<NetworkApplied> {
+        let r = self
+            .client
+            .clone()
+            .set_override(pb::SetOverrideRequest {
+                r#override: Some(override_pb(o)),
+                confirm_seconds,
+            })
+            .await
+            .map_err(netd("set override"))?
+            .into_inner();
+        Ok(NetworkApplied {
+            changed: !r.actions.is_empty(),
+            actions: r.actions,
+            confirm_deadline: r.confirm_deadline_unix,
+        })
+    }
+
+    async fn clear_override(&self) -> Result<()> {
+        self.client
+            .clone()
+            .clear_override(pb::ClearOverrideRequest {})
+            .await
+            .map_err(netd("clear override"))?;
+        Ok(())
+    }
+
+    async fn override_state(&self) -> Result<Option<OverrideState>> {
+        let r = self
+            .client
+            .clone()
+            .observe(pb::ObserveRequest {})
+            .await
+            .map_err(netd("observe"))?
+            .into_inner();
+        let dns = r.override_dns;
+        r.r#override.map(|o| Ok(OverrideState { spec: override_spec(o)?, dns })).transpose()
+    }
 }
 
 /// No netd on this node (`--netd-socket none`): the network is not managed, and workloads
@@ -248,7 +378,15 @@ impl Network for NoNetwork {
     fn configured(&self) -> bool {
         false
     }
+    async fn set_override(&self, _: OverrideSpec, _: u32) -> Result<NetworkApplied> {
+        Err(no_override("set override", NO_NETWORK))
+    }
+    async fn clear_override(&self) -> Result<()> {
+        Err(no_override("clear override", NO_NETWORK))
+    }
 }
+
+const NO_NETWORK: &str = "this node runs no network (nodeagent runs with --netd-socket none)";
 
 /// An in-memory netd for unit tests: remembers calls, hands out namespace paths, sends the
 /// events a test makes it send, and can be cut off and brought back.
@@ -270,6 +408,10 @@ pub struct MemoryNetState {
     pub down: Option<String>,
     /// How many liveness checks asked.
     pub pings: u32,
+    /// The uplink override in force (what `override_state` answers).
+    pub override_in_force: Option<OverrideSpec>,
+    /// netd refuses every override with this message.
+    pub fail_override: Option<String>,
     listeners: Vec<mpsc::UnboundedSender<Result<PeerEvent>>>,
 }
 
@@ -422,6 +564,37 @@ impl Network for MemoryNetwork {
     fn address(&self) -> String {
         "the in-memory netd".into()
     }
+    async fn set_override(&self, o: OverrideSpec, confirm_seconds: u32) -> Result<NetworkApplied> {
+        let mut s = self.state();
+        s.calls.push(format!("set override {} {} via {}", o.segment, o.address, o.gateway));
+        s.reachable("set override")?;
+        if let Some(m) = &s.fail_override {
+            return Err(Error::Netd {
+                op: "set override",
+                source: Rpc(tonic::Status::invalid_argument(m.clone())),
+            });
+        }
+        let confirm_deadline = if confirm_seconds > 0 { i64::from(confirm_seconds) } else { 0 };
+        s.override_in_force = Some(o);
+        Ok(NetworkApplied { changed: true, actions: vec![], confirm_deadline })
+    }
+    async fn clear_override(&self) -> Result<()> {
+        let mut s = self.state();
+        s.calls.push("clear override".into());
+        s.reachable("clear override")?;
+        match s.override_in_force.take() {
+            Some(_) => Ok(()),
+            None => Err(Error::Netd {
+                op: "clear override",
+                source: Rpc(tonic::Status::not_found("no uplink override is in force")),
+            }),
+        }
+    }
+    async fn override_state(&self) -> Result<Option<OverrideState>> {
+        let s = self.state();
+        s.reachable("observe")?;
+        Ok(s.override_in_force.clone().map(|spec| OverrideState { spec, dns: String::new() }))
+    }
 }
 
 /// The network a node runs with: netd's socket, or none (`--netd-socket none`).
@@ -504,5 +677,74 @@ impl Network for NetworkChoice {
             NetworkChoice::Netd(n) => n.address(),
             NetworkChoice::None(n) => n.address(),
         }
+    }
+    async fn set_override(&self, o: OverrideSpec, confirm_seconds: u32) -> Result<NetworkApplied> {
+        match self {
+            NetworkChoice::Netd(n) => n.set_override(o, confirm_seconds).await,
+            NetworkChoice::None(n) => n.set_override(o, confirm_seconds).await,
+        }
+    }
+    async fn clear_override(&self) -> Result<()> {
+        match self {
+            NetworkChoice::Netd(n) => n.clear_override().await,
+            NetworkChoice::None(n) => n.clear_override().await,
+        }
+    }
+    async fn override_state(&self) -> Result<Option<OverrideState>> {
+        match self {
+            NetworkChoice::Netd(n) => n.override_state().await,
+            NetworkChoice::None(n) => n.override_state().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+
+    fn spec() -> OverrideSpec {
+        OverrideSpec {
+            segment: "mgmt".into(),
+            address: "192.168.7.20/24".into(),
+            gateway: "192.168.7.1".parse().unwrap(),
+            dns: vec!["9.9.9.9".parse().unwrap()],
+            vlan: 42,
+            expires_unix: 1_796_000_000,
+            set_unix: 1_795_990_000,
+            reason: "console: technician".into(),
+        }
+    }
+
+    #[test]
+    fn an_override_goes_to_netd_and_reads_back_as_it_was() {
+        assert_eq!(override_spec(override_pb(spec())).unwrap(), spec());
+        let mut bad = override_pb(spec());
+        bad.gateway = "router".into();
+        let e = override_spec(bad).unwrap_err();
+        assert!(backroom_daemon::chain(&e).contains("gateway `router`"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_node_without_a_network_says_so() {
+        let n = NetworkChoice::from_flag(Path::new("none"));
+        let e = n.set_override(spec(), 0).await.unwrap_err();
+        assert!(backroom_daemon::chain(&e).contains("this node runs no network"), "{e}");
+        let e = n.clear_override().await.unwrap_err();
+        assert!(backroom_daemon::chain(&e).contains("this node runs no network"), "{e}");
+        assert_eq!(n.override_state().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_in_memory_netd_keeps_the_override_until_cleared() {
+        let n = MemoryNetwork::default();
+        assert_eq!(n.override_state().await.unwrap(), None);
+        let a = n.set_override(spec(), 60).await.unwrap();
+        assert!(a.confirm_deadline > 0);
+        assert_eq!(n.override_state().await.unwrap().unwrap().spec, spec());
+        n.clear_override().await.unwrap();
+        assert_eq!(n.override_state().await.unwrap(), None);
+        assert!(n.clear_override().await.is_err(), "nothing left to clear");
+        n.cut("netd stopped");
+        assert!(n.set_override(spec(), 0).await.is_err());
     }
 }

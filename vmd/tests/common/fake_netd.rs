@@ -78,6 +78,18 @@ impl pb::netd_server::Netd for FakeNetd {
     ) -> Result<Response<pb::TeardownReply>, Status> {
         Err(Status::unimplemented("fake netd"))
     }
+    async fn set_override(
+        &self,
+        _: Request<pb::SetOverrideRequest>,
+    ) -> Result<Response<pb::SetOverrideReply>, Status> {
+        Err(Status::unimplemented("fake netd"))
+    }
+    async fn clear_override(
+        &self,
+        _: Request<pb::ClearOverrideRequest>,
+    ) -> Result<Response<pb::ClearOverrideReply>, Status> {
+        Err(Status::unimplemented("fake netd"))
+    }
     type EventsStream = Events;
     async fn events(&self, _: Request<pb::EventsRequest>) -> Result<Response<Events>, Status> {
         Err(Status::unimplemented("fake netd"))
