@@ -261,6 +261,17 @@ pub fn plan(want: &DesiredLinks, have: &LinkState) -> Result<Vec<Step>> {
                     .collect()
             })
             .unwrap_or_default();
+        // A route replaced by another of the same metric (a new gateway) goes first: the
+        // kernel holds one default route per metric. Other removals wait for the additions.
+        for (g, m) in have_routes.iter().filter(|r| !b.routes.contains(r)) {
+            if b.routes.iter().any(|(_, wm)| wm == m) {
+                push(
+                    &mut steps,
+                    LinkOp::DelRoute { link: b.name.clone(), gateway: *g, metric: *m },
+                    vec![LinkOp::AddRoute { link: b.name.clone(), gateway: *g, metric: *m }],
+                );
+            }
+        }
         for (g, m) in &b.routes {
             if !have_routes.contains(&(*g, *m)) {
                 push(
@@ -270,7 +281,11 @@ pub fn plan(want: &DesiredLinks, have: &LinkState) -> Result<Vec<Step>> {
                 );
             }
         }
-        for (g, m) in have_routes.iter().filter(|r| !b.routes.contains(r)) {
+        for (g, m) in have_routes
+            .iter()
+            .filter(|r| !b.routes.contains(r))
+            .filter(|(_, m)| !b.routes.iter().any(|(_, wm)| wm == m))
+        {
             removals.insert(
                 0,
                 Step {
@@ -434,5 +449,22 @@ mod tests {
             })
             .collect();
         assert_eq!(dels, ["up0.10", "br-pos"]);
+    }
+
+    #[test]
+    fn a_new_gateway_replaces_the_default_route_of_the_same_metric() {
+        let mut k = MemLinks::default().with_link("up0");
+        let first = plan(&want(), &k.observe().unwrap()).unwrap();
+        run(&mut k, &first).unwrap();
+        let mut moved = want();
+        moved.bridges[0].addrs = vec!["192.168.7.20/24".parse().unwrap()];
+        moved.bridges[0].routes = vec![("192.168.7.1".parse().unwrap(), 100)];
+        let steps = plan(&moved, &k.observe().unwrap()).unwrap();
+        run(&mut k, &steps).unwrap();
+        assert!(plan(&moved, &k.observe().unwrap()).unwrap().is_empty());
+        // Make before break still holds for the address.
+        let ops: Vec<String> = steps.iter().map(|s| s.op.to_string()).collect();
+        let at = |p: &str| ops.iter().position(|o| o.starts_with(p)).unwrap();
+        assert!(at("add address 192.168.7.20/24") < at("remove address 10.0.0.2/24"), "{ops:?}");
     }
 }

@@ -590,6 +590,14 @@ impl Links for MemLinkState {
             }
             LinkOp::AddRoute { link, gateway, metric } => {
                 let index = self.index(link)?;
+                // As the kernel: one default route per family and metric in the table.
+                let dst = default_net(gateway.is_ipv6());
+                if self.state.routes.iter().any(|r| r.dst == dst && r.metric == *metric) {
+                    return Err(Error::kernel(
+                        format!("cannot add default route via {gateway} dev {link} metric {metric}"),
+                        std::io::Error::from_raw_os_error(libc::EEXIST),
+                    ));
+                }
                 self.state.routes.push(Route {
                     dst: default_net(gateway.is_ipv6()),
                     gateway: Some(*gateway),

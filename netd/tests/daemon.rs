@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backroom_api::netd as pb;
+use common::serve::{Serve, until};
 use common::{must, serial};
 use futures::StreamExt;
 use store::{Store, Upstream};
@@ -34,89 +35,12 @@ network:
       - {name: mgmt-ssh, from: mgmt, to: host, ports: [tcp/22]}
 "#;
 
-/// `netd serve` in the store's namespace, stopped with SIGTERM (or killed) on drop.
-struct Serve {
-    child: Option<std::process::Child>,
-    sock: PathBuf,
-}
-
-impl Serve {
-    fn start(s: &Store, interval: u32) -> Serve {
-        let sock = s.netd.state.path().join("netd.sock");
-        let child = std::process::Command::new(&s.netd.bin)
-            .args(["--netns", &s.netd.netns, "--state-dir"])
-            .arg(s.netd.state.path())
-            .args(["--log-format", "journald", "serve", "--check-interval"])
-            .arg(interval.to_string())
-            .arg("--socket")
-            .arg(&sock)
-            .env("RUST_LOG", "info")
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while !sock.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "netd serve made no socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Serve { child: Some(child), sock }
-    }
-
-    /// SIGTERM, then the exit status (within `limit`).
-    fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        let pid = rustix::process::Pid::from_child(&child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        let start = Instant::now();
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if start.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("netd serve did not stop within {limit:?} of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-type Events = tonic::Streaming<pb::Event>;
-
-/// Events until one of `kind` about `subject` (any subject when empty) arrives, within `limit`.
-async fn until(events: &mut Events, kind: &str, subject: &str, limit: Duration) -> Vec<pb::Event> {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut seen = Vec::new();
-    loop {
-        let ev = match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(Ok(ev))) => ev,
-            other => {
-                panic!("no {kind} {subject} event within {limit:?} ({other:?}); saw {seen:#?}")
-            }
-        };
-        let done = ev.kind == kind && (subject.is_empty() || ev.subject == subject);
-        seen.push(ev);
-        if done {
-            return seen;
-        }
-    }
-}
-
 #[test]
 fn an_uplink_pulled_out_is_one_failing_problem_until_it_is_back_and_repaired() {
     let _g = serial();
     let s = Store::new(SHOP, &Upstream { router_addr: "10.9.0.1/24".into(), dhcp: false });
     // A long interval: the link events, not the interval, tell netd.
-    let mut serve = Serve::start(&s, 300);
+    let mut serve = Serve::start(&s.netd, 300);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut c = backroom_netd::server::client(serve.sock.clone()).await.unwrap();
@@ -238,7 +162,7 @@ fn an_apply_returns_while_a_dhcp_exchange_is_in_flight() {
     assert_ne!(before, after);
     let s = Store::new(&before, &Upstream { router_addr: "10.9.0.1/24".into(), dhcp: true });
     let watch = DhcpWatch::start(&s.router.name);
-    let serve = Serve::start(&s, 300);
+    let serve = Serve::start(&s.netd, 300);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut c = backroom_netd::server::client(serve.sock.clone()).await.unwrap();

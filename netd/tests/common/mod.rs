@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use backroom_profiles::{HOST, INTERNET, Profile, Proto};
 
+pub mod serve;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// Tests that make workload namespaces (`bk-<workload>`, names fixed by the contract) take turns.
 pub static SERIAL: Mutex<()> = Mutex::new(());
