@@ -642,7 +642,7 @@ impl Netd for Daemon {
             .map_err(status)?;
         match of_override {
             Some(segment) => self.emit_override(
-                "confirmed",
+                "override_confirmed",
                 format!("the uplink override of segment {segment} is confirmed"),
                 &segment,
             ),
@@ -775,10 +775,11 @@ pub async fn serve(
 ) -> Result<(), Error> {
     use backroom_daemon::{notify, signal, socket as sock};
     let incoming = sock::listen(&socket, access)?;
-    // Re-adopt what exists: repair whatever drifted while netd was not running.
+    // An override that ended while netd was not running ends first (not seen as drift), then
+    // whatever drifted meanwhile is repaired.
+    daemon.override_expiry().await;
     daemon.check().await;
     daemon.deadline().await;
-    daemon.override_expiry().await;
     tokio::spawn(daemon.clone().background(interval));
     let (d, rt) = (daemon.clone(), tokio::runtime::Handle::current());
     let spawned = std::thread::Builder::new().name("link-events".into()).spawn(move || {

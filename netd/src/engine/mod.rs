@@ -666,7 +666,10 @@ impl Engine {
                 asked: revision.into(),
             });
         }
-        a.unconfirmed_kept = false;
+        // An override's confirmation says nothing about the profile's network.
+        if !f.pending.as_ref().is_some_and(|p| p.of_override) {
+            a.unconfirmed_kept = false;
+        }
         let rev = a.revision.clone();
         f.pending = None;
         self.state.save(state::APPLIED, &f)?;

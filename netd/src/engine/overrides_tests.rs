@@ -265,3 +265,20 @@ fn dns_servers_are_written_and_the_file_before_them_restored() {
     e.set_override(&OverrideRequest { expires_unix: 0, ..req }, 0).unwrap();
     assert!(e.observe().unwrap().override_dns.starts_with("not written"));
 }
+
+#[test]
+fn confirming_an_override_leaves_a_kept_network_unconfirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let mut e = engine(dir.path(), &clock);
+    // A connected node's first network, never confirmed by central: kept at its deadline.
+    e.apply(&profile(SHOP), None, 30).unwrap();
+    clock.advance(Duration::from_secs(30));
+    e.rollback_if_due().unwrap().unwrap();
+    assert!(e.observe().unwrap().unconfirmed_kept);
+    e.set_override(&OverrideRequest { expires_unix: 0, ..ask(60) }, 30).unwrap();
+    e.confirm("").unwrap();
+    let o = e.observe().unwrap();
+    assert!(o.unconfirmed_kept, "the technician confirmed the override, not the profile");
+    assert!(o.segment_override.is_some() && o.pending_revision.is_empty());
+}
