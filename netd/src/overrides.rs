@@ -78,20 +78,21 @@ pub fn validate(req: &OverrideRequest, p: &Profile, now: i64) -> Result<SegmentO
         ));
     }
     let address: IpNet = req.address.trim().parse().map_err(|_| {
-        refused(name, format!("`{}` is not an address with a prefix (e.g. 192.168.7.20/24)", req.address))
+        refused(
+            name,
+            format!("`{}` is not an address with a prefix (e.g. 192.168.7.20/24)", req.address),
+        )
     })?;
-    if address.addr() == address.network() && address.prefix_len() < address.max_prefix_len() - 1
-    {
+    if address.addr() == address.network() && address.prefix_len() < address.max_prefix_len() - 1 {
         return Err(refused(
             name,
             format!("{address} is the network's own address: give the host's address in it"),
         ));
     }
-    let gateway: IpAddr = req
-        .gateway
-        .trim()
-        .parse()
-        .map_err(|_| refused(name, format!("gateway `{}` is not an IP address", req.gateway)))?;
+    let gateway: IpAddr =
+        req.gateway.trim().parse().map_err(|_| {
+            refused(name, format!("gateway `{}` is not an IP address", req.gateway))
+        })?;
     if !address.contains(&gateway) || gateway == address.addr() {
         return Err(refused(
             name,
@@ -176,8 +177,7 @@ impl SegmentOverride {
     /// from. The subnet (IPAM, the firewall's view of the segment) stays the profile's.
     pub fn onto(&self, p: &Profile) -> Profile {
         let mut p = p.clone();
-        if let Some(seg) = p.network.segments.iter_mut().find(|s| s.name.as_str() == self.segment)
-        {
+        if let Some(seg) = p.network.segments.iter_mut().find(|s| s.name.as_str() == self.segment) {
             seg.address = HostAddress::Static(self.address);
             seg.gateway = Some(self.gateway);
             if let Some(id) = self.vlan.and_then(|v| v.to_string().parse::<VlanId>().ok()) {
@@ -228,7 +228,9 @@ impl std::fmt::Display for ResolvOp {
                 path.display(),
                 if keep.is_some() { " (keeping the file it replaces)" } else { "" }
             ),
-            ResolvOp::Restore(k) => write!(f, "restore {} as it was before the override", k.path.display()),
+            ResolvOp::Restore(k) => {
+                write!(f, "restore {} as it was before the override", k.path.display())
+            }
         }
     }
 }

@@ -594,7 +594,9 @@ impl Links for MemLinkState {
                 let dst = default_net(gateway.is_ipv6());
                 if self.state.routes.iter().any(|r| r.dst == dst && r.metric == *metric) {
                     return Err(Error::kernel(
-                        format!("cannot add default route via {gateway} dev {link} metric {metric}"),
+                        format!(
+                            "cannot add default route via {gateway} dev {link} metric {metric}"
+                        ),
                         std::io::Error::from_raw_os_error(libc::EEXIST),
                     ));
                 }

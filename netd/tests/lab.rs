@@ -102,10 +102,9 @@ network:
         })
         .await
         .unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+                as i64;
         let o = pb::Override {
             segment: "mgmt".into(),
             address: "192.168.42.20/24".into(),

@@ -10,8 +10,8 @@ mod store;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backroom_api::netd as pb;
-use common::{L4, Servers, serial};
 use common::serve::{Events, Serve, until};
+use common::{L4, Servers, serial};
 use store::{Store, Upstream};
 
 /// The shop's networks, `mgmt` by DHCP (the store's DHCP is what breaks).
@@ -108,7 +108,10 @@ fn overridden(s: &Store) {
     let a = mgmt_addrs(s);
     assert!(a.contains("192.168.7.20/24"), "the override's address is on br-mgmt: {a}");
     let r = default_route(s);
-    assert!(r.contains("via 192.168.7.1 dev br-mgmt"), "the default route goes via the gateway: {r}");
+    assert!(
+        r.contains("via 192.168.7.1 dev br-mgmt"),
+        "the default route goes via the gateway: {r}"
+    );
     assert!(reaches_internet(s), "the internet answers through br-mgmt and the gateway");
 }
 
@@ -140,23 +143,39 @@ fn an_override_lands_on_br_mgmt_stays_across_applies_and_expires_by_itself() {
 
         let o = pb::Override { dns: vec!["9.9.9.9".into()], ..over(8) };
         let rep = c.set_override(set(o.clone(), 0)).await.unwrap().into_inner();
-        assert!(rep.actions.iter().any(|a| a == "add address 192.168.7.20/24 to br-mgmt"), "{rep:?}");
+        assert!(
+            rep.actions.iter().any(|a| a == "add address 192.168.7.20/24 to br-mgmt"),
+            "{rep:?}"
+        );
         assert_eq!(rep.confirm_deadline_unix, 0);
         let set_ev = until(&mut events, "override_set", "", Duration::from_secs(5)).await;
         let ev = set_ev.last().unwrap();
         assert_eq!(ev.subject, "uplink override of segment mgmt");
-        assert!(ev.message.contains("192.168.7.20/24 via 192.168.7.1") && ev.message.contains("console: technician"), "{}", ev.message);
+        assert!(
+            ev.message.contains("192.168.7.20/24 via 192.168.7.1")
+                && ev.message.contains("console: technician"),
+            "{}",
+            ev.message
+        );
         overridden(&s);
         let seen = observe(&mut c).await;
         let got = seen.r#override.clone().expect("Observe shows it");
-        assert_eq!((got.address.as_str(), got.gateway.as_str(), got.expires_unix), ("192.168.7.20/24", "192.168.7.1", o.expires_unix));
+        assert_eq!(
+            (got.address.as_str(), got.gateway.as_str(), got.expires_unix),
+            ("192.168.7.20/24", "192.168.7.1", o.expires_unix)
+        );
         assert!(got.set_unix > 0);
         assert_eq!(seen.override_dns, format!("written to {}", resolv.display()));
         assert!(seen.drift.is_empty(), "{:?}", seen.drift);
         let text = std::fs::read_to_string(&resolv).unwrap();
         assert!(text.contains("nameserver 9.9.9.9\n") && !text.contains("10.9.0.1"), "{text}");
         let show = s.netd.ok(&["override", "show", "--socket", serve.sock.to_str().unwrap()]);
-        assert!(show.contains("uplink override of segment mgmt: 192.168.7.20/24 via 192.168.7.1 dns 9.9.9.9"), "{show}");
+        assert!(
+            show.contains(
+                "uplink override of segment mgmt: 192.168.7.20/24 via 192.168.7.1 dns 9.9.9.9"
+            ),
+            "{show}"
+        );
 
         // nodeagent applies the same profile again, then a changed one: the override stays.
         c.apply(request(SHOP_DHCP, 0)).await.unwrap();
@@ -197,7 +216,11 @@ fn an_override_survives_a_netd_restart_and_still_expires_on_time() {
     rt.block_on(async {
         let (mut c, mut events) = connect(&serve).await;
         let seen = observe(&mut c).await;
-        assert_eq!(seen.r#override.map(|x| x.expires_unix), Some(o.expires_unix), "kept across the restart");
+        assert_eq!(
+            seen.r#override.map(|x| x.expires_unix),
+            Some(o.expires_unix),
+            "kept across the restart"
+        );
         overridden(&s);
         until(&mut events, "override_expired", "", Duration::from_secs(15)).await;
         assert!(now() >= o.expires_unix, "not before its time");
@@ -259,11 +282,23 @@ fn refused_overrides_change_nothing() {
         c.apply(request(SHOP_STATIC, 0)).await.unwrap();
         let before = (observe(&mut c).await, mgmt_addrs(&s), default_route(&s));
         let bad = [
-            ("segment cams is not in the applied profile", pb::Override { segment: "cams".into(), ..over(600) }),
+            (
+                "segment cams is not in the applied profile",
+                pb::Override { segment: "cams".into(), ..over(600) },
+            ),
             ("the segment is internal", pb::Override { segment: "pos".into(), ..over(600) }),
-            ("not an address with a prefix", pb::Override { address: "192.168.7.20".into(), ..over(600) }),
-            ("is not another address inside 192.168.7.0/24", pb::Override { gateway: "10.9.0.1".into(), ..over(600) }),
-            ("DNS server `resolver` is not an IP address", pb::Override { dns: vec!["resolver".into()], ..over(600) }),
+            (
+                "not an address with a prefix",
+                pb::Override { address: "192.168.7.20".into(), ..over(600) },
+            ),
+            (
+                "is not another address inside 192.168.7.0/24",
+                pb::Override { gateway: "10.9.0.1".into(), ..over(600) },
+            ),
+            (
+                "DNS server `resolver` is not an IP address",
+                pb::Override { dns: vec!["resolver".into()], ..over(600) },
+            ),
             ("at most 3 are used", pb::Override { dns: vec!["9.9.9.9".into(); 4], ..over(600) }),
             ("VLAN 4095 is out of range", pb::Override { vlan: 4095, ..over(600) }),
             ("is not in the future", pb::Override { expires_unix: now() - 1, ..over(600) }),
@@ -272,8 +307,15 @@ fn refused_overrides_change_nothing() {
         for (why, o) in bad {
             let err = c.set_override(set(o, 0)).await.unwrap_err();
             assert!(err.message().contains(why), "{why}: {}", err.message());
-            assert!(matches!(err.code(), tonic::Code::InvalidArgument | tonic::Code::NotFound), "{why}: {err:?}");
-            assert_eq!((observe(&mut c).await, mgmt_addrs(&s), default_route(&s)), before, "{why}: nothing changed");
+            assert!(
+                matches!(err.code(), tonic::Code::InvalidArgument | tonic::Code::NotFound),
+                "{why}: {err:?}"
+            );
+            assert_eq!(
+                (observe(&mut c).await, mgmt_addrs(&s), default_route(&s)),
+                before,
+                "{why}: nothing changed"
+            );
         }
         // While a profile apply awaits its confirmation.
         let changed = SHOP_STATIC.replace("ports: [tcp/22]", "ports: [tcp/22, tcp/443]");

@@ -179,7 +179,8 @@ fn print_override(o: Option<&backroom_api::netd::Override>, dns: &str) {
         return;
     };
     let vlan = if o.vlan == 0 { String::new() } else { format!(" vlan {}", o.vlan) };
-    let servers = if o.dns.is_empty() { String::new() } else { format!(" dns {}", o.dns.join(" ")) };
+    let servers =
+        if o.dns.is_empty() { String::new() } else { format!(" dns {}", o.dns.join(" ")) };
     println!(
         "uplink override of segment {}: {} via {}{servers}{vlan} until {} ({})",
         o.segment,
@@ -238,11 +239,8 @@ async fn override_command(cmd: OverrideCommand) -> Result<()> {
         }
         OverrideCommand::Clear { socket } => {
             let mut c = connect(socket).await?;
-            let r = c
-                .clear_override(pb::ClearOverrideRequest {})
-                .await
-                .map_err(refused)?
-                .into_inner();
+            let r =
+                c.clear_override(pb::ClearOverrideRequest {}).await.map_err(refused)?.into_inner();
             for a in &r.actions {
                 println!("{a}");
             }

@@ -101,10 +101,7 @@ impl Engine {
     }
 
     /// The step the DNS file needs for `active` (the override in force), if any.
-    pub(super) fn resolv_plan(
-        &self,
-        active: Option<&SegmentOverride>,
-    ) -> Result<Option<ResolvOp>> {
+    pub(super) fn resolv_plan(&self, active: Option<&SegmentOverride>) -> Result<Option<ResolvOp>> {
         let kept: ResolvFile = self.state.load(state::RESOLV)?;
         let path = self.resolv_conf.as_deref();
         let current = match path {
@@ -128,8 +125,11 @@ impl Engine {
                 if let Some(k) = keep {
                     self.state.save(state::RESOLV, &Some(k))?;
                 }
-                write_atomic(&path, text.as_bytes(), 0o644)
-                    .map_err(|source| Error::Resolv { what: "write", path, source })
+                write_atomic(&path, text.as_bytes(), 0o644).map_err(|source| Error::Resolv {
+                    what: "write",
+                    path,
+                    source,
+                })
             }
             ResolvOp::Restore(k) => {
                 let r = match &k.text {
@@ -139,7 +139,11 @@ impl Engine {
                         _ => Ok(()),
                     },
                 };
-                r.map_err(|source| Error::Resolv { what: "restore", path: k.path.clone(), source })?;
+                r.map_err(|source| Error::Resolv {
+                    what: "restore",
+                    path: k.path.clone(),
+                    source,
+                })?;
                 self.state.save(state::RESOLV, &ResolvFile::None)
             }
         }

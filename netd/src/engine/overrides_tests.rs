@@ -97,7 +97,9 @@ fn an_override_lands_stays_across_applies_and_expires_by_itself() {
     assert!(e.observe().unwrap().segment_override.is_none());
     let end = e.expire_override_if_due().unwrap().expect("due at its end");
     assert_eq!(end.ended, o);
-    assert!(end.outcome.actions.contains(&"remove address 192.168.7.20/24 from br-mgmt".to_string()));
+    assert!(
+        end.outcome.actions.contains(&"remove address 192.168.7.20/24 from br-mgmt".to_string())
+    );
     assert!(mgmt_addresses(&mut e).is_empty(), "back to the profile's (DHCP, no lease)");
     assert!(e.applied().unwrap().applied.unwrap().segment_override.is_none());
     assert_eq!(e.dhcp_due().unwrap().len(), 1, "DHCP again");
@@ -193,13 +195,16 @@ fn refused_overrides_change_nothing() {
     let bad: Vec<(&str, OverrideRequest)> = vec![
         ("not in the applied profile", OverrideRequest { segment: "cams".into(), ..ask(60) }),
         ("internal", OverrideRequest { segment: "pos".into(), ..ask(60) }),
-        ("not an address with a prefix", OverrideRequest { address: "192.168.7.20".into(), ..ask(60) }),
-        ("is not another address inside", OverrideRequest { gateway: "10.0.0.1".into(), ..ask(60) }),
-        ("is not an IP address", OverrideRequest { dns: vec!["dns.example".into()], ..ask(60) }),
         (
-            "at most 3",
-            OverrideRequest { dns: vec!["1.1.1.1".into(); 4], ..ask(60) },
+            "not an address with a prefix",
+            OverrideRequest { address: "192.168.7.20".into(), ..ask(60) },
         ),
+        (
+            "is not another address inside",
+            OverrideRequest { gateway: "10.0.0.1".into(), ..ask(60) },
+        ),
+        ("is not an IP address", OverrideRequest { dns: vec!["dns.example".into()], ..ask(60) }),
+        ("at most 3", OverrideRequest { dns: vec!["1.1.1.1".into(); 4], ..ask(60) }),
         ("out of range", OverrideRequest { vlan: 4095, ..ask(60) }),
         ("not in the future", OverrideRequest { expires_unix: NOW, ..ask(60) }),
         ("at most 24 h", OverrideRequest { expires_unix: NOW + 24 * 3600 + 1, ..ask(60) }),
@@ -246,7 +251,10 @@ fn dns_servers_are_written_and_the_file_before_them_restored() {
     e.apply(&profile(SHOP), None, 0).unwrap();
     let req = OverrideRequest { dns: vec!["9.9.9.9".into(), "1.1.1.1".into()], ..ask(60) };
     let (_, out) = e.set_override(&req, 0).unwrap();
-    assert!(out.actions.iter().any(|a| a.starts_with("write the override's DNS servers")), "{out:?}");
+    assert!(
+        out.actions.iter().any(|a| a.starts_with("write the override's DNS servers")),
+        "{out:?}"
+    );
     let text = std::fs::read_to_string(&resolv).unwrap();
     assert!(text.contains("nameserver 9.9.9.9\nnameserver 1.1.1.1\n"), "{text}");
     assert_eq!(e.observe().unwrap().override_dns, format!("written to {}", resolv.display()));

@@ -36,7 +36,10 @@ fn the_dns_file_is_kept_once_written_and_restored_when_the_override_ends() {
         plan_resolv(Some(p), Some(&o), Some("x"), Some(&kept)),
         Some(ResolvOp::Write { keep: None, .. })
     ));
-    assert_eq!(plan_resolv(Some(p), None, Some("x"), Some(&kept)), Some(ResolvOp::Restore(kept.clone())));
+    assert_eq!(
+        plan_resolv(Some(p), None, Some("x"), Some(&kept)),
+        Some(ResolvOp::Restore(kept.clone()))
+    );
     assert_eq!(
         plan_resolv(Some(p), Some(&over(vec![])), Some("x"), Some(&kept)),
         Some(ResolvOp::Restore(kept.clone())),

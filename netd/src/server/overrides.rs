@@ -7,7 +7,7 @@ use backroom_daemon::{Chain, chain};
 use tracing::{info, warn};
 
 use super::Daemon;
-use crate::engine::{Engine, OverrideEnd, Outcome};
+use crate::engine::{Engine, Outcome, OverrideEnd};
 use crate::error::Error;
 use crate::overrides::{OverrideRequest, SegmentOverride};
 

@@ -76,7 +76,12 @@ impl Drop for Serve {
 pub type Events = tonic::Streaming<pb::Event>;
 
 /// Events until one of `kind` about `subject` (any subject when empty) arrives, within `limit`.
-pub async fn until(events: &mut Events, kind: &str, subject: &str, limit: Duration) -> Vec<pb::Event> {
+pub async fn until(
+    events: &mut Events,
+    kind: &str,
+    subject: &str,
+    limit: Duration,
+) -> Vec<pb::Event> {
     let deadline = tokio::time::Instant::now() + limit;
     let mut seen = Vec::new();
     loop {
@@ -93,4 +98,3 @@ pub async fn until(events: &mut Events, kind: &str, subject: &str, limit: Durati
         }
     }
 }
-
