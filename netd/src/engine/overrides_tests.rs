@@ -20,6 +20,7 @@ network:
   segments:
     - {name: mgmt, vlan: untagged, address: dhcp}
     - {name: pos, internal: true, subnet: 10.1.0.0/24, address: 10.1.0.1/24}
+    - {name: cams, vlan: 10, subnet: 10.3.0.0/24, address: 10.3.0.1/24}
   firewall:
     allow:
       - {name: mgmt-ssh, from: mgmt, to: host, ports: [tcp/22]}
@@ -193,7 +194,7 @@ fn refused_overrides_change_nothing() {
     e.apply(&profile(SHOP), None, 0).unwrap();
     let before = (e.applied().unwrap(), e.netlink_writes(), mgmt_addresses(&mut e));
     let bad: Vec<(&str, OverrideRequest)> = vec![
-        ("not in the applied profile", OverrideRequest { segment: "cams".into(), ..ask(60) }),
+        ("not in the applied profile", OverrideRequest { segment: "tills".into(), ..ask(60) }),
         ("internal", OverrideRequest { segment: "pos".into(), ..ask(60) }),
         (
             "not an address with a prefix",
@@ -206,6 +207,7 @@ fn refused_overrides_change_nothing() {
         ("is not an IP address", OverrideRequest { dns: vec!["dns.example".into()], ..ask(60) }),
         ("at most 3", OverrideRequest { dns: vec!["1.1.1.1".into(); 4], ..ask(60) }),
         ("out of range", OverrideRequest { vlan: 4095, ..ask(60) }),
+        ("VLAN 10 already carries segment cams", OverrideRequest { vlan: 10, ..ask(60) }),
         ("not in the future", OverrideRequest { expires_unix: NOW, ..ask(60) }),
         ("at most 24 h", OverrideRequest { expires_unix: NOW + 24 * 3600 + 1, ..ask(60) }),
     ];
