@@ -131,7 +131,7 @@ pub fn validate(req: &OverrideRequest, p: &Profile, now: i64) -> Result<SegmentO
         && let Some(other) = p.network.segments.iter().find(|o| {
             o.name.as_str() != name
                 && !o.internal
-                && o.vlan.is_some_and(|x| x.to_string() == v.to_string())
+                && matches!(o.vlan, Some(Vlan::Id(id)) if id.get() == v)
         })
     {
         return Err(refused(
