@@ -13,6 +13,10 @@
 //! event each. Daemon plumbing (socket, systemd, logging, signals, state files and lock,
 //! namespaces, error chains, backoff) is `backroom_daemon`'s.
 //!
+//! The uplink override ([`overrides`]) is a time-boxed break-glass for one segment (a static
+//! address, gateway, DNS and VLAN instead of the profile's): part of the applied state, so the
+//! engine plans with it, and ended by the daemon's loop when it expires.
+//!
 //! It touches only what it made: links carry the alias `backroom-netd`, routes the protocol
 //! number [`links::RTPROT_NETD`], namespaces are recorded in its state directory, and the two
 //! tables are its own. It does not run containers or VMs (nodeagent and vmd do), and it does not

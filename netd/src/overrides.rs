@@ -127,6 +127,21 @@ pub fn validate(req: &OverrideRequest, p: &Profile, now: i64) -> Result<SegmentO
             ));
         }
     };
+    if let Some(v) = vlan
+        && let Some(other) = p.network.segments.iter().find(|o| {
+            o.name.as_str() != name
+                && !o.internal
+                && matches!(o.vlan, Some(Vlan::Id(id)) if id.get() == v)
+        })
+    {
+        return Err(refused(
+            name,
+            format!(
+                "VLAN {v} already carries segment {}: one segment per VLAN",
+                other.name.as_str()
+            ),
+        ));
+    }
     let expires_unix = if req.expires_unix == 0 { now + DEFAULT_SECONDS } else { req.expires_unix };
     if expires_unix <= now {
         return Err(refused(

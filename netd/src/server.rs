@@ -31,8 +31,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::dhcp::{Dhcp, DhcpRequest};
-use crate::endpoints::Endpoint;
-use crate::engine::{Deadline, Engine, Observation, parse_profile};
+use crate::engine::{Deadline, Engine, parse_profile};
 use crate::error::Error;
 
 /// Subjects of the loops' problems when the error names nothing more precise.
@@ -521,67 +520,6 @@ impl Daemon {
     }
 }
 
-fn interface(i: &crate::endpoints::Iface) -> pb::Interface {
-    pb::Interface {
-        name: i.name.clone(),
-        segment: i.segment.clone(),
-        bridge: i.bridge.clone(),
-        mac: i.mac.clone(),
-        address: i.address.map(|a| a.to_string()).unwrap_or_default(),
-        gateway: i.gateway.map(|g| g.to_string()).unwrap_or_default(),
-        temporary: i.temporary,
-        host_veth: i.host_veth.clone().unwrap_or_default(),
-    }
-}
-
-pub fn attach_reply(ep: &Endpoint) -> pb::AttachReply {
-    pb::AttachReply {
-        netns_path: ep.netns_path(),
-        interfaces: ep.interfaces.iter().map(interface).collect(),
-    }
-}
-
-/// An observation as the API answers it; `problems` is the daemon's to fill (a one-shot
-/// `netd show` has no loops, so none).
-pub fn observe_reply(o: Observation) -> pb::ObserveReply {
-    pb::ObserveReply {
-        problems: Vec::new(),
-        r#override: o.segment_override.as_ref().map(overrides::to_pb),
-        override_dns: o.override_dns,
-        applied_revision: o.applied_revision,
-        pending_revision: o.pending_revision,
-        confirm_deadline_unix: o.confirm_deadline_unix,
-        unconfirmed_kept: o.unconfirmed_kept,
-        segments: o
-            .segments
-            .into_iter()
-            .map(|s| pb::SegmentState {
-                name: s.name,
-                bridge: s.bridge,
-                present: s.present,
-                addresses: s.addresses,
-                ports: s.ports,
-            })
-            .collect(),
-        rules: o
-            .counters
-            .into_iter()
-            .map(|(rule, packets, bytes)| pb::RuleCounter { rule, packets, bytes })
-            .collect(),
-        drift: o.drift,
-        endpoints: o
-            .endpoints
-            .iter()
-            .map(|e| pb::EndpointState {
-                workload: e.workload.clone(),
-                instance: e.instance.clone(),
-                netns_path: e.netns_path(),
-                interfaces: e.interfaces.iter().map(interface).collect(),
-            })
-            .collect(),
-    }
-}
-
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 
 enum Next {
@@ -642,7 +580,7 @@ impl Netd for Daemon {
             .map_err(status)?;
         match of_override {
             Some(segment) => self.emit_override(
-                "confirmed",
+                "override_confirmed",
                 format!("the uplink override of segment {segment} is confirmed"),
                 &segment,
             ),
@@ -774,10 +712,11 @@ pub async fn serve(
 ) -> Result<(), Error> {
     use backroom_daemon::{notify, signal, socket as sock};
     let incoming = sock::listen(&socket, access)?;
-    // Re-adopt what exists: repair whatever drifted while netd was not running.
+    // An override that ended while netd was not running ends first (not seen as drift), then
+    // whatever drifted meanwhile is repaired.
+    daemon.override_expiry().await;
     daemon.check().await;
     daemon.deadline().await;
-    daemon.override_expiry().await;
     tokio::spawn(daemon.clone().background(interval));
     let (d, rt) = (daemon.clone(), tokio::runtime::Handle::current());
     let spawned = std::thread::Builder::new().name("link-events".into()).spawn(move || {
@@ -834,7 +773,9 @@ pub async fn client(
 
 mod link_events;
 mod overrides;
+mod replies;
 #[cfg(test)]
 mod tests;
 
 pub use link_events::{KernelLinkEvents, LinkEvents, watch_links};
+pub use replies::{attach_reply, observe_reply};

@@ -7,7 +7,7 @@ mod common;
 mod store;
 
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use backroom_api::netd as pb;
 use common::serve::{Serve, until};
 use common::{must, serial};
-use futures::StreamExt;
 use store::{Store, Upstream};
 
 /// The coffee shop's networks: the uplink carries `mgmt` untagged.

@@ -51,7 +51,84 @@ fn lab_inner() {
         sample_store(store);
         eprintln!("LAB: {store} checked in {:?}", t.elapsed());
     }
+    let t = Instant::now();
+    vlan_override();
+    eprintln!("LAB: the VLAN uplink override checked in {:?}", t.elapsed());
     backroom_integration::kernel_lab::pass();
+}
+
+/// An uplink override that moves `mgmt` (untagged in the profile) onto VLAN 42 of the uplink,
+/// through `netd serve`: the sub-interface is made and enslaved, the router's VLAN 42 answers,
+/// and clearing the override puts the untagged uplink back.
+fn vlan_override() {
+    use backroom_api::netd as pb;
+    use common::serve::Serve;
+    let _g = common::serial();
+    let text = r#"
+apiVersion: backroom/v1
+kind: StoreProfile
+metadata: {name: shop}
+network:
+  uplink: {interface: eno1}
+  segments:
+    - {name: mgmt, vlan: untagged, subnet: 10.9.0.0/24, address: 10.9.0.2/24, gateway: 10.9.0.1}
+  firewall:
+    default: drop
+    allow:
+      - {name: mgmt-ssh, from: mgmt, to: host, ports: [tcp/22]}
+"#;
+    let s = Store::new(text, &Upstream { router_addr: "10.9.0.1/24".into(), dhcp: false });
+    s.router.ip_batch(&[
+        "link add link rt0 name rt0.42 type vlan id 42".into(),
+        "addr add 192.168.42.1/24 dev rt0.42".into(),
+        "link set rt0.42 up".into(),
+    ]);
+    let _web = common::Servers::start(&Store::ns_path(&s.router), &[8080], &[], "router");
+    let serve = Serve::start(&s.netd, 300);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let r = backroom_profiles::render_str("shop.yaml", text).unwrap();
+    let router42: std::net::SocketAddr = "192.168.42.1:8080".parse().unwrap();
+    let reaches = |s: &Store| {
+        common::probe(&Store::ns_path(&s.store), L4::Tcp, router42, Duration::from_secs(3))
+            .is_some()
+    };
+    rt.block_on(async {
+        let mut c = backroom_netd::server::client(serve.sock.clone()).await.unwrap();
+        c.apply(pb::ApplyRequest {
+            revision: r.revision.as_str().into(),
+            profile_yaml: r.to_yaml(),
+            confirm_seconds: 0,
+            uplink_override: "up0".into(),
+        })
+        .await
+        .unwrap();
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+                as i64;
+        let o = pb::Override {
+            segment: "mgmt".into(),
+            address: "192.168.42.20/24".into(),
+            gateway: "192.168.42.1".into(),
+            dns: vec![],
+            vlan: 42,
+            expires_unix: now + 600,
+            set_unix: 0,
+            reason: "lab".into(),
+        };
+        c.set_override(pb::SetOverrideRequest { r#override: Some(o), confirm_seconds: 0 })
+            .await
+            .unwrap();
+        let d = s.store.ip("-d link show up0.42");
+        assert!(d.contains("vlan protocol 802.1Q id 42") && d.contains("master br-mgmt"), "{d}");
+        assert!(!s.store.ip("link show up0").contains("master br-mgmt"), "untagged released");
+        // The profile's address and route are gone: the router is reached over VLAN 42.
+        assert!(reaches(&s), "the router answers on VLAN 42");
+        c.clear_override(pb::ClearOverrideRequest {}).await.unwrap();
+    });
+    assert!(s.store.ip("link show up0").contains("master br-mgmt"), "untagged again");
+    assert!(!s.store.ip("-br link show").contains("up0.42"), "the sub-interface is gone");
+    drop(serve);
+    s.netd.ok(&["teardown"]);
 }
 
 fn dnsmasq(s: &Store) -> scopeguard::Pid {

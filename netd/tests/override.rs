@@ -10,8 +10,8 @@ mod store;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backroom_api::netd as pb;
-use common::serial;
 use common::serve::{Events, Serve, until};
+use common::{L4, Servers, serial};
 use store::{Store, Upstream};
 
 /// The shop's networks, `mgmt` by DHCP (the store's DHCP is what breaks).
@@ -78,11 +78,13 @@ fn set(o: pb::Override, confirm_seconds: u32) -> pb::SetOverrideRequest {
     pb::SetOverrideRequest { r#override: Some(o), confirm_seconds }
 }
 
-/// A store whose router also answers on 192.168.7.1 (the network the technician was told).
-fn store(text: &str, dhcp: bool) -> Store {
+/// A store whose router also answers on 192.168.7.1 (the network the technician was told),
+/// and a web server on the internet behind it.
+fn store(text: &str, dhcp: bool) -> (Store, Servers) {
     let s = Store::new(text, &Upstream { router_addr: "10.9.0.1/24".into(), dhcp });
     s.router.ip("addr add 192.168.7.1/24 dev rt0");
-    s
+    let web = Servers::start(&Store::ns_path(&s.internet), &[WEB], &[], "web");
+    (s, web)
 }
 
 fn mgmt_addrs(s: &Store) -> String {
@@ -93,9 +95,14 @@ fn default_route(s: &Store) -> String {
     s.store.ip("-4 route show default")
 }
 
-fn pings(s: &Store, addr: &str) -> bool {
-    s.store.exec(&format!("ping -c 1 -W 2 {addr}")).status.success()
+/// Whether a TCP connection from netd's namespace reaches the internet namespace's server
+/// (through the default route and the router).
+fn reaches_internet(s: &Store) -> bool {
+    let dst = std::net::SocketAddr::new(store::INTERNET_ADDR.parse().unwrap(), WEB);
+    common::probe(&Store::ns_path(&s.store), L4::Tcp, dst, Duration::from_secs(2)).is_some()
 }
+
+const WEB: u16 = 8080;
 
 fn overridden(s: &Store) {
     let a = mgmt_addrs(s);
@@ -105,7 +112,7 @@ fn overridden(s: &Store) {
         r.contains("via 192.168.7.1 dev br-mgmt"),
         "the default route goes via the gateway: {r}"
     );
-    assert!(pings(s, "192.168.7.1"), "the gateway answers through br-mgmt");
+    assert!(reaches_internet(s), "the internet answers through br-mgmt and the gateway");
 }
 
 async fn observe(c: &mut Client) -> pb::ObserveReply {
@@ -123,7 +130,7 @@ async fn connect(serve: &Serve) -> (Client, Events) {
 #[test]
 fn an_override_lands_on_br_mgmt_stays_across_applies_and_expires_by_itself() {
     let _g = serial();
-    let s = store(SHOP_DHCP, true);
+    let (s, _web) = store(SHOP_DHCP, true);
     let etc = tempfile::tempdir().unwrap();
     let resolv = etc.path().join("resolv.conf");
     std::fs::write(&resolv, "nameserver 10.9.0.1\n").unwrap();
@@ -184,7 +191,7 @@ fn an_override_lands_on_br_mgmt_stays_across_applies_and_expires_by_itself() {
         assert!(now() >= o.expires_unix, "not before its time");
         assert!(!mgmt_addrs(&s).contains("192.168.7.20"), "{}", mgmt_addrs(&s));
         assert!(!default_route(&s).contains("192.168.7.1"), "{}", default_route(&s));
-        assert!(!pings(&s, "192.168.7.1"));
+        assert!(!reaches_internet(&s), "no address and no route without the override");
         let seen = observe(&mut c).await;
         assert!(seen.r#override.is_none() && seen.override_dns.is_empty(), "{seen:?}");
         assert_eq!(std::fs::read_to_string(&resolv).unwrap(), "nameserver 10.9.0.1\n", "restored");
@@ -194,7 +201,7 @@ fn an_override_lands_on_br_mgmt_stays_across_applies_and_expires_by_itself() {
 #[test]
 fn an_override_survives_a_netd_restart_and_still_expires_on_time() {
     let _g = serial();
-    let s = store(SHOP_STATIC, false);
+    let (s, _web) = store(SHOP_STATIC, false);
     let serve = Serve::start(&s.netd, 300);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let o = over(6);
@@ -221,13 +228,13 @@ fn an_override_survives_a_netd_restart_and_still_expires_on_time() {
     let a = mgmt_addrs(&s);
     assert!(a.contains("10.9.0.2/24") && !a.contains("192.168.7.20"), "the profile's address: {a}");
     assert!(default_route(&s).contains("via 10.9.0.1 dev br-mgmt"), "{}", default_route(&s));
-    assert!(pings(&s, "10.9.0.1"));
+    assert!(reaches_internet(&s), "through the profile's gateway again");
 }
 
 #[test]
 fn an_unconfirmed_override_rolls_back_and_a_confirmed_one_stays() {
     let _g = serial();
-    let s = store(SHOP_STATIC, false);
+    let (s, _web) = store(SHOP_STATIC, false);
     let serve = Serve::start(&s.netd, 300);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -265,7 +272,7 @@ fn an_unconfirmed_override_rolls_back_and_a_confirmed_one_stays() {
 fn refused_overrides_change_nothing() {
     let _g = serial();
     // Not applied by the one-shot: the daemon's first apply comes below.
-    let s = store(SHOP_STATIC, true);
+    let (s, _web) = store(SHOP_STATIC, true);
     let serve = Serve::start(&s.netd, 300);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {

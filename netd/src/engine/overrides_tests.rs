@@ -20,6 +20,7 @@ network:
   segments:
     - {name: mgmt, vlan: untagged, address: dhcp}
     - {name: pos, internal: true, subnet: 10.1.0.0/24, address: 10.1.0.1/24}
+    - {name: cams, vlan: 10, subnet: 10.3.0.0/24, address: 10.3.0.1/24}
   firewall:
     allow:
       - {name: mgmt-ssh, from: mgmt, to: host, ports: [tcp/22]}
@@ -193,7 +194,7 @@ fn refused_overrides_change_nothing() {
     e.apply(&profile(SHOP), None, 0).unwrap();
     let before = (e.applied().unwrap(), e.netlink_writes(), mgmt_addresses(&mut e));
     let bad: Vec<(&str, OverrideRequest)> = vec![
-        ("not in the applied profile", OverrideRequest { segment: "cams".into(), ..ask(60) }),
+        ("not in the applied profile", OverrideRequest { segment: "tills".into(), ..ask(60) }),
         ("internal", OverrideRequest { segment: "pos".into(), ..ask(60) }),
         (
             "not an address with a prefix",
@@ -206,6 +207,7 @@ fn refused_overrides_change_nothing() {
         ("is not an IP address", OverrideRequest { dns: vec!["dns.example".into()], ..ask(60) }),
         ("at most 3", OverrideRequest { dns: vec!["1.1.1.1".into(); 4], ..ask(60) }),
         ("out of range", OverrideRequest { vlan: 4095, ..ask(60) }),
+        ("VLAN 10 already carries segment cams", OverrideRequest { vlan: 10, ..ask(60) }),
         ("not in the future", OverrideRequest { expires_unix: NOW, ..ask(60) }),
         ("at most 24 h", OverrideRequest { expires_unix: NOW + 24 * 3600 + 1, ..ask(60) }),
     ];
@@ -272,4 +274,21 @@ fn dns_servers_are_written_and_the_file_before_them_restored() {
     let mut e = e.resolv_conf_on(None);
     e.set_override(&OverrideRequest { expires_unix: 0, ..req }, 0).unwrap();
     assert!(e.observe().unwrap().override_dns.starts_with("not written"));
+}
+
+#[test]
+fn confirming_an_override_leaves_a_kept_network_unconfirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let mut e = engine(dir.path(), &clock);
+    // A connected node's first network, never confirmed by central: kept at its deadline.
+    e.apply(&profile(SHOP), None, 30).unwrap();
+    clock.advance(Duration::from_secs(30));
+    e.rollback_if_due().unwrap().unwrap();
+    assert!(e.observe().unwrap().unconfirmed_kept);
+    e.set_override(&OverrideRequest { expires_unix: 0, ..ask(60) }, 30).unwrap();
+    e.confirm("").unwrap();
+    let o = e.observe().unwrap();
+    assert!(o.unconfirmed_kept, "the technician confirmed the override, not the profile");
+    assert!(o.segment_override.is_some() && o.pending_revision.is_empty());
 }

@@ -456,3 +456,49 @@ async fn the_link_watcher_is_told_failing_once_and_backs_off() {
     assert_eq!(secs, [1, 2, 1, 2], "the backoff doubles, and starts over after a success");
     assert_eq!(r.problems().await[0].failures, 2, "the second failure was seen, and not told");
 }
+
+#[tokio::test]
+async fn the_loop_ends_an_uplink_override_at_its_expiry_with_one_event() {
+    let mut r = rig();
+    r.start(Duration::from_secs(3600)).await;
+    let o = pb::Override {
+        segment: "mgmt".into(),
+        address: "192.168.7.20/24".into(),
+        gateway: "192.168.7.1".into(),
+        dns: vec![],
+        vlan: 0,
+        expires_unix: T0 / 1000 + 3,
+        set_unix: 0,
+        reason: "console: technician".into(),
+    };
+    r.daemon
+        .set_override(Request::new(pb::SetOverrideRequest {
+            r#override: Some(o),
+            confirm_seconds: 0,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(kinds(&r.drain()), ["override_set"]);
+    let observed = r.daemon.observe(Request::new(pb::ObserveRequest {})).await.unwrap();
+    assert_eq!(observed.into_inner().r#override.unwrap().set_unix, T0 / 1000);
+    for _ in 0..2 {
+        r.step().await;
+    }
+    assert_eq!(kinds(&r.drain()), Vec::<&str>::new(), "ended before its time");
+    r.step().await;
+    let evs = r.drain();
+    assert_eq!(kinds(&evs), ["override_expired"]);
+    assert_eq!(evs[0].subject, "uplink override of segment mgmt");
+    assert_eq!(evs[0].at_unix_ms, T0 + 3_000);
+    let st = r.links.state();
+    let br = st.link("br-mgmt").unwrap().index;
+    let addrs: Vec<String> = st.addrs_of(br).map(|a| a.net.to_string()).collect();
+    assert_eq!(addrs, ["10.9.0.2/24"], "the profile's address is back");
+    drop(st);
+    for _ in 0..3 {
+        r.step().await;
+    }
+    assert_eq!(kinds(&r.drain()), Vec::<&str>::new(), "told once");
+    let observed = r.daemon.observe(Request::new(pb::ObserveRequest {})).await.unwrap();
+    assert!(observed.into_inner().r#override.is_none());
+}
