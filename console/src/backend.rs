@@ -143,6 +143,14 @@ impl Node {
         self.cfg.services.iter().cloned().zip(states.lines().map(str::to_string)).collect()
     }
 
+    /// The store id in the node's identity (it is there once the node enrolled).
+    fn identity_store(&self) -> Option<String> {
+        backroom_session::enroll::Identity::load(&self.central_dir())
+            .ok()
+            .flatten()
+            .map(|i| i.store_id)
+    }
+
     fn central_dir(&self) -> PathBuf {
         self.cfg.state_dir.join("central")
     }
@@ -158,8 +166,9 @@ impl Node {
             .map_err(|e| format!("cannot record it in {}: {e}", path.display()))
     }
 
-    /// Checks a code with the store's secret, with no nodeagent.
-    fn verify_here(&self, code: &str) -> Result<Grant, String> {
+    /// Checks a code with the store's secret, with no nodeagent; `announce`: record the code's
+    /// use (once per unlock, not again for each action it allows).
+    fn verify_here(&self, code: &str, announce: bool) -> Result<Grant, String> {
         let now = now_ms();
         let dir = self.central_dir();
         let secret_path = dir.join(console_code::SECRET_FILE);
@@ -177,6 +186,10 @@ impl Node {
         let mut lim = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
         lim.check(now).map_err(|e| backroom_daemon::chain(&e))?;
         match console_code::verify(&secret, &store, code, now) {
+            Ok(g) if !announce => {
+                lim.success();
+                Ok(Grant { role: g.role, expires_ms: g.expires_ms, code: code.to_string() })
+            }
             Ok(g) => {
                 lim.success();
                 drop(lim);
@@ -204,7 +217,7 @@ impl Node {
     async fn unlock_code(&self, code: &str) -> Result<Grant, String> {
         let mut c = match self.agent().await {
             Ok(c) => c,
-            Err(_) => return self.verify_here(code),
+            Err(_) => return self.verify_here(code, true),
         };
         match c.console_unlock(pb::ConsoleUnlockRequest { code: code.to_string() }).await {
             Ok(r) => {
@@ -214,7 +227,7 @@ impl Node {
                 Ok(Grant { role, expires_ms: r.expires_unix_ms, code: code.to_string() })
             }
             Err(s) if s.code() == tonic::Code::Unimplemented || unreachable(&s) => {
-                self.verify_here(code)
+                self.verify_here(code, true)
             }
             Err(s) => Err(s.message().to_string()),
         }
@@ -235,8 +248,8 @@ impl Node {
                 Err(_) => {}
             }
         }
-        self.verify_here(code)?;
-        self.pending("console_action", "", message)
+        self.verify_here(code, false)?;
+        self.pending("console_action", "", format!("{message} (nodeagent was down)"))
     }
 
     async fn bundle(&self, code: &str) -> Result<String, String> {
@@ -245,7 +258,10 @@ impl Node {
         let at = now_ms();
         let mut parts = vec![];
         let status = self.status().await;
-        let store = status.as_ref().map(|s| s.store_id.clone()).unwrap_or_default();
+        let store = match &status {
+            Ok(s) => s.store_id.clone(),
+            Err(_) => self.identity_store().unwrap_or_default(),
+        };
         match &status {
             Ok(s) => {
                 parts.push(Part {
@@ -450,7 +466,21 @@ impl Backend for Node {
                 Ok(n) => (Some(n), String::new()),
                 Err(e) => (None, e),
             };
-            Facts { at_ms: now_ms(), agent, agent_error, net, net_error, uplink, host, daemons }
+            let store_id = match &agent {
+                Some(s) => s.store_id.clone(),
+                None => self.identity_store().unwrap_or_default(),
+            };
+            Facts {
+                at_ms: now_ms(),
+                agent,
+                agent_error,
+                net,
+                net_error,
+                uplink,
+                host,
+                daemons,
+                store_id,
+            }
         }
         .boxed()
     }

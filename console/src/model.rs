@@ -19,6 +19,8 @@ pub struct Facts {
     pub host: Host,
     /// systemd's word on each daemon (`active`, `failed`…), when systemd is there.
     pub daemons: Vec<(String, String)>,
+    /// The store's id from the node's identity file, for when nodeagent does not answer.
+    pub store_id: String,
 }
 
 /// The uplink as the kernel sees it in the console's network namespace.

@@ -117,7 +117,8 @@ fn title_line(app: &App) -> Line<'static> {
             },
             format!("{} {}", s.profile_name, s.profile_version),
         ),
-        None => ("store".to_string(), String::new()),
+        None if !app.facts.store_id.is_empty() => (app.facts.store_id.clone(), String::new()),
+        None => ("store (unknown)".to_string(), String::new()),
     };
     Line::from(vec![
         Span::styled(" BACKROOM ", Style::new().add_modifier(Modifier::REVERSED)),
@@ -305,6 +306,10 @@ fn board(f: &mut Frame<'_>, area: Rect, app: &App) {
             ));
         }
     } else {
+        ev.push(Line::styled(
+            " nodeagent does not answer: its problems and actions are not known now",
+            color(Severity::Warn),
+        ));
         for (d, st) in &app.facts.daemons {
             ev.push(Line::raw(format!(" service {d}: {st}")));
         }
@@ -503,7 +508,13 @@ fn network(f: &mut Frame<'_>, area: Rect, app: &App) {
             Span::raw(format!(
                 " {}{}",
                 if have.is_empty() { "-".to_string() } else { have },
-                if p.address == "dhcp" { " (dhcp)" } else { "" }
+                if ov.as_ref().is_some_and(|o| o.segment == p.name) {
+                    " (override)"
+                } else if p.address == "dhcp" {
+                    " (dhcp)"
+                } else {
+                    ""
+                }
             )),
         ]));
     }

@@ -159,6 +159,7 @@ fn healthy_online() -> Facts {
 fn agent_down() -> Facts {
     let mut f = coffee_shop();
     f.agent = None;
+    f.store_id = "store-0042".into();
     f.agent_error =
         "cannot connect to /run/backroom/nodeagent.sock: No such file or directory".into();
     f.daemons = vec![

@@ -50,7 +50,19 @@ impl Tmux {
         );
         let st = t
             .tmux()
-            .args(["new-session", "-d", "-s", "console", "-x", "80", "-y", "24", "sh", "-c", &script])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                "console",
+                "-x",
+                "80",
+                "-y",
+                "24",
+                "sh",
+                "-c",
+                &script,
+            ])
             .status()
             .expect("tmux runs (scripts/install-deps installs it)");
         assert!(st.success(), "tmux new-session failed");
@@ -86,7 +98,10 @@ impl Tmux {
                 let _ = std::fs::write(self.shots.join(format!("{:02}-{name}.txt", self.n)), &s);
                 return s;
             }
-            assert!(t.elapsed() < Duration::from_secs(secs), "timed out waiting for the screen: {name}\n{s}");
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "timed out waiting for the screen: {name}\n{s}"
+            );
             std::thread::sleep(Duration::from_millis(300));
         }
     }
@@ -111,16 +126,23 @@ fn nodectl_status(run: &Path) -> serde_json::Value {
 /// The task pid of workload `w`'s container (containerd namespace `backroom-run`).
 fn task_pid(run: &Path, w: &str) -> Option<u32> {
     let s = nodectl_status(run);
-    let id = s["workloads"].as_array()?.iter().find(|x| x["name"] == w)?["container_id"].as_str()?.to_string();
+    let id = s["workloads"].as_array()?.iter().find(|x| x["name"] == w)?["container_id"]
+        .as_str()?
+        .to_string();
     let out = Command::new("ctr").args(["-n", "backroom-run", "task", "ls"]).output().ok()?;
     String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.first() == Some(&id.as_str()) && f.get(2) == Some(&"RUNNING")).then(|| f[1].parse().ok()).flatten()
+        (f.first() == Some(&id.as_str()) && f.get(2) == Some(&"RUNNING"))
+            .then(|| f[1].parse().ok())
+            .flatten()
     })
 }
 
 fn mgmt_addresses() -> String {
-    let out = Command::new("ip").args(["-n", "bkstore", "-4", "-o", "addr", "show", "dev", "br-mgmt"]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-n", "bkstore", "-4", "-o", "addr", "show", "dev", "br-mgmt"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -142,12 +164,24 @@ fn a_technician_brings_the_store_back_with_central_away() {
     std::fs::create_dir_all(&shots).unwrap();
 
     // HQ makes a technician code while the link works.
-    let code = lab.centralctl(&["store", "console-code", STORE, "--role", "technician", "--ttl", "1h"]).unwrap();
+    let code = lab
+        .centralctl(&["store", "console-code", STORE, "--role", "technician", "--ttl", "1h"])
+        .unwrap();
     let code = code["code"].as_str().unwrap().to_string();
     // A code that expired two hours ago, made with the store's own secret.
-    let secret = Secret::load(&run.join("node/central").join(console_code::SECRET_FILE)).unwrap().expect("the node got its console secret at enrollment");
+    let secret = Secret::load(&run.join("node/central").join(console_code::SECRET_FILE))
+        .unwrap()
+        .expect("the node got its console secret at enrollment");
     let now = backroom_session::now_ms();
-    let expired = console_code::issue(&secret, STORE, Role::Technician, now - 3 * 3_600_000, Duration::from_secs(3600)).unwrap().text;
+    let expired = console_code::issue(
+        &secret,
+        STORE,
+        Role::Technician,
+        now - 3 * 3_600_000,
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+    .text;
 
     // The WAN is cut: central is gone.
     lab.kill9("central").unwrap();
@@ -179,9 +213,14 @@ fn a_technician_brings_the_store_back_with_central_away() {
     ];
     let mut t = Tmux::start(&cmd, shots.clone());
 
-    let board = t.wait("board-offline", 60, |s| s.contains("OFFLINE") && s.contains("orders") && s.contains("menu"));
+    let board = t.wait("board-offline", 60, |s| {
+        s.contains("OFFLINE") && s.contains("orders") && s.contains("menu")
+    });
     assert!(board.contains("store-lab"), "{board}");
-    assert!(board.lines().last().unwrap_or_default().contains("q quit"), "the keys are shown:\n{board}");
+    assert!(
+        board.lines().last().unwrap_or_default().contains("q quit"),
+        "the keys are shown:\n{board}"
+    );
 
     // Restart orders: Actions, 1, choose orders.
     let before = task_pid(&run, "orders").expect("orders runs");
@@ -213,7 +252,9 @@ fn a_technician_brings_the_store_back_with_central_away() {
     t.wait("confirm-restart", 15, |s| s.contains("Restart orders?"));
     t.keys(&["y"]);
     t.wait("restart-done", 60, |s| s.contains("Done"));
-    until("orders runs with a new task", 60, || task_pid(&run, "orders").is_some_and(|p| p != before));
+    until("orders runs with a new task", 60, || {
+        task_pid(&run, "orders").is_some_and(|p| p != before)
+    });
     t.keys(&["Escape"]);
 
     // The uplink override: a static address on the management segment for about a minute.
@@ -240,7 +281,9 @@ fn a_technician_brings_the_store_back_with_central_away() {
     t.keys(&["y"]);
     t.wait("override-kept", 30, |s| s.contains("is kept"));
     t.keys(&["Escape"]);
-    t.wait("override-shown", 20, |s| s.contains("Override 10.99.0.77/24 on mgmt") && !s.contains("NOT KEPT YET"));
+    t.wait("override-shown", 20, |s| {
+        s.contains("Override 10.99.0.77/24 on mgmt") && !s.contains("NOT KEPT YET")
+    });
 
     // A support bundle on the stick.
     t.keys(&["a", "6"]);
@@ -248,7 +291,8 @@ fn a_technician_brings_the_store_back_with_central_away() {
     t.keys(&["y"]);
     t.wait("bundle-written", 60, |s| s.contains("bundle written"));
     t.keys(&["Escape"]);
-    let bundles: Vec<_> = std::fs::read_dir(&stick).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    let bundles: Vec<_> =
+        std::fs::read_dir(&stick).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).collect();
     assert_eq!(bundles.len(), 1, "{bundles:?}");
     let listing = Command::new("tar").arg("tzf").arg(&bundles[0]).output().unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
@@ -272,7 +316,17 @@ fn a_technician_brings_the_store_back_with_central_away() {
         last = lab.centralctl(&["store", "get", STORE]).unwrap_or(last);
         let kinds: Vec<String> = last["local_console"]
             .as_array()
-            .map(|a| a.iter().map(|e| format!("{} {}", e["kind"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or(""))).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        format!(
+                            "{} {}",
+                            e["kind"].as_str().unwrap_or(""),
+                            e["message"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         let has = |k: &str, m: &str| kinds.iter().any(|x| x.starts_with(k) && x.contains(m));
         if has("console_refused", "mistyped")
@@ -284,7 +338,42 @@ fn a_technician_brings_the_store_back_with_central_away() {
         {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "central lists the console's actions: {kinds:#?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "central lists the console's actions: {kinds:#?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    // nodeagent dies: the console says so, and still writes a support bundle (checking the
+    // code itself); nodeagent, started again, sends that record to central.
+    lab.kill9("nodeagent").unwrap();
+    t.wait("board-no-nodeagent", 30, |s| s.contains("nodeagent is not running"));
+    t.keys(&["a", "6"]);
+    t.wait("bundle-confirm-alone", 10, |s| s.contains("support bundle"));
+    t.keys(&["y"]);
+    t.wait("bundle-written-alone", 60, |s| s.contains("bundle written"));
+    t.keys(&["Escape", "Escape"]);
+    assert_eq!(std::fs::read_dir(&stick).unwrap().count(), 2, "a second bundle");
+    lab.restart("nodeagent").unwrap();
+    t.wait("board-back", 60, |s| s.contains("Central  online") && s.contains("orders"));
+    let t0 = Instant::now();
+    loop {
+        let r = lab.centralctl(&["store", "get", STORE]).unwrap_or_default();
+        let found = r["local_console"].as_array().is_some_and(|a| {
+            a.iter().any(|e| {
+                e["message"].as_str().is_some_and(|m| {
+                    m.contains("support bundle written") && m.contains("nodeagent was down")
+                })
+            })
+        });
+        if found {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the record made with nodeagent down reaches central: {r:#}"
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     drop(t);

@@ -467,6 +467,10 @@ fn central_kind(kind: &str, message: &str, last_state: Option<&str>) -> Option<S
         // A problem opens or closes (its subject goes with it).
         "failing" | "recovered" => kind.into(),
         "netd" if message.starts_with("drift_repaired") => "drift_repaired".into(),
+        // The console's uplink override: set, kept, ended, expired, rolled back by netd.
+        "netd" if message.starts_with("override_") => {
+            format!("uplink_{}", message.split(':').next().unwrap_or_default())
+        }
         // What was done at the store's recovery console (see `console`).
         "console_unlocked" | "console_refused" | "console_action" => kind.into(),
         // Everything else stays on the node (nodectl shows it).

@@ -37,6 +37,11 @@ fn engine_events_map_to_central_kinds() {
         central_kind("netd", "drift_repaired: rules put back", None).as_deref(),
         Some("drift_repaired")
     );
+    assert_eq!(
+        central_kind("netd", "override_expired: uplink override of segment mgmt ended", None)
+            .as_deref(),
+        Some("uplink_override_expired")
+    );
 }
 
 fn status(network: &str, states: &[(&str, &str, &str)]) -> Status {
