@@ -2,13 +2,17 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run stop test deps services build lint bench chaos
+.PHONY: run stop test deps services build lint bench chaos console
 
 ## make run: a working HQ (central) and one store node (netd, vmd, nodeagent) on this machine,
 ## the sample fleet pushed, the store enrolled; prints where to look. `make stop` ends it.
 run: deps services build
 	./target/debug/centralctl profile validate --summary profiles/fleet
 	scripts/run/up
+
+## make console: the recovery console of `make run`'s store (a code: centralctl store console-code).
+console:
+	scripts/run/console
 
 ## make stop: stop what `make run` started (by pid) and remove what it made.
 stop:

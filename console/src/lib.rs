@@ -33,6 +33,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What `nodectl console --help` says after the options: the screens and keys.
+pub const HELP: &str = "\
+Screens (every screen shows its keys on the bottom line):
+  Board     what is wrong, worst first: central (online, or offline since when and why), the
+            uplink (cable, address, gateway, DNS), each network, each app, problems, cpu,
+            memory and disk.  Up/Down and Enter open an app; n network; a actions; u unlock.
+  App       its details and its log (f follows or stops); for a VM, s attaches to its serial
+            console (Ctrl-] comes back); r restarts it.
+  Network   the uplink and each segment; 1 pings the gateway, 2 reaches central, 3 reaches the
+            registry; o sets the uplink override, k keeps it, x ends it.
+  Actions   1-9: restart an app (staff code), roll back, apply again, uplink override, end it,
+            support bundle to the USB stick, restart the services, enroll again (technician).
+Codes: HQ runs `centralctl store console-code STORE --role staff|technician --ttl 1h` and reads
+the code out (e.g. K7QMX-2HD9P); type it after u, or when an action asks. Five wrong codes lock
+the console for a minute, then longer. It locks itself after 15 minutes without a key.
+Ctrl-L draws the screen again (after noise on a serial line).";
+
 /// `nodectl console`'s options. The defaults are the store OS image's paths.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {

@@ -186,28 +186,15 @@ fn a_technician_brings_the_store_back_with_central_away() {
     // The WAN is cut: central is gone.
     lab.kill9("central").unwrap();
 
-    let stick = tmp.path().join("stick");
-    std::fs::create_dir_all(&stick).unwrap();
-    let p = |x: &str| run.join(x).display().to_string();
+    // `make console`'s script, on this stack's folder; its stick is <run>/stick.
+    let stick = run.join("stick");
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin_dir = require_bin("nodectl").parent().unwrap().to_path_buf();
     let cmd = vec![
-        require_bin("nodectl").display().to_string(),
-        "--socket".into(),
-        p("nodeagent.sock"),
-        "console".into(),
-        "--netd-socket".into(),
-        p("netd.sock"),
-        "--vmd-socket".into(),
-        p("vmd.sock"),
-        "--state-dir".into(),
-        p("node"),
-        "--netd-state-dir".into(),
-        p("netd"),
-        "--vmd-state-dir".into(),
-        p("vmd"),
-        "--netns".into(),
-        "bkstore".into(),
-        "--stick".into(),
-        stick.display().to_string(),
+        "env".to_string(),
+        format!("BACKROOM_RUN_DIR={}", run.display()),
+        format!("BACKROOM_RUN_BIN={}", bin_dir.display()),
+        repo.join("scripts/run/console").display().to_string(),
         "--refresh-seconds".into(),
         "1".into(),
     ];

@@ -154,9 +154,29 @@ fn systemd_analyze_verify_finds_nothing_wrong() {
         std::fs::write(&p, text).unwrap();
         units.push(p);
     }
+    // The recovery console's template, as the instance on the server's screen.
+    let console =
+        std::fs::read_to_string(repo().join("packaging/systemd/backroom-console@.service"))
+            .unwrap()
+            .replace("/usr/bin/nodectl", &require_bin("nodectl").display().to_string());
+    let p = dir.path().join("backroom-console@tty1.service");
+    std::fs::write(&p, console).unwrap();
+    units.push(p);
     let out =
         Command::new("systemd-analyze").args(["verify", "--man=no"]).args(&units).output().unwrap();
     let said =
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify:\n{said}");
+}
+
+#[test]
+fn the_console_unit_starts_a_command_nodectl_accepts() {
+    let text = std::fs::read_to_string(repo().join("packaging/systemd/backroom-console@.service"))
+        .unwrap();
+    let exec = text.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("an ExecStart");
+    let mut argv = exec.split_whitespace();
+    assert_eq!(argv.next(), Some("/usr/bin/nodectl"));
+    let out = Command::new(require_bin("nodectl")).args(argv).arg("--help").output().unwrap();
+    assert!(out.status.success(), "{exec}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("TTYPath=/dev/%I") && text.contains("Restart=always"), "{text}");
 }

@@ -62,6 +62,7 @@ enum Command {
     /// phone. The board shows what is wrong; actions (restart an app, roll back, the uplink
     /// override, a support bundle on a USB stick…) need a code HQ reads out
     /// (`centralctl store console-code`). Works with no WAN, and with nodeagent down.
+    #[command(after_long_help = backroom_console::HELP)]
     Console(backroom_console::Args),
 }
 
