@@ -5,7 +5,7 @@
 //! ([`PENDING_FILE`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backroom_api::netd as netpb;
@@ -73,8 +73,12 @@ pub struct NodeConfig {
     pub bundle_cap: u64,
 }
 
+/// How many of nodeagent's events the board keeps.
+pub const EVENTS_KEPT: usize = 50;
+
 pub struct Node {
     cfg: NodeConfig,
+    events: Arc<Mutex<std::collections::VecDeque<pb::Event>>>,
     cpu: Mutex<CpuMeter>,
     /// Wrong codes while nodeagent is down (nodeagent keeps its own).
     limiter: Mutex<Limiter>,
@@ -91,7 +95,35 @@ fn unreachable(s: &tonic::Status) -> bool {
 
 impl Node {
     pub fn new(cfg: NodeConfig) -> Node {
-        Node { cfg, cpu: Mutex::new(CpuMeter::default()), limiter: Mutex::new(Limiter::default()) }
+        Node {
+            cfg,
+            events: Arc::default(),
+            cpu: Mutex::new(CpuMeter::default()),
+            limiter: Mutex::new(Limiter::default()),
+        }
+    }
+
+    /// Follows nodeagent's events in the background (again after it restarts), keeping the
+    /// latest [`EVENTS_KEPT`] for the board. Call it inside the runtime.
+    pub fn follow_events(&self) {
+        let (sock, kept) = (self.cfg.nodeagent_socket.clone(), Arc::clone(&self.events));
+        tokio::spawn(async move {
+            loop {
+                if let Ok(ch) = backroom_daemon::socket::connect(&sock).await
+                    && let Ok(s) = NodeAgentClient::new(ch).events(pb::EventsRequest {}).await
+                {
+                    let mut s = s.into_inner();
+                    while let Some(Ok(e)) = s.next().await {
+                        let mut k = kept.lock().unwrap_or_else(|p| p.into_inner());
+                        if k.len() == EVENTS_KEPT {
+                            k.pop_back();
+                        }
+                        k.push_front(e);
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        });
     }
 
     async fn agent(&self) -> Result<NodeAgentClient<tonic::transport::Channel>, String> {
@@ -480,6 +512,13 @@ impl Backend for Node {
                 host,
                 daemons,
                 store_id,
+                events: self
+                    .events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect(),
             }
         }
         .boxed()

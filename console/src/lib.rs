@@ -106,6 +106,7 @@ pub async fn main(args: Args, nodeagent_socket: PathBuf) -> anyhow::Result<()> {
         netns: args.netns,
         bundle_cap: bundle::DEFAULT_CAP,
     });
+    node.follow_events();
     let opts = run::Options {
         refresh: Duration::from_secs(args.refresh_seconds.max(1)),
         serial_command: vec![

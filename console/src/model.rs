@@ -21,6 +21,8 @@ pub struct Facts {
     pub daemons: Vec<(String, String)>,
     /// The store's id from the node's identity file, for when nodeagent does not answer.
     pub store_id: String,
+    /// nodeagent's latest events, newest first.
+    pub events: Vec<pb::Event>,
 }
 
 /// The uplink as the kernel sees it in the console's network namespace.

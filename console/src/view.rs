@@ -289,7 +289,17 @@ fn board(f: &mut Frame<'_>, area: Rect, app: &App) {
                 color(Severity::Bad),
             ));
         }
-        for a in &s.actions {
+        for e in app.facts.events.iter().filter(|e| !matches!(e.kind.as_str(), "health" | "state"))
+        {
+            let who =
+                if e.workload.is_empty() { String::new() } else { format!("{} ", e.workload) };
+            ev.push(Line::raw(format!(
+                " {} {who}{}",
+                clock_hm(e.at_unix_ms),
+                first_line(&e.message)
+            )));
+        }
+        for a in s.actions.iter().filter(|_| app.facts.events.is_empty()) {
             ev.push(Line::styled(
                 format!(
                     " {} {} {}{}",
@@ -317,7 +327,7 @@ fn board(f: &mut Frame<'_>, area: Rect, app: &App) {
     if ev.is_empty() {
         ev.push(Line::raw(" nothing is failing; no recent actions"));
     }
-    f.render_widget(Paragraph::new(ev).block(block("Problems, then recent actions")), events);
+    f.render_widget(Paragraph::new(ev).block(block("Problems, then what happened lately")), events);
 }
 
 fn segments_line(app: &App) -> Line<'static> {

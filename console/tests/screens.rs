@@ -140,6 +140,22 @@ fn coffee_shop() -> Facts {
             disk_used: 120_000_000_000,
             disk_total: 930_000_000_000,
         },
+        events: vec![
+            pb::Event {
+                at_unix_ms: NOW - 2 * MIN,
+                workload: "orders".into(),
+                kind: "exit".into(),
+                message: "exited with status 1 (restart 4 in 2 s)".into(),
+                subject: String::new(),
+            },
+            pb::Event {
+                at_unix_ms: NOW - 3 * MIN,
+                workload: "orders".into(),
+                kind: "state".into(),
+                message: "backoff: crash loop".into(),
+                subject: String::new(),
+            },
+        ],
         ..Default::default()
     }
 }

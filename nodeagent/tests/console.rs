@@ -87,7 +87,15 @@ async fn wrong_codes_lock_the_console_and_a_restart_does_not_unlock_it() {
     let good = code(&secret, Role::Technician, T0);
     assert_eq!(c.unlock(&good).unwrap().role, "technician");
     // Another store's code, typed five times.
-    let other = console_code::issue(&Secret::generate(), STORE, Role::Technician, T0, Duration::from_secs(3600)).unwrap().text;
+    let other = console_code::issue(
+        &Secret::generate(),
+        STORE,
+        Role::Technician,
+        T0,
+        Duration::from_secs(3600),
+    )
+    .unwrap()
+    .text;
     for _ in 0..console_code::LIMIT {
         let e = c.unlock(&other).unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
@@ -132,14 +140,21 @@ async fn a_staff_code_restarts_but_cannot_roll_back_and_each_action_is_told() {
     assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
     let tech = code(&secret, Role::Technician, T0);
     let e = c
-        .act(backroom_api::nodeagent::ConsoleActionRequest { code: tech, kind: "rollback".into(), ..Default::default() })
+        .act(backroom_api::nodeagent::ConsoleActionRequest {
+            code: tech,
+            kind: "rollback".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert!(e.message().contains("no last-known-good"), "{e:?}");
     let rec = audit(dir.path());
     let msgs: Vec<&str> = rec.iter().map(|r| r.message.as_str()).collect();
     assert!(msgs.iter().any(|m| m.contains("cannot do `rollback`")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.starts_with("restart orders by a staff at the console: failed")), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.starts_with("restart orders by a staff at the console: failed")),
+        "{msgs:?}"
+    );
     // The same records went out as events (for nodectl and central's outbox).
     let mut seen = vec![];
     while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
@@ -175,7 +190,10 @@ async fn what_the_console_did_while_nodeagent_was_down_is_taken_in_at_start() {
         .filter(|e| e.kind.starts_with("console_"))
         .map(|e| (i64::try_from(e.at_ms).unwrap(), e.kind))
         .collect();
-    assert_eq!(told, [(T0 - 5000, "console_unlocked".to_string()), (T0 - 4000, "console_action".to_string())]);
+    assert_eq!(
+        told,
+        [(T0 - 5000, "console_unlocked".to_string()), (T0 - 4000, "console_action".to_string())]
+    );
     assert_eq!(audit(dir.path()).len(), 2);
     assert!(clock.now_ms() >= T0);
 }
