@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backroom_daemon::clock::ManualClock;
-use backroom_daemon::{Clock, SharedClock};
+use backroom_daemon::SharedClock;
 use backroom_nodeagent::console::{Console, ConsoleParts, PENDING_FILE, audit};
 use backroom_nodeagent::engine::{Config, Engine, EngineHandle};
 use backroom_nodeagent::network::MemoryNetwork;
