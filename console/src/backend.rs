@@ -73,6 +73,10 @@ pub struct NodeConfig {
     pub bundle_cap: u64,
 }
 
+/// nodeagent's count of wrong codes (see nodeagent's `console` module): the console uses the
+/// same file when it checks codes itself.
+pub const LIMITER_FILE: &str = "console/limiter.json";
+
 /// How many of nodeagent's events the board keeps.
 pub const EVENTS_KEPT: usize = 50;
 
@@ -215,16 +219,31 @@ impl Node {
             .flatten()
             .map(|i| i.store_id)
             .ok_or_else(|| "this node has no identity: it is not enrolled".to_string())?;
-        let mut lim = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
-        lim.check(now).map_err(|e| backroom_daemon::chain(&e))?;
-        match console_code::verify(&secret, &store, code, now) {
+        // The same count nodeagent keeps (a restart of either is not a reset).
+        let mut kept = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+        let file = self.cfg.state_dir.join(LIMITER_FILE);
+        let mut lim: Limiter = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| kept.clone());
+        let r = lim.verify(&secret, &store, code, now);
+        *kept = lim.clone();
+        drop(kept);
+        if let Some(d) = file.parent() {
+            let _ = std::fs::create_dir_all(d);
+        }
+        if let Err(e) = backroom_daemon::fs::write_atomic(
+            &file,
+            &serde_json::to_vec(&lim).unwrap_or_default(),
+            0o600,
+        ) {
+            tracing::warn!(error = %e, "cannot keep the count of wrong codes");
+        }
+        match r {
             Ok(g) if !announce => {
-                lim.success();
                 Ok(Grant { role: g.role, expires_ms: g.expires_ms, code: code.to_string() })
             }
             Ok(g) => {
-                lim.success();
-                drop(lim);
                 self.pending(
                     "console_unlocked",
                     "",
@@ -237,8 +256,6 @@ impl Node {
                 Ok(Grant { role: g.role, expires_ms: g.expires_ms, code: code.to_string() })
             }
             Err(e) => {
-                lim.failure(now);
-                drop(lim);
                 let why = backroom_daemon::chain(&e);
                 let _ = self.pending("console_refused", "", format!("a code was refused: {why}"));
                 Err(why)

@@ -170,6 +170,7 @@ impl Console {
         let now = self.p.clock.now_ms();
         let mut lim = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
         let r = lim.verify(&secret, &store, code, now);
+        let _ = std::fs::create_dir_all(self.p.state_dir.join("console"));
         if let Err(e) = backroom_daemon::fs::write_atomic(
             &self.p.state_dir.join(LIMITER_FILE),
             &serde_json::to_vec(&*lim).unwrap_or_default(),

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backroom_daemon::clock::ManualClock;
 use backroom_daemon::SharedClock;
+use backroom_daemon::clock::ManualClock;
 use backroom_nodeagent::console::{Console, ConsoleParts, PENDING_FILE, audit};
 use backroom_nodeagent::engine::{Config, Engine, EngineHandle};
 use backroom_nodeagent::network::MemoryNetwork;
