@@ -502,6 +502,14 @@ fn runbooks(c: &mut Checker<'_>, p: &Profile) {
                 format!("runbook name `{}` is used twice (first at {first_pos})", rb.name),
             );
         }
+        // Accepted (the format has them) but not acted on yet: said loudly, never silently.
+        c.warn(
+            &at("name"),
+            format!(
+                "runbook `{}` is not run: this version of nodeagent does not run runbooks yet, so it does nothing on the node",
+                rb.name
+            ),
+        );
         let w = &rb.when;
         let kinds = usize::from(w.unhealthy.is_some())
             + usize::from(w.drift.is_some())

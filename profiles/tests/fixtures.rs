@@ -12,7 +12,7 @@ fn dir(name: &str) -> PathBuf {
 }
 
 #[test]
-fn the_sample_fleet_renders_without_errors_or_warnings() {
+fn the_sample_fleet_renders_without_errors_or_warnings_but_that_runbooks_do_not_run_yet() {
     let stores = render_fleet(&dir("fleet")).expect("fleet folder lists");
     assert!(stores.len() >= 3, "the sample fleet has at least three stores");
     let mut formats = std::collections::BTreeSet::new();
@@ -23,7 +23,20 @@ fn the_sample_fleet_renders_without_errors_or_warnings() {
             Ok(r) => r,
             Err(e) => panic!("{} does not render:\n{:#?}", s.path.display(), e.diagnostics),
         };
-        assert!(r.warnings.is_empty(), "{}: {:#?}", s.id, r.warnings);
+        // The one warning the sample fleet has: its runbooks are not run yet (said loudly).
+        let other: Vec<_> = r
+            .warnings
+            .iter()
+            .filter(|d| !d.message.contains("does not run runbooks yet"))
+            .collect();
+        assert!(other.is_empty(), "{}: {:#?}", s.id, other);
+        assert_eq!(
+            r.warnings.len(),
+            r.profile.runbooks.len(),
+            "{}: one warning per runbook: {:#?}",
+            s.id,
+            r.warnings
+        );
         formats.insert(r.profile.metadata.name.to_string());
         has_vm |= r.profile.vms().count() > 0;
         has_container |= r.profile.containers().count() > 0;
