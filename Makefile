@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: run stop test deps services build lint bench chaos console
+.PHONY: run stop test deps services build lint bench chaos console image debs
 
 ## make run: a working HQ (central) and one store node (netd, vmd, nodeagent) on this machine,
 ## the sample fleet pushed, the store enrolled; prints where to look. `make stop` ends it.
@@ -23,6 +23,15 @@ test: deps services
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace --no-fail-fast
+
+## make image: the store OS image (images/out/backroom-store.img, .zst, the root slot, SHA256SUMS)
+## from Debian 12 packages and our .debs; skipped when its inputs did not change.
+image: deps
+	images/build.sh images/out
+
+## make debs: backroom-node and backroom-central .deb files in images/out/debs.
+debs:
+	images/debs.sh images/out/debs
 
 deps:
 	scripts/install-deps

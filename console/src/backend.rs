@@ -71,7 +71,13 @@ pub struct NodeConfig {
     /// The store network's namespace when it is not the console's own (development, tests).
     pub netns: Option<String>,
     pub bundle_cap: u64,
+    /// What the store OS image's first boot is doing (`backroom-firstboot`), shown until the
+    /// node is enrolled.
+    pub first_boot_status: PathBuf,
 }
+
+/// Where the store OS image's first boot writes what it is doing.
+pub const FIRST_BOOT_STATUS: &str = "/run/backroom/firstboot";
 
 /// nodeagent's count of wrong codes (see nodeagent's `console` module): the console uses the
 /// same file when it checks codes itself.
@@ -519,7 +525,14 @@ impl Backend for Node {
                 Some(s) => s.store_id.clone(),
                 None => self.identity_store().unwrap_or_default(),
             };
+            let first_boot = match self.identity_store() {
+                Some(_) => String::new(),
+                None => std::fs::read_to_string(&self.cfg.first_boot_status)
+                    .map(|t| t.trim().to_string())
+                    .unwrap_or_default(),
+            };
             Facts {
+                first_boot,
                 at_ms: now_ms(),
                 agent,
                 agent_error,

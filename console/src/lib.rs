@@ -105,6 +105,7 @@ pub async fn main(args: Args, nodeagent_socket: PathBuf) -> anyhow::Result<()> {
         services: args.services,
         netns: args.netns,
         bundle_cap: bundle::DEFAULT_CAP,
+        first_boot_status: PathBuf::from(backend::FIRST_BOOT_STATUS),
     });
     node.follow_events();
     let opts = run::Options {

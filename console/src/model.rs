@@ -23,6 +23,9 @@ pub struct Facts {
     pub store_id: String,
     /// nodeagent's latest events, newest first.
     pub events: Vec<pb::Event>,
+    /// What the store OS image's first boot is doing ("looking for a stick labelled
+    /// BACKROOM"…), while the node is not enrolled; empty otherwise.
+    pub first_boot: String,
 }
 
 /// The uplink as the kernel sees it in the console's network namespace.
@@ -107,6 +110,11 @@ impl Facts {
 
     /// The one sentence at the top of the board.
     pub fn headline(&self) -> (Severity, String) {
+        if !self.first_boot.is_empty() && self.store_id.is_empty() {
+            let bad = self.first_boot.starts_with("no ") || self.first_boot.contains("cannot");
+            let sev = if bad { Severity::Bad } else { Severity::Busy };
+            return (sev, format!("first boot: {}", first_line(&self.first_boot)));
+        }
         let Some(s) = &self.agent else {
             return (
                 Severity::Bad,

@@ -243,6 +243,26 @@ fn board_with_nodeagent_down() {
 }
 
 #[test]
+fn board_at_first_boot_says_what_it_is_waiting_for() {
+    // A box off the shelf: not enrolled, nodeagent standalone with nothing to run, the image's
+    // first boot looking for its stick.
+    let mut f = healthy_online();
+    f.store_id = String::new();
+    if let Some(a) = f.agent.as_mut() {
+        a.workloads.clear();
+        a.store_id.clear();
+    }
+    f.first_boot = "looking for a stick labelled BACKROOM".into();
+    let s = screen(&app(f.clone()));
+    assert!(s.contains("first boot: looking for a stick labelled BACKROOM"), "{s}");
+    insta::assert_snapshot!(s);
+    // Once enrolled (the store has an id) the first boot's word is no longer the headline.
+    f.store_id = "store-0042".into();
+    let s = screen(&app(f));
+    assert!(!s.contains("first boot:"), "{s}");
+}
+
+#[test]
 fn board_with_the_cable_out() {
     let mut f = healthy_online();
     f.uplink.carrier = Some(false);
