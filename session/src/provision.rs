@@ -232,7 +232,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Provision, ProvisionError> {
     Ok(Provision { central: urls, token: parsed, insecure_registries: insecure, registry_ca: cas })
 }
 
-fn check_url(url: &str) -> Result<(), String> {
+/// Why `url` cannot be one of `central`'s URLs, if it cannot.
+pub fn check_url(url: &str) -> Result<(), String> {
     let Some(rest) = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")) else {
         return Err(format!("{url:?} is not an https:// (or http://) URL"));
     };
@@ -246,7 +247,8 @@ fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_host_port(s: &str) -> Result<(), String> {
+/// Why `s` cannot be one of `insecure_registries`, if it cannot.
+pub fn check_host_port(s: &str) -> Result<(), String> {
     let Some((host, port)) = s.rsplit_once(':') else {
         return Err(format!("{s:?} is not host:port (e.g. 10.0.2.2:5055)"));
     };
