@@ -26,3 +26,4 @@ pub mod operator_service;
 pub mod profile_report;
 pub mod redact;
 pub mod server;
+pub mod stick;

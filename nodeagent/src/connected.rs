@@ -106,6 +106,11 @@ fn central_dir(state: &Path) -> PathBuf {
     state.join("central")
 }
 
+/// Whether this node holds a usable identity from central: it has enrolled and needs no token.
+pub fn enrolled(state_dir: &Path) -> bool {
+    matches!(Identity::load(&central_dir(state_dir)), Ok(Some(_)))
+}
+
 /// Where the store's console secret is kept (issue 12): `<state>/central/console.key`, written
 /// by the session crate at enrollment and whenever central's welcome brings a new one. The
 /// console reads it to check codes with no WAN.

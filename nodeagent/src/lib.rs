@@ -38,6 +38,7 @@ pub mod network;
 pub mod plan;
 pub mod probe;
 pub mod problems;
+pub mod provision;
 pub mod record;
 pub mod restart;
 pub mod runtime;

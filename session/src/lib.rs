@@ -4,6 +4,9 @@
 //! TLS set-up ([`tls`]), including the first connection, where the node checks central against
 //! the CA fingerprint its token carries, so no connection is ever unauthenticated.
 //!
+//! Both ends also share `provision.toml`, what a new box reads to find central and enroll
+//! ([`provision`]): nodeagent reads it, centralctl writes it onto a USB stick image.
+//!
 //! Both ends also share the console codes of the store's recovery console ([`console_code`]):
 //! central issues them, the node checks them with no WAN.
 //!
@@ -20,6 +23,7 @@ pub mod enroll;
 pub mod link;
 pub mod outbox;
 pub mod pki;
+pub mod provision;
 pub mod tls;
 pub mod token;
 

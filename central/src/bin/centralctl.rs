@@ -16,6 +16,8 @@ use backroom_central::{client, ctl_report, profile_report};
 use backroom_daemon::logging::LogArgs;
 use backroom_daemon::text::short;
 use backroom_profiles::{Diagnostic, Invalid, Rendered, Severity, render_file, render_fleet};
+use backroom_session::provision;
+use backroom_session::token::EnrollToken;
 use clap::{Args, Parser, Subcommand};
 
 /// Backroom's operator CLI.
@@ -145,19 +147,46 @@ enum FleetCommand {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Make a one-time enrollment token for a store (printed on stdout).
+    /// Make a one-time enrollment token for a store (printed on stdout), and with --stick a
+    /// provisioning stick image holding it.
+    ///
+    /// A new box is provisioned by plugging in a USB stick made from that image and powering it
+    /// on: it reads provision.toml from the stick, enrolls with the token, and from then on
+    /// needs the stick no more. For example, for store-0042:
+    ///
+    /// 1. `centralctl token create --store store-0042 --stick store-0042.img --central-url
+    /// https://central.example:7443`
+    ///
+    /// 2. `dd if=store-0042.img of=/dev/sdX bs=1M conv=fsync` (sdX: the USB stick, see `lsblk`)
     Create {
+        /// The store the token enrolls a box for (its id, e.g. store-0042).
         #[arg(long)]
         store: String,
         #[arg(long, default_value = "")]
         region: String,
-        /// How long the token stays usable.
+        /// How long the token stays usable: the box must enroll within it.
         #[arg(long, default_value = "24h")]
         ttl: backroom_profiles::Duration,
         /// The store is enrolled and this token is for its replacement server: when used, the
         /// running server's certificate is revoked (admin only; audited).
         #[arg(long)]
         replace: bool,
+        /// Also write a provisioning stick image to FILE: a FAT filesystem labelled BACKROOM
+        /// (8 MiB) holding provision.toml with the --central-url URLs, the new token and the
+        /// --insecure-registry registries. Copy it onto a USB stick with
+        /// `dd if=FILE of=/dev/sdX bs=1M conv=fsync` (everything on the stick is replaced).
+        /// It holds the token: keep it safe until the box has enrolled.
+        #[arg(long, value_name = "FILE", requires = "central_urls")]
+        stick: Option<PathBuf>,
+        /// central's node URL as the store reaches it, e.g. https://central.example:7443 (the
+        /// node port, not the operator API); repeat for several, tried in order. Required with
+        /// --stick: central does not know the names stores reach it by.
+        #[arg(long = "central-url", value_name = "URL", requires = "stick")]
+        central_urls: Vec<String>,
+        /// A registry the store reaches over plain HTTP (HOST:PORT), written onto the stick;
+        /// repeat for several.
+        #[arg(long = "insecure-registry", value_name = "HOST:PORT", requires = "stick")]
+        insecure_registries: Vec<String>,
     },
     /// Enrollment tokens (their ids, stores and states; never the tokens themselves).
     List {
@@ -290,6 +319,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `token create --stick` writes onto the stick is what nodeagent accepts.
+fn check_stick(central_urls: &[String], insecure_registries: &[String]) -> anyhow::Result<()> {
+    for u in central_urls {
+        if let Err(why) = provision::check_url(u) {
+            bail!("--central-url: {why}");
+        }
+    }
+    for r in insecure_registries {
+        if let Err(why) = provision::check_host_port(r) {
+            bail!("--insecure-registry: {why}");
+        }
+    }
+    Ok(())
+}
+
 /// `key = value` lines of ~/.config/backroom/centralctl.conf fill what flags and environment
 /// leave out.
 fn with_config_file(mut c: Conn) -> Conn {
@@ -342,6 +386,11 @@ fn status(s: tonic::Status) -> anyhow::Error {
 }
 
 async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
+    // Before central is asked: a wrong URL does not leave a token made and unused.
+    if let Remote::Token(TokenCommand::Create { central_urls, insecure_registries, .. }) = &command
+    {
+        check_stick(central_urls, insecure_registries)?;
+    }
     let mut c = connect(&conn).await?;
     match command {
         Remote::Fleet(FleetCommand::Push { dir }) => {
@@ -411,7 +460,15 @@ async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Remote::Token(TokenCommand::Create { store, region, ttl, replace }) => {
+        Remote::Token(TokenCommand::Create {
+            store,
+            region,
+            ttl,
+            replace,
+            stick,
+            central_urls,
+            insecure_registries,
+        }) => {
             let r = c
                 .create_enroll_token(CreateEnrollTokenRequest {
                     store_id: store.clone(),
@@ -427,6 +484,30 @@ async fn run_remote(conn: Conn, command: Remote) -> anyhow::Result<ExitCode> {
                 "one-time enrollment token {} for {store}; usable until {} ms (in {})",
                 r.id, r.expires_unix_ms, ttl
             );
+            if let Some(file) = stick {
+                let token = EnrollToken::parse(&r.token)
+                    .context("central answered with a token this centralctl cannot read")?;
+                let p = provision::Provision {
+                    central: central_urls,
+                    token,
+                    insecure_registries,
+                    registry_ca: Default::default(),
+                };
+                backroom_central::stick::write(&file, &p).with_context(|| {
+                    format!("token {} was made, but its stick image was not (revoke it with `centralctl token revoke {}`)", r.id, r.id)
+                })?;
+                eprintln!(
+                    "provisioning stick image for {store} written to {f} ({} MiB FAT, label {label}, {name} for central {urls}).\n\
+                     Copy it onto a USB stick (sdX: the stick, see lsblk; everything on it is replaced):\n\
+                     \x20   dd if={f} of=/dev/sdX bs=1M conv=fsync\n\
+                     then plug the stick into the new box and power it on. It holds the token: keep it safe until the box has enrolled.",
+                    backroom_central::stick::IMAGE_BYTES >> 20,
+                    f = file.display(),
+                    label = provision::STICK_LABEL,
+                    name = provision::FILE_NAME,
+                    urls = p.central.join(", "),
+                );
+            }
         }
         Remote::Token(TokenCommand::List { store }) => {
             let r = c

@@ -10,6 +10,7 @@ use backroom_daemon::logging::LogArgs;
 use backroom_daemon::{Chain, notify};
 use backroom_nodeagent::engine::{Config, Engine};
 use backroom_nodeagent::network::NetworkChoice;
+use backroom_nodeagent::provision;
 use backroom_nodeagent::restart::Timing;
 use backroom_nodeagent::runtime::{Containerd, ContainerdConfig, RegistryAuth};
 use backroom_nodeagent::vms::VmsChoice;
@@ -75,6 +76,16 @@ struct Args {
     /// A file holding the enrollment token.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// A provision.toml to take central's URL, the enrollment token and the registries from
+    /// (the format: spec/store-os.md; `centralctl token create --stick` writes one). Repeat for
+    /// several candidates, tried in order: the first that exists is used, the others are not
+    /// read. The store OS image gives the USB stick's, then the ESP's. A flag given as well
+    /// wins over the file. A wrong file stops a node that has not enrolled yet (the error names
+    /// the file, line and column; fix the file or take the stick out); an enrolled node logs it
+    /// and runs on, as it does when the stick is gone. What was used, from where and when, is
+    /// in <state-dir>/provision.json.
+    #[arg(long = "provision", value_name = "FILE")]
+    provision: Vec<PathBuf>,
     /// How long a revision from central has to become healthy before the node goes back to its
     /// last-known-good revision.
     #[arg(long, default_value = "5m")]
@@ -151,10 +162,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         registry_cas.entry(registry.to_string()).or_default().extend(certs);
     }
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the token file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let flags = provision::Flags {
+        central: args.central.clone(),
+        token,
+        insecure_registries: args.insecure_registries.clone(),
+        registry_cas,
+    };
+    let provision::Flags { central, token, insecure_registries, registry_cas } =
+        provisioned(&args, flags, &clock)?;
     let ctd_config = ContainerdConfig {
         socket: args.containerd_socket.clone(),
         namespace: args.containerd_namespace.clone(),
-        insecure_registries: args.insecure_registries.clone(),
+        insecure_registries,
         auth,
         registry_cas,
     };
@@ -179,10 +208,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     cfg.liveness_timeout = cfg.liveness_interval.min(Duration::from_secs(3));
     cfg.resolv_conf = args.resolv_conf.clone();
     let contact = tokio::sync::watch::Sender::new(0i64);
-    let central_state = tokio::sync::watch::Sender::new(String::from("standalone (no --central)"));
-    cfg.confirm_seconds =
-        args.confirm_seconds.unwrap_or(if args.central.is_some() { 120 } else { 0 });
-    if args.central.is_some() {
+    let central_state =
+        tokio::sync::watch::Sender::new(String::from(if args.provision.is_empty() {
+            "standalone (no --central)"
+        } else {
+            "standalone (no --central, no provision.toml)"
+        }));
+    cfg.confirm_seconds = args.confirm_seconds.unwrap_or(if central.is_some() { 120 } else { 0 });
+    if central.is_some() {
         cfg.confirm_gate = Some(backroom_nodeagent::connected::confirm_gate(contact.subscribe()));
     }
     cfg.restart = Timing::with_first_delay(Duration::from_millis(args.restart_backoff_ms.max(1)));
@@ -201,28 +234,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             state_dir: args.state_dir.clone(),
             engine: handle.clone(),
             clock: clock.clone(),
-            local: args.central.is_some().then_some(local_tx),
+            local: central.is_some().then_some(local_tx),
             overrides,
-            contact: args.central.is_some().then(|| contact.subscribe()),
+            contact: central.is_some().then(|| contact.subscribe()),
             override_segment: None,
         });
     let extra = backroom_nodeagent::server::Extra {
         console: Some(std::sync::Arc::new(console)),
-        link: args.central.is_some().then(|| link_info.subscribe()),
-        contact: args.central.is_some().then(|| contact.subscribe()),
+        link: central.is_some().then(|| link_info.subscribe()),
+        contact: central.is_some().then(|| contact.subscribe()),
         state_dir: args.state_dir.clone(),
     };
-    if let Some(url) = &args.central {
-        let token = match (&args.token, &args.token_file) {
-            (Some(t), _) => Some(t.clone()),
-            (None, Some(f)) => Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("cannot read the token file {}", f.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => None,
-        };
+    if let Some(url) = &central {
         let opts = backroom_nodeagent::connected::CentralOptions {
             url: url.clone(),
             token,
@@ -267,4 +290,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The flags with what `--provision` gives laid under them; stops when the file is wrong and
+/// the node has not enrolled (see `backroom_nodeagent::provision`).
+fn provisioned(
+    args: &Args,
+    flags: provision::Flags,
+    clock: &backroom_daemon::SharedClock,
+) -> anyhow::Result<provision::Flags> {
+    if args.provision.is_empty() {
+        return Ok(flags);
+    }
+    let enrolled = backroom_nodeagent::connected::enrolled(&args.state_dir);
+    let found = provision::find(&args.provision);
+    let now = backroom_daemon::clock::rfc3339(clock.now_ms());
+    let decision =
+        provision::decide(found, enrolled, provision::Record::load(&args.state_dir), &now);
+    if let Some(record) = &decision.record
+        && let Err(e) = record.save(&args.state_dir)
+    {
+        tracing::warn!(error = %Chain(&e), "cannot record which provisioning was used");
+    }
+    if let Some(e) = decision.fatal {
+        // main prints it whole, on stderr: the journal, and so the console, shows it.
+        return Err(anyhow::Error::new(e).context(
+            "this node has not enrolled and its provision.toml cannot be used: fix the file or take the stick out",
+        ));
+    }
+    for w in &decision.warnings {
+        tracing::warn!("{w}");
+    }
+    for n in &decision.notes {
+        tracing::info!("{n}");
+    }
+    let (merged, said) = provision::merge(flags, decision.provided);
+    for s in &said {
+        tracing::warn!("{s}");
+    }
+    Ok(merged)
 }
