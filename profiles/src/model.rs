@@ -70,11 +70,34 @@ pub struct NodeSpec {
     pub reserved: Resources,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<Capacity>,
+    /// The store OS the box should run; absent: it keeps the OS it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<OsSpec>,
 }
 
 impl Default for NodeSpec {
     fn default() -> Self {
-        NodeSpec { reserved: Resources::default_reserved(), capacity: None }
+        NodeSpec { reserved: Resources::default_reserved(), capacity: None, os: None }
+    }
+}
+
+/// `node.os`: the store OS image the box should run (an A/B update when `version` differs from
+/// the running one). Checked in `validate.rs`, so each problem points at its own line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsSpec {
+    /// Free-form; compared for equality only.
+    pub version: String,
+    /// An http(s) URL of the root slot image (the squashfs).
+    pub image: String,
+    /// 64 lower-case hex digits: the sha256 of the image.
+    pub sha256: String,
+}
+
+impl OsSpec {
+    /// `true` for the lower-case hex sha256 the image is checked against.
+    pub fn is_sha256(s: &str) -> bool {
+        s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     }
 }
 

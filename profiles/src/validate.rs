@@ -74,6 +74,7 @@ pub fn validate(p: &Profile, root: &Node) -> Vec<Diagnostic> {
     firewall(&mut c, p);
     runbooks(&mut c, p);
     admission(&mut c, p);
+    os(&mut c, p);
     c.diags
 }
 
@@ -574,5 +575,31 @@ fn admission(c: &mut Checker<'_>, p: &Profile) {
             "the workloads ask for {} of memory but the node has {} for them ({} minus {} reserved): {} too much",
             Size::from_bytes(mem), Size::from_bytes(free_mem), cap.memory, reserved.memory, Size::from_bytes(mem - free_mem)
         ));
+    }
+}
+
+fn os(c: &mut Checker<'_>, p: &Profile) {
+    let Some(os) = &p.node.os else { return };
+    let at = |f: &'static str| [K("node"), K("os"), K(f)];
+    let v = &os.version;
+    if v.trim().is_empty() {
+        c.error(
+            &at("version"),
+            "`node.os.version` is empty: write the version of the image, e.g. \"2026.12.1\"",
+        );
+    } else if v.chars().any(|ch| ch.is_control() || ch.is_whitespace()) {
+        c.error(&at("version"), format!("`node.os.version` {v:?} holds spaces or control characters: it goes into the boot menu and file names; use letters, digits, `.`, `-`, `_`"));
+    }
+    let url_ok = ["http://", "https://"].iter().any(|s| {
+        os.image.strip_prefix(s).is_some_and(|rest| {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            !host.is_empty() && !host.starts_with(':')
+        })
+    }) && !os.image.chars().any(|ch| ch.is_whitespace() || ch.is_control());
+    if !url_ok {
+        c.error(&at("image"), format!("`node.os.image` `{}` is not an http(s) URL: write https://host[:port]/path of the root image", os.image));
+    }
+    if !crate::model::OsSpec::is_sha256(&os.sha256) {
+        c.error(&at("sha256"), format!("`node.os.sha256` `{}` is not a sha256: write the 64 lower-case hex digits `sha256sum` prints for the image", os.sha256));
     }
 }

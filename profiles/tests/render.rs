@@ -161,3 +161,42 @@ fn a_literal_dollar_brace_survives_rendering() {
     assert_eq!(again.profile, r.profile);
     assert_eq!(render_str("again.json", &r.to_json()).unwrap().revision, r.revision);
 }
+
+const WITH_OS: &str = r#"
+apiVersion: backroom/v1
+kind: StoreProfile
+metadata: { name: demo }
+node:
+  os:
+    sha256: b517ff710669f502d9f7f4f564f0a93f9a87241817e28f9de1288a9d6f91a447
+    image: https://central.example:7443/os/backroom-store-2026.12.1.root
+    version: "2026.12.1"
+"#;
+
+#[test]
+fn node_os_renders_canonically_and_changes_the_revision() {
+    let r = render_str("os.yaml", WITH_OS).unwrap();
+    let os = r.profile.node.os.as_ref().unwrap();
+    assert_eq!(os.version, "2026.12.1");
+    let yaml = r.to_yaml();
+    assert!(yaml.contains("  os:\n    version: \"2026.12.1\"\n    image: "), "{yaml}");
+    // What render prints reads back to the same profile and revision.
+    let again = render_str("again.yaml", &yaml).unwrap();
+    assert_eq!(again.profile, r.profile);
+    assert_eq!(again.revision, r.revision);
+    let json = render_str("again.json", &r.to_json()).unwrap();
+    assert_eq!(json.revision, r.revision);
+    // Every field of node.os is meaning.
+    let without = WITH_OS.split("node:").next().unwrap();
+    let base = render_str("no-os.yaml", without).unwrap();
+    assert!(base.profile.node.os.is_none());
+    assert_ne!(base.revision, r.revision);
+    for (from, to) in
+        [("2026.12.1\"", "2026.12.2\""), ("12.1.root", "12.2.root"), ("b517ff", "c517ff")]
+    {
+        let other = render_str("os.yaml", &WITH_OS.replace(from, to)).unwrap();
+        assert_ne!(other.revision, r.revision, "{from} → {to}");
+    }
+    let d = diff(&base.profile, &r.profile);
+    assert!(!d.is_empty(), "the diff names the node change");
+}
