@@ -37,6 +37,19 @@ pub enum Error {
     },
     #[error("the stored revision {} renders to revision {found}, not {wanted}", path.display())]
     RevisionMismatch { path: PathBuf, found: String, wanted: String },
+    /// The downloaded OS image is not the one the profile names.
+    #[error("the OS image {url} has sha256 {found}, but node.os.sha256 is {wanted}")]
+    OsImageMismatch { url: String, found: String, wanted: String },
+    #[error("cannot download the OS image {url}: {what}")]
+    OsDownload {
+        url: String,
+        what: String,
+        #[source]
+        source: Option<reqwest::Error>,
+    },
+    /// A command of the OS update (mount, umount, systemctl) failed.
+    #[error("`{command}` failed: {message}")]
+    OsCommand { command: String, message: String },
     /// Something nodeagent itself refuses to do (a sentence of its own, with no cause below).
     #[error("{0}")]
     Invalid(String),

@@ -35,6 +35,7 @@ pub mod etc;
 pub mod liveness;
 pub mod logs;
 pub mod network;
+pub mod os;
 pub mod plan;
 pub mod probe;
 pub mod problems;

@@ -38,7 +38,10 @@ pub fn to_status(e: Error) -> Status {
         | Error::ImageJson { .. }
         | Error::ImageConfig { .. }
         | Error::Pull { .. }
-        | Error::Blob { .. } => Status::failed_precondition(msg),
+        | Error::Blob { .. }
+        | Error::OsImageMismatch { .. } => Status::failed_precondition(msg),
+        Error::OsDownload { .. } => Status::unavailable(msg),
+        Error::OsCommand { .. } => Status::internal(msg),
         Error::RuntimeSpec { .. } => Status::internal(msg),
         Error::Io { .. }
         | Error::StateFile { .. }
