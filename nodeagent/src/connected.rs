@@ -478,6 +478,8 @@ fn central_kind(kind: &str, message: &str, last_state: Option<&str>) -> Option<S
         }
         // What was done at the store's recovery console (see `console`).
         "console_unlocked" | "console_refused" | "console_action" => kind.into(),
+        // The A/B update of the store OS (see `os`).
+        k if k.starts_with("os_update_") => kind.into(),
         // Everything else stays on the node (nodectl shows it).
         _ => return None,
     })

@@ -17,6 +17,7 @@
 //! It does not decide when the node is healthy (connected.rs gives [`Health`]) or when a
 //! maintenance window allows a reboot.
 
+pub mod driver;
 pub mod memory;
 pub mod real;
 #[cfg(test)]

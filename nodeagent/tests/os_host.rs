@@ -36,7 +36,11 @@ fn running_version_and_slot_come_from_os_version_and_the_command_line() {
     std::fs::write(&p.os_version, "2026.12.1\n").unwrap();
     std::fs::write(&p.cmdline, "root=/dev/sda2 quiet\n").unwrap();
     assert_eq!(host.running(), None, "no backroom.slot=: not the store OS");
-    std::fs::write(&p.cmdline, "root=/dev/disk/by-partlabel/backroom-root-b ro backroom.slot=b quiet\n").unwrap();
+    std::fs::write(
+        &p.cmdline,
+        "root=/dev/disk/by-partlabel/backroom-root-b ro backroom.slot=b quiet\n",
+    )
+    .unwrap();
     assert_eq!(host.running(), Some(Running { version: "2026.12.1".into(), slot: Slot::B }));
 }
 
@@ -63,7 +67,10 @@ fn loader_entry_and_default_and_one_shot() {
         std::fs::read_to_string(p.loader_conf()).unwrap(),
         "default backroom-b.conf\ntimeout 0\neditor no\nconsole-mode keep\n"
     );
-    assert_eq!(with_default("timeout 0\n", "backroom-a.conf"), "default backroom-a.conf\ntimeout 0\n");
+    assert_eq!(
+        with_default("timeout 0\n", "backroom-a.conf"),
+        "default backroom-a.conf\ntimeout 0\n"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(p.esp.join("loader"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -148,7 +155,7 @@ async fn serve(body: Vec<u8>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<St
                 seen.lock().unwrap().push(from.map(|f| format!("bytes={f}-")).unwrap_or_default());
                 let head = match from {
                     Some(f) if f >= body.len() => {
-                        format!("HTTP/1.1 416 Range Not Satisfiable\r\ncontent-length: 0\r\n\r\n")
+                        "HTTP/1.1 416 Range Not Satisfiable\r\ncontent-length: 0\r\n\r\n".to_string()
                     }
                     Some(f) => format!(
                         "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\ncontent-range: bytes {f}-{}/{}\r\n\r\n",

@@ -90,6 +90,13 @@ struct Args {
     /// last-known-good revision.
     #[arg(long, default_value = "5m")]
     apply_deadline: backroom_profiles::Duration,
+    /// After an OS update (the profile's node.os), how long the node has on the new slot to be
+    /// healthy (the profile applied, every workload healthy, and central answering if it did
+    /// before the update) before it gives the version up and reboots into the old slot. The
+    /// failed version is not tried again until node.os.version changes. State:
+    /// <state-dir>/os.json.
+    #[arg(long, default_value = "10m")]
+    os_health_deadline: backroom_profiles::Duration,
     /// A registry reached over plain HTTP (host[:port]); repeat for several. Loopback
     /// registries always are.
     #[arg(long = "insecure-registry")]
@@ -225,7 +232,42 @@ async fn run(args: Args) -> anyhow::Result<()> {
         NetworkChoice::None(_) => None,
         n => Some(std::sync::Arc::new(n.clone())),
     };
+    let os_host = backroom_nodeagent::os::real::RealOsHost::new(
+        backroom_nodeagent::os::real::OsPaths::system(&args.state_dir),
+    )?;
+    {
+        use backroom_nodeagent::os::OsHost;
+        match os_host.running() {
+            Some(r) => tracing::info!("store OS {} on slot {}", r.version, r.slot),
+            None => tracing::info!("not the Backroom store OS image: node.os is refused"),
+        }
+        cfg.store_os = os_host.running().is_some();
+    }
     let (engine, handle) = Engine::new(cfg, runtime, net, vms)?;
+    {
+        let h = handle.clone();
+        let c = clock.clone();
+        let sink: backroom_nodeagent::os::EventSink =
+            std::sync::Arc::new(move |kind: &str, msg: String| {
+                h.publish(c.now_ms(), "", kind, msg)
+            });
+        let updater = backroom_nodeagent::os::OsUpdater::open(
+            os_host,
+            &args.state_dir,
+            clock.clone(),
+            args.os_health_deadline.to_std(),
+            sink,
+        )?;
+        let store = backroom_nodeagent::store::Store::open(&args.state_dir)?;
+        backroom_nodeagent::os::driver::spawn(
+            updater,
+            handle.clone(),
+            store,
+            contact.subscribe(),
+            clock.clone(),
+            Duration::from_secs(5),
+        );
+    }
     let link_info =
         tokio::sync::watch::Sender::new(backroom_nodeagent::connected::LinkInfo::default());
     let (local_tx, local_rx) = tokio::sync::mpsc::channel(4);

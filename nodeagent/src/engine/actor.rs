@@ -751,6 +751,13 @@ impl<R: Runtime, N: Network, V: Vms, P: Prober> Engine<R, N, V, P> {
             self.emit("", "revision", format!("revision {} refused: {why}", short(&rev)));
             return Err(Error::Refused(why));
         }
+        if let Some(os) = &rendered.profile.node.os
+            && !self.cfg.store_os
+        {
+            let why = crate::os::unsupported(&os.version);
+            self.emit("", "revision", format!("revision {} refused: {why}", short(&rev)));
+            return Err(Error::Invalid(why));
+        }
         let _span = tracing::info_span!("apply", revision = short(&rev)).entered();
         if self.desired.as_ref().is_some_and(|d| d.revision == rendered.revision) {
             return Ok(ApplyOutcome { revision: rev, changed: false });

@@ -84,6 +84,9 @@ pub struct Config {
     /// With commit-confirm: when to confirm. `None`: at once, since nodeagent still reaches
     /// netd after the change (standalone mode).
     pub confirm_gate: Option<ConfirmGate>,
+    /// This machine runs the Backroom store OS image (A/B slots): only then can a profile
+    /// with `node.os` be applied ([`crate::os`]).
+    pub store_os: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -118,6 +121,7 @@ impl Config {
             liveness_timeout: Duration::from_secs(3),
             clock: backroom_daemon::clock::system(),
             confirm_gate: None,
+            store_os: false,
         }
     }
 }
