@@ -134,9 +134,12 @@ rm -f "$R"/tmp/*.deb
 : >"$R/etc/machine-id"
 rm -f "$R/var/lib/dbus/machine-id"
 ln -sf /var/lib/backroom-os/resolv.conf "$R/etc/resolv.conf"
-mkdir -p "$R/boot/efi" "$R/var/lib/backroom-os/libvirt-qemu"
+mkdir -p "$R/boot/efi"
+for d in qemu secrets storage; do
+  mkdir -p "$R/etc/libvirt/$d" "$R/var/lib/backroom-os/libvirt/$d"
+  cp -a "$R/etc/libvirt/$d/." "$R/var/lib/backroom-os/libvirt/$d/"
+done
 : >"$R/var/lib/backroom-os/resolv.conf"
-cp -a "$R/etc/libvirt/qemu/." "$R/var/lib/backroom-os/libvirt-qemu/" 2>/dev/null || true
 # The root account stays locked: there is no login on this image (the recovery console is it).
 chroot "$R" passwd -l root >/dev/null
 printf 'IMAGE_ID=backroom-store\nIMAGE_VERSION=%s\n' "$VERSION" >>"$R/usr/lib/os-release"

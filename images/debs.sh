@@ -81,7 +81,7 @@ Description: $summary
 EOF
   find "$tree" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
   local deb=$OUT/${name}_${VERSION}_amd64.deb
-  dpkg-deb --root-owner-group -Zxz --build "$tree" "$deb" >/dev/null
+  dpkg-deb --root-owner-group -Zgzip --build "$tree" "$deb" >/dev/null
   printf '%s\n' "$deb"
 }
 

@@ -55,10 +55,26 @@ pub async fn run<B: Backend>(backend: Arc<B>, opts: Options) -> anyhow::Result<(
     if !std::io::stdout().is_terminal() {
         anyhow::bail!("the console needs a terminal (run it on a screen, a serial line or SSH)");
     }
+    serial_line_size();
     let mut terminal = ratatui::init();
     let r = main_loop(&mut terminal, backend, opts).await;
     ratatui::restore();
     r
+}
+
+/// A serial line has no size (the kernel says 0x0 until someone sets one), and a console of no
+/// size draws nothing: give it the 80x24 every terminal has.
+fn serial_line_size() {
+    let out = std::io::stdout();
+    match rustix::termios::tcgetwinsize(&out) {
+        Ok(w) if w.ws_row > 0 && w.ws_col > 0 => {}
+        _ => {
+            let w = rustix::termios::Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+            if let Err(e) = rustix::termios::tcsetwinsize(&out, w) {
+                tracing::warn!(error = %e, "the terminal has no size and none can be set");
+            }
+        }
+    }
 }
 
 async fn main_loop<B: Backend>(

@@ -70,11 +70,20 @@ pub fn ensure_image(out: &Path) -> Result<Image> {
     let started = Instant::now();
     let script = repo().join("images/build.sh");
     let before = std::fs::read_to_string(out.join("key")).ok();
-    let o = Command::new(&script)
-        .arg(out)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error(format!("{}: {e}", script.display())))?;
+    let mut c = Command::new(&script);
+    c.arg(out).stdin(Stdio::null());
+    // What `cargo test` sets for a test would make the nested `cargo build --release` (in
+    // images/debs.sh) see another environment than a plain one and build everything again.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if (k.starts_with("CARGO") && k != "CARGO_HOME")
+            || k.starts_with("RUSTC")
+            || k == "LD_LIBRARY_PATH"
+        {
+            c.env_remove(&k);
+        }
+    }
+    let o = c.output().map_err(|e| Error(format!("{}: {e}", script.display())))?;
     let said =
         format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     if !o.status.success() {
@@ -131,6 +140,8 @@ pub struct Boot {
     pub cpus: u32,
     /// Where the serial line's output goes.
     pub console_log: PathBuf,
+    /// Where a second serial line's output goes (see [`diagnostic_copy`]), if any.
+    pub journal_log: Option<PathBuf>,
 }
 
 /// A running guest; killed (by its pid) when dropped.
@@ -162,6 +173,9 @@ impl Qemu {
             .args(["-device", "virtio-rng-pci"])
             .arg("-serial")
             .arg(format!("file:{}", boot.console_log.display()));
+        if let Some(j) = &boot.journal_log {
+            c.arg("-serial").arg(format!("file:{}", j.display()));
+        }
         if let Some(s) = &boot.stick {
             c.arg("-drive").arg(format!("if=virtio,format=raw,readonly=on,file={}", s.display()));
         }
@@ -206,6 +220,65 @@ impl Drop for Qemu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A copy of the image for a test, the same but for one thing: slot A's kernel command line
+/// sends the journal to the console (`systemd.journald.forward_to_console=1`, without `quiet`),
+/// so the serial line holds the journal between the recovery console's screens and a failing
+/// test shows what the box said. (A second serial line for the journal alone was tried: the
+/// kernel does not take ttyS1 as a console there.)
+pub fn diagnostic_copy(image: &Path, at: &Path) -> Result<()> {
+    let o = Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(image)
+        .arg(at)
+        .output()
+        .map_err(|e| Error(format!("cp: {e}")))?;
+    if !o.status.success() {
+        return Err(Error(format!(
+            "cp {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&o.stderr)
+        )));
+    }
+    let esp = format!("{}@@1M", at.display());
+    let entry = "::/loader/entries/backroom-a.conf";
+    let o = Command::new("mtype")
+        .args(["-i", &esp, entry])
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .map_err(|e| Error(format!("mtype: {e} (install mtools)")))?;
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    if !o.status.success() || !text.contains("options ") {
+        return Err(Error(format!(
+            "no loader entry {entry} in {}: {}",
+            at.display(),
+            String::from_utf8_lossy(&o.stderr)
+        )));
+    }
+    let changed: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("options ") {
+            Some(o) => format!(
+                "options {} systemd.journald.forward_to_console=1\n",
+                o.replace(" quiet", "")
+            ),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    let tmp = at.with_extension("entry");
+    std::fs::write(&tmp, changed).map_err(|e| Error(format!("{}: {e}", tmp.display())))?;
+    let o = Command::new("mcopy")
+        .args(["-o", "-i", &esp])
+        .arg(&tmp)
+        .arg(entry)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .map_err(|e| Error(format!("mcopy: {e}")))?;
+    if !o.status.success() {
+        return Err(Error(format!("mcopy {entry}: {}", String::from_utf8_lossy(&o.stderr))));
+    }
+    Ok(())
 }
 
 /// A qcow2 overlay of `base` (which stays as built) with a bigger virtual size, so the first

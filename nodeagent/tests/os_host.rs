@@ -155,7 +155,8 @@ async fn serve(body: Vec<u8>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<St
                 seen.lock().unwrap().push(from.map(|f| format!("bytes={f}-")).unwrap_or_default());
                 let head = match from {
                     Some(f) if f >= body.len() => {
-                        "HTTP/1.1 416 Range Not Satisfiable\r\ncontent-length: 0\r\n\r\n".to_string()
+                        "HTTP/1.1 416 Range Not Satisfiable\r\ncontent-length: 0\r\n\r\n"
+                            .to_string()
                     }
                     Some(f) => format!(
                         "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\ncontent-range: bytes {f}-{}/{}\r\n\r\n",

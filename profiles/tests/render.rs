@@ -174,29 +174,15 @@ node:
 "#;
 
 #[test]
-fn node_os_renders_canonically_and_changes_the_revision() {
-    let r = render_str("os.yaml", WITH_OS).unwrap();
-    let os = r.profile.node.os.as_ref().unwrap();
-    assert_eq!(os.version, "2026.12.1");
-    let yaml = r.to_yaml();
-    assert!(yaml.contains("  os:\n    version: \"2026.12.1\"\n    image: "), "{yaml}");
-    // What render prints reads back to the same profile and revision.
-    let again = render_str("again.yaml", &yaml).unwrap();
-    assert_eq!(again.profile, r.profile);
-    assert_eq!(again.revision, r.revision);
-    let json = render_str("again.json", &r.to_json()).unwrap();
-    assert_eq!(json.revision, r.revision);
-    // Every field of node.os is meaning.
+fn node_os_is_refused_until_an_update_is_tested_on_the_image() {
+    // node.os parses and its values are checked, but the field itself is refused (see
+    // validate.rs `fn os`): nodeagent's A/B update has not updated a booted image in a test.
+    let e = match render_str("os.yaml", WITH_OS) {
+        Ok(_) => panic!("node.os was accepted"),
+        Err(e) => format!("{e:?}"),
+    };
+    assert!(e.contains("`node.os` (OS updates) is not supported yet"), "{e}");
     let without = WITH_OS.split("node:").next().unwrap();
     let base = render_str("no-os.yaml", without).unwrap();
     assert!(base.profile.node.os.is_none());
-    assert_ne!(base.revision, r.revision);
-    for (from, to) in
-        [("2026.12.1\"", "2026.12.2\""), ("12.1.root", "12.2.root"), ("b517ff", "c517ff")]
-    {
-        let other = render_str("os.yaml", &WITH_OS.replace(from, to)).unwrap();
-        assert_ne!(other.revision, r.revision, "{from} → {to}");
-    }
-    let d = diff(&base.profile, &r.profile);
-    assert!(!d.is_empty(), "the diff names the node change");
 }
