@@ -75,7 +75,12 @@ fi
 
 # 2. Our packages.
 if [ -n "${BACKROOM_IMAGE_DEBS:-}" ]; then
-  cp "$BACKROOM_IMAGE_DEBS"/backroom-node_*.deb "$BACKROOM_IMAGE_DEBS"/backroom-central_*.deb "$WORK/"
+  # The newest of each (by version).
+  for p in backroom-node backroom-central; do
+    newest=$(ls "$BACKROOM_IMAGE_DEBS"/${p}_*.deb 2>/dev/null | sort -V | tail -1)
+    [ -n "$newest" ] || fail "no $p package in $BACKROOM_IMAGE_DEBS"
+    cp "$newest" "$WORK/"
+  done
 else
   "$HERE/debs.sh" "$WORK" >/dev/null
 fi
@@ -99,7 +104,14 @@ if [ "$(cat "$OUT/key" 2>/dev/null)" = "$key" ] && [ -s "$OUT/backroom-store.img
 fi
 say "building $VERSION ($key)"
 rm -f "$OUT"/key "$OUT"/backroom-store* "$OUT"/SHA256SUMS "$OUT"/build.env
-cp "$WORK"/backroom-*.deb "$OUT/" 2>/dev/null || true
+# The packages beside the image are this image's (a folder given in BACKROOM_IMAGE_DEBS may be
+# OUT itself).
+for d in "$WORK"/backroom-*.deb; do
+  [ -e "$OUT/$(basename "$d")" ] || cp "$d" "$OUT/"
+done
+for d in "$OUT"/backroom-*.deb; do
+  [ -e "$WORK/$(basename "$d")" ] || rm -f "$d"
+done
 
 # 4. The root tree: the base, our packages, the image's files.
 R=$WORK/root
@@ -149,8 +161,14 @@ kver=$(ls "$R/lib/modules" | sort -V | tail -1)
 
 # 5. The root slot (squashfs; /var's contents go to the state partition instead).
 ROOTIMG=$OUT/backroom-store-$VERSION.root
+# /var/run and /var/lock stay in the root (symlinks into /run: systemd checks them before /var
+# is mounted); the rest of /var is the state partition's.
+var_out=()
+for v in "$R"/var/*; do
+  case "$(basename "$v")" in run|lock) ;; *) var_out+=(-e "var/$(basename "$v")") ;; esac
+done
 mksquashfs "$R" "$ROOTIMG" -comp zstd -Xcompression-level 15 -noappend -quiet -no-progress \
-  -wildcards -e 'var/*' -e 'proc/*' -e 'sys/*' -e 'dev/*' -e 'tmp/*' -e 'run/*' \
+  -wildcards "${var_out[@]}" -e 'proc/*' -e 'sys/*' -e 'dev/*' -e 'tmp/*' -e 'run/*' \
   -mkfs-time "$SOURCE_DATE_EPOCH" -all-time "$SOURCE_DATE_EPOCH" >"$WORK/mksquashfs.log" 2>&1 \
   || { cat "$WORK/mksquashfs.log" >&2; fail "mksquashfs failed"; }
 SLOT_MIB=1024
