@@ -152,7 +152,7 @@ fn tail(console: &str, scratch: &Path) -> String {
 }
 
 #[test]
-fn a_blank_box_with_a_stick_enrolls_and_applies_its_network() {
+fn a_blank_box_with_a_stick_enrolls_and_converges() {
     let img = ensure_image(&repo().join("images/out")).unwrap_or_else(|e| panic!("{e}"));
     let scratch = tempfile::tempdir().unwrap();
     let s = scratch.path();

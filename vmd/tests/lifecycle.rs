@@ -16,7 +16,9 @@ use std::time::Duration;
 use backroom_profiles::naming;
 use common::*;
 
-const BOOT: Duration = Duration::from_secs(120);
+// Generous: a TCG guest boots in 20-40 s alone, but a loaded CI host has been seen to need
+// over 120 s for the boot after a rollback.
+const BOOT: Duration = Duration::from_secs(240);
 
 struct Names {
     seg: String,
