@@ -1,8 +1,9 @@
 //! The store OS box: root slot partitions, the ESP with systemd-boot, EFI variables, reboot.
 //!
 //! Every path is in [`OsPaths`], so tests point the file-only parts (loader entry, loader.conf,
-//! the one-shot variable, the download) at temporary folders; the partition write, the mount
-//! and the reboot are exercised in the QEMU boot test.
+//! the one-shot variable, the download) at temporary folders. The partition write, the mount
+//! and the reboot have no test yet: no QEMU test updates a booted image (which is why profiles
+//! refuse `node.os` for now).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
